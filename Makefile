@@ -1,0 +1,29 @@
+# The workbook's tasks. `make workbook` runs every notebook on the embedded study area; `make test` runs the tests.
+# Both create (or reuse) a virtual environment in $(VENV) and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= runs/default
+PROFILE ?= quick
+
+.PHONY: install workbook test check clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+workbook: install
+	$(PY) -m lithocore.workbook --run-dir $(RUN_DIR) --profile $(PROFILE)
+
+test: install
+	$(PY) -m pytest
+
+check: install
+	$(PY) -m pytest -x -q tests/test_project.py
+
+clean:
+	rm -rf runs data/generated .pytest_cache

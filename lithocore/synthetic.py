@@ -1,0 +1,538 @@
+"""A synthetic study area modelled on the Cuonadong dome, with its true fine fields kept.
+
+The paper's data are not public. :func:`generate_study_area` writes the same kinds of files a user brings
+(GeoTIFF, GeoPackage, CSV) and the manifest that :func:`lithocore.data.load_study_area` reads, so the
+synthetic area goes through exactly the path real data take. Everything follows from one seed.
+
+The geology is a metamorphic dome: a Cambrian granitic-gneiss core, a ring of Palaeozoic biotite quartz
+schist carrying thin, boudinaged strips of Early Palaeozoic marble, then Triassic and Jurassic
+sandstone-and-slate, cut by Himalayan leucogranite bodies and dykes, with Quaternary strata in the valleys,
+lakes in the lows and snow on the peaks (class 8, "lakes and snow", as the paper's).
+
+It is made hard on purpose, as real maps are:
+
+* the two sandstone-and-slate units are the *same* rocks (alternating sandstone and slate beds, same
+  spectra, chemistry and susceptibility): they differ only by position in the dome and by bedding texture
+  (Triassic beds are thinner, with a little more slate);
+* marble and schist look alike where skarn alteration (calc-silicates, chlorite) has grown near the
+  leucogranite: both show the 2.33 µm Mg-OH / carbonate absorption;
+* topographic shading multiplies every band, SWIR bands are 30 m, there is sensor noise, the geochemistry
+  is a 2 km survey of a dispersed field with analytical noise, and the magnetics is a 2 km grid of a field
+  observed above the ground.
+
+A per-pixel classifier therefore stops well short of the ceiling; spatial context is needed for the
+look-alike units (see :func:`rf_calibration`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from .data import Grid, write_geotiff
+
+__all__ = ["SyntheticSpec", "UNITS", "BANDS", "OXIDES", "generate_study_area", "default_area_dir",
+           "rf_calibration"]
+
+#: (id, name, colour) of the map units, as the paper's Figure 8.
+UNITS = [
+    (1, "Jurassic sandstone and slate", "#c8b57a"),
+    (2, "Early Paleozoic marble", "#6fa8dc"),
+    (3, "Triassic sandstone and slate", "#93c47d"),
+    (4, "Cambrian granitic gneiss", "#e69138"),
+    (5, "Paleozoic biotite quartz schist", "#8e7cc3"),
+    (6, "Quaternary strata", "#fff2cc"),
+    (7, "Himalayan leucogranite", "#e06666"),
+    (8, "Lakes and snow", "#1c4587"),
+]
+#: ASTER VNIR-SWIR bands and their centres (µm).
+BANDS = [("B1", 0.556), ("B2", 0.661), ("B3N", 0.807), ("B4", 1.656), ("B5", 2.167), ("B6", 2.209),
+         ("B7", 2.262), ("B8", 2.336), ("B9", 2.400)]
+OXIDES = ["SiO2", "Al2O3", "CaO", "MgO", "Fe2O3", "Na2O", "K2O"]
+
+# Materials: the rocks the pixels are made of (a map unit may hold more than one).
+MATERIALS = ["sandstone", "slate", "marble", "gneiss", "schist", "quaternary", "leucogranite", "water", "snow",
+             "skarn"]
+_M = {m: i for i, m in enumerate(MATERIALS)}
+
+# Reflectance (0-1) in ASTER bands 1-9. Ferric iron lowers B1 in sandstone; Al-OH (muscovite) dips at B6 in
+# leucogranite and schist; carbonate / Mg-OH dips at B8 in marble and skarn; snow is dark in the SWIR;
+# water is dark beyond the red. See ../shared/REFERENCE.md.
+SPECTRA = np.array([
+    [0.20, 0.26, 0.29, 0.36, 0.33, 0.315, 0.31, 0.30, 0.29],   # sandstone (iron-stained)
+    [0.11, 0.12, 0.13, 0.17, 0.155, 0.143, 0.145, 0.14, 0.138],  # slate
+    [0.37, 0.39, 0.41, 0.46, 0.43, 0.43, 0.42, 0.335, 0.41],   # marble (calcite 2.34 µm)
+    [0.21, 0.23, 0.25, 0.31, 0.29, 0.27, 0.255, 0.262, 0.255],  # granitic gneiss (biotite Fe-OH at B7)
+    [0.20, 0.22, 0.24, 0.30, 0.28, 0.245, 0.262, 0.255, 0.25],  # biotite quartz schist (muscovite Al-OH)
+    [0.15, 0.18, 0.27, 0.31, 0.28, 0.268, 0.262, 0.255, 0.25],  # Quaternary (sediment, sparse vegetation)
+    [0.34, 0.36, 0.38, 0.45, 0.42, 0.35, 0.40, 0.395, 0.39],   # leucogranite (muscovite Al-OH 2.2 µm)
+    [0.06, 0.045, 0.025, 0.012, 0.01, 0.01, 0.01, 0.01, 0.01],  # water
+    [0.86, 0.85, 0.80, 0.10, 0.05, 0.05, 0.048, 0.045, 0.045],  # snow
+    [0.25, 0.27, 0.29, 0.35, 0.32, 0.30, 0.30, 0.255, 0.30],   # skarn (calc-silicate, chlorite Mg-OH)
+], dtype=np.float32)
+
+# Major oxides, wt % (REFERENCE.md's ranges; leucogranite as the paper: SiO2 >= 72, CaO <= 2 ...).
+# Quaternary, water and snow rows are placeholders: their chemistry is that of the upstream rocks.
+COMPOSITION = np.array([
+    [82.0, 7.5, 1.5, 1.0, 2.5, 1.0, 1.5],     # sandstone
+    [61.0, 18.0, 1.2, 2.5, 6.5, 1.5, 3.5],    # slate
+    [8.0, 1.5, 48.0, 2.5, 0.8, 0.15, 0.3],    # marble
+    [70.0, 14.5, 2.0, 1.0, 3.2, 3.2, 4.5],    # granitic gneiss
+    [69.0, 14.0, 2.0, 2.0, 5.0, 2.0, 3.0],    # biotite quartz schist
+    [70.0, 12.0, 4.0, 1.5, 3.5, 2.0, 2.5],    # Quaternary (replaced by the upstream mix)
+    [73.5, 14.8, 0.7, 0.2, 0.8, 4.0, 4.5],    # leucogranite
+    [70.0, 12.0, 4.0, 1.5, 3.5, 2.0, 2.5],    # water (replaced)
+    [70.0, 12.0, 4.0, 1.5, 3.5, 2.0, 2.5],    # snow (replaced)
+    [40.0, 8.0, 30.0, 8.0, 6.0, 0.5, 0.5],    # skarn
+], dtype=np.float32)
+
+# Magnetic susceptibility, SI (REFERENCE.md; the paper: leucogranite medium-high).
+SUSCEPTIBILITY = np.array([0.15e-3, 0.5e-3, -0.01e-3, 2.0e-3, 0.8e-3, 0.3e-3, 4.0e-3, 0.0, 0.0, 1.5e-3],
+                          dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate. The defaults are the paper's scene: 1611 x 1650 pixels of 15 m, 2 km surveys."""
+
+    height: int = 1611  # pixels
+    width: int = 1650  # pixels
+    pixel_size: float = 15.0  # metres
+    coarse_spacing: float = 2000.0  # metres, geochemical and aeromagnetic survey spacing
+    seed: int = 0
+    origin: tuple[float, float] = (395000.0, 3105000.0)  # UTM 46N (Cuonadong), top-left corner
+    epsg: int = 32646
+    inclination: float = 43.0  # degrees, geomagnetic field at Cuonadong
+    declination: float = 0.0  # degrees
+    field_nt: float = 49000.0  # nT, total field intensity
+    flight_height: float = 150.0  # metres above ground of the fine ("true") magnetic field
+    sun_azimuth: float = 150.0  # degrees, ASTER morning overpass
+    sun_elevation: float = 45.0  # degrees
+    noise: float = 0.006  # reflectance, sensor noise (std)
+    version: int = 1  # bump when the generator changes, so caches are rebuilt
+
+    def __post_init__(self):
+        if self.height < 32 or self.width < 32:
+            raise ValueError(f"a synthetic area needs at least 32 x 32 pixels, got {self.height} x {self.width}")
+        if self.coarse_spacing < 4 * self.pixel_size:
+            raise ValueError("coarse_spacing must be at least 4 pixels")
+
+    @property
+    def coarse_factor(self) -> int:
+        return max(1, int(round(self.coarse_spacing / self.pixel_size)))
+
+    def key(self) -> str:
+        return f"synthetic-{self.height}x{self.width}-{self.pixel_size:g}m-{self.coarse_spacing:g}m-seed{self.seed}"
+
+
+def default_area_dir(spec: SyntheticSpec, root: str | os.PathLike | None = None) -> Path:
+    """Where the generated files of ``spec`` are cached (``data/generated/<key>`` in the project)."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent / "data" / "generated"
+    return root / spec.key()
+
+
+# ------------------------------------------------------------------------------------------- fields
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Gaussian random field with correlation length ``scale`` pixels, zero mean, unit std.
+
+    Drawn on a grid ``scale/4`` times coarser and interpolated up, so large scales cost little.
+    """
+    step = max(1.0, scale / 4.0)
+    small = (max(4, math.ceil(shape[0] / step) + 4), max(4, math.ceil(shape[1] / step) + 4))
+    field = ndimage.gaussian_filter(rng.standard_normal(small), sigma=scale / step, mode="wrap")
+    rows = np.linspace(1, (shape[0] - 1) / step + 1, shape[0])
+    cols = np.linspace(1, (shape[1] - 1) / step + 1, shape[1])
+    out = ndimage.map_coordinates(field, np.meshgrid(rows, cols, indexing="ij"), order=3, mode="nearest")
+    out -= out.mean()
+    return (out / (out.std() + 1e-12)).astype(np.float32)
+
+
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    return ndimage.gaussian_filter(a, sigma=sigma, mode="nearest") if sigma > 0 else a
+
+
+def _geology(spec: SyntheticSpec, rng: np.random.Generator):
+    """Unit map (1..8), material map, dome coordinate, alteration and the DEM."""
+    H, W = spec.height, spec.width
+    R = min(H, W) / 2.0  # the dome fills the scene whatever its size
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    cy, cx = H * (0.5 + rng.uniform(-0.06, 0.06)), W * (0.5 + rng.uniform(-0.06, 0.06))
+    theta = rng.uniform(0, np.pi)
+    dx, dy = xx - cx, yy - cy
+    u = (dx * np.cos(theta) + dy * np.sin(theta)) / (1.0 * R)
+    v = (-dx * np.sin(theta) + dy * np.cos(theta)) / (0.78 * R)
+    s = np.sqrt(u**2 + v**2)
+    # Folding at several scales, down to well below the 2 km survey cell, so smooth layers cannot
+    # follow the contacts.
+    s = (s + 0.07 * _smooth_noise(rng, (H, W), R / 2.5) + 0.03 * _smooth_noise(rng, (H, W), R / 10)
+         + 0.03 * _smooth_noise(rng, (H, W), R / 25))
+    s_px = s * R  # dome coordinate in pixels: distance "up-section" from the core
+
+    unit = np.full((H, W), 1, dtype=np.uint8)  # Jurassic outside
+    unit[s + 0.05 * _smooth_noise(rng, (H, W), R / 20) + 0.04 * _smooth_noise(rng, (H, W), R / 50) < 0.80] = 3  # Triassic, an interfingering top
+    unit[s < 0.62] = 5  # schist
+    unit[s < 0.38] = 4  # gneiss core
+    # Marble: thin strips at the top of the schist and a boudinaged one inside it.
+    thick = max(3.0, 0.016 * R)
+    top = (s_px > 0.62 * R - thick) & (s_px <= 0.62 * R)
+    inner = (np.abs(s_px - 0.50 * R) < 0.45 * thick) & (_smooth_noise(rng, (H, W), R / 6) > -0.3)
+    unit[top | inner] = 2
+    # Bedding in the sandstone-and-slate units: beds follow the dome coordinate (parallel to contacts).
+    wiggle = 2.0 * _smooth_noise(rng, (H, W), 40)
+    period = np.where(unit == 3, 5.0, 11.0)  # pixels: Triassic beds are thinner
+    sand_share = np.where(unit == 3, 0.44, 0.56)
+    bed_phase = np.mod((s_px + wiggle) / period, 1.0)
+    sandstone_bed = bed_phase < sand_share
+    # Leucogranite: irregular bodies in the core and schist ring, and dykes radiating outwards.
+    bodies = (_smooth_noise(rng, (H, W), R / 12) > 1.15) & (s < 0.75)
+    dykes = np.zeros((H, W), dtype=bool)
+    for _ in range(7):
+        ang = rng.uniform(0, 2 * np.pi)
+        r0, r1 = rng.uniform(0.15, 0.35), rng.uniform(0.6, 0.95)
+        t = np.linspace(r0, r1, 400)
+        bend = 0.05 * np.cumsum(rng.standard_normal(t.size)) / np.sqrt(t.size)
+        px = cx + R * t * np.cos(ang + bend)
+        py = cy + R * t * np.sin(ang + bend)
+        ok = (px >= 0) & (px < W) & (py >= 0) & (py < H)
+        dykes[py[ok].astype(int), px[ok].astype(int)] = True
+    dykes = ndimage.binary_dilation(dykes, iterations=max(1, int(round(0.004 * R))))
+    leuco = bodies | dykes
+    unit[leuco] = 7
+
+    # DEM: dome relief, ridges, valleys carved along a sinuous network.
+    ridge = _smooth_noise(rng, (H, W), R / 5)
+    valley_field = _smooth_noise(rng, (H, W), R / 4)
+    valley_dist = np.abs(valley_field)
+    dem = (4800.0 + 300.0 * np.clip(1.1 - s, 0, None) + 450.0 * ridge + 250.0 * _smooth_noise(rng, (H, W), R / 15)
+           + 60.0 * _smooth_noise(rng, (H, W), 6))
+    dem += 60.0 * leuco  # resistant granite stands proud
+    valley_depth = 500.0 * np.exp(-(valley_dist / 0.18) ** 2)
+    dem -= valley_depth
+    # Quaternary fills the valley floors, wider where the valley is low.
+    quaternary = valley_dist < (0.05 + 0.05 * np.clip((4700.0 - dem) / 600.0, 0, 1))
+    unit[quaternary] = 6
+    dem[quaternary] = np.minimum(dem[quaternary], ndimage.uniform_filter(dem, 15)[quaternary])
+    # Lakes in the lowest valley floors, snow on the highest peaks.
+    lakes = quaternary & (dem < np.percentile(dem, 3.5)) & (_smooth_noise(rng, (H, W), R / 20) > 0.0)
+    lakes = ndimage.binary_opening(lakes, iterations=2)
+    dem[lakes] = np.percentile(dem[lakes], 10) if lakes.any() else dem[lakes]
+    snow = dem > np.percentile(dem, 98.8)
+    unit[lakes | snow] = 8
+
+    # Skarn alteration: patches near the leucogranite and along the schist-marble contacts.
+    near_granite = np.exp(-ndimage.distance_transform_edt(~leuco) / (0.06 * R))
+    alteration = np.clip(0.9 * near_granite + 0.45 * _smooth_noise(rng, (H, W), R / 15) - 0.05, 0, 1)
+
+    material = np.full((H, W), _M["sandstone"], dtype=np.uint8)
+    material[(unit == 1) | (unit == 3)] = np.where(sandstone_bed, _M["sandstone"], _M["slate"])[(unit == 1) | (unit == 3)]
+    for uid, mat in ((2, "marble"), (4, "gneiss"), (5, "schist"), (6, "quaternary"), (7, "leucogranite")):
+        material[unit == uid] = _M[mat]
+    material[lakes] = _M["water"]
+    material[snow & ~lakes] = _M["snow"]
+    return unit, material, s.astype(np.float32), alteration.astype(np.float32), dem.astype(np.float32), snow, lakes
+
+
+def _abundances(material: np.ndarray, alteration: np.ndarray, sigma: float) -> np.ndarray:
+    """Per-pixel material fractions, with alteration turning marble and schist partly to skarn, mixed at
+    boundaries by a point-spread function of ``sigma`` pixels."""
+    n = len(MATERIALS)
+    ab = np.zeros((n, *material.shape), dtype=np.float32)
+    for m in range(n):
+        ab[m] = material == m
+    for m, share in ((_M["marble"], 0.75), (_M["schist"], 0.55)):
+        moved = ab[m] * alteration * share
+        ab[m] -= moved
+        ab[_M["skarn"]] += moved
+    return np.stack([_blur(a, sigma) for a in ab])
+
+
+def _illumination(dem: np.ndarray, res: float, azimuth: float, elevation: float) -> np.ndarray:
+    """cos(incidence) / cos(solar zenith): the factor that topography multiplies reflectance by."""
+    gy, gx = np.gradient(dem.astype(np.float64), res)
+    slope = np.arctan(np.hypot(gx, gy))
+    aspect = np.arctan2(-gx, gy)  # downslope direction, clockwise from north (rows increase southwards)
+    zen, az = np.radians(90 - elevation), np.radians(azimuth)
+    cos_i = np.cos(zen) * np.cos(slope) + np.sin(zen) * np.sin(slope) * np.cos(az - aspect)
+    return np.clip(cos_i / np.cos(zen), 0.15, 1.6).astype(np.float32)
+
+
+def _magnetic_field(chi: np.ndarray, res: float, spec: SyntheticSpec, height: float) -> np.ndarray:
+    """Total-field anomaly (nT) of a layer of vertical prisms of susceptibility ``chi`` (1.5 km deep),
+    induced by the present field, observed ``height`` metres above the ground (Fourier domain, Blakely 1995)."""
+    H, W = chi.shape
+    pad = (H // 4, W // 4)
+    c = np.pad(chi - chi.mean(), ((pad[0],) * 2, (pad[1],) * 2), mode="reflect")
+    ky = 2 * np.pi * np.fft.fftfreq(c.shape[0], d=res)
+    kx = 2 * np.pi * np.fft.fftfreq(c.shape[1], d=res)
+    KX, KY = np.meshgrid(kx, -ky)  # rows go south
+    k = np.hypot(KX, KY)
+    k[0, 0] = 1e-12
+    inc, dec = np.radians(spec.inclination), np.radians(spec.declination)
+    theta = np.sin(inc) + 1j * np.cos(inc) * (KX * np.sin(dec) + KY * np.cos(dec)) / k
+    thickness = 1500.0
+    kernel = 2 * np.pi * spec.field_nt * theta**2 * np.exp(-k * height) * (1 - np.exp(-k * thickness))
+    kernel[0, 0] = 0
+    out = np.real(np.fft.ifft2(np.fft.fft2(c) * kernel))
+    return out[pad[0]:pad[0] + H, pad[1]:pad[1] + W].astype(np.float32)
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    H, W = a.shape
+    h, w = math.ceil(H / f), math.ceil(W / f)
+    padded = np.pad(a, ((0, h * f - H), (0, w * f - W)), mode="edge")
+    return padded.reshape(h, f, w, f).mean(axis=(1, 3))
+
+
+# ----------------------------------------------------------------------------------------- generate
+def generate_study_area(spec: SyntheticSpec | None = None, out_dir: str | os.PathLike | None = None, *,
+                        overwrite: bool = False, progress: bool = True) -> Path:
+    """Generate (or reuse) a synthetic study area and return the path of its manifest.
+
+    Parameters
+    ----------
+    spec
+        Size, seed and survey settings; the default is the paper's 1611 x 1650 scene.
+    out_dir
+        Folder for the files; default :func:`default_area_dir`. Written into a temporary folder beside it
+        and renamed into place when complete, so an interrupted run leaves nothing half-written. A folder
+        made by the same spec and generator version is reused.
+    overwrite
+        Regenerate even when a matching folder exists.
+    progress
+        Show a progress bar.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> m = generate_study_area(SyntheticSpec(height=96, width=96, coarse_spacing=300, seed=1),
+    ...                         Path(tempfile.mkdtemp()) / "area", progress=False)
+    >>> m.name, sorted(p.name for p in m.parent.glob("*.tif"))[:2]
+    ('manifest.yaml', ['aeromag_2km.tif', 'aster_swir_30m.tif'])
+    """
+    from tqdm.auto import tqdm
+
+    spec = spec or SyntheticSpec()
+    out = Path(out_dir) if out_dir is not None else default_area_dir(spec)
+    meta_path = out / "generation.json"
+    if out.exists() and not overwrite:
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("spec") == json.loads(json.dumps(asdict(spec))):
+                return out / "manifest.yaml"
+        except (OSError, ValueError):
+            pass
+        raise FileExistsError(f"{out}: exists but was not made by this spec; pass overwrite=True or another folder")
+
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        steps = tqdm(total=7, desc="synthetic area", disable=not progress)
+        rng = np.random.default_rng(spec.seed)
+        res = spec.pixel_size
+        grid = Grid(CRS.from_epsg(spec.epsg), from_origin(*spec.origin, res, res), spec.width, spec.height)
+
+        unit, material, dome, alteration, dem, snow, lakes = _geology(spec, rng)
+        steps.update()
+
+        # --- multispectral image: 15 m VNIR, 30 m SWIR, mixed, shaded, noisy
+        ab = _abundances(material, alteration, sigma=0.7)
+        texture = 1.0 + 0.05 * _smooth_noise(rng, unit.shape, 8) + 0.03 * _smooth_noise(rng, unit.shape, 60)
+        refl = np.einsum("mhw,mb->bhw", ab, SPECTRA) * texture
+        # per-band subtle variation (weathering, lichen) so bands are not perfectly collinear
+        for b in range(refl.shape[0]):
+            refl[b] *= 1.0 + 0.015 * _smooth_noise(rng, unit.shape, 20)
+        illum = _illumination(dem, res, spec.sun_azimuth, spec.sun_elevation)
+        snow_or_water = (material == _M["snow"]) | (material == _M["water"])
+        illum = np.where(snow_or_water, 0.5 * (illum + 1.0), illum)
+        refl *= illum
+        refl += spec.noise * rng.standard_normal(refl.shape).astype(np.float32)
+        refl = np.clip(refl, 0.001, 1.0).astype(np.float32)
+        vnir = refl[:3]
+        swir_grid = grid.coarsen(2)
+        swir = np.stack([_block_mean(refl[b], 2) for b in range(3, 9)]).astype(np.float32)
+        swir += 0.5 * spec.noise * rng.standard_normal(swir.shape).astype(np.float32)
+        steps.update()
+
+        # --- DEM written at 12.5 m like PALSAR (a different grid: the loader resamples it)
+        dres = 12.5
+        dgrid = Grid(grid.crs, from_origin(*spec.origin, dres, dres), math.ceil(spec.width * res / dres),
+                     math.ceil(spec.height * res / dres))
+        rr = (np.arange(dgrid.height) + 0.5) * dres / res - 0.5
+        cc = (np.arange(dgrid.width) + 0.5) * dres / res - 0.5
+        dem_fine = ndimage.map_coordinates(dem, np.meshgrid(rr, cc, indexing="ij"), order=1, mode="nearest")
+        dem_fine += rng.normal(0, 2.0, dem_fine.shape)
+        steps.update()
+
+        # --- geochemistry: true surface field, dispersed; Quaternary / lakes / snow take the upstream mix
+        f = spec.coarse_factor
+        comp = np.einsum("mhw,mo->ohw", ab, COMPOSITION)
+        comp *= 1.0 + 0.06 * _smooth_noise(rng, unit.shape, 25)[None]
+        bedrock = ~np.isin(material, [_M["quaternary"], _M["water"], _M["snow"]])
+        upstream_sigma = 0.25 * f
+        weight = _blur(bedrock.astype(np.float32), upstream_sigma)
+        for o in range(len(OXIDES)):
+            mix = _blur(np.where(bedrock, comp[o], 0), upstream_sigma) / np.maximum(weight, 1e-3)
+            comp[o] = np.where(bedrock, comp[o], mix)
+        true_geochem = np.stack([_blur(c, max(1.0, f / 14)) for c in comp]).astype(np.float32)  # ~150 m dispersion
+        # Stream-sediment samples: one per coarse cell, jittered, each the average of its catchment.
+        catch = np.stack([_blur(c, 0.3 * f) for c in true_geochem])
+        ny, nx = math.ceil(spec.height / f), math.ceil(spec.width / f)
+        gy, gx = np.mgrid[0:ny, 0:nx]
+        py = np.clip((gy + 0.5 + rng.uniform(-0.3, 0.3, gy.shape)) * f, 0, spec.height - 1).ravel()
+        px = np.clip((gx + 0.5 + rng.uniform(-0.3, 0.3, gx.shape)) * f, 0, spec.width - 1).ravel()
+        vals = catch[:, py.astype(int), px.astype(int)].T
+        vals *= np.exp(rng.normal(0, 0.08, vals.shape))  # sampling + analytical noise (~8 % relative)
+        east = spec.origin[0] + (px + 0.5) * res
+        north = spec.origin[1] - (py + 0.5) * res
+        steps.update()
+
+        # --- aeromagnetics: induced field of the susceptibility map, true at 15 m, surveyed at ~2 km
+        chi = np.einsum("mhw,m->hw", ab, SUSCEPTIBILITY) * (1 + 0.2 * _smooth_noise(rng, unit.shape, 30))
+        true_mag = _magnetic_field(chi, res, spec, spec.flight_height)
+        mag_grid = grid.coarsen(f)
+        mag_coarse = _block_mean(true_mag, f) + rng.normal(0, 5.0, (mag_grid.height, mag_grid.width))
+        steps.update()
+
+        # --- write
+        labels = unit.astype(np.uint8)
+        write_geotiff(tmp / "aster_vnir_15m.tif", vnir, grid, band_names=[b for b, _ in BANDS[:3]],
+                      tags=dict(units="reflectance", wavelengths_um=[w for _, w in BANDS[:3]]))
+        write_geotiff(tmp / "aster_swir_30m.tif", swir, swir_grid, band_names=[b for b, _ in BANDS[3:]],
+                      tags=dict(units="reflectance", wavelengths_um=[w for _, w in BANDS[3:]]))
+        write_geotiff(tmp / "dem_12p5m.tif", dem_fine.astype(np.float32), dgrid, band_names=["elevation"],
+                      tags=dict(units="m"))
+        write_geotiff(tmp / "aeromag_2km.tif", mag_coarse.astype(np.float32), mag_grid, band_names=["tmi_anomaly"],
+                      tags=dict(units="nT", inclination=spec.inclination, declination=spec.declination))
+        cmap = {uid: tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) + (255,) for uid, _, c in UNITS}
+        write_geotiff(tmp / "geology_15m.tif", labels, grid, nodata=0, colormap=cmap,
+                      tags={f"class_{uid}": name for uid, name, _ in UNITS})
+        _write_samples(tmp / "geochem_samples.csv", east, north, vals)
+        _write_polygons(tmp / "geology.gpkg", labels, grid)
+        truth = tmp / "truth"
+        write_geotiff(truth / "geochem_true_15m.tif", true_geochem, grid, band_names=OXIDES, tags=dict(units="wt%"))
+        write_geotiff(truth / "aeromag_true_15m.tif", true_mag, grid, band_names=["tmi_anomaly"],
+                      tags=dict(units="nT", height_m=spec.flight_height))
+        write_geotiff(truth / "materials_15m.tif", material, grid, nodata=None,
+                      tags={f"material_{i}": m for i, m in enumerate(MATERIALS)})
+        write_geotiff(truth / "dome_coordinate_15m.tif", dome, grid)
+        steps.update()
+        (tmp / "manifest.yaml").write_text(_manifest_text(spec))
+        meta = dict(spec=asdict(spec), seconds=round(time.perf_counter() - t0, 1),
+                    unit_fractions={name: float((labels == uid).mean()) for uid, name, _ in UNITS},
+                    samples=int(len(east)))
+        (tmp / "generation.json").write_text(json.dumps(meta, indent=2))
+        steps.update()
+        steps.close()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "manifest.yaml"
+
+
+def _write_samples(path: Path, east: np.ndarray, north: np.ndarray, vals: np.ndarray) -> None:
+    header = "sample_id,x,y," + ",".join(OXIDES)
+    rows = [f"S{i:04d},{e:.1f},{n:.1f}," + ",".join(f"{v:.3f}" for v in row)
+            for i, (e, n, row) in enumerate(zip(east, north, vals))]
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+def _write_polygons(path: Path, labels: np.ndarray, grid: Grid) -> None:
+    import geopandas as gpd
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    names = {uid: name for uid, name, _ in UNITS}
+    feats = [(shape(geom), int(v)) for geom, v in shapes(labels, mask=labels > 0, transform=grid.transform)]
+    gdf = gpd.GeoDataFrame({"unit_id": [v for _, v in feats], "unit": [names[v] for _, v in feats]},
+                           geometry=[g for g, _ in feats], crs=grid.crs)
+    gdf = gdf.dissolve(by="unit_id", as_index=False)[["unit_id", "unit", "geometry"]]
+    gdf.to_file(path, layer="geology", driver="GPKG")
+
+
+def _manifest_text(spec: SyntheticSpec) -> str:
+    man = {
+        "name": f"Synthetic Cuonadong-like dome ({spec.height} x {spec.width} px, seed {spec.seed})",
+        "reference": "aster_vnir_15m.tif",
+        "guide": [
+            {"path": "aster_vnir_15m.tif", "bands": [b for b, _ in BANDS[:3]], "units": "reflectance"},
+            {"path": "aster_swir_30m.tif", "bands": [b for b, _ in BANDS[3:]], "units": "reflectance"},
+        ],
+        "extra": [{"path": "dem_12p5m.tif", "name": "dem", "units": "m"}],
+        "coarse": [{"path": "aeromag_2km.tif", "name": "magnetic", "units": "nT",
+                    "inclination": spec.inclination, "declination": spec.declination}],
+        "points": [{"path": "geochem_samples.csv", "crs": f"EPSG:{spec.epsg}", "x": "x", "y": "y",
+                    "columns": OXIDES, "units": "wt%", "spacing": spec.coarse_factor * spec.pixel_size,
+                    "method": "spline"}],
+        "labels": {"path": "geology.gpkg", "field": "unit_id",
+                   "classes": [{"id": uid, "name": name, "colour": c} for uid, name, c in UNITS]},
+        "truth": {"geochemistry": "truth/geochem_true_15m.tif", "magnetic": "truth/aeromag_true_15m.tif"},
+    }
+    head = ("# Synthetic study area written by lithocore.synthetic.generate_study_area; "
+            "paths are relative to this file.\n")
+    return head + yaml.safe_dump(man, sort_keys=False, allow_unicode=True)
+
+
+# -------------------------------------------------------------------------------------- calibration
+def rf_calibration(area, *, context: bool = False, coarse: bool = True, only: list[str] | None = None,
+                   n_per_class: int = 4000, n_trees: int = 100, seed: int = 0, n_test: int = 200_000) -> dict:
+    """A quick per-pixel random forest on a loaded study area: how far per-pixel features get.
+
+    Features are the guide bands, the extra layers and (``coarse=True``) the coarse layers resampled
+    bilinearly; with ``context=True`` also the local mean and standard deviation of every guide band over 5, 15
+    and 41 pixel windows (a crude stand-in for the spatial context, e.g. bedding texture, that an FCN learns).
+    ``only`` restricts the problem to the named classes. Training pixels: ``n_per_class`` per class (at most
+    half of the class) drawn at random; test pixels: a random sample of the others. Returns the scores of
+    :func:`lithocore.metrics.scores` plus the confusion matrix.
+    """
+    from sklearn.ensemble import RandomForestClassifier
+
+    from .data import NO_LABEL
+    from .metrics import confusion_matrix, scores
+
+    feats = [*area.guide, *area.extra]
+    if coarse:
+        feats += [c.to_fine(area.grid) for c in area.coarse]
+    if context:
+        for a in area.guide:
+            filled = np.where(np.isfinite(a), a, np.nanmean(a))
+            for size in (5, 15, 41):
+                m = ndimage.uniform_filter(filled, size)
+                feats += [m, np.sqrt(np.maximum(ndimage.uniform_filter(filled**2, size) - m**2, 0))]
+    X = np.nan_to_num(np.stack([f[area.mask] for f in feats], axis=1).astype(np.float32))
+    y = area.labels[area.mask]
+    keep = y != NO_LABEL
+    names = list(area.classes.names)
+    if only:
+        wanted = [names.index(n) for n in only]
+        keep &= np.isin(y, wanted)
+    X, y = X[keep], y[keep]
+    rng = np.random.default_rng(seed)
+    train = np.zeros(y.size, dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        train[rng.choice(idx, min(n_per_class, idx.size // 2), replace=False)] = True
+    test_idx = np.flatnonzero(~train)
+    test_idx = rng.choice(test_idx, min(n_test, test_idx.size), replace=False)
+    rf = RandomForestClassifier(n_estimators=n_trees, max_features=3, n_jobs=-1, random_state=seed)
+    rf.fit(X[train], y[train])
+    cm = confusion_matrix(y[test_idx], rf.predict(X[test_idx]), len(names))
+    if only:
+        cm = cm[np.ix_(wanted, wanted)]
+        names = list(only)
+    return scores(cm, names) | {"confusion_matrix": cm.tolist(), "features": len(feats)}

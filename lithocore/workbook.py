@@ -1,0 +1,138 @@
+"""Run the workbook's notebooks in order with papermill, into a run folder.
+
+From the shell (this is what ``make workbook`` does)::
+
+    python -m lithocore.workbook --run-dir runs/default --profile quick
+    python -m lithocore.workbook --run-dir runs/lapland --study-area data/central-lapland.yaml
+    python -m lithocore.workbook --only 01 -p synthetic_height 256 -p synthetic_width 256
+
+Every notebook gets the parameters it declares (its ``parameters`` cell) from the profile and the command
+line; executed notebooks go to ``<run-dir>/notebooks/``, each notebook's figures, GeoTIFFs and JSON to
+``<run-dir>/<notebook stem>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import time
+from pathlib import Path
+
+from .synthetic import SyntheticSpec, generate_study_area
+
+__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "run_workbook", "main"]
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+#: Parameter sets. ``quick``: a CPU run of the whole workbook in minutes (slim model). ``paper``: the paper's
+#: settings (full-width FCN-8s, 7000 iterations), meant for a GPU.
+PROFILES: dict[str, dict] = {
+    "quick": {"profile": "quick"},
+    "paper": {"profile": "paper"},
+}
+
+
+def notebooks(directory: str | Path = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``), in order."""
+    return sorted(p for p in Path(directory).glob("[0-9][0-9]_*.ipynb"))
+
+
+def study_area_manifest(study_area: str = "", *, height: int = 1611, width: int = 1650,
+                        coarse_spacing: float = 2000.0, seed: int = 0, cache_dir: str | Path | None = None,
+                        progress: bool = True) -> Path:
+    """The manifest to load: ``study_area`` when given, else the embedded synthetic area (generated once and
+    cached under ``data/generated/`` or ``cache_dir``)."""
+    if study_area:
+        path = Path(study_area).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: study-area manifest not found")
+        return path
+    spec = SyntheticSpec(height=height, width=width, coarse_spacing=coarse_spacing, seed=seed)
+    out = None if cache_dir is None else Path(cache_dir) / spec.key()
+    return generate_study_area(spec, out, progress=progress)
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """``<run_dir>/<stage>``, created: where one notebook writes its figures, rasters and JSON."""
+    d = Path(run_dir).expanduser().resolve() / stage
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _declared_parameters(nb_path: Path) -> set[str]:
+    import nbformat
+
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            names = set()
+            for node in tree.body:
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    names.add(node.target.id)
+                elif isinstance(node, ast.Assign):
+                    names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            return names
+    return set()
+
+
+def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", parameters: dict | None = None,
+                 only: list[str] | None = None, notebook_dir: str | Path = NOTEBOOK_DIR,
+                 kernel_name: str | None = None, progress: bool = True) -> dict:
+    """Execute the notebooks in order; returns ``{notebook: seconds}`` and writes it to ``<run_dir>/timings.json``.
+
+    ``only`` keeps the notebooks whose name starts with one of the given prefixes (``["01", "02"]``).
+    A notebook that fails stops the run; papermill leaves the executed copy, with the error, in the run folder.
+    """
+    import papermill as pm
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    run_dir = Path(run_dir).expanduser().resolve()
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {**PROFILES[profile], **(parameters or {}), "run_dir": str(run_dir)}
+    todo = [nb for nb in notebooks(notebook_dir) if not only or any(nb.name.startswith(o) for o in only)]
+    if not todo:
+        raise FileNotFoundError(f"no notebook in {notebook_dir} matches {only}")
+    timings = {}
+    for nb in todo:
+        declared = _declared_parameters(nb)
+        t0 = time.perf_counter()
+        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={k: v for k, v in params.items() if k in declared},
+                            cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=progress)
+        timings[nb.name] = round(time.perf_counter() - t0, 1)
+    (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+    return timings
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lithocore.workbook", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", default="runs/default", help="folder for executed notebooks and results")
+    ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    ap.add_argument("--study-area", default="", help="manifest of a study area (default: the embedded synthetic one)")
+    ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these prefixes")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override a notebook parameter (Python literal)")
+    args = ap.parse_args(argv)
+    params = {k: _value(v) for k, v in args.parameter}
+    if args.study_area:
+        params["study_area"] = str(Path(args.study_area).resolve())
+    timings = run_workbook(args.run_dir, args.profile, params, only=args.only)
+    for nb, s in timings.items():
+        print(f"{nb:40s} {s:8.1f} s")
+    print(f"results in {Path(args.run_dir).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

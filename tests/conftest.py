@@ -1,0 +1,34 @@
+"""Shared fixtures: a small synthetic study area (generated once per session) and the real Central Lapland data."""
+
+from pathlib import Path
+
+import pytest
+
+from lithocore.synthetic import SyntheticSpec, generate_study_area
+
+ROOT = Path(__file__).resolve().parent.parent
+LAPLAND_MANIFEST = ROOT / "data" / "central-lapland.yaml"
+LAPLAND_DATA = ROOT.parent / "shared" / "data" / "central-lapland"
+
+#: The small area the tests use: 192 x 192 pixels of 15 m, surveys every 300 m (20 pixels).
+SMALL_SPEC = SyntheticSpec(height=192, width=192, coarse_spacing=300.0, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_manifest(tmp_path_factory) -> Path:
+    return generate_study_area(SMALL_SPEC, tmp_path_factory.mktemp("synthetic") / "area", progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_area(small_manifest):
+    from lithocore.data import load_study_area
+
+    return load_study_area(small_manifest)
+
+
+@pytest.fixture(scope="session")
+def lapland_manifest() -> Path:
+    if not (LAPLAND_DATA / "geophysics").is_dir():
+        pytest.skip(f"Central Lapland data not found at {LAPLAND_DATA} (it sits beside the project in "
+                    "../shared/data/central-lapland; CI has it, a fresh clone may not)")
+    return LAPLAND_MANIFEST

@@ -1,0 +1,42 @@
+"""Every notebook runs under papermill, on a small synthetic area and on Central Lapland."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lithocore.workbook import notebooks, run_workbook
+
+from .conftest import LAPLAND_MANIFEST
+
+PARAMS = yaml.safe_load((Path(__file__).parent / "notebook_params.yaml").read_text())
+NOTEBOOKS = [nb.name for nb in notebooks()]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_synthetic(notebook, tmp_path, small_manifest):
+    params = dict(PARAMS["synthetic"], study_area=str(small_manifest))
+    run_workbook(tmp_path, parameters=params, only=[notebook[:2]], progress=False)
+    assert (tmp_path / "notebooks" / notebook).is_file()
+    _check_outputs(tmp_path, notebook)
+
+
+@pytest.mark.notebook
+@pytest.mark.real_data
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_central_lapland(notebook, tmp_path, lapland_manifest):
+    params = {k: v.format(lapland=LAPLAND_MANIFEST) if isinstance(v, str) else v
+              for k, v in PARAMS["central-lapland"].items()}
+    run_workbook(tmp_path, parameters=params, only=[notebook[:2]], progress=False)
+    _check_outputs(tmp_path, notebook)
+
+
+def _check_outputs(run_dir: Path, notebook: str):
+    stage = run_dir / Path(notebook).stem
+    assert stage.is_dir(), f"{notebook} wrote nothing into {stage}"
+    if notebook.startswith("01"):
+        info = json.loads((stage / "study_area.json").read_text())
+        assert info["valid_fraction"] > 0.5 and len(info["classes"]) >= 2
+        assert (stage / "layers.png").stat().st_size > 10_000

@@ -1,0 +1,64 @@
+"""The project's own promises: dependency lists agree, notebooks keep their skeleton, README and CI agree."""
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_side = {_name(d) for d in project["dependencies"]} | {_name(d) for d in project["optional-dependencies"]["test"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"] == ["conda-forge", "nodefaults"]
+    conda_side = {_name(d) for d in env["dependencies"] if isinstance(d, str)} - {"python", "pip"}
+    assert pip_side == conda_side, f"only in pyproject: {pip_side - conda_side}; only in environment.yml: {conda_side - pip_side}"
+    assert any(d == "python=3.11" for d in env["dependencies"] if isinstance(d, str))
+    assert {"pip": ["-e ."]} in env["dependencies"]
+
+
+def test_notebooks_numbered():
+    names = [nb.name for nb in NOTEBOOKS]
+    assert names and all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", n) for n in names), names
+    assert len({n[:2] for n in names}) == len(names)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_skeleton(path):
+    nb = nbformat.read(path, as_version=4)
+    titles = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()
+              if line.startswith("# ")]
+    assert len(titles) == 1, f"{path.name}: exactly one '# ' title, found {titles}"
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for section in ("## Overview", "## Prerequisites", "## Summary", "## What's next"):
+        assert section in text, f"{path.name}: no '{section}' section"
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
+    for node in ast.parse(params[0].source).body:
+        assert isinstance(node, ast.AnnAssign), f"{path.name}: parameters are annotated assignments"
+        ast.literal_eval(node.value)  # literals only
+    assert all(line.strip() == "" or "#" in line for line in params[0].source.splitlines()), \
+        f"{path.name}: every parameter has a comment (its unit or meaning)"
+    for c in nb.cells:
+        if c.cell_type == "code":
+            assert not c.outputs and c.execution_count is None, f"{path.name}: committed with outputs"
+
+
+def test_readme_commands_and_ci():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make workbook" in readme and "make test" in readme
+    assert re.search(r"^make test$", ci, re.M), ".ci/run runs the README's test command"
+    ignored = (ROOT / ".gitignore").read_text()
+    assert "runs/" in ignored and "data/generated/" in ignored
