@@ -218,6 +218,7 @@ class CoarseLayer:
     units: str = ""
     source: str = ""
     kind: str = "coarse"  # "coarse" (a raster grid) or "points" (gridded samples)
+    meta: dict = field(default_factory=dict)  # the manifest entry's other keys (inclination, group, ...)
 
     def to_fine(self, fine: Grid) -> np.ndarray:
         """Bilinear resampling onto the fine grid (the plain upsampling that fusion is compared with)."""
@@ -390,7 +391,8 @@ def _read_coarse(path: Path, entry: dict, grid: Grid) -> tuple[CoarseLayer, dict
     name = entry.get("name", path.stem)
     if not np.isfinite(values).any():
         raise StudyAreaError(path, "has no valid data inside the reference grid (all nodata)")
-    return CoarseLayer(name, values, cgrid, factor, str(entry.get("units", "")), str(path)), info
+    meta = {k: v for k, v in entry.items() if k not in ("path", "name", "units")}
+    return CoarseLayer(name, values, cgrid, factor, str(entry.get("units", "")), str(path), meta=meta), info
 
 
 def _read_vector(path: Path, crs_hint: Any = None):
@@ -633,7 +635,8 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
                                 maxdist=e.get("maxdist"))
             except ValueError as exc:
                 raise StudyAreaError(p, f"column '{col}': {exc}") from None
-            coarse.append(CoarseLayer(str(name), z, cgrid, factor, str(e.get("units", "")), str(p), kind="points"))
+            coarse.append(CoarseLayer(str(name), z, cgrid, factor, str(e.get("units", "")), str(p), kind="points",
+                                      meta={"group": str(p), "log": bool(e.get("log", False))}))
             units[str(name)] = str(e.get("units", ""))
         points[p.stem] = gdf.rename(columns={c: n for c, n in columns.items()})
         table.append(dict(layer=", ".join(map(str, columns.values())), kind="points", file=p.name,

@@ -121,7 +121,8 @@ class SyntheticSpec:
     sun_azimuth: float = 150.0  # degrees, ASTER morning overpass
     sun_elevation: float = 45.0  # degrees
     noise: float = 0.006  # reflectance, sensor noise (std)
-    version: int = 1  # bump when the generator changes, so caches are rebuilt
+    dispersion: float = 150.0  # metres, std of the Gaussian that disperses the surface geochemistry
+    version: int = 3  # bump when the generator changes, so caches are rebuilt
 
     def __post_init__(self):
         if self.height < 32 or self.width < 32:
@@ -134,7 +135,8 @@ class SyntheticSpec:
         return max(1, int(round(self.coarse_spacing / self.pixel_size)))
 
     def key(self) -> str:
-        return f"synthetic-{self.height}x{self.width}-{self.pixel_size:g}m-{self.coarse_spacing:g}m-seed{self.seed}"
+        return (f"synthetic-{self.height}x{self.width}-{self.pixel_size:g}m-{self.coarse_spacing:g}m-seed{self.seed}"
+                f"-v{self.version}")
 
 
 def default_area_dir(spec: SyntheticSpec, root: str | os.PathLike | None = None) -> Path:
@@ -364,6 +366,7 @@ def generate_study_area(spec: SyntheticSpec | None = None, out_dir: str | os.Pat
         swir_grid = grid.coarsen(2)
         swir = np.stack([_block_mean(refl[b], 2) for b in range(3, 9)]).astype(np.float32)
         swir += 0.5 * spec.noise * rng.standard_normal(swir.shape).astype(np.float32)
+        swir = np.clip(swir, 0.001, 1.0)
         steps.update()
 
         # --- DEM written at 12.5 m like PALSAR (a different grid: the loader resamples it)
@@ -386,7 +389,7 @@ def generate_study_area(spec: SyntheticSpec | None = None, out_dir: str | os.Pat
         for o in range(len(OXIDES)):
             mix = _blur(np.where(bedrock, comp[o], 0), upstream_sigma) / np.maximum(weight, 1e-3)
             comp[o] = np.where(bedrock, comp[o], mix)
-        true_geochem = np.stack([_blur(c, max(1.0, f / 14)) for c in comp]).astype(np.float32)  # ~150 m dispersion
+        true_geochem = np.stack([_blur(c, spec.dispersion / res) for c in comp]).astype(np.float32)
         # Stream-sediment samples: one per coarse cell, jittered, each the average of its catchment.
         catch = np.stack([_blur(c, 0.3 * f) for c in true_geochem])
         ny, nx = math.ceil(spec.height / f), math.ceil(spec.width / f)

@@ -99,11 +99,15 @@ def test_true_fields_consistent_with_samples(small_manifest, small_area):
         local = ndimage.gaussian_filter(truth[o], 6)[rows, cols]
         resid = np.log(samples[ox].to_numpy() / local)
         assert abs(resid.mean()) < 0.03 and 0.05 < resid.std() < 0.11, (ox, resid.mean(), resid.std())
-    # Leucogranite as the paper has it: SiO2 >= 72, CaO <= 2 wt % (away from its contacts).
-    lab = small_area.labels
-    core = ndimage.binary_erosion(lab == 6, iterations=3)
+    # Leucogranite as the paper has it (SiO2 >= 72, Al2O3 >= 14, Na2O + K2O >= 8, CaO <= 2, MgO <= 1,
+    # Fe2O3 <= 1 wt %) before dispersion; in the dispersed truth, the deeper inside a body, the closer to it.
+    leuco = dict(zip(OXIDES, synthetic.COMPOSITION[synthetic.MATERIALS.index("leucogranite")]))
+    assert leuco["SiO2"] >= 72 and leuco["Al2O3"] >= 14 and leuco["Na2O"] + leuco["K2O"] >= 8
+    assert leuco["CaO"] <= 2 and leuco["MgO"] <= 1 and leuco["Fe2O3"] <= 1
+    depth = ndimage.distance_transform_edt(small_area.labels == 6)  # class index 6: leucogranite
+    rim, core = (depth >= 1) & (depth < 3), depth >= 6
     assert core.any()
-    assert truth[0][core].mean() >= 72 and truth[2][core].mean() <= 2
+    assert truth[0][core].mean() > truth[0][rim].mean() and truth[2][core].mean() < truth[2][rim].mean()
     # The 2 km aeromagnetic grid is the block mean of the true fine field, plus survey noise.
     with rasterio.open(folder / "truth" / "aeromag_true_15m.tif") as src:
         mag = src.read(1)
