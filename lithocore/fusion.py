@@ -47,7 +47,7 @@ from scipy import ndimage, stats
 from .data import CoarseLayer, Grid, StudyArea, StudyAreaError
 
 __all__ = ["FusionResult", "clr", "reduce_to_pole", "preprocess", "decompose", "fuse", "fuse_study_area",
-           "score_against_truth", "guide_bands", "calibrate_detail", "wald_protocol", "consistency", "build_stack", "normalisation_stats",
+           "score_against_truth", "guide_bands", "calibrate_detail", "wald_protocol", "consistency", "build_stack", "normalisation_stats", "read_stack",
            "write_stack", "read_truth"]
 
 
@@ -561,6 +561,15 @@ def normalisation_stats(stack: np.ndarray, pixels: np.ndarray) -> dict:
     std = np.nanstd(sel, axis=1)
     return dict(mean=mean.astype(float).tolist(), std=np.where(std > 0, std, 1.0).astype(float).tolist(),
                 pixels=int(pixels.sum()))
+
+
+def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, list[str], list[str], dict, dict]:
+    """Read a stack written by :func:`write_stack`: (stack, names, units, normalisation stats, tags)."""
+    with rasterio.open(path) as src:
+        tags = src.tags()
+        stack = src.read().astype(np.float32)
+    return (stack, json.loads(tags["channels"]), json.loads(tags["units"]), json.loads(tags.get("normalisation", "{}")),
+            tags)
 
 
 def write_stack(path: str | os.PathLike, stack: np.ndarray, names: list[str], units: list[str], grid: Grid, *,

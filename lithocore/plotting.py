@@ -14,7 +14,7 @@ from matplotlib.patches import Patch
 from .data import NO_LABEL, Grid, StudyArea
 
 __all__ = ["extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
-           "plot_layers", "class_colormap"]
+           "plot_layers", "class_colormap", "plot_tiles", "plot_history"]
 
 
 def extent_km(grid: Grid) -> list[float]:
@@ -169,3 +169,49 @@ def plot_layers(area: StudyArea, points_column: str | None = None, coarse_name: 
         ax.set_axis_off()
     fig.suptitle(area.name)
     return fig
+
+
+def plot_tiles(area: StudyArea, tiles, ax=None, title: str | None = None, max_tiles: int = 400):
+    """The geological map (faded) with training tiles (black) and validation tiles (red) outlined and, for a
+    spatial split, the validation region hatched and the buffer greyed."""
+    from matplotlib.patches import Rectangle
+
+    ax = _axes(ax)
+    plot_labels(area, ax=ax, legend=False, title="")
+    for im in ax.get_images():
+        im.set_alpha(0.45)
+    ext = extent_km(area.grid)
+    res = area.grid.res / 1e3
+    if tiles.region is not None:
+        buf = np.ma.masked_where(tiles.region != -1, np.ones(area.shape))
+        ax.imshow(buf, extent=ext, cmap=ListedColormap(["0.5"]), alpha=0.5, interpolation="nearest")
+        ax.contourf(np.linspace(ext[0], ext[1], area.shape[1]), np.linspace(ext[3], ext[2], area.shape[0]),
+                    (tiles.region == 1).astype(float), levels=[0.5, 1.5], colors="none", hatches=["//"])
+    rng = np.random.default_rng(0)
+    for windows, colour in ((tiles.train, "k"), (tiles.val, "r")):
+        shown = windows if len(windows) <= max_tiles else windows[rng.choice(len(windows), max_tiles, replace=False)]
+        for r, c in shown:
+            x0, y0 = ext[0] + c * res, ext[3] - (r + tiles.size) * res
+            ax.add_patch(Rectangle((x0, y0), tiles.size * res, tiles.size * res, fill=False, lw=0.4, ec=colour,
+                                   alpha=0.6))
+    return _finish(ax, title or f"{tiles.split} split: {len(tiles.train)} training (black), "
+                                f"{len(tiles.val)} validation (red) tiles")
+
+
+def plot_history(history: dict, ax=None):
+    """Loss and pixel accuracy of training and validation per epoch (the paper's Figure 6)."""
+    if ax is None:
+        _, ax = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    epochs = np.asarray(history.get("epoch", range(len(history["loss"])))) + 1
+    for key, style in (("loss", "-"), ("val_loss", "--")):
+        if key in history:
+            ax[0].plot(epochs, history[key], style, label=key.replace("_", " "))
+    for key, style in (("masked_accuracy", "-"), ("val_masked_accuracy", "--")):
+        if key in history:
+            ax[1].plot(epochs, history[key], style, label=key.replace("masked_", "").replace("_", " "))
+    ax[0].set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax[1].set(xlabel="epoch", ylabel="pixel accuracy (labelled pixels)", title="Accuracy")
+    for a in ax:
+        a.legend()
+        a.grid(alpha=0.3)
+    return ax

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .synthetic import SyntheticSpec, generate_study_area
 
-__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "run_workbook", "main"]
+__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "run_workbook",
+           "main"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -58,6 +59,28 @@ def stage_dir(run_dir: str | Path, stage: str) -> Path:
     d = Path(run_dir).expanduser().resolve() / stage
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def fused_stack(run_dir: str | Path, manifest: str | Path, area=None, **fusion_settings):
+    """The fused stack of this run: read from ``<run_dir>/02_fuse_sources/fused_stack.tif`` when notebook 02
+    wrote it for the same manifest, else fused now (notebook 02's defaults) and written there.
+
+    Returns (area, stack, channel names, units).
+    """
+    from . import fusion
+    from .data import load_study_area
+
+    area = area if area is not None else load_study_area(manifest)
+    path = Path(run_dir).expanduser().resolve() / "02_fuse_sources" / "fused_stack.tif"
+    if path.is_file():
+        stack, names, units, _, tags = fusion.read_stack(path)
+        if tags.get("manifest") == str(Path(manifest).resolve()) and stack.shape[1:] == area.shape:
+            return area, stack, names, units
+    settings = dict(detail_gain=0.3, detail_smoothing=5.0) | fusion_settings
+    result = fusion.fuse_study_area(area, **settings)
+    stack, names, units = fusion.build_stack(result, area)
+    fusion.write_stack(path, stack, names, units, area.grid, tags=dict(manifest=str(Path(manifest).resolve()), **settings))
+    return area, stack, names, units
 
 
 def _declared_parameters(nb_path: Path) -> set[str]:

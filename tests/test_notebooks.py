@@ -40,3 +40,15 @@ def _check_outputs(run_dir: Path, notebook: str):
         info = json.loads((stage / "study_area.json").read_text())
         assert info["valid_fraction"] > 0.5 and len(info["classes"]) >= 2
         assert (stage / "layers.png").stat().st_size > 10_000
+    if notebook.startswith("02"):
+        quality = json.loads((stage / "fusion_quality.json").read_text())
+        assert all(row["corr"] > 0.9 for row in quality["consistency"])
+        assert (stage / "fused_stack.tif").is_file()
+    if notebook.startswith("03"):
+        info = json.loads((stage / "tiles.json").read_text())
+        assert info["overlap"]["spatial"]["max_overlap"] == 0.0
+        assert (stage / "tiles_spatial.npz").is_file() and (stage / "tiles_paper.npz").is_file()
+    if notebook.startswith("04"):
+        meta = json.loads((stage / "model.json").read_text())
+        assert 0.0 <= meta["validation"]["overall_accuracy"] <= 1.0 and len(meta["channels"]) >= 2
+        assert (stage / "model.keras").is_file() and (stage / "history.csv").is_file()

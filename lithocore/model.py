@@ -1,0 +1,181 @@
+"""FCN-8s from VGG-19 (the paper's Table 1), in backend-neutral Keras 3.
+
+Table 1, read with two corrections (its "256 x 256 x 1" input and "x 2" output are typos for the 9-channel
+stack and the class count):
+
+======== ===================== =========================================
+layer    filters (x width)     output for a 256 x 256 x C input
+======== ===================== =========================================
+Conv1    2 x 3x3, 64           256 x 256 x 64, then 2x2 max pool (Pool1)
+Conv2    2 x 3x3, 128          128 x 128 x 128, Pool2
+Conv3    4 x 3x3, 256          64 x 64 x 256, Pool3 (32 x 32)
+Conv4    4 x 3x3, 512          32 x 32 x 512, Pool4 (16 x 16)
+Conv5    4 x 3x3, 512          16 x 16 x 512, Pool5 (8 x 8)
+Conv6    1x1, 4096 (fc width)  8 x 8 x 4096, then dropout
+Conv7    1x1, 4096             8 x 8 x 4096
+Conv8    1x1, 4096             8 x 8 x 4096
+tConv1   2x2 stride 2, 512     16 x 16 x 512, added to Pool4
+tConv2   2x2 stride 2, 256     32 x 32 x 256, added to Pool3
+tConv3   8x8 stride 8, classes 256 x 256 x classes, softmax
+======== ===================== =========================================
+
+The skips add the upsampled maps to the pooled maps directly, as Table 1's channel counts allow (Long et
+al.'s variant scores each skip with a 1x1 convolution first; not offered, as nothing here shows it helps).
+``width`` scales the convolution filters, ``fc`` the three 1x1 layers: ``width=1, fc=4096`` is the paper's
+model: 64.7 M parameters with 9 channels and 8 classes (Table 1's Conv8 is a third 4096-wide 1x1 layer, and
+tConv1 maps its 4096 channels to 512: 25 M parameters more than Long et al.'s FCN-8s head);
+``width=1/8, fc=256`` is a slim one for CPUs.
+Inputs of any size that is a multiple of 32 work, with any number of channels and classes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["build_fcn8s", "PixelCrossEntropy", "masked_accuracy", "backend_info", "describe_layers"]
+
+
+def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int = 4096, dropout: float = 0.5,
+                tile: int | None = None, name: str = "fcn8s_vgg19"):
+    """Build the FCN-8s of Table 1.
+
+    Parameters
+    ----------
+    n_channels, n_classes
+        Input channels (9 in the paper) and classes (8).
+    width
+        Multiplier on the convolution filters (64 ... 512).
+    fc
+        Filters of the 1x1 layers Conv6-8 (4096 in the paper).
+    tile
+        Fixed input size (a multiple of 32), or None for any size.
+
+    Examples
+    --------
+    >>> m = build_fcn8s(9, 8, width=1 / 16, fc=32, tile=64)
+    >>> m.output_shape
+    (None, 64, 64, 8)
+    """
+    import keras
+    from keras import layers
+
+    if tile is not None and tile % 32:
+        raise ValueError(f"the tile size must be a multiple of 32 (five 2x poolings), got {tile}")
+    f = lambda n: max(1, int(round(n * width)))
+    inp = keras.Input((tile, tile, n_channels), name="stack")
+    x = inp
+    pools = []
+    for block, (n_conv, filters) in enumerate(zip((2, 2, 4, 4, 4), (64, 128, 256, 512, 512)), start=1):
+        for j in range(n_conv):
+            x = layers.Conv2D(f(filters), 3, padding="same", activation="relu", name=f"conv{block}_{j + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
+        pools.append(x)
+    x = layers.Conv2D(fc, 1, activation="relu", name="conv6")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    x = layers.Conv2D(fc, 1, activation="relu", name="conv7")(x)
+    x = layers.Conv2D(fc, 1, activation="relu", name="conv8")(x)
+    x = layers.Conv2DTranspose(f(512), 2, strides=2, name="tconv1")(x)
+    x = layers.Add(name="skip_pool4")([x, pools[3]])
+    x = layers.Conv2DTranspose(f(256), 2, strides=2, name="tconv2")(x)
+    x = layers.Add(name="skip_pool3")([x, pools[2]])
+    x = layers.Conv2DTranspose(n_classes, 8, strides=8, name="tconv3")(x)
+    out = layers.Softmax(name="softmax")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def describe_layers(model) -> list[dict]:
+    """Table-1-like rows: layer name, kind and output shape (for the notebook)."""
+    rows = []
+    for layer in model.layers:
+        shape = getattr(layer, "output", None)
+        rows.append(dict(layer=layer.name, kind=type(layer).__name__,
+                         output=str(tuple(shape.shape)) if shape is not None else "",
+                         parameters=int(layer.count_params()) if layer.built else 0))
+    return rows
+
+
+def _loss_base():
+    import keras
+
+    return keras.losses.Loss
+
+
+class PixelCrossEntropy(_loss_base()):
+    """Cross-entropy over pixels, ignoring target pixels equal to -1, with optional class weights.
+
+    ``mode="sum"``: the summation over the training pixels that the paper describes; ``mode="mean"``: the mean
+    over the labelled pixels of the batch. Pixels are flattened with ``keras.ops.reshape`` before the loss,
+    which trains under TensorFlow, JAX and PyTorch alike.
+    """
+
+    def __init__(self, n_classes: int, mode: str = "mean", class_weights=None, name: str = "pixel_cross_entropy",
+                 **kwargs):
+        if mode not in ("sum", "mean"):
+            raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.n_classes, self.mode = int(n_classes), mode
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred):
+        from keras import ops
+
+        y_pred = ops.reshape(y_pred, (-1, self.n_classes))
+        y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        valid = ops.cast(y_true >= 0, y_pred.dtype)
+        target = ops.maximum(y_true, 0)
+        prob = ops.take_along_axis(y_pred, ops.expand_dims(target, -1), axis=-1)[:, 0]
+        ce = -ops.log(ops.clip(prob, 1e-7, 1.0))
+        w = valid
+        if self.class_weights is not None:
+            w = w * ops.take(ops.convert_to_tensor(self.class_weights, dtype=y_pred.dtype), target)
+        total = ops.sum(ce * w)
+        if self.mode == "mean":
+            total = total / ops.maximum(ops.sum(valid), 1.0)
+        return total
+
+    def get_config(self):
+        return dict(n_classes=self.n_classes, mode=self.mode, class_weights=self.class_weights, name=self.name)
+
+
+def masked_accuracy(y_true, y_pred):
+    """Pixel accuracy over labelled pixels (targets of -1 ignored)."""
+    from keras import ops
+
+    n = ops.shape(y_pred)[-1]
+    y_pred = ops.reshape(y_pred, (-1, n))
+    y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    valid = ops.cast(y_true >= 0, "float32")
+    hit = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float32")
+    return ops.sum(hit * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+
+def backend_info() -> dict:
+    """Keras backend and the accelerators it sees."""
+    import keras
+
+    backend = keras.backend.backend()
+    devices = []
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            devices = [d.name for d in tf.config.list_physical_devices("GPU")]
+        elif backend == "jax":
+            import jax
+
+            devices = [str(d) for d in jax.devices() if d.platform != "cpu"]
+        elif backend == "torch":
+            import torch
+
+            devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a broken driver must not stop a CPU run
+        devices = []
+    return dict(backend=backend, keras=keras.__version__, gpus=devices, gpu=bool(devices),
+                env_backend=os.environ.get("KERAS_BACKEND", ""))
+
+
+def count_parameters(model) -> int:
+    return int(np.sum([np.prod(w.shape) for w in model.weights]))

@@ -1,0 +1,317 @@
+"""Training tiles: sliding windows over the stack and the labels, and honest train/validation splits.
+
+Tiles are *windows into the scene* (their top-left corners), never copies: memory stays the size of the scene
+whatever the number of tiles, and :class:`TileBatches` cuts each batch on the fly.
+
+Two splits are offered:
+
+* ``"paper"``: the paper's 80/20 random split of the sampled windows. With a stride of 20 pixels and 256-pixel
+  tiles, a validation tile overlaps training tiles by up to 92 %, so its scores say little about unseen ground;
+  :func:`overlap_report` measures it.
+* ``"spatial"`` (the default): the scene is cut into blocks; some blocks are the validation region, the rest the
+  training region, separated by a buffer at least one tile wide that no tile of either side enters. The blocks
+  are chosen so that every class present in the scene is present on both sides where the map allows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .data import NO_LABEL
+
+__all__ = ["TileSet", "candidate_windows", "sample_windows", "split_paper", "split_spatial", "make_tiles",
+           "overlap_report", "class_weights", "TileBatches", "IGNORE", "save_tiles", "load_tiles"]
+
+#: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
+IGNORE = -1
+
+
+@dataclass
+class TileSet:
+    """Windows (top-left row, col) of ``size`` pixels and the side each belongs to."""
+
+    size: int
+    train: np.ndarray  # (n, 2) int
+    val: np.ndarray  # (m, 2) int
+    split: str
+    region: np.ndarray | None = None  # (H, W) int8 for the spatial split: 0 train, 1 validation, -1 buffer
+    info: dict = field(default_factory=dict)
+
+
+def candidate_windows(labels: np.ndarray, mask: np.ndarray, size: int, stride: int,
+                      allowed: np.ndarray | None = None) -> np.ndarray:
+    """Top-left corners of every ``size`` window on a ``stride`` grid that holds at least one labelled valid
+    pixel (and, with ``allowed``, lies wholly inside it).
+
+    Examples
+    --------
+    >>> lab = np.full((8, 8), NO_LABEL, np.uint8); lab[0, 0] = 1
+    >>> candidate_windows(lab, np.ones((8, 8), bool), 4, 2).tolist()
+    [[0, 0]]
+    """
+    H, W = labels.shape
+    if size > H or size > W:
+        raise ValueError(f"tile size {size} is larger than the scene ({H} x {W}); choose a smaller tile_size")
+    labelled = ((labels != NO_LABEL) & mask).astype(np.int64)
+    ii = np.pad(labelled.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    rows = np.arange(0, H - size + 1, stride)
+    cols = np.arange(0, W - size + 1, stride)
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    count = ii[r + size, c + size] - ii[r, c + size] - ii[r + size, c] + ii[r, c]
+    keep = count > 0
+    if allowed is not None:
+        bad = (~allowed).astype(np.int64)
+        jj = np.pad(bad.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        keep &= (jj[r + size, c + size] - jj[r, c + size] - jj[r + size, c] + jj[r, c]) == 0
+    return np.stack([r[keep], c[keep]], axis=1)
+
+
+def _window_classes(labels: np.ndarray, windows: np.ndarray, size: int, n_classes: int) -> np.ndarray:
+    """(n, n_classes) bool: which classes each window holds."""
+    out = np.zeros((len(windows), n_classes), dtype=bool)
+    for i, (r, c) in enumerate(windows):
+        v = labels[r:r + size, c:c + size]
+        out[i, np.unique(v[v != NO_LABEL]).astype(int)] = True
+    return out
+
+
+def sample_windows(windows: np.ndarray, n: int, rng: np.random.Generator, *, labels: np.ndarray | None = None,
+                   size: int | None = None, n_classes: int | None = None, stratified: bool = False) -> np.ndarray:
+    """``n`` windows drawn without replacement; ``stratified`` favours windows that hold rare classes
+    (probability proportional to the sum over held classes of 1 / class frequency among windows)."""
+    if len(windows) == 0:
+        raise ValueError("no window holds a labelled pixel: the tile size may be too large for the area")
+    n = min(n, len(windows))
+    if not stratified:
+        return windows[np.sort(rng.choice(len(windows), n, replace=False))]
+    held = _window_classes(labels, windows, size, n_classes)
+    freq = held.sum(0)
+    score = (held / np.maximum(freq, 1)).sum(1)
+    p = score / score.sum()
+    return windows[np.sort(rng.choice(len(windows), n, replace=False, p=p))]
+
+
+def split_paper(windows: np.ndarray, rng: np.random.Generator, val_fraction: float = 0.2):
+    """The paper's split: a random ``val_fraction`` of the windows for validation."""
+    order = rng.permutation(len(windows))
+    n_val = int(round(val_fraction * len(windows)))
+    return windows[np.sort(order[n_val:])], windows[np.sort(order[:n_val])]
+
+
+def _regions(val_blocks: np.ndarray, block_id: np.ndarray, buffer: float) -> np.ndarray:
+    """Region map: 1 validation blocks, -1 within ``buffer`` pixels of them, 0 the rest (training)."""
+    val = np.isin(block_id, val_blocks)
+    region = val.astype(np.int8)
+    if buffer > 0:
+        near = (ndimage.distance_transform_edt(~val) <= buffer) & ~val
+        region[near] = -1
+    return region
+
+
+def _fits(inside: np.ndarray, size: int, stride: int = 1) -> bool:
+    """Whether a ``size`` x ``size`` window on the ``stride`` grid fits wholly inside the True area."""
+    if size > min(inside.shape):
+        return False
+    ii = np.pad(inside.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    total = ii[size:, size:] - ii[:-size, size:] - ii[size:, :-size] + ii[:-size, :-size]
+    return bool((total[::stride, ::stride] == size * size).any())
+
+
+def split_spatial(labels: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, *,
+                  blocks: int = 4, val_fraction: float = 0.2, buffer: int | None = None, min_share: float = 0.05,
+                  stride: int = 1):
+    """A validation region made of a rectangle of whole blocks of a ``blocks x blocks`` grid, a training region
+    made of the rest less a buffer (default: one tile) around the validation region.
+
+    Among every rectangle of blocks, keeps one where a whole tile fits on each side, then the one
+    with the most classes present on *both* sides
+    after the buffer (a class counts on a side when that side holds at least ``min_share`` of its pixels),
+    then the one whose validation share of labelled pixels is closest to ``val_fraction``. The choice is
+    scored on a downsampled map, so it stays cheap for large scenes. Returns the region map (0 train,
+    1 validation, -1 buffer) and a dict describing it.
+    """
+    H, W = labels.shape
+    buffer = size if buffer is None else buffer
+    labelled = (labels != NO_LABEL) & mask
+    classes = np.unique(labels[labelled]).astype(int)
+    bh, bw = math.ceil(H / blocks), math.ceil(W / blocks)
+    block_id = (np.arange(H)[:, None] // bh) * blocks + (np.arange(W)[None, :] // bw)
+    n_blocks = blocks * blocks
+    step = max(1, min(H, W) // 256)  # scoring resolution
+    lab_s, ok_s, bid_s = labels[::step, ::step], labelled[::step, ::step], block_id[::step, ::step]
+    totals = np.array([(ok_s & (lab_s == c)).sum() for c in classes], dtype=np.float64)
+    best, best_key = None, None
+    rects = [(i0, i1, j0, j1) for i0 in range(blocks) for i1 in range(i0 + 1, blocks + 1)
+             for j0 in range(blocks) for j1 in range(j0 + 1, blocks + 1)
+             if (i1 - i0, j1 - j0) != (blocks, blocks)]
+    rng.shuffle(rects)  # ties are broken by the seed
+    for i0, i1, j0, j1 in rects:
+        chosen = np.array([i * blocks + j for i in range(i0, i1) for j in range(j0, j1)])
+        region = _regions(chosen, bid_s, buffer / step)
+        on_val = np.array([(ok_s & (lab_s == c) & (region == 1)).sum() for c in classes]) / np.maximum(totals, 1)
+        on_train = np.array([(ok_s & (lab_s == c) & (region == 0)).sum() for c in classes]) / np.maximum(totals, 1)
+        both = int(((on_val >= min_share) & (on_train >= min_share)).sum())
+        share = (ok_s & (region == 1)).sum() / max(ok_s.sum(), 1)
+        tile_s = max(1, size // step)
+        stride_s = max(1, stride // step) if stride % step == 0 else 1
+        feasible = _fits(region == 0, tile_s, stride_s) and _fits(region == 1, tile_s, stride_s)
+        key = (feasible, both, -abs(share - val_fraction))
+        if best_key is None or key > best_key:
+            best, best_key = chosen, key
+    if not best_key[0]:
+        raise ValueError(f"no rectangle of the {blocks} x {blocks} blocks leaves room for a {size}-pixel tile on both "
+                         f"sides of a {buffer}-pixel buffer in this {H} x {W} scene: use a smaller tile_size")
+    region = _regions(best, block_id, buffer)
+    train_cls = np.unique(labels[labelled & (region == 0)])
+    val_cls = np.unique(labels[labelled & (region == 1)])
+    info = dict(blocks=blocks, val_blocks=sorted(int(b) for b in best), buffer=int(buffer),
+                val_share_of_labelled=float((labelled & (region == 1)).sum() / max(labelled.sum(), 1)),
+                classes_in_scene=len(classes), classes_train=len(train_cls), classes_val=len(val_cls),
+                classes_on_both_sides=best_key[1],
+                classes_missing_from_val=[int(c) for c in np.setdiff1d(classes, val_cls)],
+                classes_missing_from_train=[int(c) for c in np.setdiff1d(classes, train_cls)])
+    return region, info
+
+
+def make_tiles(labels: np.ndarray, mask: np.ndarray, *, size: int = 256, stride: int = 20, n_samples: int = 1000,
+               split: str = "spatial", val_fraction: float = 0.2, seed: int = 0, stratified: bool = False,
+               blocks: int = 4, n_classes: int | None = None) -> TileSet:
+    """Sample tiles and split them (paper: 256 x 256, stride 20, 1000 samples, 80/20).
+
+    For the spatial split, training windows are drawn from the training region and validation windows from
+    the validation region, in the proportions ``1 - val_fraction`` and ``val_fraction`` of ``n_samples``.
+    """
+    rng = np.random.default_rng(seed)
+    n_classes = n_classes or int(labels[labels != NO_LABEL].max()) + 1
+    kw = dict(labels=labels, size=size, n_classes=n_classes, stratified=stratified)
+    if split == "paper":
+        cand = candidate_windows(labels, mask, size, stride)
+        chosen = sample_windows(cand, n_samples, rng, **kw)
+        train, val = split_paper(chosen, rng, val_fraction)
+        return TileSet(size, train, val, "paper", None, dict(candidates=int(len(cand))))
+    if split != "spatial":
+        raise ValueError(f"unknown split {split!r}: 'spatial' or 'paper'")
+    region, info = split_spatial(labels, mask, size, rng, blocks=blocks, val_fraction=val_fraction, stride=stride)
+    cand_t = candidate_windows(labels, mask, size, stride, allowed=region == 0)
+    cand_v = candidate_windows(labels, mask, size, stride, allowed=region == 1)
+    if len(cand_t) == 0 or len(cand_v) == 0:
+        raise ValueError(f"the spatial split leaves no {'training' if len(cand_t) == 0 else 'validation'} window "
+                         f"of {size} pixels: use a smaller tile_size or fewer blocks")
+    n_val = max(1, int(round(val_fraction * n_samples)))
+    train = sample_windows(cand_t, n_samples - n_val, rng, **kw)
+    val = sample_windows(cand_v, n_val, rng, **kw)
+    info.update(candidates_train=int(len(cand_t)), candidates_val=int(len(cand_v)))
+    return TileSet(size, train, val, "spatial", region, info)
+
+
+def overlap_report(tiles: TileSet) -> dict:
+    """How much validation tiles overlap training tiles: for each validation tile, the largest share of its
+    area covered by a single training tile; reported as mean, max and the share of tiles with any overlap."""
+    if len(tiles.val) == 0 or len(tiles.train) == 0:
+        return dict(mean_max_overlap=0.0, max_overlap=0.0, share_overlapping=0.0)
+    s = tiles.size
+    best = np.zeros(len(tiles.val))
+    tr = tiles.train.astype(np.int64)
+    for i, (r, c) in enumerate(tiles.val.astype(np.int64)):
+        dr = np.clip(s - np.abs(tr[:, 0] - r), 0, None)
+        dc = np.clip(s - np.abs(tr[:, 1] - c), 0, None)
+        best[i] = (dr * dc).max() / (s * s)
+    return dict(mean_max_overlap=float(best.mean()), max_overlap=float(best.max()),
+                share_overlapping=float((best > 0).mean()))
+
+
+def class_weights(labels: np.ndarray, windows: np.ndarray, size: int, n_classes: int, power: float = 0.5) -> np.ndarray:
+    """Per-class loss weights from the pixel frequencies inside the training windows: ``(1/f)^power``,
+    normalised to a pixel-weighted mean of 1 (``power=0.5``: the square root of the inverse frequency)."""
+    counts = np.zeros(n_classes, dtype=np.float64)
+    for r, c in windows:
+        v = labels[r:r + size, c:c + size]
+        counts += np.bincount(v[v != NO_LABEL].astype(int), minlength=n_classes)[:n_classes]
+    freq = counts / max(counts.sum(), 1)
+    w = np.where(freq > 0, (1.0 / np.maximum(freq, 1e-12)) ** power, 0.0)
+    return (w / max((w * freq).sum(), 1e-12)).astype(np.float32)
+
+
+def save_tiles(path, tiles: TileSet) -> None:
+    """Write a tile set (windows, split, region map, description) to one ``.npz`` file, atomically."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        region = tiles.region if tiles.region is not None else np.zeros((0, 0), np.int8)
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, train=tiles.train, val=tiles.val, region=region,
+                                meta=json.dumps(dict(size=tiles.size, split=tiles.split, info=tiles.info)))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tiles(path) -> TileSet:
+    """Read a tile set written by :func:`save_tiles`."""
+    import json
+
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        region = z["region"] if z["region"].size else None
+        return TileSet(meta["size"], z["train"], z["val"], meta["split"], region, meta["info"])
+
+
+def _keras_pydataset():
+    import keras
+
+    return keras.utils.PyDataset
+
+
+class TileBatches(_keras_pydataset()):
+    """Batches of (tiles, targets) cut from the scene on the fly: ``x`` is (B, size, size, C) float32, the
+    channels normalised with ``mean``/``std``; ``y`` is (B, size, size) int32 with :data:`IGNORE` where a
+    pixel is unlabelled or outside the valid mask. Reshuffled every epoch from ``seed``."""
+
+    def __init__(self, stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, windows: np.ndarray, size: int,
+                 batch_size: int = 5, *, mean=None, std=None, shuffle: bool = True, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.stack, self.labels, self.mask = stack, labels, mask
+        self.windows, self.size, self.batch_size = np.asarray(windows), int(size), int(batch_size)
+        c = stack.shape[0]
+        self.mean = np.zeros(c, np.float32) if mean is None else np.asarray(mean, np.float32)
+        self.std = np.ones(c, np.float32) if std is None else np.asarray(std, np.float32)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.order = self._order()
+
+    def _order(self):
+        if not self.shuffle:
+            return np.arange(len(self.windows))
+        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.windows))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.windows) / self.batch_size)
+
+    def tile(self, r: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.size
+        x = (self.stack[:, r:r + s, c:c + s].transpose(1, 2, 0) - self.mean) / self.std
+        valid = self.mask[r:r + s, c:c + s]
+        x = np.where(valid[..., None] & np.isfinite(x), x, 0.0).astype(np.float32)
+        lab = self.labels[r:r + s, c:c + s].astype(np.int32)  # int32 first: -1 does not fit a uint8
+        y = np.where(valid & (lab != NO_LABEL), lab, IGNORE)
+        return x, y
+
+    def __getitem__(self, idx: int):
+        sel = self.order[idx * self.batch_size:(idx + 1) * self.batch_size]
+        pairs = [self.tile(*self.windows[i]) for i in sel]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()

@@ -1,0 +1,110 @@
+"""Tiles: windows not copies, no unlabelled-only tiles, honest splits, overlap measured, batches on the fly."""
+
+import numpy as np
+import pytest
+
+from lithocore import tiles as T
+from lithocore.data import NO_LABEL
+
+
+def _scene(h=200, w=240, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = (np.add.outer(np.arange(h) // 50, np.arange(w) // 60) % 4).astype(np.uint8)
+    labels[:, :30] = NO_LABEL  # an unlabelled strip
+    mask = np.ones((h, w), bool)
+    stack = rng.standard_normal((3, h, w)).astype(np.float32)
+    return stack, labels, mask
+
+
+def test_candidate_windows_skip_unlabelled():
+    _, labels, mask = _scene()
+    cand = T.candidate_windows(labels, mask, 32, 8)
+    assert len(cand) > 0
+    for r, c in cand:
+        assert (labels[r:r + 32, c:c + 32] != NO_LABEL).any()
+    assert not any(c + 32 <= 30 for _, c in cand)  # windows wholly inside the unlabelled strip are skipped
+    with pytest.raises(ValueError, match="larger than the scene"):
+        T.candidate_windows(labels, mask, 512, 8)
+
+
+def test_paper_split_overlaps_and_spatial_does_not():
+    _, labels, mask = _scene()
+    paper = T.make_tiles(labels, mask, size=64, stride=8, n_samples=200, split="paper", seed=1)
+    spatial = T.make_tiles(labels, mask, size=64, stride=8, n_samples=200, split="spatial", seed=1)
+    assert len(paper.train) == 160 and len(paper.val) == 40
+    assert T.overlap_report(paper)["mean_max_overlap"] > 0.5
+    rep = T.overlap_report(spatial)
+    assert rep["max_overlap"] == 0.0
+    # no training tile enters the validation region or its buffer, and vice versa
+    for r, c in spatial.train:
+        assert (spatial.region[r:r + 64, c:c + 64] == 0).all()
+    for r, c in spatial.val:
+        assert (spatial.region[r:r + 64, c:c + 64] == 1).all()
+    # the buffer is at least one tile wide: every training tile is >= 64 px from the validation region
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(spatial.region != 1)
+    assert min(dist[r:r + 64, c:c + 64].min() for r, c in spatial.train) >= 64
+    assert spatial.info["classes_on_both_sides"] >= 3  # of 4, with a 64-px buffer in a 200 x 240 scene
+
+
+def test_spatial_split_keeps_classes_on_both_sides(small_area):
+    ts = T.make_tiles(small_area.labels, small_area.mask, size=32, stride=8, n_samples=120, split="spatial", seed=0)
+    info = ts.info
+    assert info["classes_on_both_sides"] >= info["classes_in_scene"] - 1
+    assert 0.05 < info["val_share_of_labelled"] < 0.45
+
+
+def test_tiles_are_views_and_batches_cut_on_the_fly():
+    stack, labels, mask = _scene()
+    mask[100:110, 100:110] = False
+    ts = T.make_tiles(labels, mask, size=32, stride=8, n_samples=50, split="paper", seed=0)
+    b = T.TileBatches(stack, labels, mask, ts.train, 32, 5, mean=[0, 0, 0], std=[2, 2, 2])
+    x, y = b[0]
+    assert x.shape == (5, 32, 32, 3) and y.shape == (5, 32, 32) and x.dtype == np.float32
+    r, c = b.windows[b.order[0]]
+    assert np.allclose(x[0], stack[:, r:r + 32, c:c + 32].transpose(1, 2, 0) / 2 * mask[r:r + 32, c:c + 32, None])
+    lab = labels[r:r + 32, c:c + 32]
+    assert ((y[0] == T.IGNORE) == ((lab == NO_LABEL) | ~mask[r:r + 32, c:c + 32])).all()
+    assert not hasattr(b, "tiles_cache") and b.stack is stack  # no copy of the scene
+    for i in range(len(b)):  # every batch: unlabelled or masked pixels are IGNORE, never a class
+        xb, yb = b[i]
+        for k, (r, c) in enumerate(b.windows[b.order[i * 5:(i + 1) * 5]]):
+            bad = (labels[r:r + 32, c:c + 32] == NO_LABEL) | ~mask[r:r + 32, c:c + 32]
+            assert ((yb[k] == T.IGNORE) == bad).all() and yb[k][~bad].max() < 4
+    first = b.order.copy()
+    b.on_epoch_end()
+    assert not np.array_equal(first, b.order)  # reshuffled each epoch, deterministically
+    b2 = T.TileBatches(stack, labels, mask, ts.train, 32, 5, seed=0)
+    b2.on_epoch_end()
+    assert np.array_equal(b.order, b2.order)
+
+
+def test_save_and_load(tmp_path):
+    _, labels, mask = _scene()
+    ts = T.make_tiles(labels, mask, size=64, stride=8, n_samples=100, split="spatial", seed=2)
+    T.save_tiles(tmp_path / "t.npz", ts)
+    back = T.load_tiles(tmp_path / "t.npz")
+    assert np.array_equal(back.train, ts.train) and np.array_equal(back.region, ts.region)
+    assert back.info == ts.info and back.size == 64
+
+
+def test_class_weights_favour_rare_classes():
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:4] = 1  # rare
+    w = T.class_weights(labels, np.array([[0, 0]]), 64, 3)
+    assert w[1] > w[0] > 0 and w[2] == 0
+    freq = np.array([60 * 64, 4 * 64, 0]) / 4096
+    assert np.isclose((w * freq).sum(), 1.0)
+
+
+def test_stratified_sampling_draws_more_rare_tiles():
+    labels = np.zeros((256, 256), np.uint8)
+    labels[200:216, 200:216] = 1
+    mask = np.ones_like(labels, bool)
+    cand = T.candidate_windows(labels, mask, 32, 8)
+    rng = np.random.default_rng(0)
+    holds = lambda w: np.mean([(labels[r:r + 32, c:c + 32] == 1).any() for r, c in w])
+    plain = T.sample_windows(cand, 100, rng)
+    strat = T.sample_windows(cand, 100, np.random.default_rng(0), labels=labels, size=32, n_classes=2, stratified=True)
+    assert holds(strat) > 2 * holds(plain)
