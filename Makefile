@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 RUN_DIR ?= runs/default
 PROFILE ?= quick
 
-.PHONY: install workbook test check clean
+.PHONY: install workbook test check clean bench
 
 install: $(VENV)/.installed
 
@@ -27,3 +27,7 @@ check: install
 
 clean:
 	rm -rf runs data/generated .pytest_cache
+
+bench: install
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_mapping.py

@@ -14,7 +14,7 @@ from matplotlib.patches import Patch
 from .data import NO_LABEL, Grid, StudyArea
 
 __all__ = ["extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
-           "plot_layers", "class_colormap", "plot_tiles", "plot_history"]
+           "plot_layers", "class_colormap", "plot_tiles", "plot_history", "plot_confusion", "plot_zoom"]
 
 
 def extent_km(grid: Grid) -> list[float]:
@@ -215,3 +215,52 @@ def plot_history(history: dict, ax=None):
         a.legend()
         a.grid(alpha=0.3)
     return ax
+
+
+def plot_confusion(cm, names, ax=None, normalise: bool = True, title: str = ""):
+    """A confusion matrix (rows: reference, columns: mapped) as in the paper's Figures 8 and 11."""
+    cm = np.asarray(cm, dtype=float)
+    ax = ax if ax is not None else plt.subplots(figsize=(6, 5.5))[1]
+    shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalise else cm
+    ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalise else None)
+    n = len(names)
+    for i in range(n):
+        for j in range(n):
+            v = shown[i, j]
+            if v > 0:
+                ax.text(j, i, f"{v:.2f}" if normalise else f"{int(v)}", ha="center", va="center", fontsize=7,
+                        color="white" if (v > 0.5 if normalise else v > shown.max() / 2) else "black")
+    labels = [f"{i + 1}" for i in range(n)]
+    ax.set_xticks(range(n), labels)
+    ax.set_yticks(range(n), [f"{i + 1}: {nm[:28]}" for i, nm in enumerate(names)], fontsize=7)
+    ax.set_xlabel("mapped class")
+    ax.set_ylabel("reference class")
+    ax.set_title(title or ("row-normalised" if normalise else "pixel counts"), fontsize=10)
+    return ax
+
+
+def plot_zoom(area: StudyArea, maps: dict, centre: tuple[int, int] | None = None, size: int = 200, axes=None):
+    """The same window of several class maps (the geological map first), magnified (the paper's Figure 10).
+
+    Default centre: the labelled pixel with the most class boundaries around it."""
+    from scipy import ndimage
+
+    if centre is None:
+        lab = area.labels.astype(np.int32)
+        edges = (np.abs(np.diff(lab, axis=0, prepend=lab[:1])) > 0) | (np.abs(np.diff(lab, axis=1, prepend=lab[:, :1])) > 0)
+        density = ndimage.uniform_filter(edges.astype(np.float32), size)
+        half = size // 2
+        density[:half], density[-half:], density[:, :half], density[:, -half:] = 0, 0, 0, 0
+        centre = np.unravel_index(np.argmax(density), density.shape)
+    r0 = int(np.clip(centre[0] - size // 2, 0, max(0, area.shape[0] - size)))
+    c0 = int(np.clip(centre[1] - size // 2, 0, max(0, area.shape[1] - size)))
+    panels = {"geological map": area.labels, **maps}
+    if axes is None:
+        _, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), layout="constrained")
+    cmap, norm = class_colormap(area)
+    for ax, (name, m) in zip(np.atleast_1d(axes), panels.items()):
+        win = m[r0:r0 + size, c0:c0 + size]
+        ax.imshow(np.ma.masked_equal(win, NO_LABEL), cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_axis_off()
+    return axes

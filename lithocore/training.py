@@ -35,7 +35,8 @@ from .data import NO_LABEL
 from .metrics import confusion_matrix, scores
 
 __all__ = ["TrainingConfig", "PROFILES", "compile_model", "fit", "predict_tiles", "evaluate_tiles", "resolve_config",
-           "training_tiles", "make_batches", "window_pixels", "read_history", "clear_run"]
+           "training_tiles", "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle",
+           "load_or_train", "evaluation_regions"]
 
 
 @dataclass
@@ -213,3 +214,71 @@ def make_batches(stack: np.ndarray, area, ts, cfg: TrainingConfig):
     train = TileBatches(stack, area.labels, area.mask, ts.train, ts.size, cfg.batch_size, seed=cfg.seed, **kw)
     val = TileBatches(stack, area.labels, area.mask, ts.val, ts.size, cfg.batch_size, shuffle=False, **kw)
     return train, val, stats
+
+
+def save_bundle(out_dir: str | Path, model, meta: dict) -> Path:
+    """Save ``model.keras`` and ``model.json`` (channels, classes, normalisation, configuration, scores)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    (out / "model.json").write_text(json.dumps(meta, indent=2, default=str))
+    return out / "model.keras"
+
+
+def load_bundle(model_path: str | Path):
+    """A saved model and the ``model.json`` beside it; loads under any Keras backend."""
+    import keras
+
+    path = Path(model_path)
+    meta_path = path.with_name("model.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: saved model not found")
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: the model's metadata (channels, normalisation, classes) is missing")
+    return keras.models.load_model(path, compile=False), json.loads(meta_path.read_text())
+
+
+def load_or_train(run_dir: str | Path, manifest: str | Path, profile: str = "quick", split: str = "spatial",
+                  model_path: str | Path | None = None, **overrides):
+    """The model to map with: ``model_path`` if given, else this run's notebook-04 model, else one trained now
+    with the profile (and saved where notebook 04 saves it). Returns (model, metadata)."""
+    import keras
+
+    from .model import backend_info, build_fcn8s
+    from .tiles import class_weights
+    from .workbook import fused_stack
+
+    if model_path:
+        return load_bundle(model_path)
+    out = Path(run_dir).expanduser().resolve() / "04_train_fcn8s"
+    if (out / "model.keras").is_file() and (out / "model.json").is_file():
+        return load_bundle(out / "model.keras")
+    cfg = resolve_config(profile, **overrides)
+    keras.utils.set_random_seed(cfg.seed)
+    area, stack, channels, units = fused_stack(run_dir, manifest)
+    ts = training_tiles(run_dir, area, cfg, split)
+    train, val, stats = make_batches(stack, area, ts, cfg)
+    model = build_fcn8s(len(channels), len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout, tile=cfg.tile)
+    weights = class_weights(area.labels, ts.train, ts.size, len(area.classes)) if cfg.class_weighting else None
+    compile_model(model, len(area.classes), cfg, class_weights=weights)
+    fit(model, train, val, out, cfg, verbose=0)
+    meta = dict(profile=profile, split=split, channels=channels, units=units, classes=area.classes.to_list(),
+                normalisation=stats, config=asdict(cfg), backend=backend_info(),
+                validation=evaluate_tiles(model, val, area.classes.names))
+    save_bundle(out, model, meta)
+    return model, meta
+
+
+def evaluation_regions(run_dir: str | Path, area, meta: dict) -> dict[str, np.ndarray]:
+    """The regions a map is scored on, from the split the model was trained with.
+
+    Spatial split: ``held_out`` (the validation region, never seen in training), ``whole_map`` (every valid
+    pixel, the paper's protocol) and ``train_region`` (where training pixels may come from). Paper split:
+    ``outside_training_tiles`` replaces ``held_out`` (those pixels border training tiles: not independent).
+    """
+    cfg = TrainingConfig(**{k: v for k, v in meta["config"].items() if k in TrainingConfig.__dataclass_fields__})
+    ts = training_tiles(run_dir, area, cfg, meta["split"])
+    if ts.region is not None:
+        return dict(held_out=area.mask & (ts.region == 1), whole_map=area.mask, train_region=area.mask & (ts.region == 0))
+    seen = window_pixels(area.shape, ts.train, ts.size)
+    return dict(outside_training_tiles=area.mask & ~seen, whole_map=area.mask, train_region=area.mask & seen)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .synthetic import SyntheticSpec, generate_study_area
 
-__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "run_workbook",
+__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "fcn_map", "run_workbook",
            "main"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -81,6 +81,44 @@ def fused_stack(run_dir: str | Path, manifest: str | Path, area=None, **fusion_s
     stack, names, units = fusion.build_stack(result, area)
     fusion.write_stack(path, stack, names, units, area.grid, tags=dict(manifest=str(Path(manifest).resolve()), **settings))
     return area, stack, names, units
+
+
+def fcn_map(run_dir: str | Path, manifest: str | Path, *, profile: str = "quick", split: str = "spatial",
+            boundary_width: int = 3, **overrides):
+    """This run's FCN-8s class map and its scores: read from notebook 05's outputs, else mapped now (training
+    the model first if notebook 04 never ran). The scores carry the evaluation regions (boolean maps) under
+    ``"regions"`` and the training time under ``"training_seconds"``."""
+    import json
+
+    import rasterio
+
+    from . import mapping, metrics
+    from . import training as TR
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    area, stack, channels, units = fused_stack(run_dir, manifest)
+    model, meta = TR.load_or_train(run_dir, manifest, profile, split, **overrides)
+    out = stage_dir(run_dir, "05_map_scene")
+    classes_path, metrics_path = out / "fcn_classes.tif", out / "fcn_metrics.json"
+    if classes_path.is_file() and metrics_path.is_file():
+        scores = json.loads(metrics_path.read_text())
+    else:
+        norm = meta["normalisation"]
+        result = mapping.map_geotiff(model, run_dir / "02_fuse_sources" / "fused_stack.tif", out, area.classes,
+                                     norm["mean"], norm["std"], mask=area.mask, tile=int(meta["config"]["tile"]))
+        scores = None
+    with rasterio.open(classes_path) as src:
+        classes = src.read(1)
+    regions = TR.evaluation_regions(run_dir, area, meta)
+    if scores is None:
+        scores = metrics.evaluate_map(classes, area.labels, area.mask, area.classes.names, boundary_width=boundary_width,
+                                      regions={k: v for k, v in regions.items() if k != "train_region"})
+        scores["mapping"] = result
+        metrics_path.write_text(json.dumps(scores, indent=2, default=float))
+    training = run_dir / "04_train_fcn8s" / "training.json"
+    scores["training_seconds"] = json.loads(training.read_text())["seconds"] if training.is_file() else None
+    scores["regions"] = regions
+    return classes, scores
 
 
 def _declared_parameters(nb_path: Path) -> set[str]:

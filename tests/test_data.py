@@ -71,6 +71,20 @@ def _write(tmp_path: Path, man: dict) -> Path:
     return p
 
 
+def _rewrite(src_path, dst_path: Path, data=None, **profile) -> str:
+    """A copy of a raster with some profile entries changed (None removes one) or its data transformed."""
+    with rasterio.open(src_path) as src:
+        arr, prof = src.read(), src.profile
+    for k, v in profile.items():
+        if v is None:
+            prof.pop(k)
+        else:
+            prof[k] = v
+    with rasterio.open(dst_path, "w", **prof) as dst:
+        dst.write(data(arr) if data else arr)
+    return str(dst_path)
+
+
 def _error(tmp_path, man) -> str:
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(StudyAreaError) as err:
@@ -94,13 +108,7 @@ def test_missing_manifest(tmp_path):
 
 def test_no_crs(small_manifest, tmp_path):
     man = _copy_manifest(small_manifest, tmp_path)
-    bad = tmp_path / "dem_no_crs.tif"
-    with rasterio.open(man["extra"][0]["path"]) as src:
-        data, prof = src.read(), src.profile
-    prof.pop("crs")
-    with rasterio.open(bad, "w", **prof) as dst:
-        dst.write(data)
-    man["extra"][0]["path"] = str(bad)
+    man["extra"][0]["path"] = _rewrite(man["extra"][0]["path"], tmp_path / "dem_no_crs.tif", crs=None)
     msg = _error(tmp_path, man)
     assert "dem_no_crs.tif" in msg and "has no CRS" in msg
 
@@ -114,13 +122,8 @@ def test_csv_without_crs(small_manifest, tmp_path):
 
 def test_no_overlap(small_manifest, tmp_path):
     man = _copy_manifest(small_manifest, tmp_path)
-    bad = tmp_path / "far_away.tif"
-    with rasterio.open(man["extra"][0]["path"]) as src:
-        data, prof = src.read(), src.profile
-    prof["transform"] = from_origin(100000.0, 1000000.0, 12.5, 12.5)
-    with rasterio.open(bad, "w", **prof) as dst:
-        dst.write(data)
-    man["extra"][0]["path"] = str(bad)
+    man["extra"][0]["path"] = _rewrite(man["extra"][0]["path"], tmp_path / "far_away.tif",
+                                       transform=from_origin(100000.0, 1000000.0, 12.5, 12.5))
     msg = _error(tmp_path, man)
     assert "far_away.tif" in msg and "does not overlap the reference grid" in msg
 
@@ -175,13 +178,8 @@ def test_empty_reference_grid(small_manifest, tmp_path):
 
 def test_all_nodata_layer(small_manifest, tmp_path):
     man = _copy_manifest(small_manifest, tmp_path)
-    bad = tmp_path / "mag_nodata.tif"
-    with rasterio.open(man["coarse"][0]["path"]) as src:
-        prof = src.profile
-        data = np.full((1, src.height, src.width), np.nan, dtype=np.float32)
-    with rasterio.open(bad, "w", **prof) as dst:
-        dst.write(data)
-    man["coarse"][0]["path"] = str(bad)
+    man["coarse"][0]["path"] = _rewrite(man["coarse"][0]["path"], tmp_path / "mag_nodata.tif",
+                                        data=lambda a: np.full_like(a, np.nan))
     msg = _error(tmp_path, man)
     assert "mag_nodata.tif" in msg and "all nodata" in msg
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import rasterio
 import yaml
 
 from lithocore.workbook import notebooks, run_workbook
@@ -52,3 +53,12 @@ def _check_outputs(run_dir: Path, notebook: str):
         meta = json.loads((stage / "model.json").read_text())
         assert 0.0 <= meta["validation"]["overall_accuracy"] <= 1.0 and len(meta["channels"]) >= 2
         assert (stage / "model.keras").is_file() and (stage / "history.csv").is_file()
+    if notebook.startswith("05"):
+        scores = json.loads((stage / "fcn_metrics.json").read_text())
+        assert "whole_map" in scores and ("held_out" in scores or "outside_training_tiles" in scores)
+        with rasterio.open(stage / "fcn_classes.tif") as src:
+            assert src.nodata == 255 and src.colormap(1)
+    if notebook.startswith("06"):
+        comparison = json.loads((stage / "comparison.json").read_text())
+        models = {(r["model"], r["scored_on"]) for r in comparison["comparison"]}
+        assert ("RF (spatial)", "held_out") in models and ("RF (paper)", "whole_map") in models

@@ -1,0 +1,63 @@
+"""The random-forest baseline and the map measures used to compare it with the FCN."""
+
+import numpy as np
+
+from lithocore import forest, metrics
+from lithocore.data import NO_LABEL
+
+
+def test_sample_pixels_per_class_and_region():
+    labels = np.zeros((20, 20), np.uint8)
+    labels[:, 10:] = 1
+    labels[0, 0] = NO_LABEL
+    allowed = np.zeros_like(labels, bool)
+    allowed[:10] = True
+    px = forest.sample_pixels(labels, allowed, 0.1, seed=0)
+    rows, cols = np.unravel_index(px, labels.shape)
+    assert (rows < 10).all()  # only from the allowed region
+    assert (labels.ravel()[px] != NO_LABEL).all()
+    assert np.bincount(labels.ravel()[px]).tolist() == [10, 10]  # 10 % of each class's 99 / 100 pixels
+    assert np.array_equal(px, forest.sample_pixels(labels, allowed, 0.1, seed=0))  # deterministic
+
+
+def test_forest_maps_in_chunks():
+    rng = np.random.default_rng(0)
+    labels = (np.arange(60)[:, None] // 20 + np.zeros((60, 50), int)).astype(np.uint8)
+    stack = np.stack([labels + 0.1 * rng.standard_normal(labels.shape), rng.standard_normal(labels.shape)]).astype(np.float32)
+    mask = np.ones_like(labels, bool)
+    mask[5, 5] = False
+    px = forest.sample_pixels(labels, mask, 0.1)
+    rf, fit_s = forest.train_forest(stack, labels, px, n_trees=20, max_features=3, n_jobs=1)
+    assert rf.max_features == 2  # mtry capped at the number of channels
+    classes, conf, _ = forest.predict_forest(rf, stack, mask, chunk_rows=7, progress=False)
+    assert classes[5, 5] == NO_LABEL and np.isnan(conf[5, 5])
+    assert (classes[mask] == labels[mask]).mean() > 0.98
+
+
+def test_noise_measures_tell_speckle_from_patches():
+    clean = np.zeros((100, 100), np.uint8)
+    clean[:, 50:] = 1
+    speckled = clean.copy()
+    rng = np.random.default_rng(0)
+    flip = rng.random(clean.shape) < 0.1
+    speckled[flip] = 1 - speckled[flip]
+    mask = np.ones_like(clean, bool)
+    assert metrics.salt_and_pepper(clean, mask, 2) == 0.0
+    assert metrics.salt_and_pepper(speckled, mask, 2) > 0.05
+    assert metrics.fragments(clean, mask, 2)["small_patches"] == 0
+    assert metrics.fragments(speckled, mask, 2)["small_patches"] > 100
+
+
+def test_evaluate_map_keeps_regions_apart():
+    labels = np.zeros((40, 40), np.uint8)
+    labels[:, 20:] = 1
+    pred = labels.copy()
+    pred[:20, :] = 0  # wrong in the top half's right side
+    mask = np.ones_like(labels, bool)
+    top = np.zeros_like(mask)
+    top[:20] = True
+    out = metrics.evaluate_map(pred, labels, mask, ["a", "b"], regions={"top": top, "bottom": ~top}, boundary_width=2)
+    assert out["bottom"]["overall_accuracy"] == 1.0 and out["top"]["overall_accuracy"] == 0.5
+    assert out["top"]["pixels"] + out["bottom"]["pixels"] == 1600
+    assert out["bottom"]["boundary"]["pixels"] == 20 * 4  # 2 px either side of the contact, 20 rows
+    assert "salt_and_pepper" in out["noise"]
