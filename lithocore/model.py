@@ -37,8 +37,35 @@ import numpy as np
 __all__ = ["build_fcn8s", "PixelCrossEntropy", "masked_accuracy", "backend_info", "describe_layers"]
 
 
+def _bilinear_initializer():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="lithocore")
+    class BilinearUpsampling(keras.initializers.Initializer):
+        """Transposed-convolution kernel that starts as bilinear interpolation times a random channel mixing
+        (Glorot): an upsampling that is smooth from the first step, as Long et al. initialise FCN-8s."""
+
+        def __init__(self, seed=None):
+            self.seed = seed
+
+        def __call__(self, shape, dtype=None):
+            kh, kw, n_out, n_in = shape
+            f = np.ceil(kh / 2)
+            c = (2 * f - 1 - f % 2) / (2 * f)
+            ramp = lambda k: 1 - np.abs(np.arange(k) / f - c)
+            bil = np.outer(ramp(kh), ramp(kw))
+            limit = np.sqrt(6.0 / (n_in + n_out))
+            mix = np.random.default_rng(self.seed).uniform(-limit, limit, (n_out, n_in))
+            return keras.ops.convert_to_tensor((bil[:, :, None, None] * mix[None, None]).astype("float32"), dtype=dtype)
+
+        def get_config(self):
+            return {"seed": self.seed}
+
+    return BilinearUpsampling
+
+
 def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int = 4096, dropout: float = 0.5,
-                tile: int | None = None, name: str = "fcn8s_vgg19"):
+                tile: int | None = None, upsampling: str = "table1", name: str = "fcn8s_vgg19"):
     """Build the FCN-8s of Table 1.
 
     Parameters
@@ -51,6 +78,11 @@ def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int 
         Filters of the 1x1 layers Conv6-8 (4096 in the paper).
     tile
         Fixed input size (a multiple of 32), or None for any size.
+    upsampling
+        ``"table1"``: the table's kernels (2x2 stride 2, 2x2 stride 2, 8x8 stride 8), which do not overlap and
+        give blocky outputs until well trained. ``"bilinear"``: Long et al.'s overlapping kernels (4x4 stride 2,
+        16x16 stride 8) initialised as bilinear interpolation (the paper's text calls the upsampling "bilinear
+        interpolation") times a random channel mixing.
 
     Examples
     --------
@@ -76,11 +108,17 @@ def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int 
     x = layers.Dropout(dropout, name="dropout")(x)
     x = layers.Conv2D(fc, 1, activation="relu", name="conv7")(x)
     x = layers.Conv2D(fc, 1, activation="relu", name="conv8")(x)
-    x = layers.Conv2DTranspose(f(512), 2, strides=2, name="tconv1")(x)
+    if upsampling == "table1":
+        up = dict(k2=2, k8=8, kw={})
+    elif upsampling == "bilinear":
+        up = dict(k2=4, k8=16, kw=dict(padding="same", kernel_initializer=_bilinear_initializer()(seed=0)))
+    else:
+        raise ValueError(f"upsampling must be 'table1' or 'bilinear', got {upsampling!r}")
+    x = layers.Conv2DTranspose(f(512), up["k2"], strides=2, name="tconv1", **up["kw"])(x)
     x = layers.Add(name="skip_pool4")([x, pools[3]])
-    x = layers.Conv2DTranspose(f(256), 2, strides=2, name="tconv2")(x)
+    x = layers.Conv2DTranspose(f(256), up["k2"], strides=2, name="tconv2", **up["kw"])(x)
     x = layers.Add(name="skip_pool3")([x, pools[2]])
-    x = layers.Conv2DTranspose(n_classes, 8, strides=8, name="tconv3")(x)
+    x = layers.Conv2DTranspose(n_classes, up["k8"], strides=8, name="tconv3", **up["kw"])(x)
     out = layers.Softmax(name="softmax")(x)
     return keras.Model(inp, out, name=name)
 

@@ -58,6 +58,7 @@ class TrainingConfig:
     loss_mode: str = "mean"  # "sum" over pixels (the paper) or "mean"
     class_weighting: bool = True  # loss weights (1/f)^0.5 from the training tiles' class frequencies
     dropout: float = 0.5
+    upsampling: str = "table1"  # "table1" (the paper's kernels) or "bilinear" (Long et al.'s, bilinear start)
     seed: int = 0
 
     @property
@@ -258,7 +259,8 @@ def load_or_train(run_dir: str | Path, manifest: str | Path, profile: str = "qui
     area, stack, channels, units = fused_stack(run_dir, manifest)
     ts = training_tiles(run_dir, area, cfg, split)
     train, val, stats = make_batches(stack, area, ts, cfg)
-    model = build_fcn8s(len(channels), len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout, tile=cfg.tile)
+    model = build_fcn8s(len(channels), len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout, tile=cfg.tile,
+                        upsampling=cfg.upsampling)
     weights = class_weights(area.labels, ts.train, ts.size, len(area.classes)) if cfg.class_weighting else None
     compile_model(model, len(area.classes), cfg, class_weights=weights)
     fit(model, train, val, out, cfg, verbose=0)

@@ -163,3 +163,22 @@ def test_trains_under_backend(backend, tmp_path):
     assert res["backend"] == backend and all(np.isfinite(res["loss"]))
     back = keras.models.load_model(tmp_path / "m.keras", compile=False)  # loaded under this process's backend
     assert back.output_shape == (None, 32, 32, 4)
+
+
+def test_bilinear_upsampling_variant(tmp_path):
+    """The optional decoder starts smooth (Table 1's non-overlapping kernels start blocky), keeps the shapes,
+    and saves / loads."""
+    x = np.random.default_rng(0).standard_normal((1, 64, 64, 9)).astype(np.float32)
+    changes = {}
+    for up in ("table1", "bilinear"):
+        keras.utils.set_random_seed(0)
+        m = M.build_fcn8s(9, 8, width=1 / 8, fc=64, tile=64, upsampling=up)
+        assert m.output_shape == (None, 64, 64, 8)
+        cls = np.asarray(m.predict(x, verbose=0))[0].argmax(-1)
+        changes[up] = (np.diff(cls, axis=1) != 0).mean()
+    assert changes["bilinear"] < 0.1 < changes["table1"]
+    m.save(tmp_path / "b.keras")
+    back = keras.models.load_model(tmp_path / "b.keras", compile=False)
+    assert np.allclose(np.asarray(back.predict(x, verbose=0)), np.asarray(m.predict(x, verbose=0)), atol=1e-5)
+    with pytest.raises(ValueError, match="upsampling"):
+        M.build_fcn8s(9, 8, upsampling="nearest")
