@@ -31,7 +31,6 @@ Quality measures: :func:`score_against_truth` (fused and bilinear against known 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -39,10 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
-from rasterio.warp import reproject
 from rasterio.windows import Window
-from scipy import ndimage, stats
+from scipy import ndimage
 
 from .data import CoarseLayer, Grid, StudyArea, StudyAreaError
 

@@ -140,7 +140,6 @@ def split_spatial(labels: np.ndarray, mask: np.ndarray, size: int, rng: np.rando
     classes = np.unique(labels[labelled]).astype(int)
     bh, bw = math.ceil(H / blocks), math.ceil(W / blocks)
     block_id = (np.arange(H)[:, None] // bh) * blocks + (np.arange(W)[None, :] // bw)
-    n_blocks = blocks * blocks
     step = max(1, min(H, W) // 256)  # scoring resolution
     lab_s, ok_s, bid_s = labels[::step, ::step], labelled[::step, ::step], block_id[::step, ::step]
     totals = np.array([(ok_s & (lab_s == c)).sum() for c in classes], dtype=np.float64)

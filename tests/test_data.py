@@ -1,6 +1,5 @@
 """Loading a study area: alignment, labels, mask, and a clear error for each bad input."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
