@@ -37,31 +37,24 @@ import numpy as np
 __all__ = ["build_fcn8s", "PixelCrossEntropy", "masked_accuracy", "backend_info", "describe_layers"]
 
 
-def _bilinear_initializer():
-    import keras
+def bilinear_kernel(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
+    """A transposed-convolution kernel (kh, kw, out, in) equal to bilinear interpolation times a random
+    channel mixing (Glorot uniform): an upsampling that is smooth from the first step, as Long et al.
+    initialise FCN-8s.
 
-    @keras.saving.register_keras_serializable(package="lithocore")
-    class BilinearUpsampling(keras.initializers.Initializer):
-        """Transposed-convolution kernel that starts as bilinear interpolation times a random channel mixing
-        (Glorot): an upsampling that is smooth from the first step, as Long et al. initialise FCN-8s."""
-
-        def __init__(self, seed=None):
-            self.seed = seed
-
-        def __call__(self, shape, dtype=None):
-            kh, kw, n_out, n_in = shape
-            f = np.ceil(kh / 2)
-            c = (2 * f - 1 - f % 2) / (2 * f)
-            ramp = lambda k: 1 - np.abs(np.arange(k) / f - c)
-            bil = np.outer(ramp(kh), ramp(kw))
-            limit = np.sqrt(6.0 / (n_in + n_out))
-            mix = np.random.default_rng(self.seed).uniform(-limit, limit, (n_out, n_in))
-            return keras.ops.convert_to_tensor((bil[:, :, None, None] * mix[None, None]).astype("float32"), dtype=dtype)
-
-        def get_config(self):
-            return {"seed": self.seed}
-
-    return BilinearUpsampling
+    Examples
+    --------
+    >>> k = bilinear_kernel((4, 4, 1, 1))
+    >>> [round(float(v), 2) for v in k[:, 0, 0, 0] / k[:, 0, 0, 0].max()]
+    [0.33, 1.0, 1.0, 0.33]
+    """
+    kh, kw, n_out, n_in = shape
+    f = np.ceil(kh / 2)
+    c = (2 * f - 1 - f % 2) / (2 * f)
+    ramp = lambda k: 1 - np.abs(np.arange(k) / f - c)
+    limit = np.sqrt(6.0 / (n_in + n_out))
+    mix = np.random.default_rng(seed).uniform(-limit, limit, (n_out, n_in))
+    return (np.outer(ramp(kh), ramp(kw))[:, :, None, None] * mix[None, None]).astype("float32")
 
 
 def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int = 4096, dropout: float = 0.5,
@@ -111,7 +104,7 @@ def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int 
     if upsampling == "table1":
         up = dict(k2=2, k8=8, kw={})
     elif upsampling == "bilinear":
-        up = dict(k2=4, k8=16, kw=dict(padding="same", kernel_initializer=_bilinear_initializer()(seed=0)))
+        up = dict(k2=4, k8=16, kw=dict(padding="same"))
     else:
         raise ValueError(f"upsampling must be 'table1' or 'bilinear', got {upsampling!r}")
     x = layers.Conv2DTranspose(f(512), up["k2"], strides=2, name="tconv1", **up["kw"])(x)
@@ -120,7 +113,12 @@ def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int 
     x = layers.Add(name="skip_pool3")([x, pools[2]])
     x = layers.Conv2DTranspose(n_classes, up["k8"], strides=8, name="tconv3", **up["kw"])(x)
     out = layers.Softmax(name="softmax")(x)
-    return keras.Model(inp, out, name=name)
+    model = keras.Model(inp, out, name=name)
+    if upsampling == "bilinear":  # set, not a custom initializer: the saved model needs no custom objects
+        for i, lname in enumerate(("tconv1", "tconv2", "tconv3")):
+            layer = model.get_layer(lname)
+            layer.kernel.assign(bilinear_kernel(tuple(layer.kernel.shape), seed=i))
+    return model
 
 
 def describe_layers(model) -> list[dict]:

@@ -136,7 +136,7 @@ JAX_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, sys.argv[1])
     from lithocore.model import build_fcn8s, PixelCrossEntropy, masked_accuracy
     keras.utils.set_random_seed(0)
-    m = build_fcn8s(3, 4, width=1 / 16, fc=16, tile=32)
+    m = build_fcn8s(3, 4, width=1 / 16, fc=16, tile=32, upsampling="bilinear")
     m.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9, clipnorm=1.0),
               loss=PixelCrossEntropy(4, "sum"), metrics=[masked_accuracy])
     x = np.random.default_rng(0).standard_normal((10, 32, 32, 3)).astype("float32")
