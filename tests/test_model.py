@@ -126,7 +126,9 @@ def test_profiles():
     paper = TR.PROFILES["paper"]
     assert (paper.width, paper.fc, paper.tile, paper.stride, paper.n_samples, paper.batch_size) == (1.0, 4096, 256, 20, 1000, 5)
     assert (paper.optimizer, paper.learning_rate, paper.momentum, paper.loss_mode) == ("sgd", 1e-4, 0.9, "sum")
-    assert paper.iterations == 7000
+    assert paper.iterations == 7000 and paper.upsampling == "table1"  # the paper profile is Table 1 exactly
+    assert TR.PROFILES["quick"].upsampling == "bilinear"
+    assert TR.resolve_config("quick", upsampling="", epochs=-1) == TR.PROFILES["quick"]
     with pytest.raises(TypeError, match="unknown training setting"):
         TR.resolve_config("quick", lr=1)
 
