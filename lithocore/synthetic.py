@@ -503,9 +503,8 @@ def rf_calibration(area, *, context: bool = False, coarse: bool = True, only: li
     half of the class) drawn at random; test pixels: a random sample of the others. Returns the scores of
     :func:`lithocore.metrics.scores` plus the confusion matrix.
     """
-    from sklearn.ensemble import RandomForestClassifier
-
     from .data import NO_LABEL
+    from .forest import sample_pixels, train_forest
     from .metrics import confusion_matrix, scores
 
     feats = [*area.guide, *area.extra]
@@ -517,24 +516,18 @@ def rf_calibration(area, *, context: bool = False, coarse: bool = True, only: li
             for size in (5, 15, 41):
                 m = ndimage.uniform_filter(filled, size)
                 feats += [m, np.sqrt(np.maximum(ndimage.uniform_filter(filled**2, size) - m**2, 0))]
-    X = np.nan_to_num(np.stack([f[area.mask] for f in feats], axis=1).astype(np.float32))
-    y = area.labels[area.mask]
-    keep = y != NO_LABEL
+    stack = np.stack(feats).astype(np.float32)
     names = list(area.classes.names)
+    allowed = area.mask & (area.labels != NO_LABEL)
     if only:
         wanted = [names.index(n) for n in only]
-        keep &= np.isin(y, wanted)
-    X, y = X[keep], y[keep]
-    rng = np.random.default_rng(seed)
-    train = np.zeros(y.size, dtype=bool)
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        train[rng.choice(idx, min(n_per_class, idx.size // 2), replace=False)] = True
-    test_idx = np.flatnonzero(~train)
-    test_idx = rng.choice(test_idx, min(n_test, test_idx.size), replace=False)
-    rf = RandomForestClassifier(n_estimators=n_trees, max_features=3, n_jobs=-1, random_state=seed)
-    rf.fit(X[train], y[train])
-    cm = confusion_matrix(y[test_idx], rf.predict(X[test_idx]), len(names))
+        allowed &= np.isin(area.labels, wanted)
+    train = sample_pixels(area.labels, allowed, 0.5, seed, max_per_class=n_per_class)
+    rf, _ = train_forest(stack, area.labels, train, n_trees=n_trees, max_features=3, seed=seed)
+    rest = np.setdiff1d(np.flatnonzero(allowed), train)
+    test = np.random.default_rng(seed).choice(rest, min(n_test, rest.size), replace=False)
+    X = np.nan_to_num(stack.reshape(stack.shape[0], -1)[:, test].T)
+    cm = confusion_matrix(area.labels.ravel()[test], rf.predict(X), len(names))
     if only:
         cm = cm[np.ix_(wanted, wanted)]
         names = list(only)
