@@ -62,3 +62,16 @@ def _check_outputs(run_dir: Path, notebook: str):
         comparison = json.loads((stage / "comparison.json").read_text())
         models = {(r["model"], r["scored_on"]) for r in comparison["comparison"]}
         assert ("RF (spatial)", "held_out") in models and ("RF (paper)", "whole_map") in models
+
+
+@pytest.mark.notebook
+def test_map_scene_alone_from_a_saved_model(tmp_path, small_manifest):
+    """Notebook 05 in a fresh run folder maps from a saved .keras model: it trains nothing itself."""
+    params = dict(PARAMS["synthetic"], study_area=str(small_manifest))
+    run_workbook(tmp_path / "trained", parameters=params, only=["04"], progress=False)
+    saved = tmp_path / "trained" / "04_train_fcn8s" / "model.keras"
+    fresh = tmp_path / "fresh"
+    run_workbook(fresh, parameters=params | {"model_path": str(saved)}, only=["05"], progress=False)
+    assert not (fresh / "04_train_fcn8s").exists(), "notebook 05 trained a model instead of using the saved one"
+    scores = json.loads((fresh / "05_map_scene" / "fcn_metrics.json").read_text())
+    assert scores["whole_map"]["pixels"] > 0
