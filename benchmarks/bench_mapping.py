@@ -25,7 +25,7 @@ def _stack():
     from lithocore.workbook import study_area_manifest
 
     area = load_study_area(study_area_manifest("", progress=False))
-    res = fusion.fuse_study_area(area, detail_gain=0.3, detail_smoothing=5.0, progress=False)
+    res = fusion.fuse_study_area(area, progress=False, **fusion.CALIBRATED_DETAIL)
     stack, names, _ = fusion.build_stack(res, area)
     return area, stack
 

@@ -44,8 +44,13 @@ from scipy import ndimage
 from .data import CoarseLayer, Grid, StudyArea, StudyAreaError
 
 __all__ = ["FusionResult", "clr", "reduce_to_pole", "preprocess", "decompose", "fuse", "fuse_study_area",
-           "score_against_truth", "guide_bands", "calibrate_detail", "wald_protocol", "consistency", "build_stack", "normalisation_stats", "read_stack",
+           "score_against_truth", "guide_bands", "calibrate_detail", "CALIBRATED_DETAIL", "wald_protocol", "consistency", "build_stack", "normalisation_stats", "read_stack",
            "write_stack", "read_truth"]
+
+
+#: Detail gain and smoothing chosen with :func:`calibrate_detail` on synthetic seed 1 (minimax over layers),
+#: used wherever the workbook fuses with its defaults (notebook 02's parameter cell repeats them as literals).
+CALIBRATED_DETAIL = dict(detail_gain=0.3, detail_smoothing=5.0)
 
 
 # ------------------------------------------------------------------------------------ preprocessing

@@ -115,6 +115,12 @@ def predict_strips(predict: Callable[[np.ndarray], np.ndarray], read_rows: Calla
         yield done
 
 
+def _normalised(raw: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(raw - mean) / std, with 0 where a pixel is not valid or not finite (as in training)."""
+    x = (raw - mean) / std
+    return np.where(valid[None] & np.isfinite(x), x, 0.0).astype(np.float32)
+
+
 def _keras_predict(model):
     def predict(x):
         return np.asarray(model.predict_on_batch(x))
@@ -132,8 +138,7 @@ def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, tile: in
     H, W = mask.shape
 
     def read_rows(r0, r1):
-        x = (stack[:, r0:r1] - mean) / std
-        return np.where(mask[None, r0:r1] & np.isfinite(x), x, 0.0).astype(np.float32)
+        return _normalised(stack[:, r0:r1], mask[r0:r1], mean, std)
 
     n_classes = int(model.output_shape[-1])
     classes = np.full((H, W), NO_LABEL, np.uint8)
@@ -192,8 +197,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
 
             def read_rows(r0, r1):
                 raw = src.read(window=rasterio.windows.Window(0, r0, W, r1 - r0)).astype(np.float32)
-                x = (raw - mean) / std
-                return np.where(valid_rows(r0, r1, raw)[None] & np.isfinite(x), x, 0.0).astype(np.float32)
+                return _normalised(raw, valid_rows(r0, r1, raw), mean, std)
 
             prof_c = grid.profile(1, "uint8", NO_LABEL)
             prof_p = grid.profile(1, "float32")

@@ -212,6 +212,3 @@ def backend_info() -> dict:
     return dict(backend=backend, keras=keras.__version__, gpus=devices, gpu=bool(devices),
                 env_backend=os.environ.get("KERAS_BACKEND", ""))
 
-
-def count_parameters(model) -> int:
-    return int(np.sum([np.prod(w.shape) for w in model.weights]))

@@ -36,7 +36,7 @@ import numpy as np
 from .data import NO_LABEL
 from .metrics import confusion_matrix, scores
 
-__all__ = ["TrainingConfig", "PROFILES", "compile_model", "fit", "predict_tiles", "evaluate_tiles", "resolve_config",
+__all__ = ["TrainingConfig", "PROFILES", "compile_model", "fit", "evaluate_tiles", "resolve_config",
            "training_tiles", "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle",
            "load_or_train", "evaluation_regions"]
 
@@ -130,15 +130,6 @@ def read_history(csv: str | Path) -> dict:
     with open(csv, newline="") as fh:
         rows = list(_csv.DictReader(fh))
     return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
-
-
-def predict_tiles(model, batches) -> np.ndarray:
-    """Class index per pixel for every tile of a :class:`~lithocore.tiles.TileBatches` (in its order)."""
-    preds = []
-    for i in range(len(batches)):
-        x, _ = batches[i]
-        preds.append(np.argmax(np.asarray(model.predict_on_batch(x)), axis=-1).astype(np.uint8))
-    return np.concatenate(preds) if preds else np.zeros((0, batches.size, batches.size), np.uint8)
 
 
 def evaluate_tiles(model, batches, class_names: list[str]) -> dict:

@@ -76,7 +76,7 @@ def fused_stack(run_dir: str | Path, manifest: str | Path, area=None, **fusion_s
         stack, names, units, _, tags = fusion.read_stack(path)
         if tags.get("manifest") == str(Path(manifest).resolve()) and stack.shape[1:] == area.shape:
             return area, stack, names, units
-    settings = dict(detail_gain=0.3, detail_smoothing=5.0) | fusion_settings
+    settings = fusion.CALIBRATED_DETAIL | fusion_settings
     result = fusion.fuse_study_area(area, **settings)
     stack, names, units = fusion.build_stack(result, area)
     fusion.write_stack(path, stack, names, units, area.grid, tags=dict(manifest=str(Path(manifest).resolve()), **settings))
