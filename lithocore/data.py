@@ -11,8 +11,9 @@ relative to the manifest file. The sections are::
       - path: aster_vnir_15m.tif
         bands: [B1, B2, B3N]               # one name per band; the file must have that many bands
         units: reflectance
+        nodata: 0                          # optional: overrides the file's nodata tag ("none": no nodata)
     extra:                                 # other fine layers (DEM), resampled bilinearly
-      - {path: dem.tif, name: dem, units: m}
+      - {path: dem.tif, name: dem, units: m, nodata: -9999}
     coarse:                                # coarse grids (geophysics), kept on a coarse grid for fusion
       - {path: mag_2km.tif, name: magnetic, units: nT}
     points:                                # point samples, gridded onto a coarse grid with verde
@@ -25,12 +26,29 @@ relative to the manifest file. The sections are::
         spacing: 2000                      # metres, the coarse cell
         method: spline                     # spline | linear | cubic | nearest
         log: false                         # grid log10 of the values (for ppm-type data)
+        below_detection: half              # "<0.01": error (default), half (DL / 2, the usual rule) or limit
+        missing: ["n.d.", "-"]             # tokens that mean "not measured" (empty cells always do)
     labels:
       path: geology.gpkg                   # vector polygons with a class field, or a label raster
       field: unit_id                       # vector only
+      unlabelled: [0]                      # values that mean "no label" (the usual 0 of training rasters)
+      nodata: [-1]                         # values that mean "outside the map" (also no label)
+      overlaps: warn                       # polygons of different classes overlapping: warn (default) or error
       classes:
         - {id: 1, name: Sandstone, colour: "#d9c27a"}          # value defaults to id
         - {id: 2, name: Marble, colour: "#7fb2e5", value: "Carbonate rock"}
+
+Any mix of sources loads: imagery only, geophysics only (a reference grid given as ``crs``, ``bounds`` and
+``resolution``), point samples only, imagery and a DEM, or all four. The manifest's keys and types are checked
+(:mod:`lithocore.manifest`) before any file is read: an unknown key is an error naming the nearest valid one.
+
+Class ids are integers: the pixel values of the label raster and of every class map the workbook writes. A
+class whose code in the source is text (``J1``) gives it as ``value``. Label values outside the class table
+are an error unless declared under ``unlabelled`` or ``nodata``: nothing is guessed.
+
+Problems that do not stop loading (a suspicious constant fill value, a nodata value inside the data's range,
+repaired polygons, overlapping polygons of different classes) are warnings, kept in ``StudyArea.warnings``
+so that the notebooks can show them and write them into their JSON.
 
 Coarse layers and gridded points keep a coarse grid whose origin is the reference grid's and whose cell is a
 whole number of fine pixels (the source cell rounded to it), so that fusion can move between the two scales
@@ -41,7 +59,8 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +73,8 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine, from_origin
 from rasterio.warp import calculate_default_transform, reproject
 
+from .runfolder import atomic_path
+
 __all__ = [
     "NO_LABEL",
     "StudyAreaError",
@@ -63,7 +84,10 @@ __all__ = [
     "StudyArea",
     "load_study_area",
     "read_manifest",
+    "manifest_files",
     "write_geotiff",
+    "DataWarning",
+    "memory_available",
 ]
 
 #: Value of the label raster where a pixel has no label (outside the map, or a unit not mapped).
@@ -77,6 +101,16 @@ class StudyAreaError(ValueError):
         self.source = str(source)
         self.fault = fault
         super().__init__(f"{source}: {fault}")
+
+
+class DataWarning(UserWarning):
+    """Something in the input that does not stop loading but that the user should look at."""
+
+
+def _warn(warns: list, source, message: str) -> None:
+    text = f"{Path(str(source)).name}: {message}"
+    warns.append(text)
+    warnings.warn(text, DataWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------- grids
@@ -144,7 +178,8 @@ def _overlaps(a: tuple, b: tuple) -> bool:
 class ClassTable:
     """The map's classes: id, name, colour and the value that stands for the class in the source.
 
-    Class *indices* (0..n-1, the order of the table) are what label arrays and models use.
+    Class *indices* (0..n-1, the order of the table) are what label arrays and models use inside the
+    workbook; class *ids* (integers) are what every class-map file stores, as the label raster does.
 
     Examples
     --------
@@ -152,6 +187,10 @@ class ClassTable:
     ...                           {"id": 4, "name": "Gneiss", "colour": "#e58a7f"}])
     >>> len(t), t.names, t.index_of_value(4)
     (2, ('Marble', 'Gneiss'), 1)
+    >>> t.to_ids(np.array([0, 1, NO_LABEL], np.uint8)).tolist(), t.id_dtype()
+    ([1, 4, 255], ('uint8', 255))
+    >>> t.to_indices(np.array([4, 1, 255])).tolist()
+    [1, 0, 255]
     """
 
     ids: tuple[int, ...]
@@ -167,7 +206,7 @@ class ClassTable:
         for i, e in enumerate(entries):
             if "id" not in e or "name" not in e:
                 raise StudyAreaError(source, f"class entry {i} needs an 'id' and a 'name', got {e}")
-            ids.append(int(e["id"]))
+            ids.append(_class_id(e, source))
             names.append(str(e["name"]))
             colours.append(str(e.get("colour", e.get("color", _DEFAULT_COLOURS[i % len(_DEFAULT_COLOURS)]))))
             values.append(e.get("value", e["id"]))
@@ -189,6 +228,44 @@ class ClassTable:
     def to_list(self) -> list[dict]:
         return [dict(id=i, name=n, colour=c, value=v) for i, n, c, v in
                 zip(self.ids, self.names, self.colours, self.values)]
+
+    def id_dtype(self) -> tuple[str, int]:
+        """(dtype, nodata) of a class-map file holding these ids: uint8/255 when every id fits below 255,
+        else uint16/65535, else int32 with its most negative value."""
+        lo, hi = min(self.ids), max(self.ids)
+        if lo >= 0 and hi < 255:
+            return "uint8", 255
+        if lo >= 0 and hi < 65535:
+            return "uint16", 65535
+        return "int32", int(np.iinfo(np.int32).min)
+
+    def to_ids(self, indices: np.ndarray) -> np.ndarray:
+        """Class indices (:data:`NO_LABEL` for none) -> class ids (the file's nodata for none)."""
+        dtype, nodata = self.id_dtype()
+        lut = np.full(256, nodata, dtype=np.int64)
+        lut[: len(self.ids)] = self.ids
+        return lut[np.asarray(indices).astype(np.int64) % 256].astype(dtype)
+
+    def to_indices(self, ids: np.ndarray) -> np.ndarray:
+        """Class ids read from a class-map file -> class indices (:data:`NO_LABEL` for anything else)."""
+        ids = np.asarray(ids)
+        out = np.full(ids.shape, NO_LABEL, np.uint8)
+        for i, cid in enumerate(self.ids):
+            out[ids == cid] = i
+        return out
+
+
+def _class_id(entry: dict, source: str) -> int:
+    raw = entry["id"]
+    try:
+        f = float(raw)
+        if isinstance(raw, bool) or not f.is_integer():
+            raise ValueError
+        return int(f)
+    except (TypeError, ValueError):
+        raise StudyAreaError(source, f"class '{entry['name']}' has id {raw!r}: an id is the integer pixel value of "
+                                     f"the label raster and of every class map; keep {raw!r} as the class's value "
+                                     f"(value: {raw}) and give it an integer id (id: 1, 2, ...)") from None
 
 
 def _norm(v: Any) -> Any:
@@ -247,6 +324,7 @@ class StudyArea:
     points: dict = field(default_factory=dict)  # name -> GeoDataFrame of the samples (reference CRS)
     units: dict = field(default_factory=dict)  # layer name -> units
     manifest_path: str = ""
+    warnings: list = field(default_factory=list)  # what the user should look at (also warned when loading)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -268,30 +346,88 @@ class StudyArea:
 
 # ------------------------------------------------------------------------------------------ manifest
 def read_manifest(path: str | os.PathLike) -> dict:
-    """Read and check the structure of a study-area manifest (YAML)."""
+    """Read a study-area manifest (YAML) and check its keys and types (:mod:`lithocore.manifest`)."""
+    from .manifest import validate_manifest
+
     path = Path(path)
     if not path.is_file():
         raise StudyAreaError(path, "manifest file not found")
+    raw = path.read_bytes()
+    if raw[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        raise StudyAreaError(path, "is a GeoTIFF, not a manifest: pass the study area's YAML manifest, which names "
+                                   "this raster under 'guide', 'extra', 'coarse' or 'labels'")
     try:
-        man = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+    except UnicodeDecodeError:
+        raise StudyAreaError(path, "is not a text file (binary content): a manifest is a YAML text file naming "
+                                   "the study area's layers") from None
+    try:
+        man = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise StudyAreaError(path, f"is not valid YAML: {exc}") from None
     if not isinstance(man, dict):
         raise StudyAreaError(path, "a manifest must be a mapping with at least 'reference' and 'labels'")
-    for key in ("reference", "labels"):
-        if key not in man:
-            raise StudyAreaError(path, f"the manifest has no '{key}' section")
+    try:
+        validate_manifest(man)
+    except ValueError as exc:
+        raise StudyAreaError(path, f"invalid manifest: {exc}") from None
     for key in ("guide", "extra", "coarse", "points"):
         man.setdefault(key, [])
-        if not isinstance(man[key], list):
-            raise StudyAreaError(path, f"'{key}' must be a list of entries")
-        for e in man[key]:
-            if not isinstance(e, dict) or "path" not in e:
-                raise StudyAreaError(path, f"every '{key}' entry needs a 'path', got {e!r}")
-    if not man["guide"] and not man["extra"]:
-        raise StudyAreaError(path, "the manifest needs at least one fine layer under 'guide' or 'extra'")
+    if not (man["guide"] or man["extra"] or man["coarse"] or man["points"]):
+        raise StudyAreaError(path, "the manifest names no layer: give at least one of 'guide', 'extra', "
+                                   "'coarse' or 'points'")
     man.setdefault("name", path.stem)
     return man
+
+
+def manifest_files(manifest: str | os.PathLike) -> list[Path]:
+    """Every file a manifest names (resolved), in the manifest's order."""
+    mpath = Path(manifest).resolve()
+    man = read_manifest(mpath)
+    base = mpath.parent
+    out = []
+    ref = man["reference"]
+    if isinstance(ref, str) or (isinstance(ref, dict) and ref.get("path")):
+        out.append(_resolve(base, ref if isinstance(ref, str) else ref["path"]))
+    if man.get("area"):
+        out.append(_resolve(base, man["area"]))
+    for k in ("guide", "extra", "coarse", "points"):
+        out += [_resolve(base, e["path"]) for e in man[k]]
+    out.append(_resolve(base, man["labels"]["path"]))
+    out += [_resolve(base, v) for v in (man.get("truth") or {}).values()]
+    return list(dict.fromkeys(out))
+
+
+def memory_available() -> int:
+    """Bytes of memory this process may use: ``LITHOCORE_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix) when
+    set, else the memory the system reports available."""
+    env = os.environ.get("LITHOCORE_MEMORY_LIMIT", "").strip().upper()
+    if env:
+        m = re.fullmatch(r"([0-9.]+)\s*([KMG]?)I?B?", env)
+        if not m:
+            raise ValueError(f"LITHOCORE_MEMORY_LIMIT={env!r}: give bytes, or a number with K, M or G")
+        return int(float(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _check_memory(grid: Grid, n_fine: int, n_coarse: int, source) -> int:
+    """Refuse a grid whose layers would not fit in memory, before allocating anything."""
+    px = grid.width * grid.height
+    # loading: the fine bands, the coarse layers brought to the fine grid for the mask, labels and mask;
+    # fusion and the stack then hold about as much again.
+    need = px * (4 * (n_fine + 2 * max(n_coarse, 1) + 2) + 2) * 2
+    have = memory_available()
+    if need > have:
+        raise StudyAreaError(source, f"the reference grid is {grid.height:,} x {grid.width:,} pixels of {grid.res:g} m "
+                                     f"({px / 1e6:,.0f} Mpx): loading and fusing its {n_fine} fine band(s) and "
+                                     f"{n_coarse} coarse layer(s) needs about {need / 2**30:.1f} GiB, but "
+                                     f"{have / 2**30:.1f} GiB is available. Choose a coarser resolution (reference: "
+                                     f"{{crs, bounds, resolution}}), a smaller area, or fewer bands")
+    return need
 
 
 def _resolve(base: Path, p: str) -> Path:
@@ -344,19 +480,73 @@ def _src_bounds_in(src, crs: CRS) -> tuple:
     return transform_bounds(src.crs, crs, *src.bounds)
 
 
-def _read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Resampling) -> tuple[np.ndarray, dict]:
+#: Values that data producers use to fill cells without data (checked when a layer declares no nodata).
+_FILL_VALUES = (-9999.0, -99999.0, -999.0, -32768.0, -32767.0, 32767.0, 65535.0, 9999.0, -3.4028234663852886e38,
+                3.4028234663852886e38, -1e30, 1e30)
+
+
+def _nodata(entry: dict, src) -> float | None:
+    """The nodata value of a layer: the manifest entry's ``nodata`` when given (``none``/null: no nodata),
+    else the file's tag."""
+    if "nodata" not in entry:
+        return src.nodata
+    v = entry["nodata"]
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null", "")):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise StudyAreaError(src.name, f"nodata {v!r} in the manifest is not a number (or 'none', 'nan')") from None
+
+
+def _check_fill(path: Path, src, band: int, nodata: float | None, name: str, warns: list) -> None:
+    """Warn about a constant fill value nobody declared, and about a nodata value inside the data's range."""
+    h, w = min(src.height, 1024), min(src.width, 1024)
+    a = src.read(band, out_shape=(h, w), resampling=Resampling.nearest).astype(np.float64)
+    finite = np.isfinite(a)
+    if nodata is not None and np.isfinite(nodata):
+        is_nd = a == nodata
+        vals = a[finite & ~is_nd]
+        share = float(is_nd.mean())
+        if vals.size and share > 0.01 and vals.min() < nodata < vals.max():
+            _warn(warns, path, f"band {band} ({name}): the nodata value {nodata:g} lies inside the data's range "
+                               f"({vals.min():g} to {vals.max():g}) and removes {share:.1%} of its cells; if {nodata:g} "
+                               f"is a real value, set 'nodata: none' (or the true fill value) in its manifest entry")
+        return
+    vals = a[finite] if nodata is None else a[finite]
+    if vals.size == 0:
+        return
+    uniq, counts = np.unique(vals, return_counts=True)
+    for v, c in zip(uniq, counts):
+        share = c / vals.size
+        known = any(math.isclose(v, f, rel_tol=1e-6) for f in _FILL_VALUES)
+        at_edge = v in (uniq[0], uniq[-1]) and len(uniq) > 2
+        if (known and share > 0.001) or (at_edge and share > 0.05 and not known):
+            _warn(warns, path, f"band {band} ({name}) holds the constant {v:g} in {share:.1%} of its cells and "
+                               f"declares no nodata: if {v:g} fills cells without data, set 'nodata: {v:g}' in its "
+                               f"manifest entry (it is used as data now)")
+            return
+
+
+def _read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Resampling, entry: dict | None = None,
+               warns: list | None = None, names: list[str] | None = None) -> tuple[np.ndarray, dict]:
     """Reproject every band of a raster onto the fine grid; NaN where the source has no data."""
+    entry = entry or {}
+    warns = [] if warns is None else warns
     with _open_raster(path) as src:
         if expected_bands is not None and src.count != expected_bands:
             raise StudyAreaError(path, f"expected {expected_bands} band(s) as the manifest names, found {src.count}")
         if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
             raise StudyAreaError(path, f"does not overlap the reference grid (its bounds {tuple(round(b) for b in src.bounds)} "
                                        f"in {src.crs}, reference {tuple(round(b) for b in grid.bounds)} in {grid.crs})")
+        nodata = _nodata(entry, src)
         out = np.full((src.count, *grid.shape), np.nan, dtype=np.float32)
         for b in range(src.count):
-            reproject(rasterio.band(src, b + 1), out[b], src_nodata=src.nodata, dst_transform=grid.transform,
+            _check_fill(path, src, b + 1, nodata, (names or [])[b] if names and b < len(names) else f"band {b + 1}",
+                        warns)
+            reproject(rasterio.band(src, b + 1), out[b], src_nodata=nodata, dst_transform=grid.transform,
                       dst_crs=grid.crs, dst_nodata=np.nan, resampling=resampling)
-        info = _describe(path, src)
+        info = _describe(path, src) | dict(nodata=nodata)
     return out, info
 
 
@@ -369,7 +559,8 @@ def _coarse_factor(native_res: float, fine_res: float) -> int:
     return max(1, int(round(native_res / fine_res)))
 
 
-def _read_coarse(path: Path, entry: dict, grid: Grid) -> tuple[CoarseLayer, dict]:
+def _read_coarse(path: Path, entry: dict, grid: Grid, warns: list | None = None) -> tuple[CoarseLayer, dict]:
+    warns = [] if warns is None else warns
     with _open_raster(path) as src:
         band = int(entry.get("band", 1))
         if not 1 <= band <= src.count:
@@ -384,14 +575,17 @@ def _read_coarse(path: Path, entry: dict, grid: Grid) -> tuple[CoarseLayer, dict
             native = abs(t.a)
         factor = int(entry.get("factor", _coarse_factor(native, grid.res)))
         cgrid = grid.coarsen(factor)
+        nodata = _nodata(entry, src)
+        name = entry.get("name") or path.stem
+        _check_fill(path, src, band, nodata, name, warns)
         values = np.full(cgrid.shape, np.nan, dtype=np.float32)
-        reproject(rasterio.band(src, band), values, src_nodata=src.nodata, dst_transform=cgrid.transform,
+        reproject(rasterio.band(src, band), values, src_nodata=nodata, dst_transform=cgrid.transform,
                   dst_crs=cgrid.crs, dst_nodata=np.nan, resampling=Resampling.bilinear)
-        info = _describe(path, src)
-    name = entry.get("name", path.stem)
+        info = _describe(path, src) | dict(nodata=nodata)
     if not np.isfinite(values).any():
         raise StudyAreaError(path, "has no valid data inside the reference grid (all nodata)")
-    meta = {k: v for k, v in entry.items() if k not in ("path", "name", "units")}
+    meta = {k: v for k, v in entry.items() if k not in ("path", "name", "units", "nodata", "band", "factor")
+            and v is not None}
     return CoarseLayer(name, values, cgrid, factor, str(entry.get("units", "")), str(path), meta=meta), info
 
 
@@ -411,32 +605,97 @@ def _read_vector(path: Path, crs_hint: Any = None):
     return gdf
 
 
+_BDL = re.compile(r"^<\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
+
+
+def numeric_column(values, path, column: str, *, below_detection: str = "error", missing=(), row_name: str = "row",
+                   first_row: int = 2) -> np.ndarray:
+    """A column of a sample table as float64: numbers as they are, empty cells and the ``missing`` tokens as
+    NaN, ``<DL`` (below the detection limit) by the rule asked for (``half``: DL / 2, ``limit``: DL), anything
+    else an error naming the file, the column and the first bad row.
+
+    Examples
+    --------
+    >>> numeric_column(["1.5", "", "<0.2", "n.d."], "s.csv", "MgO", below_detection="half", missing=["n.d."]).tolist()
+    [1.5, nan, 0.1, nan]
+    >>> numeric_column(["1.5", "<0.2"], "s.csv", "MgO")
+    Traceback (most recent call last):
+    ...
+    lithocore.data.StudyAreaError: s.csv: column 'MgO', row 3: '<0.2' is a value below the detection limit; choose how to use such values with 'below_detection: half' (half the limit, the usual rule) or 'below_detection: limit' in the points entry
+    """
+    import pandas as pd
+
+    ser = pd.Series(values, dtype=object).reset_index(drop=True)
+    text = ser.map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip())
+    out = np.array(pd.to_numeric(text.where(text != "", None), errors="coerce"), dtype=np.float64)
+    tokens = {str(m).strip().lower() for m in missing}
+    for i, t in enumerate(text):
+        if t == "" or np.isfinite(out[i]):
+            continue
+        if t.lower() in tokens:
+            out[i] = np.nan
+            continue
+        m = _BDL.match(t)
+        row = f"{row_name} {i + first_row}"
+        if m:
+            if below_detection == "half":
+                out[i] = float(m.group(1)) / 2
+                continue
+            if below_detection == "limit":
+                out[i] = float(m.group(1))
+                continue
+            raise StudyAreaError(path, f"column '{column}', {row}: {t!r} is a value below the detection limit; choose "
+                                       "how to use such values with 'below_detection: half' (half the limit, the usual "
+                                       "rule) or 'below_detection: limit' in the points entry")
+        raise StudyAreaError(path, f"column '{column}', {row}: {t!r} is not a number; if it means 'not measured', list "
+                                   f"it under 'missing: [{t!r}]' in the points entry")
+    return out
+
+
 def _read_points(path: Path, entry: dict, grid: Grid):
     import geopandas as gpd
     import pandas as pd
 
     if not path.exists():
         raise StudyAreaError(path, "file not found")
+    columns = entry.get("columns")
+    if not columns:
+        raise StudyAreaError(path, "the manifest entry names no 'columns' to grid")
+    if isinstance(columns, list):
+        columns = {c: c for c in columns}
+    opts = dict(below_detection=entry.get("below_detection", "error"), missing=entry.get("missing", []))
     if path.suffix.lower() in (".csv", ".txt"):
-        df = pd.read_csv(path)
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise StudyAreaError(path, f"cannot be read as a CSV table ({exc})") from None
         xcol, ycol = entry.get("x", "x"), entry.get("y", "y")
         for col in (xcol, ycol):
             if col not in df.columns:
                 raise StudyAreaError(path, f"coordinate column '{col}' does not exist; columns: {list(df.columns)}")
         if entry.get("crs") is None:
             raise StudyAreaError(path, "has no CRS (coordinate reference system): a CSV needs 'crs' in its manifest entry")
-        gdf = gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df[xcol], df[ycol]), crs=entry["crs"])
+        x = numeric_column(df[xcol], path, xcol)
+        y = numeric_column(df[ycol], path, ycol)
+        bad = ~(np.isfinite(x) & np.isfinite(y))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise StudyAreaError(path, f"row {i + 2}: the coordinates ({df[xcol][i]!r}, {df[ycol][i]!r}) are missing")
+        missing_cols = [c for c in columns if c not in df.columns]
+        if missing_cols:
+            raise StudyAreaError(path, f"column(s) {missing_cols} do not exist; columns: {list(df.columns)}")
+        for c in columns:
+            df[c] = numeric_column(df[c], path, c, **opts)
+        gdf = gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(x, y), crs=entry["crs"])
     else:
         gdf = _read_vector(path, entry.get("crs"))
+        missing_cols = [c for c in columns if c not in gdf.columns]
+        if missing_cols:
+            raise StudyAreaError(path, f"column(s) {missing_cols} do not exist; columns: {list(gdf.columns)}")
+        for c in columns:
+            if gdf[c].dtype == object:
+                gdf[c] = numeric_column(gdf[c], path, c, row_name="feature", first_row=1, **opts)
     gdf = gdf.to_crs(grid.crs)
-    columns = entry.get("columns")
-    if not columns:
-        raise StudyAreaError(path, "the manifest entry names no 'columns' to grid")
-    if isinstance(columns, list):
-        columns = {c: c for c in columns}
-    missing = [c for c in columns if c not in gdf.columns]
-    if missing:
-        raise StudyAreaError(path, f"column(s) {missing} do not exist; columns: {list(gdf.columns)}")
     left, bottom, right, top = grid.bounds
     x, y = gdf.geometry.x.to_numpy(), gdf.geometry.y.to_numpy()
     inside = (x >= left) & (x <= right) & (y >= bottom) & (y <= top)
@@ -499,30 +758,53 @@ def grid_points(x: np.ndarray, y: np.ndarray, values: np.ndarray, cgrid: Grid, m
     return z.astype(np.float32)
 
 
-def _labels_from_raster(path: Path, table: ClassTable, grid: Grid) -> tuple[np.ndarray, dict]:
+def _declared(lab: dict) -> tuple[set, set]:
+    return ({_norm(v) for v in lab.get("unlabelled", []) or []}, {_norm(v) for v in lab.get("nodata", []) or []})
+
+
+def _labels_from_raster(path: Path, lab: dict, table: ClassTable, grid: Grid, warns: list) -> tuple[np.ndarray, dict]:
     with _open_raster(path) as src:
         if src.count != 1:
             raise StudyAreaError(path, f"a label raster must have 1 band, found {src.count}")
         if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
             raise StudyAreaError(path, "does not overlap the reference grid")
-        nodata = src.nodata if src.nodata is not None else 0
-        raw = np.full(grid.shape, nodata, dtype=np.float64)
-        reproject(rasterio.band(src, 1), raw, src_nodata=nodata, dst_transform=grid.transform, dst_crs=grid.crs,
-                  dst_nodata=nodata, resampling=Resampling.nearest)
+        raw = np.full(grid.shape, np.nan, dtype=np.float64)
+        reproject(rasterio.band(src, 1), raw, src_nodata=src.nodata, dst_transform=grid.transform, dst_crs=grid.crs,
+                  dst_nodata=np.nan, resampling=Resampling.nearest)
         info = _describe(path, src)
+    unlabelled, nodata = _declared(lab)
     lookup = table.value_lookup()
     labels = np.full(grid.shape, NO_LABEL, dtype=np.uint8)
-    present = np.unique(raw[raw != nodata])
-    missing = [v for v in present.tolist() if _norm(v) not in lookup]
+    finite = np.isfinite(raw)
+    present = np.unique(raw[finite])
+    no_label = [v for v in present.tolist() if _norm(v) in unlabelled | nodata]
+    missing = [v for v in present.tolist() if _norm(v) not in lookup and _norm(v) not in unlabelled | nodata]
     if missing:
-        raise StudyAreaError(path, f"label value(s) {missing[:10]} are missing from the class table "
-                                   f"(values {[v for v in table.values]}); nodata is {nodata}")
+        shown = [int(v) if float(v).is_integer() else v for v in missing[:10]]
+        raise StudyAreaError(path, f"label value(s) {shown} are missing from the class table (values "
+                                   f"{list(table.values)}; the file's nodata is {src.nodata}); if a value means "
+                                   f"'no label', declare it under labels: unlabelled: [{shown[0]}] (or nodata:)")
     for v in present:
-        labels[raw == v] = lookup[_norm(v)]
+        if _norm(v) in lookup and _norm(v) not in unlabelled | nodata:
+            labels[raw == v] = lookup[_norm(v)]
+    info["no_label_values"] = [float(v) for v in no_label]
     return labels, info
 
 
-def _labels_from_vector(path: Path, entry: dict, table: ClassTable, grid: Grid) -> tuple[np.ndarray, dict]:
+def _polygonal(geom):
+    """The polygonal part of a (repaired) geometry, or None."""
+    from shapely import get_parts
+    from shapely.geometry import MultiPolygon, Polygon
+
+    if geom is None or geom.is_empty:
+        return None
+    if isinstance(geom, (Polygon, MultiPolygon)):
+        return geom
+    polys = [g for g in get_parts(geom) if isinstance(g, (Polygon, MultiPolygon))]
+    return MultiPolygon([q for g in polys for q in (g.geoms if isinstance(g, MultiPolygon) else [g])]) if polys else None
+
+
+def _labels_from_vector(path: Path, entry: dict, table: ClassTable, grid: Grid, warns: list) -> tuple[np.ndarray, dict]:
     from rasterio.features import rasterize
 
     gdf = _read_vector(path, entry.get("crs"))
@@ -533,20 +815,72 @@ def _labels_from_vector(path: Path, entry: dict, table: ClassTable, grid: Grid) 
         raise StudyAreaError(path, f"class field '{fld}' does not exist; fields: {[c for c in gdf.columns if c != 'geometry']}")
     info = dict(file=path.name, crs=gdf.crs.to_string(), resolution="vector", size=f"{len(gdf)} features",
                 bands="", nodata="", dtype=str(gdf[fld].dtype))
-    gdf = gdf.to_crs(grid.crs)
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    invalid = ~gdf.geometry.is_valid
+    if invalid.any():
+        gdf = gdf.copy()
+        gdf.loc[invalid, "geometry"] = gdf.geometry[invalid].make_valid().map(_polygonal)
+        gdf = gdf[gdf.geometry.notna()]
+        _warn(warns, path, f"{int(invalid.sum())} invalid polygon(s) (self-intersecting or otherwise broken) were "
+                           f"repaired with shapely's make_valid; check them in a GIS")
+    gdf = gdf.to_crs(grid.crs)
     gdf = gdf.cx[grid.bounds[0]:grid.bounds[2], grid.bounds[1]:grid.bounds[3]]
     if gdf.empty:
         raise StudyAreaError(path, f"no polygon overlaps the reference grid {tuple(round(b) for b in grid.bounds)}")
+    unlabelled, nodata = _declared(entry)
     lookup = table.value_lookup()
     vals = gdf[fld]
-    unlabelled = vals.isna()
-    missing = sorted({str(v) for v in vals[~unlabelled] if _norm(v) not in lookup})
+    keep = vals.notna() & ~vals.map(lambda v: _norm(v) in unlabelled | nodata)
+    missing = sorted({str(v) for v in vals[keep] if _norm(v) not in lookup})
     if missing:
-        raise StudyAreaError(path, f"label value(s) {missing[:10]} of field '{fld}' are missing from the class table")
-    shapes = [(geom, lookup[_norm(v)]) for geom, v in zip(gdf.geometry[~unlabelled], vals[~unlabelled])]
-    labels = rasterize(shapes, out_shape=grid.shape, transform=grid.transform, fill=NO_LABEL, dtype="uint8")
+        raise StudyAreaError(path, f"label value(s) {missing[:10]} of field '{fld}' are missing from the class table "
+                                   f"(values {list(table.values)}); give each class its 'value' as written in the field, "
+                                   f"or declare values that mean 'no label' under labels: unlabelled: [...]")
+    classes = np.array([lookup[_norm(v)] for v in vals[keep]], dtype=np.int64)
+    geoms = list(gdf.geometry[keep])
+    labels = rasterize(zip(geoms, classes.tolist()), out_shape=grid.shape, transform=grid.transform, fill=NO_LABEL,
+                       dtype="uint8")
+    overlaps = _overlap_report(geoms, classes, table, grid)
+    if overlaps:
+        text = "; ".join(f"{o['classes'][0]} and {o['classes'][1]}: {o['km2']:.3g} km2 ({o['share_of_map']:.1%} of the "
+                         f"labelled map)" for o in overlaps[:5])
+        msg = (f"polygons of different classes overlap ({text}); where they do, the polygon later in the file wins. "
+               f"Fix the map, or set labels: overlaps: error to refuse such a map")
+        if entry.get("overlaps", "warn") == "error":
+            raise StudyAreaError(path, msg)
+        _warn(warns, path, msg)
+    info["overlaps"] = overlaps
     return labels, info
+
+
+def _overlap_report(geoms: list, classes: np.ndarray, table: ClassTable, grid: Grid) -> list[dict]:
+    """Area where polygons of two different classes overlap, for every such pair (on the reference grid)."""
+    from rasterio.features import rasterize
+
+    present = np.unique(classes)
+    if len(present) < 2:
+        return []
+    cover = np.zeros(grid.shape, np.uint16)
+    layers = {}
+    for k in present:
+        m = rasterize([g for g, c in zip(geoms, classes) if c == k], out_shape=grid.shape, transform=grid.transform,
+                      fill=0, default_value=1, dtype="uint8").astype(bool)
+        layers[int(k)] = m
+        cover += m
+    multi = cover > 1
+    if not multi.any():
+        return []
+    labelled = max(int((cover > 0).sum()), 1)
+    out = []
+    ks = sorted(layers)
+    for i, a in enumerate(ks):
+        la = layers[a][multi]
+        for b in ks[i + 1:]:
+            n = int((la & layers[b][multi]).sum())
+            if n:
+                out.append(dict(classes=[table.names[a], table.names[b]], pixels=n, km2=n * grid.res ** 2 / 1e6,
+                                share_of_map=n / labelled))
+    return sorted(out, key=lambda o: -o["pixels"])
 
 
 def _area_mask(path: Path, grid: Grid, crs_hint: Any = None) -> np.ndarray:
@@ -585,6 +919,12 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
     grid = _reference_grid(man, base)
     table: list[dict] = []
     units: dict[str, str] = {}
+    warns: list[str] = []
+    n_fine = 0
+    for e in man["guide"] + man["extra"]:
+        with _open_raster(_resolve(base, e["path"])) as src:
+            n_fine += src.count
+    _check_memory(grid, n_fine, len(man["coarse"]) + sum(len(e.get("columns") or []) for e in man["points"]), mpath)
 
     def fine_stack(key: str) -> tuple[np.ndarray, list[str]]:
         arrays, names = [], []
@@ -594,7 +934,8 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
             if key == "extra" and bands is None:
                 bands = [e.get("name", p.stem)]
             expected = len(bands) if isinstance(bands, list) else (int(bands) if bands else None)
-            arr, info = _read_fine(p, grid, expected, Resampling.bilinear)
+            arr, info = _read_fine(p, grid, expected, Resampling.bilinear, e, warns,
+                                   bands if isinstance(bands, list) else None)
             if isinstance(bands, list):
                 bnames = [str(b) for b in bands]
             else:
@@ -615,7 +956,7 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
 
     coarse: list[CoarseLayer] = []
     for e in man["coarse"]:
-        layer, info = _read_coarse(_resolve(base, e["path"]), e, grid)
+        layer, info = _read_coarse(_resolve(base, e["path"]), e, grid, warns)
         coarse.append(layer)
         units[layer.name] = layer.units
         table.append(dict(layer=layer.name, kind="coarse", **info))
@@ -649,9 +990,9 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
     classes = ClassTable.from_list(lab.get("classes") or [], source=str(mpath))
     lpath = _resolve(base, lab["path"])
     if lpath.suffix.lower() in (".tif", ".tiff", ".vrt", ".img"):
-        labels, info = _labels_from_raster(lpath, classes, grid)
+        labels, info = _labels_from_raster(lpath, lab, classes, grid, warns)
     else:
-        labels, info = _labels_from_vector(lpath, lab, classes, grid)
+        labels, info = _labels_from_vector(lpath, lab, classes, grid, warns)
     table.append(dict(layer="labels", kind="labels", **info))
 
     mask = np.ones(grid.shape, dtype=bool)
@@ -671,7 +1012,7 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
         arr[:, ~mask] = np.nan
     return StudyArea(name=str(man["name"]), grid=grid, guide=guide, guide_names=guide_names, extra=extra,
                      extra_names=extra_names, coarse=coarse, labels=labels, classes=classes, mask=mask,
-                     layer_table=table, points=points, units=units, manifest_path=str(mpath))
+                     layer_table=table, points=points, units=units, manifest_path=str(mpath), warnings=warns)
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -692,10 +1033,7 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, ban
     arr = np.asarray(array)
     if arr.ndim == 2:
         arr = arr[None]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.stem}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **grid.profile(arr.shape[0], str(arr.dtype), nodata)) as dst:
             dst.write(arr)
             for i, n in enumerate(band_names or []):
@@ -704,8 +1042,4 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, ban
                 dst.update_tags(**{k: str(v) for k, v in tags.items()})
             if colormap:
                 dst.write_colormap(1, colormap)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -1,0 +1,211 @@
+"""The run folder: one place that owns its layout, what each stage's output was made from, and safe writes.
+
+A run folder holds one notebook stage per sub-folder (``01_load_data`` ... ``06_compare_random_forest``). Every
+result a later stage reads carries a **provenance key**: a hash of what it was made from (the content of the
+manifest and of every file it names, and the settings that matter). A stage that finds a result whose key is
+not the one it expects recomputes it (or stops with :class:`StaleResultError`), never reuses it.
+
+Keys chain: the manifest's content fingerprint -> the fused stack (+ fusion settings) -> the tiles (+ tile
+settings) -> the model (+ training settings) -> the class maps (+ mapping settings) -> the comparison.
+
+Every file is written to a temporary name beside its target and renamed into place when complete
+(:func:`atomic_path`), with the permissions a normal file gets (readable by others, following the umask), and
+the temporary files an interrupted write leaves are removed the next time the same target is written.
+
+Examples
+--------
+>>> key({"a": 1, "b": [1, 2]}) == key({"b": [1, 2], "a": 1})
+True
+>>> len(key("x"))
+16
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["STAGES", "RunFolder", "StaleResultError", "key", "file_digest", "manifest_fingerprint", "atomic_path",
+           "write_json", "read_json", "normal_mode"]
+
+#: The stages, in order: the folder each notebook writes into.
+STAGES = ("01_load_data", "02_fuse_sources", "03_build_tiles", "04_train_fcn8s", "05_map_scene",
+          "06_compare_random_forest")
+
+_TMP_PREFIX = ".tmp-"
+
+
+class StaleResultError(RuntimeError):
+    """A stored result was made from other inputs or settings than the ones asked for."""
+
+
+def key(obj: Any) -> str:
+    """A short, stable hash of a JSON-able object (dict keys sorted)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Hash of a file's content (cached in this process by path, size and modification time)."""
+    p = Path(path)
+    st = p.stat()
+    k = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if k not in _DIGESTS:
+        h = hashlib.blake2b(digest_size=16)
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        _DIGESTS[k] = h.hexdigest()
+    return _DIGESTS[k]
+
+
+_SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".aux.xml", ".ovr", ".tfw")
+
+
+def manifest_fingerprint(manifest: str | os.PathLike) -> str:
+    """Content fingerprint of a study area: the manifest's text and the content of every file it names
+    (shapefile sidecars and GDAL auxiliary files included). Any edit to any of them changes it."""
+    from .data import manifest_files
+
+    mpath = Path(manifest).resolve()
+    parts = {"manifest": hashlib.blake2b(mpath.read_bytes(), digest_size=16).hexdigest()}
+    for f in manifest_files(mpath):
+        candidates = [f] + [f.with_suffix(s) for s in _SIDECARS if f.suffix.lower() == ".shp"] + \
+                     [Path(str(f) + ".aux.xml"), Path(str(f) + ".ovr")]
+        for c in candidates:
+            if c.is_file():
+                parts[str(c)] = file_digest(c)
+    return key(parts)
+
+
+def normal_mode(path: str | os.PathLike) -> None:
+    """Give a file the mode a newly created file gets (0666 less the umask): temporary files are 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without error it is renamed to ``path``
+    (normal permissions), else removed. Leftovers of earlier interrupted writes of ``path`` are removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f"{_TMP_PREFIX}{path.name}.*"):
+        with contextlib.suppress(OSError):
+            if old.is_dir():
+                import shutil
+
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        normal_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (floats from numpy included)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _jsonable(v):
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    return str(v)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The layout of a run folder: every path a stage reads or writes is named here, nowhere else.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> rf = RunFolder(tempfile.mkdtemp())
+    >>> rf.stack_path.parent.name, rf.tiles_path("spatial").name, rf.model_path.name
+    ('02_fuse_sources', 'tiles_spatial.npz', 'model.keras')
+    """
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike):
+        object.__setattr__(self, "root", Path(root).expanduser().resolve())
+
+    def stage(self, name: str) -> Path:
+        """``<root>/<stage>``, created."""
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # --- 01
+    @property
+    def study_area_json(self) -> Path:
+        return self.root / "01_load_data" / "study_area.json"
+
+    # --- 02
+    @property
+    def stack_path(self) -> Path:
+        return self.root / "02_fuse_sources" / "fused_stack.tif"
+
+    # --- 03
+    def tiles_path(self, split: str) -> Path:
+        return self.root / "03_build_tiles" / f"tiles_{split}.npz"
+
+    # --- 04
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "04_train_fcn8s"
+
+    @property
+    def model_path(self) -> Path:
+        return self.model_dir / "model.keras"
+
+    @property
+    def model_meta_path(self) -> Path:
+        """Written last, when training has finished: a model without it is unfinished and never used."""
+        return self.model_dir / "model.json"
+
+    # --- 05
+    def class_map_path(self, prefix: str = "fcn") -> Path:
+        return self.root / "05_map_scene" / f"{prefix}_classes.tif"
+
+    def map_metrics_path(self, prefix: str = "fcn") -> Path:
+        return self.root / "05_map_scene" / f"{prefix}_metrics.json"
+
+    # --- 06
+    @property
+    def comparison_path(self) -> Path:
+        return self.root / "06_compare_random_forest" / "comparison.json"
