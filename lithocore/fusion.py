@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,14 +42,63 @@ from scipy import ndimage
 
 from .data import CoarseLayer, Grid, StudyArea, StudyAreaError
 
-__all__ = ["FusionResult", "clr", "reduce_to_pole", "preprocess", "decompose", "fuse", "fuse_study_area",
-           "score_against_truth", "guide_bands", "calibrate_detail", "CALIBRATED_DETAIL", "wald_protocol", "consistency", "build_stack", "normalisation_stats", "read_stack",
+__all__ = ["FusionSettings", "FusionResult", "clr", "reduce_to_pole", "preprocess", "decompose", "fuse", "fuse_study_area",
+           "score_against_truth", "guide_bands", "calibrate_detail", "CALIBRATED_DETAIL", "wald_protocol", "consistency", "build_stack", "default_channels", "normalisation_stats", "read_stack",
            "write_stack", "read_truth"]
 
 
-#: Detail gain and smoothing chosen with :func:`calibrate_detail` on synthetic seed 1 (minimax over layers),
-#: used wherever the workbook fuses with its defaults (notebook 02's parameter cell repeats them as literals).
+#: Detail gain and smoothing chosen with :func:`calibrate_detail` on synthetic seed 1 (minimax over layers).
 CALIBRATED_DETAIL = dict(detail_gain=0.3, detail_smoothing=5.0)
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    """Every setting that changes the fused stack: the one object notebook 02 and every fallback use, stored
+    with the stack (its tags) so that a later stage knows what the stack was made with.
+
+    ``channels`` empty: the default rule of :func:`default_channels`.
+
+    Examples
+    --------
+    >>> FusionSettings().detail_gain, FusionSettings(detail_gain=1.0).key() != FusionSettings().key()
+    (0.3, True)
+    >>> FusionSettings.from_dict(FusionSettings(channels=("dem",)).to_dict()) == FusionSettings(channels=("dem",))
+    True
+    """
+
+    use_clr: bool = True  # centred log-ratio of each group of point samples
+    use_rtp: bool = True  # reduction to the pole of magnetic grids with inclination/declination
+    method: str = "global"  # Eq. 1 fit: "global" or "local"
+    guide_transform: str = "none"  # guide bands as they are, or "clr" / "log"
+    detail_gain: float = CALIBRATED_DETAIL["detail_gain"]  # Eq. 2 gain; 1.0 is the paper's
+    detail_smoothing: float = CALIBRATED_DETAIL["detail_smoothing"]  # fine pixels; 0.0 is the paper's
+    channels: tuple[str, ...] = ()  # the stack's channels; empty: the default rule
+
+    def __post_init__(self):
+        if self.method not in ("global", "local"):
+            raise ValueError(f"unknown fusion method {self.method!r}: 'global' or 'local'")
+        if self.guide_transform not in ("none", "clr", "log"):
+            raise ValueError(f"unknown guide transform {self.guide_transform!r}: 'none', 'clr' or 'log'")
+        object.__setattr__(self, "channels", tuple(self.channels or ()))
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self) | {"channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FusionSettings":
+        return cls(**{k: (tuple(v) if k == "channels" else v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def fuse_kwargs(self) -> dict:
+        return dict(use_clr=self.use_clr, use_rtp=self.use_rtp, method=self.method,
+                    guide_transform=self.guide_transform, detail_gain=self.detail_gain,
+                    detail_smoothing=self.detail_smoothing)
+
+    def key(self) -> str:
+        from .runfolder import key
+
+        return key(self.to_dict())
 
 
 # ------------------------------------------------------------------------------------ preprocessing
@@ -103,6 +151,13 @@ def preprocess(area: StudyArea, *, use_clr: bool = True, use_rtp: bool = True) -
     for members in groups.values():
         if len(members) < 2:
             continue
+        for m in members:
+            bad = np.isfinite(m.values) & (m.values <= 0)
+            if bad.any():
+                raise StudyAreaError(m.source, f"layer '{m.name}': {int(bad.sum())} of {int(np.isfinite(m.values).sum())} "
+                                               f"gridded cells are zero or negative, and the centred log-ratio needs "
+                                               f"positive parts; check the samples (or grid them with 'log: true', "
+                                               f"which keeps the grid positive), or fuse with use_clr=False")
         t = clr(np.stack([m.values for m in members]))
         for m, v in zip(members, t):
             done[m.name] = replace(m, values=v, units="clr", meta={**m.meta, "preprocessing": "clr"})
@@ -231,7 +286,8 @@ class FusionResult:
             row = {"layer": name, **{g: c["f"].get(g) for g in self.guide_names}}
             row.update({k: c.get(k) for k in ("r2", "cv_r2", "alpha", "detail_added")})
             rows.append(row)
-        return pd.DataFrame(rows).set_index("layer")
+        cols = ["layer", *self.guide_names, "r2", "cv_r2", "alpha", "detail_added"]
+        return pd.DataFrame(rows, columns=cols).set_index("layer")
 
 
 def fuse(guide: np.ndarray, coarse_values: np.ndarray, fine: Grid, factor: int, *, mask: np.ndarray | None = None,
@@ -362,8 +418,16 @@ def fuse_study_area(area: StudyArea, *, use_clr: bool = True, use_rtp: bool = Tr
     """
     from tqdm.auto import tqdm
 
-    bands, names = guide_bands(area, guide, guide_transform)
     layers = preprocess(area, use_clr=use_clr, use_rtp=use_rtp)
+    H, W = area.shape
+    if not area.guide_names:  # no guide bands: every coarse layer is brought to the fine grid bilinearly
+        up = [np.where(area.mask, c.to_fine(area.grid), np.nan).astype(np.float32) for c in layers]
+        coefs = [dict(f={}, detail_added=False, note="no guide bands: bilinear resampling only",
+                      preprocessing=c.meta.get("preprocessing", "none")) for c in layers]
+        arr = np.stack(up) if up else np.zeros((0, H, W), np.float32)
+        return FusionResult([c.name for c in layers], [c.units for c in layers], arr, arr.copy(), coefs, [], method,
+                            dict(clr=use_clr, rtp=use_rtp, guide_transform=guide_transform))
+    bands, names = guide_bands(area, guide, guide_transform)
     cache: dict[int, list] = {}
     fused, up, coefs = [], [], []
     for c in tqdm(layers, desc="fusing", disable=not progress):
@@ -378,7 +442,6 @@ def fuse_study_area(area: StudyArea, *, use_clr: bool = True, use_rtp: bool = Tr
         fused.append(f)
         up.append(u)
         coefs.append(info | {"preprocessing": c.meta.get("preprocessing", "none")})
-    H, W = area.shape
     stack = lambda a: np.stack(a) if a else np.zeros((0, H, W), np.float32)
     return FusionResult([c.name for c in layers], [c.units for c in layers], stack(fused), stack(up), coefs,
                         list(names), method, dict(clr=use_clr, rtp=use_rtp, guide_transform=guide_transform))
@@ -443,6 +506,8 @@ def wald_protocol(area: StudyArea, ratio: int = 2, *, method: str = "global", gu
     ``detail_smoothing``, in fine pixels, does not carry over to this scale and is not applied.
     """
     kwargs.pop("detail_smoothing", None)
+    if not area.guide_names:
+        return dict(ratio=ratio, layers=[], note="no guide bands: nothing was fused")
     bands, names = guide_bands(area, guide, guide_transform)
     rows, fused_all, ref_all, up_all = [], [], [], []
     by_factor: dict[int, np.ndarray] = {}
@@ -532,12 +597,29 @@ def calibrate_detail(area: StudyArea, *, gains=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0), 
 
 
 # --------------------------------------------------------------------------------------------- stack
+def default_channels(result: FusionResult, area: StudyArea) -> list[str]:
+    """The stack's default channels, for any mix of sources:
+
+    * every fused coarse layer (geochemistry, geophysics; bilinear where there is no guide to fuse with),
+    * every extra fine layer (the DEM),
+    * and the guide bands themselves when there is no coarse layer (an imagery-only area maps from its imagery).
+
+    On the paper's four sources this is the paper's nine: 7 oxides, the magnetics and the DEM.
+    """
+    chans = list(result.names) + list(area.extra_names)
+    if not result.names:
+        chans += list(area.guide_names)
+    return chans
+
+
 def build_stack(result: FusionResult, area: StudyArea, channels: list[str] | None = None
                 ) -> tuple[np.ndarray, list[str], list[str]]:
-    """The model's input channels. Default, the paper's nine as we read them: every fused layer (7 oxides and
-    the magnetics on the synthetic area) and the DEM. Names may be fused layers, extra layers or guide bands."""
-    if channels is None:
-        channels = list(result.names) + [n for n in area.extra_names if n == "dem"]
+    """The model's input channels: ``channels`` by name (fused layers, extra layers or guide bands), or the
+    default rule of :func:`default_channels`."""
+    if not channels:
+        channels = default_channels(result, area)
+    if not channels:
+        raise StudyAreaError(area.manifest_path, "the study area has no layer to build a stack from")
     arrays, units = [], []
     for ch in channels:
         if ch in result.names:
@@ -578,11 +660,10 @@ def write_stack(path: str | os.PathLike, stack: np.ndarray, names: list[str], un
                 stats: dict | None = None, chunk_rows: int = 256, tags: dict | None = None) -> Path:
     """Write the stack as a GeoTIFF (band names, units and normalisation statistics in its tags), a block of
     ``chunk_rows`` rows at a time, into a temporary file renamed into place when complete."""
+    from .runfolder import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=path.parent, prefix=f".{path.stem}.")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with rasterio.open(tmp, "w", **grid.profile(stack.shape[0], "float32")) as dst:
             for r0 in range(0, grid.height, chunk_rows):
                 n = min(chunk_rows, grid.height - r0)
@@ -592,8 +673,4 @@ def write_stack(path: str | os.PathLike, stack: np.ndarray, names: list[str], un
                 dst.update_tags(i + 1, units=u)
             dst.update_tags(channels=json.dumps(names), units=json.dumps(units),
                             normalisation=json.dumps(stats or {}), **{k: str(v) for k, v in (tags or {}).items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,8 +23,10 @@ import numpy as np
 import rasterio
 
 from .data import NO_LABEL, ClassTable, Grid, write_geotiff
+from .runfolder import atomic_path
 
-__all__ = ["taper", "predict_strips", "map_array", "map_geotiff", "write_class_map", "class_map_colours"]
+__all__ = ["taper", "predict_strips", "map_array", "map_geotiff", "write_class_map", "read_class_map",
+           "class_map_colours"]
 
 
 def taper(tile: int, floor: float = 1e-3) -> np.ndarray:
@@ -154,39 +154,65 @@ def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, tile: in
 
 
 def class_map_colours(table: ClassTable) -> dict:
-    """GeoTIFF colour table: class index -> RGBA (the class table's colours)."""
+    """GeoTIFF colour table: class id (the pixel value) -> RGBA (the class table's colours); nodata clear."""
     out = {}
-    for i, c in enumerate(table.colours):
+    for cid, c in zip(table.ids, table.colours):
         c = c.lstrip("#")
-        out[i] = (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255)
-    out[NO_LABEL] = (0, 0, 0, 0)
+        out[int(cid)] = (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16), 255)
+    out[table.id_dtype()[1]] = (0, 0, 0, 0)
     return out
 
 
-def write_class_map(path, classes: np.ndarray, grid: Grid, table: ClassTable, *, tags: dict | None = None) -> Path:
-    """A class map GeoTIFF for QGIS: uint8 class indices, colour table, class names in its metadata, nodata 255."""
-    meta = {f"class_{i}": f"{n} (id {cid})" for i, (n, cid) in enumerate(zip(table.names, table.ids))}
+def _class_tags(table: ClassTable) -> dict:
+    meta = {f"class_{cid}": n for n, cid in zip(table.names, table.ids)}
     meta["classes"] = json.dumps(table.to_list(), default=str)
-    return write_geotiff(path, classes.astype(np.uint8), grid, nodata=NO_LABEL, band_names=["class"],
-                         colormap=class_map_colours(table), tags=meta | (tags or {}))
+    meta["pixel_values"] = "class ids of the class table (as in the label raster)"
+    return meta
+
+
+def write_class_map(path, classes: np.ndarray, grid: Grid, table: ClassTable, *, tags: dict | None = None) -> Path:
+    """A class map GeoTIFF for QGIS from class *indices*: the file stores the class *ids* of the class table
+    (as the label raster does), with the table's colours and names; nodata where no class."""
+    dtype, nodata = table.id_dtype()
+    colormap = class_map_colours(table) if dtype in ("uint8", "uint16") else None
+    return write_geotiff(path, table.to_ids(classes), grid, nodata=nodata, band_names=["class id"],
+                         colormap=colormap, tags=_class_tags(table) | (tags or {}))
+
+
+def read_class_map(path, table: ClassTable) -> tuple[np.ndarray, dict]:
+    """A class map written by the workbook, as class indices (:data:`NO_LABEL` for none), and its tags.
+
+    Refuses a map written with another class table (other ids, names or order)."""
+    with rasterio.open(path) as src:
+        ids = src.read(1)
+        tags = src.tags()
+    stored = json.loads(tags.get("classes", "[]"))
+    if [(c["id"], c["name"]) for c in stored] != list(zip(table.ids, table.names)):
+        raise ValueError(f"{path}: written with the class table {[(c['id'], c['name']) for c in stored]}, not the "
+                         f"study area's {list(zip(table.ids, table.names))}")
+    return table.to_indices(ids), tags
 
 
 def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mask: np.ndarray | None = None,
                 tile: int = 256, overlap: float = 0.5, batch_size: int = 8, strip_rows: int | None = None,
-                progress: bool = True, prefix: str = "fcn") -> dict:
+                progress: bool = True, prefix: str = "fcn", tags: dict | None = None) -> dict:
     """Map a stack GeoTIFF into ``<prefix>_classes.tif`` and ``<prefix>_confidence.tif``, reading and writing by
     strips of rows (memory bounded by the tile and the scene's width, not its height).
 
-    Pixels where any channel is NaN (or outside ``mask``) are nodata. Returns paths and timings.
+    Pixels where any channel is NaN (or outside ``mask``) are nodata. The class map stores class ids (as the
+    label raster does); ``tags`` (provenance) are written into both files. Returns paths and timings.
     """
+    import contextlib
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mean = np.asarray(mean, np.float32)[:, None, None]
     std = np.asarray(std, np.float32)[:, None, None]
     t0 = time.perf_counter()
     paths = {k: out_dir / f"{prefix}_{k}.tif" for k in ("classes", "confidence")}
-    tmp = {k: Path(tempfile.mkstemp(suffix=".tif", dir=out_dir, prefix=f".{prefix}_{k}.")[1]) for k in paths}
-    try:
+    dtype, nodata = table.id_dtype()
+    with contextlib.ExitStack() as stack_ctx:
+        tmp = {k: stack_ctx.enter_context(atomic_path(p)) for k, p in paths.items()}
         with rasterio.open(stack_path) as src:
             H, W = src.height, src.width
             grid = Grid(src.crs, src.transform, W, H)
@@ -199,7 +225,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
                 raw = src.read(window=rasterio.windows.Window(0, r0, W, r1 - r0)).astype(np.float32)
                 return _normalised(raw, valid_rows(r0, r1, raw), mean, std)
 
-            prof_c = grid.profile(1, "uint8", NO_LABEL)
+            prof_c = grid.profile(1, dtype, nodata)
             prof_p = grid.profile(1, "float32")
             n_classes = int(model.output_shape[-1])
             with rasterio.open(tmp["classes"], "w", **prof_c) as dc, rasterio.open(tmp["confidence"], "w", **prof_p) as dp:
@@ -208,22 +234,18 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
                     n = probs.shape[1]
                     raw = src.read(window=rasterio.windows.Window(0, r0, W, n))
                     ok = valid_rows(r0, r0 + n, raw)
-                    cls = np.where(ok, np.argmax(probs, axis=0), NO_LABEL).astype(np.uint8)
+                    cls = table.to_ids(np.where(ok, np.argmax(probs, axis=0), NO_LABEL).astype(np.uint8))
                     conf = np.where(ok, probs.max(axis=0), np.nan).astype(np.float32)
                     win = rasterio.windows.Window(0, r0, W, n)
                     dc.write(cls[None], window=win)
                     dp.write(conf[None], window=win)
-                dc.write_colormap(1, class_map_colours(table))
-                dc.set_band_description(1, "class")
-                dc.update_tags(classes=json.dumps(table.to_list(), default=str),
-                               **{f"class_{i}": n for i, n in enumerate(table.names)})
+                if dtype in ("uint8", "uint16"):
+                    dc.write_colormap(1, class_map_colours(table))
+                dc.set_band_description(1, "class id")
+                extra = {k: str(v) for k, v in (tags or {}).items()}
+                dc.update_tags(**_class_tags(table), **extra)
                 dp.set_band_description(1, "confidence (largest class probability)")
-        for k in paths:
-            os.replace(tmp[k], paths[k])
-    except BaseException:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
-        raise
+                dp.update_tags(**extra)
     seconds = time.perf_counter() - t0
     return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]), seconds=seconds,
                 pixels_per_second=H * W / seconds)

@@ -140,7 +140,7 @@ def plot_labels(area: StudyArea, labels: np.ndarray | None = None, ax=None, titl
 
 def plot_layers(area: StudyArea, points_column: str | None = None, coarse_name: str | None = None):
     """Every kind of layer on one figure: composite, DEM (if any), points, a coarse grid, the labels."""
-    panels = [("composite", None)]
+    panels = [("composite", None)] if (area.guide_names or area.extra_names) else []
     if "dem" in area.extra_names:
         panels.append(("dem", None))
     if area.points:

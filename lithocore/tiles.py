@@ -238,23 +238,14 @@ def class_weights(labels: np.ndarray, windows: np.ndarray, size: int, n_classes:
 def save_tiles(path, tiles: TileSet) -> None:
     """Write a tile set (windows, split, region map, description) to one ``.npz`` file, atomically."""
     import json
-    import os
-    import tempfile
-    from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    from .runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
         region = tiles.region if tiles.region is not None else np.zeros((0, 0), np.int8)
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, train=tiles.train, val=tiles.val, region=region,
                                 meta=json.dumps(dict(size=tiles.size, split=tiles.split, info=tiles.info)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tiles(path) -> TileSet:

@@ -19,8 +19,12 @@ Two profiles:
 The model kept is the last epoch's, not the best on validation: the validation region is also what the
 scores are reported on, and choosing on it would flatter them.
 
-Training resumes after an interruption with nothing lost (``keras.callbacks.BackupAndRestore``), writes the
-model after every epoch and appends the history to a CSV file.
+Training resumes after an interruption with nothing lost (``keras.callbacks.BackupAndRestore``, two
+checkpoints kept), writes the model after every epoch (to a temporary file renamed into place) and appends the
+history to a CSV file. A resume checkpoint is used only by the run it was made for (same stack, tiles and
+settings: its key); an unreadable one (interrupted while written) is reported and training starts again.
+The model's ``model.json`` is written last, by :func:`lithocore.stages.train_model`: a ``model.keras`` without
+it is unfinished and never used for mapping.
 """
 
 from __future__ import annotations
@@ -35,10 +39,10 @@ import numpy as np
 
 from .data import NO_LABEL
 from .metrics import confusion_matrix, scores
+from .runfolder import atomic_path, write_json
 
 __all__ = ["TrainingConfig", "PROFILES", "compile_model", "fit", "evaluate_tiles", "resolve_config",
-           "training_tiles", "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle",
-           "load_or_train", "evaluation_regions"]
+           "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle"]
 
 
 @dataclass
@@ -93,23 +97,61 @@ def compile_model(model, n_classes: int, cfg: TrainingConfig, class_weights=None
     return model
 
 
-def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingConfig, *, verbose: int | str = "auto"):
-    """Train with checkpoints every epoch; an interrupted run called again resumes where it stopped.
+def _keras_callbacks():
+    import keras
+
+    class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+        """Resume from the checkpoint when it is readable; otherwise say so and start from scratch."""
+
+        def on_train_begin(self, logs=None):
+            try:
+                super().on_train_begin(logs)
+            except Exception as exc:  # h5py, OSError, JSON: a checkpoint cut off while it was written
+                print(f"the resume checkpoint in {self.backup_dir} cannot be read ({type(exc).__name__}: {exc}); "
+                      f"training starts again from the first epoch")
+                shutil.rmtree(self.backup_dir, ignore_errors=True)
+                self.model._initial_epoch = 0
+
+    class AtomicCheckpoint(keras.callbacks.Callback):
+        """Save the model after every epoch into a temporary file renamed into place: never a half-written file."""
+
+        def __init__(self, path):
+            super().__init__()
+            self.path = Path(path)
+
+        def on_epoch_end(self, epoch, logs=None):
+            with atomic_path(self.path) as tmp:
+                self.model.save(tmp)
+
+    return SafeBackupAndRestore, AtomicCheckpoint
+
+
+def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingConfig, *, verbose: int | str = "auto",
+        run_key: str = ""):
+    """Train with checkpoints every epoch; an interrupted run called again (same ``run_key``) resumes where it
+    stopped. A checkpoint left by a run with another key is discarded.
 
     Writes ``model.keras`` (after every epoch), ``history.csv`` and ``training.json`` (configuration and
     seconds) into ``out_dir``. Returns the history as a dict of lists (all epochs, resumed ones included).
     """
     import keras
 
+    SafeBackupAndRestore, AtomicCheckpoint = _keras_callbacks()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backup = out / "backup"
     csv = out / "history.csv"
+    key_file = backup / "run_key.txt"
+    if backup.exists() and (not key_file.is_file() or key_file.read_text() != run_key):
+        print(f"{backup} holds the checkpoint of another training run (other stack, tiles or settings): discarded")
+        shutil.rmtree(backup, ignore_errors=True)
     if not backup.exists() and csv.exists():
-        csv.unlink()  # a finished run is being redone from scratch: start a fresh history
+        csv.unlink()  # a run is being done from scratch: start a fresh history
+    backup.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(run_key)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(out / "model.keras")),
+        SafeBackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=True),
+        AtomicCheckpoint(out / "model.keras"),
         keras.callbacks.CSVLogger(str(csv), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
@@ -117,9 +159,10 @@ def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingCon
     model.fit(train_batches, validation_data=val_batches, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
               callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - t0
+    shutil.rmtree(backup, ignore_errors=True)
     history = read_history(csv)
-    (out / "training.json").write_text(json.dumps(dict(config=asdict(cfg), seconds=round(seconds, 1),
-                                                       epochs_run=len(history.get("epoch", []))), indent=2))
+    write_json(out / "training.json", dict(config=asdict(cfg), seconds=round(seconds, 1),
+                                           epochs_run=len(history.get("epoch", []))))
     return history
 
 
@@ -170,23 +213,6 @@ def resolve_config(profile: str = "quick", **overrides) -> TrainingConfig:
     return replace(PROFILES[profile], **keep)
 
 
-def training_tiles(run_dir: str | Path, area, cfg: TrainingConfig, split: str = "spatial", *,
-                   stratified: bool = False, blocks: int = 4):
-    """The tiles of this run: read from ``<run_dir>/03_build_tiles/tiles_<split>.npz`` when notebook 03 wrote
-    them with the same tile size, else sampled now (and written there)."""
-    from . import tiles as T
-
-    path = Path(run_dir).expanduser().resolve() / "03_build_tiles" / f"tiles_{split}.npz"
-    if path.is_file():
-        ts = T.load_tiles(path)
-        if ts.size == cfg.tile and (ts.region is None or ts.region.shape == area.shape):
-            return ts
-    ts = T.make_tiles(area.labels, area.mask, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples,
-                      split=split, seed=cfg.seed, stratified=stratified, blocks=blocks, n_classes=len(area.classes))
-    T.save_tiles(path, ts)
-    return ts
-
-
 def window_pixels(shape: tuple[int, int], windows: np.ndarray, size: int) -> np.ndarray:
     """Boolean map of the pixels covered by the windows."""
     covered = np.zeros(shape, dtype=bool)
@@ -215,8 +241,9 @@ def save_bundle(out_dir: str | Path, model, meta: dict) -> Path:
     """Save ``model.keras`` and ``model.json`` (channels, classes, normalisation, configuration, scores)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model.keras")
-    (out / "model.json").write_text(json.dumps(meta, indent=2, default=str))
+    with atomic_path(out / "model.keras") as tmp:
+        model.save(tmp)
+    write_json(out / "model.json", meta)  # last: its presence says the model is finished
     return out / "model.keras"
 
 
@@ -231,50 +258,3 @@ def load_bundle(model_path: str | Path):
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: the model's metadata (channels, normalisation, classes) is missing")
     return keras.models.load_model(path, compile=False), json.loads(meta_path.read_text())
-
-
-def load_or_train(run_dir: str | Path, manifest: str | Path, profile: str = "quick", split: str = "spatial",
-                  model_path: str | Path | None = None, **overrides):
-    """The model to map with: ``model_path`` if given, else this run's notebook-04 model, else one trained now
-    with the profile (and saved where notebook 04 saves it). Returns (model, metadata)."""
-    import keras
-
-    from .model import backend_info, build_fcn8s
-    from .tiles import class_weights
-    from .workbook import fused_stack
-
-    if model_path:
-        return load_bundle(model_path)
-    out = Path(run_dir).expanduser().resolve() / "04_train_fcn8s"
-    if (out / "model.keras").is_file() and (out / "model.json").is_file():
-        return load_bundle(out / "model.keras")
-    cfg = resolve_config(profile, **overrides)
-    keras.utils.set_random_seed(cfg.seed)
-    area, stack, channels, units = fused_stack(run_dir, manifest)
-    ts = training_tiles(run_dir, area, cfg, split)
-    train, val, stats = make_batches(stack, area, ts, cfg)
-    model = build_fcn8s(len(channels), len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout, tile=cfg.tile,
-                        upsampling=cfg.upsampling)
-    weights = class_weights(area.labels, ts.train, ts.size, len(area.classes)) if cfg.class_weighting else None
-    compile_model(model, len(area.classes), cfg, class_weights=weights)
-    fit(model, train, val, out, cfg, verbose=0)
-    meta = dict(profile=profile, split=split, channels=channels, units=units, classes=area.classes.to_list(),
-                normalisation=stats, config=asdict(cfg), backend=backend_info(),
-                validation=evaluate_tiles(model, val, area.classes.names))
-    save_bundle(out, model, meta)
-    return model, meta
-
-
-def evaluation_regions(run_dir: str | Path, area, meta: dict) -> dict[str, np.ndarray]:
-    """The regions a map is scored on, from the split the model was trained with.
-
-    Spatial split: ``held_out`` (the validation region, never seen in training), ``whole_map`` (every valid
-    pixel, the paper's protocol) and ``train_region`` (where training pixels may come from). Paper split:
-    ``outside_training_tiles`` replaces ``held_out`` (those pixels border training tiles: not independent).
-    """
-    cfg = TrainingConfig(**{k: v for k, v in meta["config"].items() if k in TrainingConfig.__dataclass_fields__})
-    ts = training_tiles(run_dir, area, cfg, meta["split"])
-    if ts.region is not None:
-        return dict(held_out=area.mask & (ts.region == 1), whole_map=area.mask, train_region=area.mask & (ts.region == 0))
-    seen = window_pixels(area.shape, ts.train, ts.size)
-    return dict(outside_training_tiles=area.mask & ~seen, whole_map=area.mask, train_region=area.mask & seen)

@@ -19,10 +19,12 @@ import json
 import time
 from pathlib import Path
 
+from .runfolder import RunFolder, write_json
+from .stages import fcn_map, fused_stack
 from .synthetic import SyntheticSpec, generate_study_area
 
-__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "fcn_map", "run_workbook",
-           "main"]
+__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "fcn_map",
+           "declared_parameters", "check_parameters", "run_workbook", "main"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -56,86 +58,51 @@ def study_area_manifest(study_area: str = "", *, height: int = 1611, width: int 
 
 def stage_dir(run_dir: str | Path, stage: str) -> Path:
     """``<run_dir>/<stage>``, created: where one notebook writes its figures, rasters and JSON."""
-    d = Path(run_dir).expanduser().resolve() / stage
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return RunFolder(run_dir).stage(stage)
 
 
-def fused_stack(run_dir: str | Path, manifest: str | Path, area=None, **fusion_settings):
-    """The fused stack of this run: read from ``<run_dir>/02_fuse_sources/fused_stack.tif`` when notebook 02
-    wrote it for the same manifest, else fused now (notebook 02's defaults) and written there.
-
-    Returns (area, stack, channel names, units).
-    """
-    from . import fusion
-    from .data import load_study_area
-
-    area = area if area is not None else load_study_area(manifest)
-    path = Path(run_dir).expanduser().resolve() / "02_fuse_sources" / "fused_stack.tif"
-    if path.is_file():
-        stack, names, units, _, tags = fusion.read_stack(path)
-        if tags.get("manifest") == str(Path(manifest).resolve()) and stack.shape[1:] == area.shape:
-            return area, stack, names, units
-    settings = fusion.CALIBRATED_DETAIL | fusion_settings
-    result = fusion.fuse_study_area(area, **settings)
-    stack, names, units = fusion.build_stack(result, area)
-    fusion.write_stack(path, stack, names, units, area.grid, tags=dict(manifest=str(Path(manifest).resolve()), **settings))
-    return area, stack, names, units
-
-
-def fcn_map(run_dir: str | Path, manifest: str | Path, *, profile: str = "quick", split: str = "spatial",
-            boundary_width: int = 3, **overrides):
-    """This run's FCN-8s class map and its scores: read from notebook 05's outputs, else mapped now (training
-    the model first if notebook 04 never ran). The scores carry the evaluation regions (boolean maps) under
-    ``"regions"`` and the training time under ``"training_seconds"``."""
-    import json
-
-    import rasterio
-
-    from . import mapping, metrics
-    from . import training as TR
-
-    run_dir = Path(run_dir).expanduser().resolve()
-    area, stack, channels, units = fused_stack(run_dir, manifest)
-    model, meta = TR.load_or_train(run_dir, manifest, profile, split, **overrides)
-    out = stage_dir(run_dir, "05_map_scene")
-    classes_path, metrics_path = out / "fcn_classes.tif", out / "fcn_metrics.json"
-    if classes_path.is_file() and metrics_path.is_file():
-        scores = json.loads(metrics_path.read_text())
-    else:
-        norm = meta["normalisation"]
-        result = mapping.map_geotiff(model, run_dir / "02_fuse_sources" / "fused_stack.tif", out, area.classes,
-                                     norm["mean"], norm["std"], mask=area.mask, tile=int(meta["config"]["tile"]))
-        scores = None
-    with rasterio.open(classes_path) as src:
-        classes = src.read(1)
-    regions = TR.evaluation_regions(run_dir, area, meta)
-    if scores is None:
-        scores = metrics.evaluate_map(classes, area.labels, area.mask, area.classes.names, boundary_width=boundary_width,
-                                      regions={k: v for k, v in regions.items() if k != "train_region"})
-        scores["mapping"] = result
-        metrics_path.write_text(json.dumps(scores, indent=2, default=float))
-    training = run_dir / "04_train_fcn8s" / "training.json"
-    scores["training_seconds"] = json.loads(training.read_text())["seconds"] if training.is_file() else None
-    scores["regions"] = regions
-    return classes, scores
-
-
-def _declared_parameters(nb_path: Path) -> set[str]:
+def declared_parameters(nb_path: Path) -> dict[str, str]:
+    """The parameters a notebook declares (its ``parameters`` cell): ``{name: type name}``."""
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            tree = ast.parse(cell.source)
-            names = set()
-            for node in tree.body:
+            names = {}
+            for node in ast.parse(cell.source).body:
                 if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                    names.add(node.target.id)
+                    names[node.target.id] = ast.unparse(node.annotation)
                 elif isinstance(node, ast.Assign):
-                    names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+                    names.update({t.id: "" for t in node.targets if isinstance(t, ast.Name)})
             return names
-    return set()
+    return {}
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def check_parameters(parameters: dict, todo: list[Path]) -> None:
+    """Refuse unknown parameter names (with the nearest known one) and values of the wrong type, before any
+    notebook runs."""
+    import difflib
+
+    declared: dict[str, str] = {}
+    for nb in todo:
+        declared.update(declared_parameters(nb))
+    faults = []
+    for name, value in parameters.items():
+        if name == "run_dir":
+            continue
+        if name not in declared:
+            near = difflib.get_close_matches(name, list(declared), n=1, cutoff=0.6)
+            faults.append(f"unknown parameter '{name}'" + (f" (did you mean '{near[0]}'?)" if near else "")
+                          + (f"; the notebooks run take: {', '.join(sorted(declared))}" if not near else ""))
+            continue
+        want = _TYPES.get(declared[name])
+        if want and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
+            faults.append(f"parameter '{name}' must be {declared[name]}, got {value!r} ({type(value).__name__})")
+    if faults:
+        raise ValueError("; ".join(faults))
 
 
 def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", parameters: dict | None = None,
@@ -157,14 +124,15 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
     todo = [nb for nb in notebooks(notebook_dir) if not only or any(nb.name.startswith(o) for o in only)]
     if not todo:
         raise FileNotFoundError(f"no notebook in {notebook_dir} matches {only}")
+    check_parameters({k: v for k, v in params.items() if k not in PROFILES[profile]}, notebooks(notebook_dir))
     timings = {}
     for nb in todo:
-        declared = _declared_parameters(nb)
+        declared = declared_parameters(nb)
         t0 = time.perf_counter()
         pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={k: v for k, v in params.items() if k in declared},
                             cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=progress)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
-    (run_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+    write_json(run_dir / "timings.json", timings)
     return timings
 
 
@@ -188,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: _value(v) for k, v in args.parameter}
     if args.study_area:
         params["study_area"] = str(Path(args.study_area).resolve())
+    try:
+        check_parameters(params, notebooks())
+    except ValueError as exc:
+        ap.error(str(exc))
     timings = run_workbook(args.run_dir, args.profile, params, only=args.only)
     for nb, s in timings.items():
         print(f"{nb:40s} {s:8.1f} s")

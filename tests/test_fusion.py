@@ -1,6 +1,7 @@
 """Fusion (Eq. 1-2): known answers, no fake detail, bad inputs, quality measures, the written stack."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,8 +116,46 @@ def test_area_without_coarse_layers_passes_through(small_area):
     bare = replace(small_area, coarse=[])
     r = fusion.fuse_study_area(bare, progress=False)
     assert r.names == [] and r.fused.shape == (0, *small_area.shape)
+    assert r.coefficient_table().empty  # no KeyError on an empty table
     stack, names, _ = fusion.build_stack(r, bare)
-    assert names == ["dem"] and stack.shape == (1, *small_area.shape)
+    # Without a coarse layer the imagery itself is what there is to map from: the DEM and the guide bands.
+    assert names == ["dem", *small_area.guide_names] and stack.shape == (10, *small_area.shape)
+    imagery_only = replace(bare, extra=bare.extra[:0], extra_names=[])
+    r = fusion.fuse_study_area(imagery_only, progress=False)
+    assert fusion.build_stack(r, imagery_only)[1] == small_area.guide_names
+
+
+def test_area_without_guide_bands_resamples_bilinearly(small_area):
+    bare = replace(small_area, guide=small_area.guide[:0], guide_names=[])
+    r = fusion.fuse_study_area(bare, progress=False)
+    assert r.names == [c.name for c in small_area.coarse]
+    assert np.array_equal(r.fused, r.upsampled, equal_nan=True)
+    assert all(not c["detail_added"] for c in r.coefficients)
+    assert fusion.build_stack(r, bare)[1] == r.names + ["dem"]
+    assert fusion.wald_protocol(bare)["layers"] == []
+
+
+def test_fusion_settings_are_notebook_02s_defaults():
+    """One settings object: notebook 02's parameter defaults are FusionSettings' defaults."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / "02_fuse_sources.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params = {n.target.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body}
+    defaults = fusion.FusionSettings().to_dict()
+    for k in ("use_clr", "use_rtp", "method", "guide_transform", "detail_gain", "detail_smoothing"):
+        assert params[k] == defaults[k], k
+    assert params["channels"] == "" and defaults["channels"] == []
+
+
+def test_clr_refuses_non_positive_parts(small_area):
+    layers = [replace(c, values=c.values.copy()) if c.kind == "points" else c for c in small_area.coarse]
+    bad = next(c for c in layers if c.kind == "points")
+    bad.values[:2, :3] = -0.5
+    with pytest.raises(StudyAreaError, match=rf"layer '{bad.name}': 6 of \d+ gridded cells are zero or negative"):
+        fusion.preprocess(replace(small_area, coarse=layers))
 
 
 def test_consistency_and_wald(small_area, fused_small):

@@ -79,12 +79,35 @@ def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
     res = mapping.map_geotiff(model, path, tmp_path / "out", table, [0, 0], [1, 1], tile=64, progress=False)
     with rasterio.open(res["classes"]) as src:
         assert src.nodata == NO_LABEL and src.dtypes[0] == "uint8" and src.crs.to_epsg() == 32646
-        assert src.colormap(1)[1] == (170, 187, 204, 255)
-        assert src.tags()["class_1"] == "high"
-        assert np.array_equal(src.read(1), classes)
+        # The file stores the class table's ids (1 = low, 2 = high), as a label raster does, not indices.
+        ids = src.read(1)
+        assert src.colormap(1)[2] == (170, 187, 204, 255)
+        assert src.tags()["class_2"] == "high"
+    expected = np.where(classes == NO_LABEL, NO_LABEL, classes + 1)
+    assert np.array_equal(ids, expected) and set(np.unique(ids)) <= {1, 2, NO_LABEL}
+    back, _ = mapping.read_class_map(res["classes"], table)
+    assert np.array_equal(back, classes)
     with rasterio.open(res["confidence"]) as src:
         assert np.allclose(src.read(1), conf, equal_nan=True, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fcn_classes.tif", "fcn_confidence.tif"]
+    for f in (tmp_path / "out").iterdir():  # readable by others, as any normal file (not a temp file's 0600)
+        assert f.stat().st_mode & 0o044 == 0o044, oct(f.stat().st_mode)
+    # A class map read with another class table (reordered) is refused, not read with the wrong legend.
+    swapped = ClassTable.from_list([{"id": 2, "name": "high"}, {"id": 1, "name": "low"}])
+    with pytest.raises(ValueError, match="class table"):
+        mapping.read_class_map(res["classes"], swapped)
+
+
+def test_class_map_with_large_ids(tmp_path):
+    """Unit ids above 254 (e.g. 1001) are kept: the file becomes uint16 with its own nodata."""
+    table = ClassTable.from_list([{"id": 1001, "name": "a"}, {"id": 7, "name": "b"}])
+    grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), 3, 2)
+    idx = np.array([[0, 1, NO_LABEL], [1, 0, 0]], np.uint8)
+    path = mapping.write_class_map(tmp_path / "m.tif", idx, grid, table)
+    with rasterio.open(path) as src:
+        assert src.dtypes[0] == "uint16" and src.nodata == 65535
+        assert src.read(1).tolist() == [[1001, 7, 65535], [7, 1001, 1001]]
+    assert np.array_equal(mapping.read_class_map(path, table)[0], idx)
 
 
 def test_keras_model_maps_any_scene_size(tmp_path):

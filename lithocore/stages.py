@@ -1,0 +1,332 @@
+"""The workbook's stages as functions over a run folder: each result is reused only when it was made from the
+same inputs and settings (its provenance key, :mod:`lithocore.runfolder`), else made again, with a message.
+
+A notebook run alone calls these to get what an earlier notebook would have written: the fused stack
+(:func:`fused_stack`), the tiles (:func:`training_tiles`), the model (:func:`load_or_train`), the FCN's class
+map (:func:`fcn_map`). They use the same settings objects as the notebooks (:class:`~lithocore.fusion.FusionSettings`,
+:class:`~lithocore.training.TrainingConfig`), so a notebook run alone trains on the stack the whole workbook
+would have made.
+
+Small scenes and sparse labels are noticed here: :func:`fit_tile_to_area` picks a tile that fits the area when
+the user gives none, :func:`tile_warnings` flags too few tiles and classes missing from a side of the split,
+and :func:`assess_model` writes a verdict on whether the model's scores mean anything (``trust`` in the JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from .data import NO_LABEL, load_study_area
+from .runfolder import RunFolder, key, manifest_fingerprint, write_json
+
+__all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "fit_tile_to_area", "run_config", "tiles_key", "training_tiles",
+           "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "fcn_map",
+           "WorkbookWarning", "MIN_TRAINING_TILES"]
+
+#: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
+MIN_TRAINING_TILES = 20
+
+
+class WorkbookWarning(UserWarning):
+    """A result the workbook made but does not trust (too few tiles, a class missing from training, ...)."""
+
+
+def _say(message: str) -> None:
+    print(message)
+
+
+# ------------------------------------------------------------------------------------------ stack
+def stack_provenance(run_dir) -> dict:
+    """What the run's stack was made from (its tags), or {} when there is none."""
+    import rasterio
+
+    path = RunFolder(run_dir).stack_path
+    if not path.is_file():
+        return {}
+    with rasterio.open(path) as src:
+        tags = src.tags()
+    return dict(manifest_fingerprint=tags.get("manifest_fingerprint"), stack_key=tags.get("stack_key"),
+                fusion_settings=json.loads(tags.get("fusion_settings", "{}")))
+
+
+def fused_stack(run_dir, manifest, area=None, settings=None):
+    """The run's fused stack: the one notebook 02 wrote when it was made from this manifest's content (and
+    ``settings``, when given); else fused now with ``settings`` (default: :class:`FusionSettings`'s defaults,
+    notebook 02's) and written where notebook 02 writes it.
+
+    Returns (area, stack, channel names, units).
+    """
+    from . import fusion
+
+    rf = RunFolder(run_dir)
+    area = area if area is not None else load_study_area(manifest)
+    fp = manifest_fingerprint(manifest)
+    prov = stack_provenance(rf.root)
+    if prov:
+        same_area = prov["manifest_fingerprint"] == fp
+        same_settings = settings is None or fusion.FusionSettings.from_dict(prov["fusion_settings"]) == settings
+        if same_area and same_settings:
+            stack, names, units, _, _ = fusion.read_stack(rf.stack_path)
+            return area, stack, names, units
+        why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
+        _say(f"{rf.stack_path} was made from {why}: fusing again.")
+    settings = settings or fusion.FusionSettings()
+    result = fusion.fuse_study_area(area, progress=False, **settings.fuse_kwargs())
+    stack, names, units = write_fused_stack(rf.root, manifest, area, result, settings)
+    return area, stack, names, units
+
+
+def write_fused_stack(run_dir, manifest, area, result, settings):
+    """Build the stack from a fusion result (channels by ``settings``) and write it where notebook 02 does,
+    with what it was made from in its tags. Returns (stack, channel names, units)."""
+    from . import fusion
+
+    stack, names, units = fusion.build_stack(result, area, list(settings.channels) or None)
+    labelled = area.mask & (area.labels != NO_LABEL)
+    stats = fusion.normalisation_stats(stack, labelled) | {"fitted_on": "all labelled valid pixels"}
+    fp = manifest_fingerprint(manifest)
+    fusion.write_stack(RunFolder(run_dir).stack_path, stack, names, units, area.grid, stats=stats,
+                       tags=dict(manifest=str(Path(manifest).resolve()), manifest_fingerprint=fp,
+                                 fusion_settings=json.dumps(settings.to_dict()),
+                                 stack_key=key([fp, settings.key(), names])))
+    return stack, names, units
+
+
+# ------------------------------------------------------------------------------------------ tiles
+def fit_tile_to_area(tile: int, shape: tuple[int, int], *, blocks: int = 4) -> int:
+    """The largest multiple of 32 not above ``tile`` that leaves room for a spatial split of the scene into
+    ``blocks`` x ``blocks`` blocks with a one-tile buffer (at least ``blocks`` tiles across the short side).
+
+    Examples
+    --------
+    >>> fit_tile_to_area(128, (1611, 1650)), fit_tile_to_area(128, (290, 260)), fit_tile_to_area(256, (100, 90))
+    (128, 64, 32)
+    """
+    short = min(shape)
+    t = tile
+    while t > 32 and blocks * t > short:
+        t -= 32
+    return max(32, t)
+
+
+def run_config(profile: str, area, *, tile: int = -1, blocks: int = 4, **overrides):
+    """The training configuration of a run: the profile's, with the overrides; a tile of -1 (not given) is
+    the profile's, made smaller when the area is too small for it (:func:`fit_tile_to_area`)."""
+    from .training import resolve_config
+
+    cfg = resolve_config(profile, tile=tile, **overrides)
+    if tile is None or tile == -1:
+        fitted = fit_tile_to_area(cfg.tile, area.shape, blocks=blocks)
+        if fitted != cfg.tile:
+            _say(f"tile size: the {profile} profile's {cfg.tile} px does not fit this {area.shape[0]} x {area.shape[1]} "
+                 f"scene; using {fitted} px")
+            cfg = replace(cfg, tile=fitted)
+    return cfg
+
+
+def tiles_key(fingerprint: str, cfg, split: str, stratified: bool = False, blocks: int = 4) -> str:
+    """Provenance key of a tile set: the study area's content and every setting that changes the tiles."""
+    return key(dict(manifest=fingerprint, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples, seed=cfg.seed,
+                    split=split, stratified=bool(stratified), blocks=int(blocks)))
+
+
+def tile_warnings(ts, area, n_samples: int) -> list[str]:
+    """What makes a tile set unfit to train or judge a model: too few training tiles, far fewer windows than
+    asked for, classes absent from the training or the validation side."""
+    from .training import window_pixels
+
+    out = []
+    if len(ts.train) < MIN_TRAINING_TILES:
+        out.append(f"only {len(ts.train)} training tiles of {ts.size} px (at least {MIN_TRAINING_TILES} are needed "
+                   f"for scores that mean anything): use a smaller tile_size or a larger area")
+    got = len(ts.train) + len(ts.val)
+    if got < 0.5 * n_samples:
+        out.append(f"only {got} windows could be drawn where n_samples asks for {n_samples}: the labelled area is "
+                   f"small for {ts.size}-px tiles")
+    labelled = area.mask & (area.labels != NO_LABEL)
+    present = set(np.unique(area.labels[labelled]).tolist())
+    for side, windows in (("training", ts.train), ("validation", ts.val)):
+        px = window_pixels(area.shape, windows, ts.size) & labelled
+        have = set(np.unique(area.labels[px]).tolist())
+        missing = [area.classes.names[c] for c in sorted(present - have)]
+        if missing:
+            out.append(f"{len(missing)} of {len(present)} classes are absent from the {side} tiles: {', '.join(missing)}"
+                       + (" (the model cannot learn them)" if side == "training" else " (they are not scored)"))
+    return out
+
+
+def training_tiles(run_dir, area, cfg, split: str = "spatial", *, stratified: bool = False, blocks: int = 4):
+    """The run's tiles for ``split``: read from notebook 03's file when made from the same study area and
+    settings, else sampled now and written there. The tile set's ``info`` carries its key and warnings."""
+    from . import tiles as T
+
+    rf = RunFolder(run_dir)
+    path = rf.tiles_path(split)
+    k = tiles_key(manifest_fingerprint(area.manifest_path), cfg, split, stratified, blocks)
+    if path.is_file():
+        ts = T.load_tiles(path)
+        if ts.info.get("tiles_key") == k:
+            return ts
+        _say(f"{path} was made from another study area or other tile settings: sampling again.")
+    ts = T.make_tiles(area.labels, area.mask, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples,
+                      split=split, seed=cfg.seed, stratified=stratified, blocks=blocks, n_classes=len(area.classes))
+    ts.info["tiles_key"] = k
+    ts.info["warnings"] = tile_warnings(ts, area, cfg.n_samples)
+    for w in ts.info["warnings"]:
+        warnings.warn(f"{split} split: {w}", WorkbookWarning, stacklevel=2)
+    T.save_tiles(path, ts)
+    return ts
+
+
+# ------------------------------------------------------------------------------------------ model
+def _model_made_from(run_dir, area, ts, cfg, split: str) -> dict:
+    prov = stack_provenance(run_dir)
+    return dict(stack_key=prov.get("stack_key"), tiles_key=ts.info.get("tiles_key"), split=split,
+                config=asdict(cfg), classes=area.classes.to_list())
+
+
+def assess_model(meta: dict, history: dict | None = None) -> dict:
+    """Whether a trained model's scores mean anything: ``{"trustworthy": bool, "reasons": [...]}``.
+
+    Not trustworthy when its tiles were flagged (too few training tiles, classes absent from training), or
+    when it fits its training tiles far better than the validation tiles (overfitting: training accuracy
+    more than 0.3 above validation accuracy).
+    """
+    reasons = [w for w in meta.get("tile_warnings", []) if "validation" not in w or "absent" not in w]
+    history = history or {}
+    tr, va = history.get("masked_accuracy"), history.get("val_masked_accuracy")
+    if tr and va and tr[-1] - va[-1] > 0.3:
+        reasons.append(f"overfitting: training accuracy {tr[-1]:.2f} against validation accuracy {va[-1]:.2f} "
+                       f"in the last epoch")
+    return dict(trustworthy=not reasons, reasons=reasons)
+
+
+def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatial", *, profile: str = "quick",
+                model=None, verbose="auto"):
+    """Train the FCN-8s of ``cfg`` (or ``model``, built from it) on the run's tiles and save it with its
+    metadata (``model.json``, written last: a model without it is unfinished). Returns (model, meta, history)."""
+    import keras
+
+    from .model import backend_info, build_fcn8s
+    from .tiles import class_weights
+    from .training import compile_model, evaluate_tiles, fit, make_batches, read_history, save_bundle
+
+    rf = RunFolder(run_dir)
+    rf.stage("04_train_fcn8s")
+    rf.model_meta_path.unlink(missing_ok=True)  # from here on, what is in the folder is unfinished
+    keras.utils.set_random_seed(cfg.seed)
+    ts = training_tiles(rf.root, area, cfg, split)
+    train, val, stats = make_batches(stack, area, ts, cfg)
+    if model is None:
+        model = build_fcn8s(len(channels), len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout,
+                            tile=cfg.tile, upsampling=cfg.upsampling)
+    weights = class_weights(area.labels, ts.train, ts.size, len(area.classes)) if cfg.class_weighting else None
+    compile_model(model, len(area.classes), cfg, class_weights=weights)
+    made_from = _model_made_from(rf.root, area, ts, cfg, split)
+    history = fit(model, train, val, rf.model_dir, cfg, verbose=verbose, run_key=key(made_from))
+    meta = dict(profile=profile, split=split, channels=channels, units=units, classes=area.classes.to_list(),
+                normalisation=stats, config=asdict(cfg), backend=backend_info(),
+                validation=evaluate_tiles(model, val, area.classes.names), made_from=made_from,
+                model_key=key(made_from), tile_warnings=ts.info.get("warnings", []),
+                tiles=dict(train=len(ts.train), val=len(ts.val), size=ts.size))
+    meta["trust"] = assess_model(meta, history)
+    save_bundle(rf.model_dir, model, meta)
+    return model, meta, history
+
+
+def load_or_train(run_dir, manifest, profile: str = "quick", split: str = "spatial", model_path=None, *,
+                  area=None, **overrides):
+    """The model to map with: ``model_path`` if given (its channels and classes must match the stack's), else
+    this run's notebook-04 model when it was made from the same stack, tiles and settings, else one trained now
+    and saved where notebook 04 saves it. Returns (model, meta)."""
+    from .training import load_bundle
+
+    rf = RunFolder(run_dir)
+    area, stack, channels, units = fused_stack(rf.root, manifest, area=area)
+    if model_path:
+        model, meta = load_bundle(model_path)
+        _check_compatible(meta, channels, area, model_path)
+        return model, meta
+    cfg = run_config(profile, area, **overrides)
+    if rf.model_path.is_file() and rf.model_meta_path.is_file():
+        meta = json.loads(rf.model_meta_path.read_text())
+        ts = training_tiles(rf.root, area, cfg, split)
+        if meta.get("model_key") == key(_model_made_from(rf.root, area, ts, cfg, split)):
+            return load_bundle(rf.model_path)
+        _say(f"{rf.model_path} was trained on another stack, other tiles or other settings: training again.")
+    elif rf.model_path.is_file():
+        _say(f"{rf.model_path} has no model.json beside it (its training did not finish): training again.")
+    model, meta, _ = train_model(rf.root, area, stack, channels, units, cfg, split, profile=profile, verbose=0)
+    return model, meta
+
+
+def _check_compatible(meta: dict, channels: list[str], area, source) -> None:
+    if meta.get("channels") != channels:
+        raise ValueError(f"{source}: the model was trained on channels {meta.get('channels')}, but this run's stack "
+                         f"has {channels}; map with a model trained on this stack")
+    theirs = [(c["id"], c["name"]) for c in meta.get("classes", [])]
+    ours = list(zip(area.classes.ids, area.classes.names))
+    if theirs != ours:
+        raise ValueError(f"{source}: the model's class table {theirs} is not the study area's {ours} (other classes "
+                         f"or another order): its outputs would be read with the wrong legend")
+
+
+def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
+    """The regions a map is scored on, from the split the model was trained with.
+
+    Spatial split: ``held_out`` (the validation region, never seen in training), ``whole_map`` (every valid
+    pixel, the paper's protocol) and ``train_region`` (where training pixels may come from). Paper split:
+    ``outside_training_tiles`` replaces ``held_out`` (those pixels border training tiles: not independent).
+    """
+    from .training import TrainingConfig, window_pixels
+
+    cfg = TrainingConfig(**{k: v for k, v in meta["config"].items() if k in TrainingConfig.__dataclass_fields__})
+    ts = training_tiles(run_dir, area, cfg, meta["split"])
+    if ts.region is not None:
+        return dict(held_out=area.mask & (ts.region == 1), whole_map=area.mask, train_region=area.mask & (ts.region == 0))
+    seen = window_pixels(area.shape, ts.train, ts.size)
+    return dict(outside_training_tiles=area.mask & ~seen, whole_map=area.mask, train_region=area.mask & seen)
+
+
+# ------------------------------------------------------------------------------------------ map
+def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial", boundary_width: int = 3,
+            area=None, **overrides):
+    """This run's FCN-8s class map (class indices) and its scores: read from notebook 05's outputs when they
+    were mapped with this run's model, else mapped now (training the model first when there is none that
+    matches). The scores carry the evaluation regions under ``"regions"``, the training time under
+    ``"training_seconds"`` and the model's ``"trust"``."""
+    from . import mapping, metrics
+
+    rf = RunFolder(run_dir)
+    area, stack, channels, units = fused_stack(rf.root, manifest, area=area)
+    model, meta = load_or_train(rf.root, manifest, profile, split, area=area, **overrides)
+    classes_path, metrics_path = rf.class_map_path("fcn"), rf.map_metrics_path("fcn")
+    scores = None
+    if classes_path.is_file() and metrics_path.is_file():
+        classes, tags = mapping.read_class_map(classes_path, area.classes)
+        if tags.get("model_key") == meta.get("model_key"):
+            scores = json.loads(metrics_path.read_text())
+        else:
+            _say(f"{classes_path} was mapped with another model: mapping again.")
+    if scores is None:
+        norm = meta["normalisation"]
+        result = mapping.map_geotiff(model, rf.stack_path, rf.stage("05_map_scene"), area.classes, norm["mean"],
+                                     norm["std"], mask=area.mask, tile=int(meta["config"]["tile"]), progress=False,
+                                     tags=dict(model_key=meta.get("model_key")))
+        classes, _ = mapping.read_class_map(classes_path, area.classes)
+        regions = evaluation_regions(rf.root, area, meta)
+        scores = metrics.evaluate_map(classes, area.labels, area.mask, area.classes.names, boundary_width=boundary_width,
+                                      regions={k: v for k, v in regions.items() if k != "train_region"})
+        scores["mapping"] = result
+        scores["trust"] = meta.get("trust")
+        write_json(metrics_path, scores)
+    training = rf.model_dir / "training.json"
+    scores["training_seconds"] = json.loads(training.read_text())["seconds"] if training.is_file() else None
+    scores["regions"] = evaluation_regions(rf.root, area, meta)
+    scores.setdefault("trust", meta.get("trust"))
+    return classes, scores
