@@ -199,14 +199,14 @@ class ClassTable:
     values: tuple[Any, ...]
 
     @classmethod
-    def from_list(cls, entries: list[dict], source: str = "manifest") -> "ClassTable":
+    def from_list(cls, entries: list[dict], source: str = "manifest", field: str | None = None) -> "ClassTable":
         if not entries:
             raise StudyAreaError(source, "the class table under labels.classes is empty")
         ids, names, colours, values = [], [], [], []
         for i, e in enumerate(entries):
             if "id" not in e or "name" not in e:
                 raise StudyAreaError(source, f"class entry {i} needs an 'id' and a 'name', got {e}")
-            ids.append(_class_id(e, source))
+            ids.append(_class_id(e, source, field))
             names.append(str(e["name"]))
             colours.append(str(e.get("colour", e.get("color", _DEFAULT_COLOURS[i % len(_DEFAULT_COLOURS)]))))
             values.append(e.get("value", e["id"]))
@@ -255,7 +255,7 @@ class ClassTable:
         return out
 
 
-def _class_id(entry: dict, source: str) -> int:
+def _class_id(entry: dict, source: str, field: str | None = None) -> int:
     raw = entry["id"]
     try:
         f = float(raw)
@@ -263,8 +263,9 @@ def _class_id(entry: dict, source: str) -> int:
             raise ValueError
         return int(f)
     except (TypeError, ValueError):
-        raise StudyAreaError(source, f"class '{entry['name']}' has id {raw!r}: an id is the integer pixel value of "
-                                     f"the label raster and of every class map; keep {raw!r} as the class's value "
+        where = f" (the code field '{field}' holds)" if field else ""
+        raise StudyAreaError(source, f"class '{entry['name']}' has id {raw!r}{where}: an id is the integer pixel value "
+                                     f"of the label raster and of every class map; keep {raw!r} as the class's value "
                                      f"(value: {raw}) and give it an integer id (id: 1, 2, ...)") from None
 
 
@@ -528,6 +529,14 @@ def _check_fill(path: Path, src, band: int, nodata: float | None, name: str, war
             return
 
 
+def _source_band(src, band: int, entry: dict):
+    """What to reproject from: the band itself (its own nodata tag applies) or, when the manifest overrides the
+    nodata, its values as an array (so that GDAL does not fall back to the file's tag)."""
+    if "nodata" not in entry:
+        return dict(source=rasterio.band(src, band))
+    return dict(source=src.read(band), src_transform=src.transform, src_crs=src.crs)
+
+
 def _read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Resampling, entry: dict | None = None,
                warns: list | None = None, names: list[str] | None = None) -> tuple[np.ndarray, dict]:
     """Reproject every band of a raster onto the fine grid; NaN where the source has no data."""
@@ -544,8 +553,8 @@ def _read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: R
         for b in range(src.count):
             _check_fill(path, src, b + 1, nodata, (names or [])[b] if names and b < len(names) else f"band {b + 1}",
                         warns)
-            reproject(rasterio.band(src, b + 1), out[b], src_nodata=nodata, dst_transform=grid.transform,
-                      dst_crs=grid.crs, dst_nodata=np.nan, resampling=resampling)
+            reproject(destination=out[b], src_nodata=nodata, dst_transform=grid.transform, dst_crs=grid.crs,
+                      dst_nodata=np.nan, resampling=resampling, **_source_band(src, b + 1, entry))
         info = _describe(path, src) | dict(nodata=nodata)
     return out, info
 
@@ -579,8 +588,8 @@ def _read_coarse(path: Path, entry: dict, grid: Grid, warns: list | None = None)
         name = entry.get("name") or path.stem
         _check_fill(path, src, band, nodata, name, warns)
         values = np.full(cgrid.shape, np.nan, dtype=np.float32)
-        reproject(rasterio.band(src, band), values, src_nodata=nodata, dst_transform=cgrid.transform,
-                  dst_crs=cgrid.crs, dst_nodata=np.nan, resampling=Resampling.bilinear)
+        reproject(destination=values, src_nodata=nodata, dst_transform=cgrid.transform, dst_crs=cgrid.crs,
+                  dst_nodata=np.nan, resampling=Resampling.bilinear, **_source_band(src, band, entry))
         info = _describe(path, src) | dict(nodata=nodata)
     if not np.isfinite(values).any():
         raise StudyAreaError(path, "has no valid data inside the reference grid (all nodata)")
@@ -987,7 +996,7 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
     lab = man["labels"]
     if isinstance(lab, str) or "path" not in lab:
         raise StudyAreaError(mpath, "'labels' needs a 'path' and a 'classes' table")
-    classes = ClassTable.from_list(lab.get("classes") or [], source=str(mpath))
+    classes = ClassTable.from_list(lab.get("classes") or [], source=str(mpath), field=lab.get("field"))
     lpath = _resolve(base, lab["path"])
     if lpath.suffix.lower() in (".tif", ".tiff", ".vrt", ".img"):
         labels, info = _labels_from_raster(lpath, lab, classes, grid, warns)

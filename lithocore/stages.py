@@ -256,13 +256,24 @@ def load_or_train(run_dir, manifest, profile: str = "quick", split: str = "spati
     if rf.model_path.is_file() and rf.model_meta_path.is_file():
         meta = json.loads(rf.model_meta_path.read_text())
         ts = training_tiles(rf.root, area, cfg, split)
-        if meta.get("model_key") == key(_model_made_from(rf.root, area, ts, cfg, split)):
+        if _same_model(meta, _model_made_from(rf.root, area, ts, cfg, split), overrides):
             return load_bundle(rf.model_path)
         _say(f"{rf.model_path} was trained on another stack, other tiles or other settings: training again.")
     elif rf.model_path.is_file():
         _say(f"{rf.model_path} has no model.json beside it (its training did not finish): training again.")
     model, meta, _ = train_model(rf.root, area, stack, channels, units, cfg, split, profile=profile, verbose=0)
     return model, meta
+
+
+def _same_model(meta: dict, expected: dict, overrides: dict) -> bool:
+    """Whether a saved model was made from the expected stack, tiles, split and classes, and with every training
+    setting the caller named (settings the caller did not name are the model's own: notebook 05 maps with the
+    model notebook 04 trained, whatever its epochs)."""
+    made = meta.get("made_from") or {}
+    if any(made.get(k) != expected[k] for k in ("stack_key", "tiles_key", "split", "classes")):
+        return False
+    named = {k: v for k, v in overrides.items() if k in expected["config"] and v is not None and v != -1 and v != ""}
+    return all(made.get("config", {}).get(k) == expected["config"][k] for k in named)
 
 
 def _check_compatible(meta: dict, channels: list[str], area, source) -> None:

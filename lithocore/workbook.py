@@ -118,13 +118,13 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     run_dir = Path(run_dir).expanduser().resolve()
-    out_dir = run_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
     params = {**PROFILES[profile], **(parameters or {}), "run_dir": str(run_dir)}
     todo = [nb for nb in notebooks(notebook_dir) if not only or any(nb.name.startswith(o) for o in only)]
     if not todo:
         raise FileNotFoundError(f"no notebook in {notebook_dir} matches {only}")
     check_parameters({k: v for k, v in params.items() if k not in PROFILES[profile]}, notebooks(notebook_dir))
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
     for nb in todo:
         declared = declared_parameters(nb)

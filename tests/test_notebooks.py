@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
 import yaml
+
+from lithocore.data import load_study_area
 
 from lithocore.workbook import notebooks, run_workbook
 
@@ -21,7 +24,7 @@ def test_notebook_synthetic(notebook, tmp_path, small_manifest):
     params = dict(PARAMS["synthetic"], study_area=str(small_manifest))
     run_workbook(tmp_path, parameters=params, only=[notebook[:2]], progress=False)
     assert (tmp_path / "notebooks" / notebook).is_file()
-    _check_outputs(tmp_path, notebook)
+    _check_outputs(tmp_path, notebook, small_manifest)
 
 
 @pytest.mark.notebook
@@ -31,10 +34,10 @@ def test_notebook_central_lapland(notebook, tmp_path, lapland_manifest):
     params = {k: v.format(lapland=LAPLAND_MANIFEST) if isinstance(v, str) else v
               for k, v in PARAMS["central-lapland"].items()}
     run_workbook(tmp_path, parameters=params, only=[notebook[:2]], progress=False)
-    _check_outputs(tmp_path, notebook)
+    _check_outputs(tmp_path, notebook, LAPLAND_MANIFEST)
 
 
-def _check_outputs(run_dir: Path, notebook: str):
+def _check_outputs(run_dir: Path, notebook: str, manifest):
     stage = run_dir / Path(notebook).stem
     assert stage.is_dir(), f"{notebook} wrote nothing into {stage}"
     if notebook.startswith("01"):
@@ -58,6 +61,14 @@ def _check_outputs(run_dir: Path, notebook: str):
         assert "whole_map" in scores and ("held_out" in scores or "outside_training_tiles" in scores)
         with rasterio.open(stage / "fcn_classes.tif") as src:
             assert src.nodata == 255 and src.colormap(1)
+            mapped = src.read(1)
+        # The class map holds the class table's unit ids, as the label raster does: read back and compared with
+        # the labels (as ids) it gives the whole-map accuracy the notebook reports from class indices.
+        area = load_study_area(manifest)
+        ids = area.classes.to_ids(area.labels)
+        scored = area.mask & (area.labels != 255)
+        assert set(np.unique(mapped[area.mask])) <= set(area.classes.ids)
+        assert np.mean(mapped[scored] == ids[scored]) == pytest.approx(scores["whole_map"]["overall_accuracy"])
     if notebook.startswith("06"):
         comparison = json.loads((stage / "comparison.json").read_text())
         models = {(r["model"], r["scored_on"]) for r in comparison["comparison"]}

@@ -1,0 +1,123 @@
+"""Any mix of sources runs through every notebook: imagery only, geophysics only, point samples only, and a small
+scene with sparse training polygons (0 = unlabelled). Each area is derived from the small synthetic area."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from lithocore.data import load_study_area
+from lithocore.workbook import run_workbook
+
+PARAMS = dict(tile_size=32, stride=16, n_samples=40, epochs=2, steps_per_epoch=2, n_trees=20)
+
+
+def _absolute(manifest: Path) -> dict:
+    man = yaml.safe_load(manifest.read_text())
+    base = manifest.parent
+    for key in ("guide", "extra", "coarse", "points"):
+        for e in man.get(key, []):
+            e["path"] = str(base / e["path"])
+    man["reference"] = str(base / man["reference"])
+    man["labels"]["path"] = str(base / man["labels"]["path"])
+    man.pop("truth", None)
+    return man
+
+
+def _reference_spec(manifest: Path) -> dict:
+    with rasterio.open(manifest.parent / "aster_vnir_15m.tif") as src:
+        return {"crs": src.crs.to_string(), "bounds": list(src.bounds), "resolution": float(src.res[0])}
+
+
+def _write(folder: Path, name: str, man: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(man, sort_keys=False))
+    return path
+
+
+def _sparse_labels(small_manifest: Path, out: Path, share: float = 0.06, seed: int = 0) -> Path:
+    """Training polygons on ~6 % of the pixels (discs), everything else a polygon of unit 0 (unlabelled)."""
+    import geopandas as gpd
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    with rasterio.open(small_manifest.parent / "geology_15m.tif") as src:
+        lab = src.read(1).astype(np.int32)
+        transform, crs = src.transform, src.crs
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(lab.shape, bool)
+    rr, cc = np.mgrid[: lab.shape[0], : lab.shape[1]]
+    while keep.mean() < share:
+        r, c = rng.integers(0, lab.shape[0]), rng.integers(0, lab.shape[1])
+        keep |= (rr - r) ** 2 + (cc - c) ** 2 <= 6 ** 2
+    sparse = np.where(keep, lab, 0).astype(np.int32)
+    feats = [(shape(g), int(v)) for g, v in shapes(sparse, transform=transform)]
+    gdf = gpd.GeoDataFrame({"unit_id": [v for _, v in feats]}, geometry=[g for g, _ in feats], crs=crs)
+    gdf.to_file(out, driver="GPKG")
+    return out
+
+
+@pytest.fixture(scope="module")
+def areas(small_manifest, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("areas")
+    full = _absolute(small_manifest)
+    out = {}
+    out["imagery_only"] = _write(folder, "imagery_only", {**full, "extra": [], "coarse": [], "points": []})
+    out["geophysics_only"] = _write(folder, "geophysics_only", {**full, "reference": _reference_spec(small_manifest),
+                                                               "guide": [], "extra": [], "points": []})
+    out["points_only"] = _write(folder, "points_only", {**full, "reference": _reference_spec(small_manifest),
+                                                       "guide": [], "extra": [], "coarse": []})
+    labels = dict(full["labels"], path=str(_sparse_labels(small_manifest, folder / "sparse.gpkg")), unlabelled=[0])
+    out["sparse_labels"] = _write(folder, "sparse_labels", {**full, "labels": labels})
+    return out
+
+
+def test_derived_areas_load_as_declared(areas):
+    img = load_study_area(areas["imagery_only"])
+    assert len(img.guide_names) == 9 and not img.extra_names and not img.coarse
+    geo = load_study_area(areas["geophysics_only"])
+    assert not geo.guide_names and [c.name for c in geo.coarse] == ["magnetic"]
+    pts = load_study_area(areas["points_only"])
+    assert not pts.guide_names and all(c.kind == "points" for c in pts.coarse) and len(pts.coarse) == 7
+    sparse = load_study_area(areas["sparse_labels"])
+    labelled = (sparse.labels != 255) & sparse.mask
+    assert 0.04 < labelled.mean() < 0.09  # 0 = unlabelled is no class
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", ["imagery_only", "geophysics_only", "points_only"])
+def test_every_notebook_runs_on_a_partial_area(name, areas, tmp_path):
+    run_workbook(tmp_path, parameters=dict(PARAMS, study_area=str(areas[name])), progress=False)
+    nb02 = (tmp_path / "notebooks" / "02_fuse_sources.ipynb").read_text()
+    if name == "imagery_only":
+        assert "Skipped: fusion (this study area has no coarse layer" in nb02
+    else:
+        assert "Skipped: fusion (no guide bands" in nb02
+    with rasterio.open(tmp_path / "02_fuse_sources" / "fused_stack.tif") as src:
+        channels = json.loads(src.tags()["channels"])
+    area = load_study_area(areas[name])
+    expected = {"imagery_only": area.guide_names, "geophysics_only": ["magnetic"],
+                "points_only": [c.name for c in area.coarse]}[name]
+    assert channels == expected
+    comparison = json.loads((tmp_path / "06_compare_random_forest" / "comparison.json").read_text())
+    assert {r["model"] for r in comparison["comparison"]} >= {"FCN-8s", "RF (spatial)"}
+
+
+@pytest.mark.notebook
+def test_sparse_labels_are_flagged_not_reported_as_if_fine(areas, tmp_path):
+    """A small scene with sparse polygons: the tile size is chosen to fit, and the model is flagged untrustworthy
+    in the notebooks and the JSON (too few tiles, classes missing from training)."""
+    run_workbook(tmp_path, parameters=dict(PARAMS, tile_size=-1, study_area=str(areas["sparse_labels"])),
+                 progress=False)
+    tiles = json.loads((tmp_path / "03_build_tiles" / "tiles.json").read_text())
+    assert tiles["tile"] == 32  # the quick profile's 128 px does not fit a 192-px scene
+    assert tiles["warnings"]["spatial"]
+    meta = json.loads((tmp_path / "04_train_fcn8s" / "model.json").read_text())
+    assert meta["trust"]["trustworthy"] is False and meta["trust"]["reasons"]
+    scores = json.loads((tmp_path / "05_map_scene" / "fcn_metrics.json").read_text())
+    assert scores["trust"]["trustworthy"] is False
+    assert "WARNING: this model's scores do not mean much" in (tmp_path / "notebooks" / "05_map_scene.ipynb").read_text()

@@ -1,0 +1,173 @@
+"""Nothing stale, nothing half-written: each stage's result carries what it was made from, and a later stage
+recomputes (or refuses) instead of reusing a result made from something else."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from lithocore import fusion, stages
+from lithocore import training as TR
+from lithocore.data import load_study_area, write_geotiff
+from lithocore.runfolder import RunFolder, atomic_path, manifest_fingerprint
+
+from .test_data import _copy_manifest
+
+TINY = dict(tile=32, stride=16, n_samples=24, epochs=1, steps_per_epoch=1)
+
+
+@pytest.fixture()
+def manifest(small_manifest, tmp_path) -> Path:
+    man = _copy_manifest(small_manifest, tmp_path)
+    man.pop("truth", None)
+    path = tmp_path / "area.yaml"
+    path.write_text(yaml.safe_dump(man, sort_keys=False))
+    return path
+
+
+def _edit(manifest: Path, change) -> None:
+    man = yaml.safe_load(manifest.read_text())
+    change(man)
+    manifest.write_text(yaml.safe_dump(man, sort_keys=False))
+
+
+def test_fingerprint_follows_content(manifest, tmp_path):
+    before = manifest_fingerprint(manifest)
+    assert manifest_fingerprint(manifest) == before
+    _edit(manifest, lambda m: m["labels"]["classes"].reverse())
+    assert manifest_fingerprint(manifest) != before
+
+
+def test_edited_manifest_gives_new_stack_and_new_model(manifest, tmp_path, capsys):
+    run = tmp_path / "run"
+    _, stack, names, _ = stages.fused_stack(run, manifest)
+    assert len(names) == 9
+    _, meta = stages.load_or_train(run, manifest, **TINY)
+    _edit(manifest, lambda m: m.update(coarse=[]))  # the magnetics dropped
+    _, stack2, names2, _ = stages.fused_stack(run, manifest)
+    assert "magnetic" not in names2 and len(names2) == 8
+    assert "was made from another study area" in capsys.readouterr().out
+    _, meta2 = stages.load_or_train(run, manifest, **TINY)
+    assert meta2["channels"] == names2 and meta2["model_key"] != meta["model_key"]
+    assert "training again" in capsys.readouterr().out
+
+
+def test_new_tile_settings_give_new_tiles(manifest, tmp_path, capsys):
+    run = tmp_path / "run"
+    area = load_study_area(manifest)
+    cfg = TR.resolve_config("quick", **TINY)
+    a = stages.training_tiles(run, area, cfg, "paper")
+    assert stages.training_tiles(run, area, cfg, "paper").info["tiles_key"] == a.info["tiles_key"]  # reused
+    b = stages.training_tiles(run, area, TR.resolve_config("quick", **(TINY | dict(n_samples=40, stride=8))), "paper")
+    assert len(b.train) + len(b.val) == 40 != len(a.train) + len(a.val)
+    assert "sampling again" in capsys.readouterr().out
+
+
+def test_reordered_class_table_never_maps_with_the_old_legend(manifest, tmp_path):
+    run = tmp_path / "run"
+    _, meta = stages.load_or_train(run, manifest, **TINY)
+    old_model = tmp_path / "old"
+    RunFolder(run).model_dir.rename(old_model)
+    _edit(manifest, lambda m: m["labels"]["classes"].reverse())
+    with pytest.raises(ValueError, match="class table"):
+        stages.load_or_train(run, manifest, model_path=old_model / "model.keras", **TINY)
+    _, meta2 = stages.load_or_train(run, manifest, **TINY)
+    assert [c["id"] for c in meta2["classes"]] == [c["id"] for c in meta["classes"]][::-1]
+
+
+def test_class_map_remade_when_the_model_changes(manifest, tmp_path, capsys):
+    run = tmp_path / "run"
+    rf = RunFolder(run)
+    classes, scores = stages.fcn_map(run, manifest, **TINY)
+    with rasterio.open(rf.class_map_path()) as src:
+        first = src.tags()["model_key"]
+    assert scores["whole_map"]["pixels"] > 0 and scores["trust"] is not None
+    stages.fcn_map(run, manifest, **TINY)  # same model: the map is reused
+    assert "mapping again" not in capsys.readouterr().out
+    stages.fcn_map(run, manifest, **(TINY | dict(epochs=2)))  # another model: the old map is not paired with it
+    with rasterio.open(rf.class_map_path()) as src:
+        assert src.tags()["model_key"] != first
+    out = capsys.readouterr().out
+    assert "training again" in out and "mapping again" in out
+
+
+def test_notebook_02s_settings_are_the_fallbacks(manifest, tmp_path, capsys):
+    run = tmp_path / "run"
+    stages.fused_stack(run, manifest)
+    assert stages.stack_provenance(run)["fusion_settings"] == fusion.FusionSettings().to_dict()
+    paper = fusion.FusionSettings(detail_gain=1.0, detail_smoothing=0.0)
+    _, s_paper, _, _ = stages.fused_stack(run, manifest, settings=paper)
+    assert "other fusion settings" in capsys.readouterr().out
+    _, s_again, _, _ = stages.fused_stack(run, manifest)  # a later notebook follows what notebook 02 chose
+    assert np.array_equal(s_again, s_paper, equal_nan=True)
+    assert "fusing again" not in capsys.readouterr().out
+
+
+def test_unfinished_or_corrupt_model_is_never_used(manifest, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    rf = RunFolder(run)
+    rf.stage("04_train_fcn8s")
+    rf.model_path.write_bytes(b"")  # a model cut off while written, no model.json
+    model, meta = stages.load_or_train(run, manifest, **TINY)
+    assert "did not finish" in capsys.readouterr().out and rf.model_meta_path.is_file()
+    assert rf.model_path.stat().st_size > 0
+
+    # an interrupted rerun of a finished run: the old model.json must not vouch for the half-trained model
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TR, "fit", interrupted)
+    area, stack, names, units = stages.fused_stack(run, manifest)
+    cfg = stages.run_config("quick", area, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        stages.train_model(run, area, stack, names, units, cfg)
+    assert rf.model_path.is_file() and not rf.model_meta_path.exists()
+
+
+def test_corrupt_resume_checkpoint_restarts_training(manifest, tmp_path, capsys):
+    import keras
+
+    from lithocore.model import build_fcn8s
+    from lithocore.tiles import TileBatches
+
+    area = load_study_area(manifest)
+    stack = np.nan_to_num(area.guide)
+    windows = np.array([[0, 0], [32, 32], [64, 64]])
+    batches = TileBatches(stack, area.labels, area.mask, windows, 32, 3)
+    cfg = TR.resolve_config("quick", **TINY)
+    out = tmp_path / "train"
+    (out / "backup").mkdir(parents=True)
+    (out / "backup" / "run_key.txt").write_text("k1")
+    (out / "backup" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n cut off")
+    (out / "backup" / "training_metadata.json").write_text('{"epoch": 3')
+    keras.utils.set_random_seed(0)
+    model = build_fcn8s(9, len(area.classes), width=1 / 16, fc=16)
+    TR.compile_model(model, len(area.classes), cfg)
+    history = TR.fit(model, batches, batches, out, cfg, verbose=0, run_key="k1")
+    assert "cannot be read" in capsys.readouterr().out
+    assert history["epoch"] == [0.0] and (out / "model.keras").stat().st_size > 0
+    # a checkpoint from another run (other key) is discarded, not resumed
+    (out / "backup").mkdir()
+    (out / "backup" / "run_key.txt").write_text("other")
+    TR.fit(model, batches, batches, out, cfg, verbose=0, run_key="k1")
+    assert "checkpoint of another training run" in capsys.readouterr().out
+
+
+def test_atomic_writes_leave_no_temporary_files_and_normal_modes(tmp_path, small_area):
+    target = tmp_path / "x.tif"
+    leftover = tmp_path / ".tmp-x.tif.abc123.tif"
+    leftover.write_bytes(b"half")  # what a killed process leaves
+    write_geotiff(target, np.ones((4, 4), np.float32), small_area.grid.__class__(
+        small_area.grid.crs, small_area.grid.transform, 4, 4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"] and target.stat().st_size > 100
