@@ -15,6 +15,7 @@ and :func:`assess_model` writes a verdict on whether the model's scores mean any
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -341,3 +342,107 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
     scores["regions"] = evaluation_regions(rf.root, area, meta)
     scores.setdefault("trust", meta.get("trust"))
     return classes, scores
+
+
+# ------------------------------------------------------------------------------------ cross-validation
+#: Cross-validation settings per profile: folds, FCN epochs per fold, the forest's pixel cap per class (0: none).
+CV_PROFILES = {"quick": dict(k=4, epochs=8, forest_cap=5000), "paper": dict(k=5, epochs=-1, forest_cap=0)}
+
+
+def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: int = -1, epochs: int = -1,
+                block: int = -1, forest_cap: int = -1) -> dict:
+    """The cross-validation settings of a run: the profile's, with the overrides (-1 keeps the profile's).
+
+    Blocks default to four tiles (made smaller, down to two tiles, until a scene of ``shape`` holds at least
+    ``2 k`` blocks); the buffer is one tile. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks
+    in 4 folds leave 53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %
+    (each test block takes a one-tile ring of buffer with it).
+    """
+    base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
+    k = base["k"] if k == -1 else k
+    epochs = base["epochs"] if epochs == -1 else epochs
+    epochs = cfg.epochs if epochs == -1 else epochs
+    if block == -1:
+        block = 4 * cfg.tile
+        while shape is not None and block > 2 * cfg.tile and \
+                math.ceil(shape[0] / block) * math.ceil(shape[1] / block) < 2 * k:
+            block -= cfg.tile
+    return dict(k=int(k), epochs=int(epochs), block=int(block), buffer=int(cfg.tile),
+                forest_cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), seed=int(cfg.seed))
+
+
+def cv_folds(run_dir, area, cfg, settings: dict):
+    """The run's folds (notebook 03 writes them; made now when missing or made from something else). ``k = 1``
+    is the single spatial split: its validation region is the one fold's test region."""
+    from . import crossval
+    from .runfolder import atomic_path
+
+    rf = RunFolder(run_dir)
+    path = rf.root / "03_build_tiles" / "folds.npz"
+    k = key(dict(manifest=manifest_fingerprint(area.manifest_path), **settings, tile=cfg.tile, stride=cfg.stride,
+                 n_samples=cfg.n_samples))
+    if path.is_file():
+        with np.load(path) as z:
+            if str(z["key"]) == k:
+                return crossval.Folds(int(z["k"]), int(z["block"]), int(z["buffer"]), z["fold"],
+                                      json.loads(str(z["info"])))
+        _say(f"{path} was made from another study area or other settings: making the folds again.")
+    if settings["k"] == 1:
+        ts = training_tiles(rf.root, area, cfg, "spatial")
+        folds = crossval.Folds(1, 0, settings["buffer"], np.where(ts.region == 1, 0, -1).astype(np.int8),
+                               dict(k=1, note="the single spatial split of notebook 03 (one held-out region)"))
+    else:
+        folds = crossval.make_folds(area.labels, area.mask, settings["k"], block=settings["block"],
+                                    buffer=settings["buffer"], seed=settings["seed"])
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, k=folds.k, block=folds.block, buffer=folds.buffer, fold=folds.fold,
+                                info=json.dumps(folds.info), key=k)
+    return folds
+
+
+def fcn_fold_model(stack, area, cfg, out_dir):
+    """A cross-validation model: the FCN-8s of ``cfg`` trained on windows wholly inside the fold's training
+    region (normalised with their own statistics), then mapping the scene."""
+    def run(i, train, test):
+        import keras
+
+        from . import mapping
+        from .fusion import normalisation_stats
+        from .model import build_fcn8s
+        from .tiles import TileBatches, candidate_windows, class_weights, sample_windows
+        from .training import compile_model, fit, window_pixels
+
+        cand = candidate_windows(area.labels, area.mask, cfg.tile, cfg.stride, allowed=train)
+        if len(cand) == 0:
+            raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
+                             f"tile_size, larger cv_block or fewer folds")
+        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)))
+        stats = normalisation_stats(stack, window_pixels(area.shape, windows, cfg.tile) & area.mask)
+        batches = TileBatches(stack, area.labels, area.mask, windows, cfg.tile, cfg.batch_size, mean=stats["mean"],
+                              std=stats["std"], seed=cfg.seed + i)
+        keras.utils.set_random_seed(cfg.seed + i)
+        model = build_fcn8s(stack.shape[0], len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout,
+                            tile=cfg.tile, upsampling=cfg.upsampling)
+        weights = class_weights(area.labels, windows, cfg.tile, len(area.classes)) if cfg.class_weighting else None
+        compile_model(model, len(area.classes), cfg, class_weights=weights)
+        fit(model, batches, None, Path(out_dir) / f"fcn8s_fold{i}", cfg, verbose=0,
+            run_key=key([i, asdict(cfg), windows.tolist()]))
+        classes, _ = mapping.map_array(model, stack, area.mask, stats["mean"], stats["std"], tile=cfg.tile,
+                                       progress=False)
+        return classes
+    return run
+
+
+def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int = 3, fraction: float = 0.1,
+                      cap: int = 0, seed: int = 0):
+    """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
+    training region (at most ``cap`` per class), predicting the fold's test region."""
+    def run(i, train, test):
+        from . import forest
+
+        pixels = forest.sample_pixels(area.labels, train & area.mask, fraction, seed + i, max_per_class=cap or None)
+        rf, _ = forest.train_forest(stack, area.labels, pixels, n_trees=n_trees, max_features=max_features, seed=seed)
+        classes, _, _ = forest.predict_forest(rf, stack, test & area.mask, progress=False)
+        return classes
+    return run

@@ -172,7 +172,13 @@ def read_history(csv: str | Path) -> dict:
 
     with open(csv, newline="") as fh:
         rows = list(_csv.DictReader(fh))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):  # Keras writes "NA" for a value it did not compute
+            return float("nan")
+
+    return {k: [num(r[k]) for r in rows] for k in (rows[0].keys() if rows else [])}
 
 
 def evaluate_tiles(model, batches, class_names: list[str]) -> dict:

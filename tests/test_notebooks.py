@@ -50,7 +50,8 @@ def _check_outputs(run_dir: Path, notebook: str, manifest):
         assert (stage / "fused_stack.tif").is_file()
     if notebook.startswith("03"):
         info = json.loads((stage / "tiles.json").read_text())
-        assert info["overlap"]["spatial"]["max_overlap"] == 0.0
+        assert info["overlap"]["spatial"]["max_overlap"] == 0.0 and info["overlap"]["spatial"]["leakage"] == 0.0
+        assert info["overlap"]["paper"]["leakage"] > 0.0 and info["fold_leakage"] == [0.0] * len(info["fold_leakage"])
         assert (stage / "tiles_spatial.npz").is_file() and (stage / "tiles_paper.npz").is_file()
     if notebook.startswith("04"):
         meta = json.loads((stage / "model.json").read_text())
@@ -71,8 +72,25 @@ def _check_outputs(run_dir: Path, notebook: str, manifest):
         assert np.mean(mapped[scored] == ids[scored]) == pytest.approx(scores["whole_map"]["overall_accuracy"])
     if notebook.startswith("06"):
         comparison = json.loads((stage / "comparison.json").read_text())
-        models = {(r["model"], r["scored_on"]) for r in comparison["comparison"]}
-        assert ("RF (spatial)", "held_out") in models and ("RF (paper)", "whole_map") in models
+        cv = comparison["cross_validation"]
+        assert len(cv["folds"]) == cv["settings"]["k"] >= 2
+        for fold in cv["folds"]:
+            assert set(fold["scores"]) == {"fcn8s", "forest"}
+            assert fold["scores"]["fcn8s"]["pixels"] == fold["scores"]["forest"]["pixels"] > 0  # like for like
+        for model in ("fcn8s", "forest"):
+            for metric in ("mean_iou", "overall_accuracy", "kappa"):
+                assert set(cv["summary"][model][metric]) >= {"mean", "sd"}
+        diffs = cv["paired_differences"]["mean_iou"]
+        assert isinstance(cv["verdict"], str) and f"{abs(np.mean(diffs)):.3f}" in cv["verdict"]
+        rows = {(r["model"], r["scored_on"]) for r in comparison["paper_protocol"]["rows"]}
+        assert ("FCN-8s", "whole_map") in rows and ("random forest", "whole_map") in rows
+        # the out-of-fold maps: every labelled valid pixel predicted once, stored as unit ids
+        area = load_study_area(manifest)
+        with rasterio.open(stage / "fcn8s_oof_classes.tif") as src:
+            oof = src.read(1)
+        scored = area.mask & (area.labels != 255)
+        assert set(np.unique(oof[scored])) <= set(area.classes.ids)
+        assert sum(f["scores"]["fcn8s"]["pixels"] for f in cv["folds"]) == int(scored.sum())
 
 
 @pytest.mark.notebook

@@ -1,0 +1,241 @@
+"""Spatial k-fold cross-validation: the FCN-8s and the random forest trained and scored on the same folds.
+
+The scene is cut into square blocks (``block`` pixels, default three tiles); scikit-learn's
+``StratifiedGroupKFold`` assigns whole blocks to ``k`` folds so that each fold's class make-up is as close to
+the map's as the blocks allow. Fold ``i``'s **test region** is its blocks; its **training region** is every
+valid pixel farther than ``buffer`` (default one tile) from them. Training windows must lie wholly inside the
+training region and forest pixels are drawn from it, so nothing a fold model trains on touches, or borders,
+the ground it is scored on. Every labelled pixel is tested exactly once, by the fold model that never saw it:
+the **out-of-fold map**.
+
+Both models are scored by the same code (:func:`lithocore.metrics.scores`) on the same pixels, per fold and
+pooled; :func:`summarise` gives mean +/- standard deviation over folds and the paired differences, and
+:func:`verdict` writes the one-line conclusion from those numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from .data import NO_LABEL
+from .metrics import confusion_matrix, scores
+
+__all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
+           "verdict", "METRICS"]
+
+#: The headline measures summarised over folds.
+METRICS = ("mean_iou", "overall_accuracy", "kappa")
+
+
+@dataclass
+class Folds:
+    """``fold`` (H, W) int8: the fold whose test region holds each pixel (-1: a block without labels)."""
+
+    k: int
+    block: int
+    buffer: int
+    fold: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def make_folds(labels: np.ndarray, mask: np.ndarray, k: int = 5, *, block: int = 384, buffer: int = 128,
+               seed: int = 0) -> Folds:
+    """Assign blocks of ``block`` x ``block`` pixels to ``k`` folds, classes spread over the folds
+    (``sklearn.model_selection.StratifiedGroupKFold``, the blocks as groups, shuffled by ``seed``).
+
+    Examples
+    --------
+    >>> lab = np.repeat(np.arange(4, dtype=np.uint8), 16)[None].repeat(64, 0)
+    >>> f = make_folds(lab, np.ones_like(lab, bool), k=2, block=16, buffer=4)
+    >>> sorted(np.unique(f.fold).tolist()), f.info["blocks_per_fold"]
+    ([0, 1], [8, 8])
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    H, W = labels.shape
+    if k < 2:
+        raise ValueError("k-fold cross-validation needs k >= 2 (k = 1 is the single spatial split of notebook 03)")
+    nby, nbx = math.ceil(H / block), math.ceil(W / block)
+    block_id = (np.arange(H)[:, None] // block) * nbx + (np.arange(W)[None, :] // block)
+    labelled = (labels != NO_LABEL) & mask
+    step = max(1, int(math.sqrt(labelled.sum() / 200_000)))  # a sample of pixels is enough to weigh the blocks
+    sub = labelled[::step, ::step]
+    y = labels[::step, ::step][sub]
+    groups = block_id[::step, ::step][sub]
+    n_groups = len(np.unique(groups))
+    if n_groups < k:
+        raise ValueError(f"only {n_groups} blocks of {block} px hold labels: too few for {k} folds; use smaller "
+                         f"blocks (cv_block) or fewer folds")
+    fold_of_block = np.full(nby * nbx, -1, np.int64)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only n members"
+        for i, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+            fold_of_block[np.unique(groups[test])] = i
+    fold = fold_of_block[block_id].astype(np.int8)
+    info = dict(k=k, block=block, buffer=buffer, seed=seed, blocks=int(nby * nbx), blocks_with_labels=int(n_groups),
+                blocks_per_fold=[int((fold_of_block == i).sum()) for i in range(k)],
+                labelled_share_per_fold=[float((labelled & (fold == i)).sum() / max(labelled.sum(), 1))
+                                         for i in range(k)])
+    return Folds(k, block, buffer, fold, info)
+
+
+def fold_regions(folds: Folds, i: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(test region, training region) of fold ``i``: its blocks, and the valid pixels farther than the buffer
+    from them."""
+    test = folds.fold == i
+    near = ndimage.distance_transform_edt(~test) <= folds.buffer
+    return test & mask, mask & ~near
+
+
+def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, size: int,
+            tested: np.ndarray) -> float:
+    """Share of the tested labelled pixels that lie inside *any* training window (the union, not the largest
+    single overlap).
+
+    Examples
+    --------
+    >>> lab = np.zeros((10, 10), np.uint8); tested = np.zeros((10, 10), bool); tested[:, 5:] = True
+    >>> leakage(lab, np.ones((10, 10), bool), np.array([[0, 0], [0, 3]]), 4, tested)  # columns 5-6 of rows 0-3
+    0.16
+    """
+    from .training import window_pixels
+
+    scored = tested & mask & (labels != NO_LABEL)
+    if not scored.any():
+        return 0.0
+    seen = window_pixels(labels.shape, train_windows, size)
+    return float((seen & scored).sum() / scored.sum())
+
+
+def fold_coverage(folds: Folds, labels: np.ndarray, mask: np.ndarray, names) -> list[dict]:
+    """Per fold: labelled pixels per class on the test and the training side, and the classes the training
+    side lacks although the test side holds them (the fold model cannot predict those)."""
+    out = []
+    n = len(names)
+    labelled = (labels != NO_LABEL) & mask
+    for i in range(folds.k):
+        test, train = fold_regions(folds, i, mask)
+        t = np.bincount(labels[labelled & test], minlength=n)[:n]
+        r = np.bincount(labels[labelled & train], minlength=n)[:n]
+        lacking = [names[c] for c in range(n) if t[c] > 0 and r[c] == 0]
+        out.append(dict(fold=i, test_pixels=int(t.sum()), train_pixels=int(r.sum()),
+                        test_per_class={names[c]: int(t[c]) for c in range(n)},
+                        train_per_class={names[c]: int(r[c]) for c in range(n)},
+                        classes_missing_from_training=lacking, flagged=bool(lacking)))
+    return out
+
+
+def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
+                   models: dict[str, Callable[[int, np.ndarray, np.ndarray], np.ndarray]], *,
+                   cache_dir: str | Path | None = None, cache_key: str = "", progress: bool = True) -> dict:
+    """Train and score every model on every fold.
+
+    ``models[name](i, train_region, test_region)`` trains on the training region and returns a class-index map
+    (at least over the test region). Fold predictions are cached in ``cache_dir`` under ``cache_key`` (an
+    interrupted run resumes at the next fold). Returns per-fold scores, pooled scores, the out-of-fold maps
+    (class indices) and timings.
+    """
+    from tqdm.auto import tqdm
+
+    n = len(names)
+    oof = {m: np.full(labels.shape, NO_LABEL, np.uint8) for m in models}
+    cms = {m: np.zeros((n, n), np.int64) for m in models}
+    per_fold = []
+    bar = tqdm(total=folds.k * len(models), desc="cross-validation", disable=not progress)
+    for i in range(folds.k):
+        test, train = fold_regions(folds, i, mask)
+        row = dict(fold=i, scores={}, seconds={})
+        for m, run in models.items():
+            cached = Path(cache_dir) / f"fold{i}_{m}.npz" if cache_dir else None
+            pred = None
+            if cached is not None and cached.is_file():
+                with np.load(cached) as z:
+                    if str(z["key"]) == cache_key:
+                        pred, secs = z["pred"], float(z["seconds"])
+            if pred is None:
+                t0 = time.perf_counter()
+                pred = np.asarray(run(i, train, test), dtype=np.uint8)
+                secs = time.perf_counter() - t0
+                if cached is not None:
+                    _save_npz(cached, pred=np.where(test, pred, NO_LABEL).astype(np.uint8), key=cache_key,
+                              seconds=secs)
+            oof[m][test] = pred[test]
+            cm = confusion_matrix(labels, pred, n, test)
+            cms[m] += cm
+            row["scores"][m] = scores(cm, names) | {"confusion_matrix": cm.tolist()}
+            row["seconds"][m] = round(secs, 1)
+            bar.update()
+        per_fold.append(row)
+    bar.close()
+    pooled = {m: scores(cms[m], names) | {"confusion_matrix": cms[m].tolist()} for m in models}
+    return dict(folds=per_fold, pooled=pooled, oof=oof)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    from .runfolder import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def summarise(per_fold: list[dict], metrics=METRICS) -> dict:
+    """``{model: {metric: {"mean", "sd", "per_fold"}}}`` over folds (sd with ddof=1; 0 for one fold)."""
+    models = list(per_fold[0]["scores"]) if per_fold else []
+    out = {}
+    for m in models:
+        out[m] = {}
+        for k in metrics:
+            v = np.array([f["scores"][m][k] for f in per_fold], dtype=np.float64)
+            out[m][k] = dict(mean=float(np.nanmean(v)), sd=float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0,
+                             per_fold=v.tolist())
+    return out
+
+
+def paired_differences(per_fold: list[dict], a: str, b: str, metric: str = "mean_iou") -> list[float]:
+    """Per fold, model ``a``'s score minus model ``b``'s on the same pixels."""
+    return [float(f["scores"][a][metric] - f["scores"][b][metric]) for f in per_fold]
+
+
+def verdict(diffs, a: str = "FCN-8s", b: str = "the forest", metric: str = "mIoU", level: float = 0.95) -> str:
+    """One line written from the paired per-fold differences ``a - b``: ahead, behind, or level within noise.
+
+    ``a`` is ahead when the lower end of the ``level`` confidence interval of the mean difference (Student's t
+    over folds) is above zero, behind when its upper end is below zero, else level within noise. One fold has
+    no uncertainty and is never called a result.
+
+    Examples
+    --------
+    >>> verdict([0.07, 0.05, 0.06, 0.08, 0.04])
+    'FCN-8s ahead of the forest by 0.060 +/- 0.016 mIoU (mean +/- sd over folds), in 5 of 5 folds'
+    >>> verdict([0.02, -0.03, 0.01])
+    'FCN-8s and the forest level within noise: difference 0.000 +/- 0.026 mIoU (mean +/- sd over folds), FCN-8s ahead in 2 of 3 folds'
+    >>> verdict([-0.10, -0.12, -0.09])
+    'FCN-8s behind the forest by 0.103 +/- 0.015 mIoU (mean +/- sd over folds), in 3 of 3 folds'
+    """
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    k = len(d)
+    ahead = int((d > 0).sum())
+    if k < 2:
+        return (f"one split cannot tell: {a} minus {b} is {d.mean():+.3f} {metric} on a single fold, with no "
+                f"measure of its uncertainty (use k >= 2 folds)")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, k - 1) * sd / math.sqrt(k))
+    spread = f"{sd:.3f} {metric} (mean +/- sd over folds)"
+    if mean - half > 0:
+        return f"{a} ahead of {b} by {mean:.3f} +/- {spread}, in {ahead} of {k} folds"
+    if mean + half < 0:
+        return f"{a} behind {b} by {-mean:.3f} +/- {spread}, in {k - ahead} of {k} folds"
+    return (f"{a} and {b} level within noise: difference {mean:.3f} +/- {spread}, {a} ahead in {ahead} of {k} "
+            f"folds")

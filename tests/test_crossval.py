@@ -1,0 +1,101 @@
+"""Spatial k-fold cross-validation: disjoint folds that cover every labelled pixel once, a buffer that no
+training window or pixel crosses, the union leakage measure, and a verdict that follows the numbers."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lithocore import crossval, forest
+from lithocore.data import NO_LABEL
+from lithocore.tiles import candidate_windows, make_tiles
+from lithocore.training import window_pixels
+
+
+@pytest.fixture(scope="module")
+def folds(small_area):
+    return crossval.make_folds(small_area.labels, small_area.mask, k=3, block=64, buffer=32, seed=0)
+
+
+def test_folds_are_disjoint_and_cover_every_labelled_pixel_once(small_area, folds):
+    labelled = small_area.mask & (small_area.labels != NO_LABEL)
+    tests = [crossval.fold_regions(folds, i, small_area.mask)[0] for i in range(folds.k)]
+    counts = np.sum(tests, axis=0)
+    assert (counts[labelled] == 1).all() and counts.max() == 1
+    assert sum(folds.info["blocks_per_fold"]) == folds.info["blocks_with_labels"]
+    # classes are spread: every class of the map appears in at least two folds' test regions
+    for c in np.unique(small_area.labels[labelled]):
+        assert sum(((small_area.labels == c) & t).any() for t in tests) >= 2
+
+
+def test_no_training_window_or_pixel_within_the_buffer(small_area, folds):
+    seen = []
+
+    def spy(i, train, test):
+        windows = candidate_windows(small_area.labels, small_area.mask, 32, 8, allowed=train)
+        pixels = forest.sample_pixels(small_area.labels, train, 0.2, seed=i)
+        dist = ndimage.distance_transform_edt(~test)
+        covered = window_pixels(small_area.shape, windows, 32)
+        assert len(windows) and dist[covered].min() > folds.buffer
+        assert dist.ravel()[pixels].min() > folds.buffer
+        seen.append(i)
+        return np.where(test, small_area.labels, NO_LABEL)  # a perfect model on its test region
+
+    res = crossval.cross_validate(small_area.labels, small_area.mask, small_area.classes.names, folds,
+                                  {"spy": spy}, progress=False)
+    assert seen == [0, 1, 2]
+    assert res["pooled"]["spy"]["overall_accuracy"] == 1.0
+    labelled = small_area.mask & (small_area.labels != NO_LABEL)
+    assert np.array_equal(res["oof"]["spy"][labelled], small_area.labels[labelled])
+
+
+def test_cross_validate_resumes_from_cached_folds(small_area, folds, tmp_path):
+    calls = []
+
+    def model(i, train, test):
+        calls.append(i)
+        return np.zeros(small_area.shape, np.uint8)
+
+    kw = dict(cache_dir=tmp_path, cache_key="k", progress=False)
+    a = crossval.cross_validate(small_area.labels, small_area.mask, small_area.classes.names, folds, {"m": model}, **kw)
+    b = crossval.cross_validate(small_area.labels, small_area.mask, small_area.classes.names, folds, {"m": model}, **kw)
+    assert calls == [0, 1, 2] and a["pooled"] == b["pooled"]
+    crossval.cross_validate(small_area.labels, small_area.mask, small_area.classes.names, folds, {"m": model},
+                            cache_dir=tmp_path, cache_key="other", progress=False)
+    assert calls == [0, 1, 2, 0, 1, 2]  # another key: nothing reused
+
+
+def test_leakage_is_the_union_computed_by_hand(small_area):
+    ts = make_tiles(small_area.labels, small_area.mask, size=32, stride=16, n_samples=60, split="paper", seed=1)
+    tested = window_pixels(small_area.shape, ts.val, 32)
+    scored = tested & small_area.mask & (small_area.labels != NO_LABEL)
+    inside_any = np.zeros(small_area.shape, bool)
+    for r, c in ts.train:  # brute force, tile by tile
+        inside_any[r:r + 32, c:c + 32] = True
+    expected = (inside_any & scored).sum() / scored.sum()
+    assert crossval.leakage(small_area.labels, small_area.mask, ts.train, 32, tested) == pytest.approx(expected)
+    assert expected > 0.5  # the paper's split leaks most of its validation pixels
+    spatial = make_tiles(small_area.labels, small_area.mask, size=32, stride=16, n_samples=60, split="spatial", seed=1)
+    assert crossval.leakage(small_area.labels, small_area.mask, spatial.train, 32,
+                            window_pixels(small_area.shape, spatial.val, 32)) == 0.0
+
+
+def _fabricated(fcn, rf):
+    return [dict(fold=i, scores={"fcn8s": dict(mean_iou=a, overall_accuracy=a, kappa=a),
+                                 "forest": dict(mean_iou=b, overall_accuracy=b, kappa=b)})
+            for i, (a, b) in enumerate(zip(fcn, rf))]
+
+
+@pytest.mark.parametrize("fcn, rf, word, count", [
+    ([0.60, 0.62, 0.58, 0.61, 0.63], [0.52, 0.55, 0.53, 0.54, 0.55], "ahead of", "in 5 of 5 folds"),
+    ([0.60, 0.50, 0.58], [0.55, 0.56, 0.57], "level within noise", "ahead in 2 of 3 folds"),
+    ([0.40, 0.42, 0.41, 0.39], [0.55, 0.57, 0.52, 0.56], "behind", "in 4 of 4 folds"),
+])
+def test_verdict_follows_the_numbers(fcn, rf, word, count):
+    per_fold = _fabricated(fcn, rf)
+    summary = crossval.summarise(per_fold)
+    assert summary["fcn8s"]["mean_iou"]["mean"] == pytest.approx(np.mean(fcn))
+    assert summary["forest"]["mean_iou"]["sd"] == pytest.approx(np.std(rf, ddof=1))
+    diffs = crossval.paired_differences(per_fold, "fcn8s", "forest")
+    text = crossval.verdict(diffs, "FCN-8s", "the forest")
+    assert word in text and count in text and f"{abs(np.mean(diffs)):.3f}" in text
+    assert crossval.verdict(diffs[:1]).startswith("one split cannot tell")
