@@ -25,7 +25,7 @@ def _stack():
     from lithocore.workbook import study_area_manifest
 
     area = load_study_area(study_area_manifest("", progress=False))
-    res = fusion.fuse_study_area(area, progress=False, **fusion.CALIBRATED_DETAIL)
+    res = fusion.fuse_study_area(area, progress=False, **fusion.FusionSettings().fuse_kwargs())
     stack, names, _ = fusion.build_stack(res, area)
     return area, stack
 
