@@ -353,10 +353,10 @@ def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: i
                 block: int = -1, forest_cap: int = -1) -> dict:
     """The cross-validation settings of a run: the profile's, with the overrides (-1 keeps the profile's).
 
-    Blocks default to four tiles (made smaller, down to two tiles, until a scene of ``shape`` holds at least
-    ``2 k`` blocks); the buffer is one tile. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks
-    in 4 folds leave 53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %
-    (each test block takes a one-tile ring of buffer with it).
+    Blocks default to four tiles (made smaller, down to two tiles, only when a scene of ``shape`` holds fewer
+    than ``k`` blocks); the buffer is one tile. Large blocks keep the training side large: each test block takes
+    a one-tile ring of buffer with it. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks in 4
+    folds leave 53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %.
     """
     base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
     k = base["k"] if k == -1 else k
@@ -365,7 +365,7 @@ def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: i
     if block == -1:
         block = 4 * cfg.tile
         while shape is not None and block > 2 * cfg.tile and \
-                math.ceil(shape[0] / block) * math.ceil(shape[1] / block) < 2 * k:
+                math.ceil(shape[0] / block) * math.ceil(shape[1] / block) < k:
             block -= cfg.tile
     return dict(k=int(k), epochs=int(epochs), block=int(block), buffer=int(cfg.tile),
                 forest_cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), seed=int(cfg.seed))

@@ -99,3 +99,23 @@ def test_verdict_follows_the_numbers(fcn, rf, word, count):
     text = crossval.verdict(diffs, "FCN-8s", "the forest")
     assert word in text and count in text and f"{abs(np.mean(diffs)):.3f}" in text
     assert crossval.verdict(diffs[:1]).startswith("one split cannot tell")
+
+
+def test_single_split_and_saved_folds(small_area, tmp_path):
+    """k = 1 is notebook 03's spatial split (a quick look, never called a result); k >= 2 folds are saved with
+    their key and made again when the settings change."""
+    from lithocore import stages
+    from lithocore.training import resolve_config
+
+    cfg = resolve_config("quick", tile=32, stride=16, n_samples=40)
+    one = stages.cv_folds(tmp_path, small_area, cfg, stages.cv_settings("quick", cfg, k=1))
+    ts = stages.training_tiles(tmp_path, small_area, cfg, "spatial")
+    assert one.k == 1 and np.array_equal(one.fold == 0, ts.region == 1)
+    s3 = stages.cv_settings("quick", cfg, shape=small_area.shape, k=3)
+    assert s3["block"] == 128 and s3["buffer"] == 32  # four tiles: 2 x 2 blocks on 192 px, enough for 3 folds
+    assert stages.cv_settings("quick", cfg, shape=small_area.shape, k=5)["block"] == 64  # 5 folds need 5 blocks
+    s3 = s3 | dict(block=64)
+    three = stages.cv_folds(tmp_path, small_area, cfg, s3)
+    assert three.k == 3 and stages.cv_folds(tmp_path, small_area, cfg, s3).info == three.info
+    four = stages.cv_folds(tmp_path, small_area, cfg, s3 | dict(k=4))
+    assert four.k == 4
