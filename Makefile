@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/default
 PROFILE ?= quick
+# Test processes: notebooks run in their own kernels, so two workers halve the wall time on a 2-core machine.
+TEST_WORKERS ?= 2
 
 .PHONY: install workbook test check clean bench
 
@@ -20,7 +22,7 @@ workbook: install
 	$(PY) -m lithocore.workbook --run-dir $(RUN_DIR) --profile $(PROFILE)
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 check: install
 	$(PY) -m pytest -x -q tests/test_project.py

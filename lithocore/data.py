@@ -514,15 +514,15 @@ def _check_fill(path: Path, src, band: int, nodata: float | None, name: str, war
                                f"({vals.min():g} to {vals.max():g}) and removes {share:.1%} of its cells; if {nodata:g} "
                                f"is a real value, set 'nodata: none' (or the true fill value) in its manifest entry")
         return
-    vals = a[finite] if nodata is None else a[finite]
+    vals = a[finite]
     if vals.size == 0:
         return
-    uniq, counts = np.unique(vals, return_counts=True)
-    for v, c in zip(uniq, counts):
-        share = c / vals.size
-        known = any(math.isclose(v, f, rel_tol=1e-6) for f in _FILL_VALUES)
-        at_edge = v in (uniq[0], uniq[-1]) and len(uniq) > 2
-        if (known and share > 0.001) or (at_edge and share > 0.05 and not known):
+    candidates = [f for f in _FILL_VALUES if np.any(vals == np.float32(f))]
+    lo, hi = vals.min(), vals.max()
+    for v in candidates + [lo, hi]:
+        share = float(np.mean(vals == v))
+        known = v in candidates
+        if (known and share > 0.001) or (not known and share > 0.05 and lo < hi):
             _warn(warns, path, f"band {band} ({name}) holds the constant {v:g} in {share:.1%} of its cells and "
                                f"declares no nodata: if {v:g} fills cells without data, set 'nodata: {v:g}' in its "
                                f"manifest entry (it is used as data now)")
