@@ -110,10 +110,11 @@ def test_every_notebook_runs_on_a_partial_area(name, areas, tmp_path):
 
 @pytest.mark.notebook
 def test_sparse_labels_are_flagged_not_reported_as_if_fine(areas, tmp_path):
-    """A small scene with sparse polygons: the tile size is chosen to fit, and the model is flagged untrustworthy
-    in the notebooks and the JSON (too few tiles, classes missing from training)."""
-    run_workbook(tmp_path, parameters=dict(PARAMS, tile_size=-1, study_area=str(areas["sparse_labels"])),
-                 progress=False)
+    """A small scene with sparse polygons, trained on the spatial split (the case seen in the field: few training
+    tiles in one region): the tile size is chosen to fit, and the model is flagged untrustworthy in the notebooks
+    and the JSON (too few tiles, classes missing from training, overfitting)."""
+    run_workbook(tmp_path, parameters=dict(PARAMS, tile_size=-1, split="spatial",
+                                           study_area=str(areas["sparse_labels"])), progress=False)
     tiles = json.loads((tmp_path / "03_build_tiles" / "tiles.json").read_text())
     assert tiles["tile"] == 32  # the quick profile's 128 px does not fit a 192-px scene
     assert tiles["warnings"]["spatial"]
