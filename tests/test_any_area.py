@@ -12,20 +12,10 @@ import yaml
 from lithocore.data import load_study_area
 from lithocore.workbook import run_workbook
 
+from .test_data import _copy_manifest
+
 PARAMS = dict(tile_size=32, stride=16, n_samples=40, epochs=2, steps_per_epoch=2, n_trees=20, cv_folds=2, cv_epochs=1,
               cv_block=64)
-
-
-def _absolute(manifest: Path) -> dict:
-    man = yaml.safe_load(manifest.read_text())
-    base = manifest.parent
-    for key in ("guide", "extra", "coarse", "points"):
-        for e in man.get(key, []):
-            e["path"] = str(base / e["path"])
-    man["reference"] = str(base / man["reference"])
-    man["labels"]["path"] = str(base / man["labels"]["path"])
-    man.pop("truth", None)
-    return man
 
 
 def _reference_spec(manifest: Path) -> dict:
@@ -65,7 +55,8 @@ def _sparse_labels(small_manifest: Path, out: Path, share: float = 0.06, seed: i
 @pytest.fixture(scope="module")
 def areas(small_manifest, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("areas")
-    full = _absolute(small_manifest)
+    full = _copy_manifest(small_manifest, folder)
+    full.pop("truth", None)
     out = {}
     out["imagery_only"] = _write(folder, "imagery_only", {**full, "extra": [], "coarse": [], "points": []})
     out["geophysics_only"] = _write(folder, "geophysics_only", {**full, "reference": _reference_spec(small_manifest),
