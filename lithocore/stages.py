@@ -25,7 +25,7 @@ import numpy as np
 from .data import NO_LABEL, load_study_area
 from .runfolder import RunFolder, key, manifest_fingerprint, write_json
 
-__all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "fit_tile_to_area", "run_config", "tiles_key", "training_tiles",
+__all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "fit_tile_to_area", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "fcn_map",
            "WorkbookWarning", "MIN_TRAINING_TILES"]
 
@@ -130,10 +130,10 @@ def run_config(profile: str, area, *, tile: int = -1, blocks: int = 4, **overrid
     return cfg
 
 
-def tiles_key(fingerprint: str, cfg, split: str, stratified: bool = False, blocks: int = 4) -> str:
-    """Provenance key of a tile set: the study area's content and every setting that changes the tiles."""
-    return key(dict(manifest=fingerprint, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples, seed=cfg.seed,
-                    split=split, stratified=bool(stratified), blocks=int(blocks)))
+def tiles_made_from(fingerprint: str, cfg, split: str) -> dict:
+    """What a tile set is made from: the study area's content and the settings every notebook shares."""
+    return dict(manifest=fingerprint, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples, seed=cfg.seed,
+                split=split)
 
 
 def tile_warnings(ts, area, n_samples: int) -> list[str]:
@@ -161,22 +161,31 @@ def tile_warnings(ts, area, n_samples: int) -> list[str]:
     return out
 
 
-def training_tiles(run_dir, area, cfg, split: str = "spatial", *, stratified: bool = False, blocks: int = 4):
+def training_tiles(run_dir, area, cfg, split: str = "spatial", *, stratified: bool | None = None,
+                   blocks: int | None = None):
     """The run's tiles for ``split``: read from notebook 03's file when made from the same study area and
-    settings, else sampled now and written there. The tile set's ``info`` carries its key and warnings."""
+    settings, else sampled now and written there. ``stratified`` and ``blocks`` (notebook 03's options) of
+    None accept what notebook 03 chose; new tiles use False and 4. The tile set's ``info`` carries what it was
+    made from, its key and its warnings."""
     from . import tiles as T
 
     rf = RunFolder(run_dir)
     path = rf.tiles_path(split)
-    k = tiles_key(manifest_fingerprint(area.manifest_path), cfg, split, stratified, blocks)
+    made = tiles_made_from(manifest_fingerprint(area.manifest_path), cfg, split)
     if path.is_file():
         ts = T.load_tiles(path)
-        if ts.info.get("tiles_key") == k:
+        stored = ts.info.get("made_from", {})
+        if all(stored.get(k) == v for k, v in made.items()) and \
+                (stratified is None or stored.get("stratified") == bool(stratified)) and \
+                (blocks is None or stored.get("blocks") == int(blocks)):
             return ts
         _say(f"{path} was made from another study area or other tile settings: sampling again.")
+    made |= dict(stratified=bool(stratified), blocks=4 if blocks is None else int(blocks))
     ts = T.make_tiles(area.labels, area.mask, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples,
-                      split=split, seed=cfg.seed, stratified=stratified, blocks=blocks, n_classes=len(area.classes))
-    ts.info["tiles_key"] = k
+                      split=split, seed=cfg.seed, stratified=made["stratified"], blocks=made["blocks"],
+                      n_classes=len(area.classes))
+    ts.info["made_from"] = made
+    ts.info["tiles_key"] = key(made)
     ts.info["warnings"] = tile_warnings(ts, area, cfg.n_samples)
     for w in ts.info["warnings"]:
         warnings.warn(f"{split} split: {w}", WorkbookWarning, stacklevel=2)

@@ -171,3 +171,16 @@ def test_atomic_writes_leave_no_temporary_files_and_normal_modes(tmp_path, small
             tmp.write_bytes(b"partial")
             raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"] and target.stat().st_size > 100
+
+
+def test_notebook_03s_sampling_options_are_followed(manifest, tmp_path, capsys):
+    """Tiles notebook 03 drew with its own options (stratified) are what a later stage trains on, unless that
+    stage names other options."""
+    run = tmp_path / "run"
+    area = load_study_area(manifest)
+    cfg = TR.resolve_config("quick", **TINY)
+    drawn = stages.training_tiles(run, area, cfg, "spatial", stratified=True, blocks=3)
+    again = stages.training_tiles(run, area, cfg, "spatial")
+    assert again.info["tiles_key"] == drawn.info["tiles_key"] and np.array_equal(again.train, drawn.train)
+    other = stages.training_tiles(run, area, cfg, "spatial", stratified=False)
+    assert other.info["made_from"]["stratified"] is False and "sampling again" in capsys.readouterr().out
