@@ -263,9 +263,9 @@ def _class_id(entry: dict, source: str, field: str | None = None) -> int:
             raise ValueError
         return int(f)
     except (TypeError, ValueError):
-        where = f" (the code field '{field}' holds)" if field else ""
-        raise StudyAreaError(source, f"class '{entry['name']}' has id {raw!r}{where}: an id is the integer pixel value "
-                                     f"of the label raster and of every class map; keep {raw!r} as the class's value "
+        where = f"; the field '{field}' may hold codes like {raw!r}" if field else ""
+        raise StudyAreaError(source, f"class '{entry['name']}' has id {raw!r}: an id is the integer pixel value of the "
+                                     f"label raster and of every class map{where}: keep {raw!r} as the class's value "
                                      f"(value: {raw}) and give it an integer id (id: 1, 2, ...)") from None
 
 
@@ -415,6 +415,15 @@ def memory_available() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def _size(n: float) -> str:
+    """Bytes as MiB or GiB.
+
+    >>> _size(3 * 2**30), _size(5 * 2**20)
+    ('3.0 GiB', '5.0 MiB')
+    """
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _check_memory(grid: Grid, n_fine: int, n_coarse: int, source) -> int:
     """Refuse a grid whose layers would not fit in memory, before allocating anything."""
     px = grid.width * grid.height
@@ -424,10 +433,10 @@ def _check_memory(grid: Grid, n_fine: int, n_coarse: int, source) -> int:
     have = memory_available()
     if need > have:
         raise StudyAreaError(source, f"the reference grid is {grid.height:,} x {grid.width:,} pixels of {grid.res:g} m "
-                                     f"({px / 1e6:,.0f} Mpx): loading and fusing its {n_fine} fine band(s) and "
-                                     f"{n_coarse} coarse layer(s) needs about {need / 2**30:.1f} GiB, but "
-                                     f"{have / 2**30:.1f} GiB is available. Choose a coarser resolution (reference: "
-                                     f"{{crs, bounds, resolution}}), a smaller area, or fewer bands")
+                                     f"({px / 1e6:,.1f} Mpx): loading and fusing its {n_fine} fine band(s) and "
+                                     f"{n_coarse} coarse layer(s) needs about {_size(need)}, but {_size(have)} is "
+                                     f"available. Choose a coarser resolution (reference: {{crs, bounds, resolution}}), "
+                                     f"a smaller area, or fewer bands")
     return need
 
 
@@ -618,7 +627,7 @@ _BDL = re.compile(r"^<\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
 
 
 def numeric_column(values, path, column: str, *, below_detection: str = "error", missing=(), row_name: str = "row",
-                   first_row: int = 2) -> np.ndarray:
+                   first_row: int = 2, coordinate: bool = False) -> np.ndarray:
     """A column of a sample table as float64: numbers as they are, empty cells and the ``missing`` tokens as
     NaN, ``<DL`` (below the detection limit) by the rule asked for (``half``: DL / 2, ``limit``: DL), anything
     else an error naming the file, the column and the first bad row.
@@ -656,8 +665,11 @@ def numeric_column(values, path, column: str, *, below_detection: str = "error",
             raise StudyAreaError(path, f"column '{column}', {row}: {t!r} is a value below the detection limit; choose "
                                        "how to use such values with 'below_detection: half' (half the limit, the usual "
                                        "rule) or 'below_detection: limit' in the points entry")
+        if coordinate:
+            raise StudyAreaError(path, f"column '{column}', {row}: {t!r} is not a number; coordinates must be numbers "
+                                       f"in the units of the entry's crs")
         raise StudyAreaError(path, f"column '{column}', {row}: {t!r} is not a number; if it means 'not measured', list "
-                                   f"it under 'missing: [{t!r}]' in the points entry")
+                                   f"it in the points entry as missing: [{t!r}]")
     return out
 
 
@@ -684,8 +696,8 @@ def _read_points(path: Path, entry: dict, grid: Grid):
                 raise StudyAreaError(path, f"coordinate column '{col}' does not exist; columns: {list(df.columns)}")
         if entry.get("crs") is None:
             raise StudyAreaError(path, "has no CRS (coordinate reference system): a CSV needs 'crs' in its manifest entry")
-        x = numeric_column(df[xcol], path, xcol)
-        y = numeric_column(df[ycol], path, ycol)
+        x = numeric_column(df[xcol], path, xcol, coordinate=True)
+        y = numeric_column(df[ycol], path, ycol, coordinate=True)
         bad = ~(np.isfinite(x) & np.isfinite(y))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])

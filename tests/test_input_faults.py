@@ -67,7 +67,7 @@ def test_text_class_codes(small_manifest, small_area, tmp_path):
     man["labels"]["classes"][0]["id"] = "U1"
     msg = _error(tmp_path, man)
     name = man["labels"]["classes"][0]["name"]
-    assert f"class '{name}' has id 'U1'" in msg and "field 'code'" in msg and "value" in msg
+    assert f"class '{name}' has id 'U1'" in msg and "the field 'code'" in msg and "(value: U1)" in msg
 
 
 def test_invalid_polygons_repaired_and_reported(small_manifest, tmp_path):
@@ -173,7 +173,7 @@ def test_not_determined_values_and_text_coordinates(small_manifest, tmp_path):
         rows[7][header.index("x")] = "396 100 E"
 
     msg = _error(tmp_path, _samples(small_manifest, tmp_path, text_xy))
-    assert "samples.csv" in msg and "column 'x', row 9: '396 100 E' is not a number" in msg
+    assert "samples.csv" in msg and "column 'x', row 9: '396 100 E' is not a number; coordinates must be" in msg
 
 
 # ------------------------------------------------------------------------------------------ nodata
@@ -216,7 +216,7 @@ def test_grid_too_big_for_memory_refused_before_allocating(small_manifest, tmp_p
     man = _copy_manifest(small_manifest, tmp_path)
     monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", "2M")
     msg = _error(tmp_path, man)
-    assert "192 x 192 pixels of 15 m" in msg and "GiB is available" in msg and "coarser resolution" in msg
+    assert "192 x 192 pixels of 15 m" in msg and "MiB is available" in msg and "coarser resolution" in msg
     monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", "8G")
     load_study_area(_write(tmp_path, man))
 
