@@ -184,6 +184,11 @@ class RunFolder:
     def tiles_path(self, split: str) -> Path:
         return self.root / "03_build_tiles" / f"tiles_{split}.npz"
 
+    @property
+    def folds_path(self) -> Path:
+        """The folds of the spatial cross-validation (notebook 03 draws them, notebook 06 uses them)."""
+        return self.root / "03_build_tiles" / "folds.npz"
+
     # --- 04
     @property
     def model_dir(self) -> Path:
@@ -209,3 +214,8 @@ class RunFolder:
     @property
     def comparison_path(self) -> Path:
         return self.root / "06_compare_random_forest" / "comparison.json"
+
+    @property
+    def cv_dir(self) -> Path:
+        """Per-fold models and cached fold predictions of the cross-validation."""
+        return self.root / "06_compare_random_forest" / "cv"

@@ -387,7 +387,7 @@ def cv_folds(run_dir, area, cfg, settings: dict):
     from .runfolder import atomic_path
 
     rf = RunFolder(run_dir)
-    path = rf.root / "03_build_tiles" / "folds.npz"
+    path = rf.folds_path
     k = key(dict(manifest=manifest_fingerprint(area.manifest_path), **settings, tile=cfg.tile, stride=cfg.stride,
                  n_samples=cfg.n_samples))
     if path.is_file():
