@@ -20,6 +20,7 @@ NodataValue = Union[float, int, str, None]  # a number, "nan", or "none"/null: t
 
 
 class _Entry(BaseModel):
+    # coerce_numbers_to_str: a crs written as a number (crs: 32646) or numeric units are text
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
@@ -28,11 +29,6 @@ class ReferenceGrid(_Entry):
     crs: str | None = None
     bounds: list[float] | None = Field(default=None, min_length=4, max_length=4)
     resolution: float | None = Field(default=None, gt=0)
-
-    @field_validator("crs", mode="before")
-    @classmethod
-    def _crs_text(cls, v):
-        return str(v) if isinstance(v, int) else v
 
     @model_validator(mode="after")
     def _complete(self):
@@ -76,11 +72,6 @@ class PointsEntry(_Entry):
     below_detection: Literal["error", "half", "limit"] = "error"
     missing: list[str] = []
 
-    @field_validator("crs", mode="before")
-    @classmethod
-    def _crs_text(cls, v):
-        return str(v) if isinstance(v, int) else v
-
 
 class ClassEntry(_Entry):
     id: Any
@@ -116,11 +107,6 @@ class Manifest(_Entry):
     points: list[PointsEntry] = []
     labels: Labels
     truth: dict[str, str] = {}
-
-    @field_validator("crs", mode="before")
-    @classmethod
-    def _crs_text(cls, v):
-        return str(v) if isinstance(v, int) else v
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
