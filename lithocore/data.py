@@ -780,7 +780,12 @@ def grid_points(x: np.ndarray, y: np.ndarray, values: np.ndarray, cgrid: Grid, m
 
 
 def _declared(lab: dict) -> tuple[set, set]:
-    return ({_norm(v) for v in lab.get("unlabelled", []) or []}, {_norm(v) for v in lab.get("nodata", []) or []})
+    """The label values declared as 'no label' and as nodata; the schema allows a single value or a list."""
+    def values(k):
+        v = lab.get(k)
+        return [] if v is None else (v if isinstance(v, list) else [v])
+
+    return {_norm(v) for v in values("unlabelled")}, {_norm(v) for v in values("nodata")}
 
 
 def _labels_from_raster(path: Path, lab: dict, table: ClassTable, grid: Grid, warns: list) -> tuple[np.ndarray, dict]:

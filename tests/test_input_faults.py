@@ -33,6 +33,8 @@ def test_zero_means_unlabelled_when_declared(small_manifest, small_area, tmp_pat
     area = load_study_area(_write(tmp_path, man))
     assert (area.labels[:, :40] == NO_LABEL).all()
     assert np.array_equal(area.labels[:, 40:], small_area.labels[:, 40:])
+    man["labels"]["unlabelled"] = 0  # a single value, as the schema allows
+    assert np.array_equal(load_study_area(_write(tmp_path, man)).labels, area.labels)
 
 
 def test_float_labels_with_nan_nodata(small_manifest, small_area, tmp_path):
