@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from .data import NO_LABEL
 from .metrics import confusion_matrix, scores
+from .runfolder import write_npz
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
            "verdict", "METRICS"]
@@ -166,7 +167,7 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
                 pred = np.asarray(run(i, train, test), dtype=np.uint8)
                 secs = time.perf_counter() - t0
                 if cached is not None:
-                    _save_npz(cached, pred=np.where(test, pred, NO_LABEL).astype(np.uint8), key=cache_key,
+                    write_npz(cached, pred=np.where(test, pred, NO_LABEL).astype(np.uint8), key=cache_key,
                               seconds=secs)
             oof[m][test] = pred[test]
             cm = confusion_matrix(labels, pred, n, test)
@@ -178,14 +179,6 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
     bar.close()
     pooled = {m: scores(cms[m], names) | {"confusion_matrix": cms[m].tolist()} for m in models}
     return dict(folds=per_fold, pooled=pooled, oof=oof)
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    from .runfolder import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
 
 
 def summarise(per_fold: list[dict], metrics=METRICS) -> dict:

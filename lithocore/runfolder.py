@@ -3,7 +3,7 @@
 A run folder holds one notebook stage per sub-folder (``01_load_data`` ... ``06_compare_random_forest``). Every
 result a later stage reads carries a **provenance key**: a hash of what it was made from (the content of the
 manifest and of every file it names, and the settings that matter). A stage that finds a result whose key is
-not the one it expects recomputes it (or stops with :class:`StaleResultError`), never reuses it.
+not the one it expects makes it again (and says so), never reuses it.
 
 Keys chain: the manifest's content fingerprint -> the fused stack (+ fusion settings) -> the tiles (+ tile
 settings) -> the model (+ training settings) -> the class maps (+ mapping settings) -> the comparison.
@@ -31,18 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["STAGES", "RunFolder", "StaleResultError", "key", "file_digest", "manifest_fingerprint", "atomic_path",
-           "write_json", "read_json", "normal_mode"]
+__all__ = ["STAGES", "RunFolder", "key", "file_digest", "manifest_fingerprint", "atomic_path",
+           "write_json", "write_npz", "normal_mode"]
 
 #: The stages, in order: the folder each notebook writes into.
 STAGES = ("01_load_data", "02_fuse_sources", "03_build_tiles", "04_train_fcn8s", "05_map_scene",
           "06_compare_random_forest")
 
 _TMP_PREFIX = ".tmp-"
-
-
-class StaleResultError(RuntimeError):
-    """A stored result was made from other inputs or settings than the ones asked for."""
 
 
 def key(obj: Any) -> str:
@@ -127,8 +123,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
-def read_json(path: str | os.PathLike) -> dict:
-    return json.loads(Path(path).read_text())
+def write_npz(path: str | os.PathLike, **arrays) -> Path:
+    """Write arrays to one compressed ``.npz`` file, atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return Path(path)
 
 
 def _jsonable(v):
@@ -147,7 +149,7 @@ def _jsonable(v):
 
 @dataclass(frozen=True)
 class RunFolder:
-    """The layout of a run folder: every path a stage reads or writes is named here, nowhere else.
+    """The layout of a run folder: every result one stage writes and another reads is named here, nowhere else.
 
     Examples
     --------
@@ -169,11 +171,6 @@ class RunFolder:
         d = self.root / name
         d.mkdir(parents=True, exist_ok=True)
         return d
-
-    # --- 01
-    @property
-    def study_area_json(self) -> Path:
-        return self.root / "01_load_data" / "study_area.json"
 
     # --- 02
     @property
@@ -211,10 +208,6 @@ class RunFolder:
         return self.root / "05_map_scene" / f"{prefix}_metrics.json"
 
     # --- 06
-    @property
-    def comparison_path(self) -> Path:
-        return self.root / "06_compare_random_forest" / "comparison.json"
-
     @property
     def cv_dir(self) -> Path:
         """Per-fold models and cached fold predictions of the cross-validation."""

@@ -324,8 +324,9 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
     from . import mapping, metrics
 
     rf = RunFolder(run_dir)
-    area, stack, channels, units = fused_stack(rf.root, manifest, area=area)
-    model, meta = load_or_train(rf.root, manifest, profile, split, area=area, **overrides)
+    area = area if area is not None else load_study_area(manifest)
+    model, meta = load_or_train(rf.root, manifest, profile, split, area=area, **overrides)  # makes the stack too
+    regions = evaluation_regions(rf.root, area, meta)
     classes_path, metrics_path = rf.class_map_path("fcn"), rf.map_metrics_path("fcn")
     scores = None
     if classes_path.is_file() and metrics_path.is_file():
@@ -340,7 +341,6 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
                                      norm["std"], mask=area.mask, tile=int(meta["config"]["tile"]), progress=False,
                                      tags=dict(model_key=meta.get("model_key")))
         classes, _ = mapping.read_class_map(classes_path, area.classes)
-        regions = evaluation_regions(rf.root, area, meta)
         scores = metrics.evaluate_map(classes, area.labels, area.mask, area.classes.names, boundary_width=boundary_width,
                                       regions={k: v for k, v in regions.items() if k != "train_region"})
         scores["mapping"] = result
@@ -348,7 +348,7 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
         write_json(metrics_path, scores)
     training = rf.model_dir / "training.json"
     scores["training_seconds"] = json.loads(training.read_text())["seconds"] if training.is_file() else None
-    scores["regions"] = evaluation_regions(rf.root, area, meta)
+    scores["regions"] = regions
     scores.setdefault("trust", meta.get("trust"))
     return classes, scores
 
@@ -384,7 +384,7 @@ def cv_folds(run_dir, area, cfg, settings: dict):
     """The run's folds (notebook 03 writes them; made now when missing or made from something else). ``k = 1``
     is the single spatial split: its validation region is the one fold's test region."""
     from . import crossval
-    from .runfolder import atomic_path
+    from .runfolder import write_npz
 
     rf = RunFolder(run_dir)
     path = rf.folds_path
@@ -403,10 +403,8 @@ def cv_folds(run_dir, area, cfg, settings: dict):
     else:
         folds = crossval.make_folds(area.labels, area.mask, settings["k"], block=settings["block"],
                                     buffer=settings["buffer"], seed=settings["seed"])
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, k=folds.k, block=folds.block, buffer=folds.buffer, fold=folds.fold,
-                                info=json.dumps(folds.info), key=k)
+    write_npz(path, k=folds.k, block=folds.block, buffer=folds.buffer, fold=folds.fold, info=json.dumps(folds.info),
+              key=k)
     return folds
 
 

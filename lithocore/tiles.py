@@ -239,13 +239,11 @@ def save_tiles(path, tiles: TileSet) -> None:
     """Write a tile set (windows, split, region map, description) to one ``.npz`` file, atomically."""
     import json
 
-    from .runfolder import atomic_path
+    from .runfolder import write_npz
 
-    with atomic_path(path) as tmp:
-        region = tiles.region if tiles.region is not None else np.zeros((0, 0), np.int8)
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, train=tiles.train, val=tiles.val, region=region,
-                                meta=json.dumps(dict(size=tiles.size, split=tiles.split, info=tiles.info)))
+    region = tiles.region if tiles.region is not None else np.zeros((0, 0), np.int8)
+    write_npz(path, train=tiles.train, val=tiles.val, region=region,
+              meta=json.dumps(dict(size=tiles.size, split=tiles.split, info=tiles.info)))
 
 
 def load_tiles(path) -> TileSet:
