@@ -1,11 +1,14 @@
-"""Mapping throughput and peak memory (slim and full FCN-8s) and random-forest fit / predict times, on the
-default-size synthetic area (1611 x 1650 pixels, 9 channels).
+"""Mapping against one bare forward pass of the same model over the same scene, in one process (slim and full
+FCN-8s), and the random forest's fit / predict times, on the default-size synthetic area (1611 x 1650 pixels,
+9 channels).
 
-    python benchmarks/bench_mapping.py [--crop 512] [--models slim full] [--out runs/bench/mapping.json]
+    python benchmarks/bench_mapping.py [--models slim full rf] [--memory-mb MB] [--out runs/bench/mapping.json]
 
-Models are untrained (speed does not depend on the weights). ``--crop N`` maps an N x N crop for the FCNs
-(pixels/s extrapolates; 0 maps the whole scene). The random forest uses the paper's settings (200 trees,
-mtry 3, 10 % of each class).
+Prints one JSON line per model. For an FCN: ``bare_pass_seconds`` (one ``predict_on_batch`` over the whole scene
+padded to the 32-pixel grid, the least any mapping can cost), ``mapping_seconds`` (``lithocore.mapping.map_array``:
+windows, margins, normalisation, class and confidence maps) and ``ratio_to_bare_pass``; each timed on its second
+run (the first traces the network), same process, same threads. Models are untrained (speed does not depend on
+the weights). Each model runs in its own process so that peak memory (``peak_rss_mb``) is its own.
 """
 
 from __future__ import annotations
@@ -30,29 +33,42 @@ def _stack():
     return area, stack
 
 
-def fcn(name: str, crop: int, tile: int) -> dict:
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fcn(name: str, memory_mb: float) -> dict:
     import keras
     import numpy as np
 
-    from lithocore.mapping import map_array
-    from lithocore.model import build_fcn8s
+    from lithocore import mapping
+    from lithocore.model import any_size, build_fcn8s
 
     area, stack = _stack()
-    if crop:
-        stack, mask = stack[:, :crop, :crop], area.mask[:crop, :crop]
-    else:
-        mask = area.mask
+    mean, std = np.nanmean(stack, (1, 2)), np.nanstd(stack, (1, 2))
     keras.utils.set_random_seed(0)
     kw = dict(width=0.125, fc=256) if name == "slim" else dict(width=1.0, fc=4096)
-    model = build_fcn8s(stack.shape[0], len(area.classes), tile=tile, **kw)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    t0 = time.perf_counter()
-    map_array(model, stack, mask, np.nanmean(stack, (1, 2)), np.nanstd(stack, (1, 2)), tile=tile, progress=False)
-    s = time.perf_counter() - t0
-    px = mask.size
-    return dict(model=name, pixels=px, seconds=s, pixels_per_second=px / s,
-                full_scene_minutes=area.mask.size / (px / s) / 60, peak_memory_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-                peak_before_mapping_gb=before)
+    model = any_size(build_fcn8s(stack.shape[0], len(area.classes), tile=128, upsampling="bilinear", **kw))
+    H, W = area.shape
+    ph, pw = -(-H // 32) * 32, -(-W // 32) * 32
+    x = np.zeros((1, ph, pw, stack.shape[0]), np.float32)
+    x[0, :H, :W] = np.nan_to_num(((stack - mean[:, None, None]) / std[:, None, None]).transpose(1, 2, 0))
+    times = {}
+    before = _rss_mb()
+    for label, fn in (("bare", lambda: model.predict_on_batch(x)),
+                      ("mapping", lambda: mapping.map_array(model, stack, area.mask, mean, std, memory_mb=memory_mb,
+                                                            progress=False))):
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        times[label] = time.perf_counter() - t0
+    plan = mapping.plan_windows(area.shape, bytes_per_px=mapping.bytes_per_pixel(model), memory_mb=memory_mb)
+    return dict(model=name, pixels=H * W, bare_pass_seconds=round(times["bare"], 3),
+                mapping_seconds=round(times["mapping"], 3),
+                ratio_to_bare_pass=round(times["mapping"] / times["bare"], 3),
+                pixels_per_second=round(H * W / times["mapping"]), windows=len(plan.origins()),
+                window=list(plan.window), planned_cost=round(plan.cost(), 3), memory_mb=memory_mb,
+                peak_rss_mb=round(_rss_mb()), rss_before_mapping_mb=round(before))
 
 
 def rf() -> dict:
@@ -62,28 +78,31 @@ def rf() -> dict:
     px = forest.sample_pixels(area.labels, area.mask, 0.1, 0)
     model, fit_s = forest.train_forest(stack, area.labels, px, n_trees=200, max_features=3)
     _, _, pred_s = forest.predict_forest(model, stack, area.mask, progress=False)
-    return dict(model="random forest", training_pixels=int(len(px)), fit_seconds=fit_s, predict_seconds=pred_s,
-                pixels_per_second=area.mask.sum() / pred_s,
-                peak_memory_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+    return dict(model="random forest", training_pixels=int(len(px)), fit_seconds=round(fit_s, 2),
+                predict_seconds=round(pred_s, 2), pixels_per_second=round(area.mask.sum() / pred_s),
+                peak_rss_mb=round(_rss_mb()))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["slim", "full", "rf"])
-    ap.add_argument("--crop", type=int, default=512)
-    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--memory-mb", type=float, default=None, help="mapping memory budget (default: the workbook's)")
     ap.add_argument("--out", default="runs/bench/mapping.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.memory_mb is None:
+        from lithocore.mapping import memory_budget_mb
+
+        a.memory_mb = round(memory_budget_mb())
     if a.one:
-        print(json.dumps(rf() if a.one == "rf" else fcn(a.one, a.crop, a.tile)))
+        print(json.dumps(rf() if a.one == "rf" else fcn(a.one, a.memory_mb)))
         return 0
     results = []
     for name in a.models:
-        cmd = [sys.executable, __file__, "--one", name, "--crop", str(a.crop), "--tile", str(a.tile)]
+        cmd = [sys.executable, __file__, "--one", name, "--memory-mb", str(a.memory_mb)]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         results.append(res)
-        print(json.dumps(res))
+        print(json.dumps(res), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2))
     return 0

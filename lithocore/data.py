@@ -1044,8 +1044,11 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
 # ------------------------------------------------------------------------------------------- writing
 def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, band_names: list[str] | None = None,
                   nodata: float | None = float("nan"), tags: dict | None = None,
-                  colormap: dict | None = None) -> Path:
+                  colormap: dict | None = None, cog: str | None = None) -> Path:
     """Write a (bands, H, W) or (H, W) array as a GeoTIFF, atomically (a temporary file renamed into place).
+
+    ``cog``: None for a plain tiled GeoTIFF, or the overview resampling (``"nearest"`` for classes,
+    ``"average"`` for values) of a cloud-optimised GeoTIFF with overviews (:func:`write_cog`).
 
     Examples
     --------
@@ -1068,4 +1071,19 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, ban
                 dst.update_tags(**{k: str(v) for k, v in tags.items()})
             if colormap:
                 dst.write_colormap(1, colormap)
+        if cog:
+            write_cog(tmp, tmp, resampling=cog)
     return path
+
+
+def write_cog(src_path: str | os.PathLike, path: str | os.PathLike, *, resampling: str = "nearest") -> Path:
+    """Copy a GeoTIFF into a cloud-optimised GeoTIFF at ``path`` (atomically; ``path`` may be the source): 512-px
+    tiles, deflate, internal overviews made with ``resampling`` ("nearest" for classes, "average" for values),
+    the colour table, band descriptions, scales and tags kept. A QGIS user opening a large map needs the
+    overviews."""
+    import rasterio.shutil
+
+    with atomic_path(path) as tmp:
+        rasterio.shutil.copy(str(src_path), str(tmp), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
+                             OVERVIEW_RESAMPLING=resampling.upper(), NUM_THREADS="ALL_CPUS")
+    return Path(path)

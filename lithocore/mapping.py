@@ -1,45 +1,141 @@
-"""Mapping a whole scene with a trained FCN: sliding windows, smooth blending, bounded memory, GeoTIFF outputs.
+"""Mapping a whole scene with a trained FCN: large windows on the network's grid, bounded memory, cloud-optimised
+GeoTIFFs, on one process or on a Dask cluster.
 
-Windows of ``tile`` pixels step by ``tile * (1 - overlap)``; each window's class probabilities are weighted by
-a sin^2 taper that falls to zero at the window's edges, and the weighted probabilities are summed and divided
-by the summed weights. With 50 % overlap the tapers add up to a constant, so there are no seams. The scene is
-padded by reflection (half a tile on every side), so edge pixels are predicted from the centre of a window,
-and the output has exactly the input's shape.
+A fully convolutional network takes any input whose sides are multiples of 32. The scene is cut into *cores*
+(equal rectangles, sides multiples of 32, as large as the memory budget allows: the whole default scene is one)
+and each core is predicted from a *window*: the core plus a ``margin`` of context on every side (reflected at the
+scene's edges). Only the core of each window is kept, so
 
-Only one row of windows is held at a time (``tile`` rows of the input and of the probability sums): the input
-is read, and the output written, a strip of rows at a time (:func:`map_geotiff` works from a GeoTIFF to
-GeoTIFFs), so a scene larger than memory can be mapped.
+- there is no window edge inside the map: every kept pixel has ``margin`` pixels of context or more (the
+  window-step stripes of 128-px windows blended at 50 % overlap came from the windows' zero-padded edges);
+- windows start on the network's 32-pixel grid (cores and margins are multiples of 32), so neighbouring
+  windows pool the same pixels together and agree where their contexts overlap;
+- no pixel is predicted twice: for one window the cost is that of one forward pass over the padded scene;
+- every window is the same size, so the network is traced once.
+
+Each window is an independent task: :func:`map_geotiff` runs them in this process or, given ``cluster``, as
+tasks of a ``dask.distributed`` cluster whose workers load the model once each; both paths run the same
+function on the same windows and give the same map, pixel for pixel. Outputs are written window by window to a
+tiled GeoTIFF (peak memory: one window, not the scene) and then copied into a cloud-optimised GeoTIFF (COG) with
+overviews, by GDAL: the class map (class ids of the class table, its colours and names, a QGIS style ``.qml``
+beside it) and the confidence (the largest class probability, as Byte: value / 250, 255 = nodata).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import rasterio
 
-from .data import NO_LABEL, ClassTable, Grid, write_geotiff
+from .data import NO_LABEL, ClassTable, Grid, write_cog, write_geotiff
 from .runfolder import atomic_path
 
-__all__ = ["taper", "predict_strips", "map_array", "map_geotiff", "write_class_map", "read_class_map",
-           "class_map_colours"]
+__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "map_array", "map_geotiff", "write_class_map",
+           "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
+
+#: Context kept around every window's core, in pixels (a multiple of 32).
+DEFAULT_MARGIN = 64
+#: Memory for one window (input and every layer's output), in MB, when none is given: a quarter of the memory
+#: available when mapping starts, at most this (the whole default scene is one window for the slim model
+#: from 860 MB, for the full model from 4.8 GB: measured peak 3.0 GB above the process's before it).
+DEFAULT_MEMORY_MB = 8192
 
 
-def taper(tile: int, floor: float = 1e-3) -> np.ndarray:
-    """(tile, tile) blending weights: sin^2 in each direction, never quite zero.
+def memory_budget_mb(memory_mb: float | None = None) -> float:
+    """``memory_mb``, or a quarter of the memory available now, at most :data:`DEFAULT_MEMORY_MB`."""
+    if memory_mb is not None and memory_mb > 0:
+        return float(memory_mb)
+    import psutil
+
+    return float(min(DEFAULT_MEMORY_MB, psutil.virtual_memory().available / 4 / 2 ** 20))
+#: Confidence is stored as Byte: probability = value * CONFIDENCE_SCALE; 255 is nodata.
+CONFIDENCE_SCALE = 1 / 250
+CONFIDENCE_NODATA = 255
+
+
+def _ceil32(n: float) -> int:
+    return max(32, int(math.ceil(n / 32)) * 32)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a scene of ``shape`` is cut: cores of ``core`` (rows, cols) pixels, each predicted with ``margin``
+    pixels of context on every side.
 
     Examples
     --------
-    >>> w = taper(8)
-    >>> w.shape, bool(w[3:5, 3:5].min() > 0.8 > w[0, 0])
-    ((8, 8), True)
+    >>> p = plan_windows((1611, 1650), max_core=2048)
+    >>> p.core, p.window, len(p.origins()), round(p.cost(), 2)
+    ((1632, 1664), (1760, 1792), 1, 1.16)
     """
-    s = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
-    return np.maximum(np.outer(s, s), floor).astype(np.float32)
+
+    shape: tuple[int, int]
+    core: tuple[int, int]
+    margin: int
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.core[0] + 2 * self.margin, self.core[1] + 2 * self.margin
+
+    def origins(self) -> list[tuple[int, int]]:
+        """Top-left scene pixel of every core, row by row."""
+        return [(r, c) for r in range(0, self.shape[0], self.core[0]) for c in range(0, self.shape[1], self.core[1])]
+
+    def cost(self) -> float:
+        """Pixels the network computes, relative to one forward pass over the scene padded to the 32-px grid."""
+        bare = _ceil32(self.shape[0]) * _ceil32(self.shape[1])
+        return len(self.origins()) * self.window[0] * self.window[1] / bare
+
+    def boundaries(self) -> tuple[list[int], list[int]]:
+        """Scene rows and columns where one core ends and the next begins (where seams could be)."""
+        return list(range(self.core[0], self.shape[0], self.core[0])), list(range(self.core[1], self.shape[1], self.core[1]))
+
+
+def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin: int = DEFAULT_MARGIN,
+                 bytes_per_px: float = 400.0, memory_mb: float = 1024.0) -> WindowPlan:
+    """Equal cores as large as ``max_core`` (or, when None, as large as a window of ``bytes_per_px`` bytes per
+    pixel fits in ``memory_mb``), on the 32-pixel grid; as few as possible, so as little margin as possible is
+    computed twice."""
+    if margin % 32 or margin < 0:
+        raise ValueError(f"the margin must be a non-negative multiple of 32 (the network's grid), got {margin}")
+    if max_core is None:
+        side = math.sqrt(memory_mb * 2 ** 20 / max(bytes_per_px, 1.0)) - 2 * margin
+        max_core = max(32, int(side) // 32 * 32)
+    elif max_core % 32 or max_core < 32:
+        raise ValueError(f"the core size must be a positive multiple of 32, got {max_core}")
+    core = []
+    for n in shape:
+        pieces = math.ceil(n / max_core)
+        core.append(min(max_core, _ceil32(n / pieces)))
+    return WindowPlan(tuple(int(s) for s in shape), (core[0], core[1]), int(margin))
+
+
+def bytes_per_pixel(model, n_channels: int | None = None) -> float:
+    """Memory of one forward pass per input pixel: the input and every layer's output (float32), summed (an
+    upper bound: a backend frees most of them on the way). 400 bytes for a model that is not a Keras model."""
+    try:
+        import keras
+
+        cfg = model.get_config()
+        probe = 64
+        for layer in cfg["layers"]:
+            if layer["class_name"] == "InputLayer":
+                c = layer["config"]["batch_shape"][-1]
+                layer["config"]["batch_shape"] = [None, probe, probe, c]
+        fixed = keras.Model.from_config(cfg)
+        floats = sum(int(np.prod(l.output.shape[1:])) for l in fixed.layers if getattr(l, "output", None) is not None)
+        return 4.0 * floats / probe ** 2
+    except Exception:  # a plain callable (tests) or a subclassed model
+        return 400.0
 
 
 def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
@@ -51,105 +147,97 @@ def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(m < n, m, period - m)
 
 
-def predict_strips(predict: Callable[[np.ndarray], np.ndarray], read_rows: Callable[[int, int], np.ndarray],
-                   shape: tuple[int, int], n_classes: int, *, tile: int = 256, overlap: float = 0.5,
-                   batch_size: int = 8, progress: bool = True) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first_row, probabilities)`` for consecutive strips of the scene, top to bottom.
-
-    ``read_rows(r0, r1)`` returns the input rows ``r0:r1`` as (C, r1 - r0, W), normalised; ``predict`` maps a
-    (B, tile, tile, C) batch to (B, tile, tile, n_classes) probabilities. The strips cover the scene exactly.
-    """
-    from tqdm.auto import tqdm
-
-    H, W = shape
-    if tile % 32:
-        raise ValueError(f"the tile must be a multiple of 32, got {tile}")
-    step = max(1, int(round(tile * (1 - overlap))))
-    pad = tile // 2
-    ph, pw = H + 2 * pad, W + 2 * pad  # padded scene
-    n_rows = max(1, math.ceil((ph - tile) / step) + 1)
-    n_cols = max(1, math.ceil((pw - tile) / step) + 1)
-    cols = [min(j * step, max(0, pw - tile)) for j in range(n_cols)]
-    rows = [min(i * step, max(0, ph - tile)) for i in range(n_rows)]
-    rows = sorted(set(rows))
-    weight = taper(tile)
-    col_idx = _reflect(np.arange(pw) - pad, W)
-    acc = np.zeros((n_classes, tile, pw), np.float32)  # probability sums for padded rows [base, base + tile)
-    wsum = np.zeros((tile, pw), np.float32)
-    base = 0
-
-    def flush(upto: int):
-        """The scene rows among padded rows [base, upto), which no later window touches."""
-        first, last = max(base, pad), min(upto, pad + H)
-        if last > first:
-            sl = slice(first - base, last - base)
-            return first - pad, acc[:, sl, pad:pad + W] / wsum[sl, pad:pad + W]
-        return None
-
-    bar = tqdm(total=len(rows) * len(cols), desc="mapping", unit="window", disable=not progress)
-    for r in rows:
-        if r > base:
-            done = flush(r)
-            if done is not None:
-                yield done
-            d = r - base
-            acc = np.roll(acc, -d, axis=1)
-            wsum = np.roll(wsum, -d, axis=0)
-            acc[:, tile - d:] = 0
-            wsum[tile - d:] = 0
-            base = r
-        row_idx = _reflect(np.arange(r, r + tile) - pad, H)
-        lo, hi = int(row_idx.min()), int(row_idx.max()) + 1
-        block = read_rows(lo, hi)  # (C, hi - lo, W)
-        strip = block[:, row_idx - lo][:, :, col_idx]  # (C, tile, pw)
-        windows = np.stack([strip[:, :, c:c + tile] for c in cols]).transpose(0, 2, 3, 1)
-        for b0 in range(0, len(cols), batch_size):
-            probs = np.asarray(predict(windows[b0:b0 + batch_size]), dtype=np.float32)
-            for k, c in enumerate(cols[b0:b0 + batch_size]):
-                acc[:, :, c:c + tile] += probs[k].transpose(2, 0, 1) * weight
-                wsum[:, c:c + tile] += weight
-            bar.update(len(probs))
-    bar.close()
-    done = flush(base + tile)
-    if done is not None:
-        yield done
-
-
 def _normalised(raw: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """(raw - mean) / std, with 0 where a pixel is not valid or not finite (as in training)."""
     x = (raw - mean) / std
     return np.where(valid[None] & np.isfinite(x), x, 0.0).astype(np.float32)
 
 
+def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                   read: Callable[[int, int, int, int], np.ndarray], plan: WindowPlan, r0: int, c0: int,
+                   mean, std) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One core: (class index, confidence, valid) arrays of the core's part of the scene.
+
+    ``read(r_lo, r_hi, c_lo, c_hi)`` returns raw stack pixels (C, rows, cols); pixels where any channel is not
+    finite are not valid (and fed to the network as 0, as in training). ``predict`` maps a (1, h, w, C) window to
+    its (h, w) class indices and (h, w) largest probabilities (:func:`_keras_predict`).
+    """
+    H, W = plan.shape
+    m, (ch, cw) = plan.margin, plan.core
+    ri = _reflect(np.arange(r0 - m, r0 + ch + m), H)
+    ci = _reflect(np.arange(c0 - m, c0 + cw + m), W)
+    rlo, clo = int(ri.min()), int(ci.min())
+    raw = np.asarray(read(rlo, int(ri.max()) + 1, clo, int(ci.max()) + 1), np.float32)
+    x = raw.transpose(1, 2, 0)[np.ix_(ri - rlo, ci - clo)]  # (h, w, C), one gather
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
+    ok = np.isfinite(x).all(axis=-1)
+    x[~ok] = 0.0
+    cls, conf = predict(x[None])
+    h, w = min(ch, H - r0), min(cw, W - c0)
+    sl = (slice(m, m + h), slice(m, m + w))
+    return np.asarray(cls)[sl].astype(np.uint8), np.asarray(conf, np.float32)[sl], ok[sl]
+
+
+_HEADS: dict = {}
+
+
 def _keras_predict(model):
-    def predict(x):
-        return np.asarray(model.predict_on_batch(x))
+    """``x -> (class index, largest probability)`` for one window. A Keras model gets both computed in its own
+    graph (multi-threaded, no (h, w, classes) array back in numpy); anything else with ``predict_on_batch`` is
+    reduced in numpy."""
+    try:
+        import keras
+        from keras import ops
+
+        head = _HEADS.get(id(model))
+        if head is None or head[0] is not model:
+            p = model.outputs[0]
+            head = (model, keras.Model(model.inputs, [ops.argmax(p, axis=-1), ops.max(p, axis=-1)]))
+            _HEADS.clear()
+            _HEADS[id(model)] = head
+
+        def predict(x):
+            cls, conf = head[1].predict_on_batch(x)
+            return np.asarray(cls)[0], np.asarray(conf)[0]
+    except (AttributeError, TypeError, IndexError):  # not a functional Keras model
+        def predict(x):
+            p = np.asarray(model.predict_on_batch(x), np.float32)[0]
+            return np.argmax(p, axis=-1), p.max(axis=-1)
     return predict
 
 
-def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, tile: int = 256, overlap: float = 0.5,
-              batch_size: int = 8, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(model):
+    """The network at any input size (Keras models built for a fixed tile are rebuilt, same weights)."""
+    if hasattr(model, "get_config") and hasattr(model, "inputs"):
+        from .model import any_size
+
+        return any_size(model)
+    return model
+
+
+def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core: int | None = None,
+              margin: int = DEFAULT_MARGIN, memory_mb: float | None = None,
+              progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Map an in-memory stack: (class index map, confidence), each exactly the scene's shape.
 
-    Class index :data:`~lithocore.data.NO_LABEL` and confidence NaN outside ``mask``.
+    Class index :data:`~lithocore.data.NO_LABEL` and confidence NaN outside ``mask`` or where a channel is NaN.
     """
-    mean = np.asarray(mean, np.float32)[:, None, None]
-    std = np.asarray(std, np.float32)[:, None, None]
+    from tqdm.auto import tqdm
+
+    model = _prepare(model)
     H, W = mask.shape
-
-    def read_rows(r0, r1):
-        return _normalised(stack[:, r0:r1], mask[r0:r1], mean, std)
-
-    n_classes = int(model.output_shape[-1])
+    plan = plan_windows((H, W), max_core=max_core, margin=margin, bytes_per_px=bytes_per_pixel(model),
+                        memory_mb=memory_budget_mb(memory_mb))
     classes = np.full((H, W), NO_LABEL, np.uint8)
     conf = np.full((H, W), np.nan, np.float32)
-    for r0, probs in predict_strips(_keras_predict(model), read_rows, (H, W), n_classes, tile=tile, overlap=overlap,
-                                    batch_size=batch_size, progress=progress):
-        r1 = r0 + probs.shape[1]
-        classes[r0:r1] = np.argmax(probs, axis=0)
-        conf[r0:r1] = probs.max(axis=0)
-    classes[~mask] = NO_LABEL
-    conf[~mask] = np.nan
+    predict = _keras_predict(model)
+    for r0, c0 in tqdm(plan.origins(), desc="mapping", unit="window", disable=not progress):
+        cls, p, ok = predict_window(predict, lambda a, b, c, d: stack[:, a:b, c:d], plan, r0, c0, mean, std)
+        h, w = cls.shape
+        ok &= mask[r0:r0 + h, c0:c0 + w]
+        classes[r0:r0 + h, c0:c0 + w] = np.where(ok, cls, NO_LABEL)
+        conf[r0:r0 + h, c0:c0 + w] = np.where(ok, p, np.nan)
     return classes, conf
 
 
@@ -172,11 +260,13 @@ def _class_tags(table: ClassTable) -> dict:
 
 def write_class_map(path, classes: np.ndarray, grid: Grid, table: ClassTable, *, tags: dict | None = None) -> Path:
     """A class map GeoTIFF for QGIS from class *indices*: the file stores the class *ids* of the class table
-    (as the label raster does), with the table's colours and names; nodata where no class."""
+    (as the label raster does), with the table's colours and names; nodata where no class. A cloud-optimised
+    GeoTIFF with overviews, and a QGIS style (``.qml``) beside it."""
     dtype, nodata = table.id_dtype()
     colormap = class_map_colours(table) if dtype in ("uint8", "uint16") else None
+    write_qml(Path(path).with_suffix(".qml"), table)
     return write_geotiff(path, table.to_ids(classes), grid, nodata=nodata, band_names=["class id"],
-                         colormap=colormap, tags=_class_tags(table) | (tags or {}))
+                         colormap=colormap, tags=_class_tags(table) | (tags or {}), cog="nearest")
 
 
 def read_class_map(path, table: ClassTable) -> tuple[np.ndarray, dict]:
@@ -193,59 +283,170 @@ def read_class_map(path, table: ClassTable) -> tuple[np.ndarray, dict]:
     return table.to_indices(ids), tags
 
 
+def write_qml(path, table: ClassTable) -> Path:
+    """A QGIS layer style (paletted renderer: each class id with its name and colour) at ``path``; saved as
+    ``<map>.qml`` beside ``<map>.tif``, QGIS applies it when the map is opened."""
+    from xml.sax.saxutils import quoteattr
+
+    entries = "\n".join(f"        <paletteEntry value=\"{int(cid)}\" color=\"{col.lower()}\" alpha=\"255\" "
+                        f"label={quoteattr(str(name))}/>"
+                        for cid, name, col in zip(table.ids, table.names, table.colours))
+    text = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
+    <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0"/>
+    <rasterresampler maxOversample="2"/>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def read_confidence(path) -> np.ndarray:
+    """A confidence map written by the workbook as float probabilities (NaN = nodata)."""
+    with rasterio.open(path) as src:
+        raw = src.read(1, masked=True)
+        scale = src.scales[0] or 1.0
+    return np.where(raw.mask, np.nan, raw.data.astype(np.float32) * scale).astype(np.float32)
+
+
+def _connect(cluster):
+    """A ``distributed.Client`` for ``cluster``: a Client (used as it is), ``"local"`` or ``"local:K"`` (a
+    LocalCluster of K one-thread worker processes on this machine, 2 by default) or a scheduler address
+    (``tcp://host:8786``, e.g. of a cluster started by dask-jobqueue on SLURM or by dask-kubernetes)."""
+    from distributed import Client, LocalCluster
+
+    if isinstance(cluster, Client):
+        return contextlib.nullcontext(cluster)
+    text = str(cluster)
+    if text == "local" or text.startswith("local:"):
+        n = int(text.split(":", 1)[1]) if ":" in text else 2
+        lc = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        stack = contextlib.ExitStack()
+        stack.enter_context(lc)
+        client = stack.enter_context(Client(lc))
+        return _closing(stack, client)
+    return Client(text)
+
+
+@contextlib.contextmanager
+def _closing(stack, client):
+    with stack:
+        yield client
+
+
+_WORKER_MODELS: dict = {}
+
+
+def _worker_model(model_path: str):
+    """The model of ``model_path``, loaded once per worker process."""
+    if model_path not in _WORKER_MODELS:
+        import keras
+
+        _WORKER_MODELS.clear()
+        _WORKER_MODELS[model_path] = keras.saving.load_model(model_path, compile=False)
+    return _WORKER_MODELS[model_path]
+
+
+def _read_stack(stack_path: str):
+    def read(a, b, c, d):
+        with rasterio.open(stack_path) as src:
+            return src.read(window=rasterio.windows.Window(c, a, d - c, b - a)).astype(np.float32)
+    return read
+
+
+def _remote_window(model_path: str, stack_path: str, plan: WindowPlan, r0: int, c0: int, mean, std):
+    """A window as a cluster task: the worker's model, the stack read from the shared file system."""
+    predict = _keras_predict(_worker_model(model_path))
+    return (r0, c0) + predict_window(predict, _read_stack(stack_path), plan, r0, c0, mean, std)
+
+
 def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mask: np.ndarray | None = None,
-                tile: int = 256, overlap: float = 0.5, batch_size: int = 8, strip_rows: int | None = None,
-                progress: bool = True, prefix: str = "fcn", tags: dict | None = None) -> dict:
-    """Map a stack GeoTIFF into ``<prefix>_classes.tif`` and ``<prefix>_confidence.tif``, reading and writing by
-    strips of rows (memory bounded by the tile and the scene's width, not its height).
+                max_core: int | None = None, margin: int = DEFAULT_MARGIN, memory_mb: float | None = None,
+                cluster=None, progress: bool = True, prefix: str = "fcn", tags: dict | None = None) -> dict:
+    """Map a stack GeoTIFF into ``<prefix>_classes.tif`` (+ ``.qml``) and ``<prefix>_confidence.tif``, window by
+    window (peak memory: one window), as cloud-optimised GeoTIFFs with overviews.
 
     Pixels where any channel is NaN (or outside ``mask``) are nodata. The class map stores class ids (as the
-    label raster does); ``tags`` (provenance) are written into both files. Returns paths and timings.
+    label raster does); ``tags`` (provenance) are written into both files. ``cluster``: None (this process),
+    ``"local"``/``"local:K"``, a scheduler address or a ``distributed.Client`` (see :func:`_connect`): the
+    windows become cluster tasks, and the map is the same. Returns paths, the window plan and timings.
     """
-    import contextlib
+    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mean = np.asarray(mean, np.float32)[:, None, None]
-    std = np.asarray(std, np.float32)[:, None, None]
+    model = _prepare(model)
     t0 = time.perf_counter()
     paths = {k: out_dir / f"{prefix}_{k}.tif" for k in ("classes", "confidence")}
     dtype, nodata = table.id_dtype()
-    with contextlib.ExitStack() as stack_ctx:
-        tmp = {k: stack_ctx.enter_context(atomic_path(p)) for k, p in paths.items()}
-        with rasterio.open(stack_path) as src:
-            H, W = src.height, src.width
-            grid = Grid(src.crs, src.transform, W, H)
-
-            def valid_rows(r0, r1, raw):
-                ok = np.isfinite(raw).all(axis=0)
-                return ok & mask[r0:r1] if mask is not None else ok
-
-            def read_rows(r0, r1):
-                raw = src.read(window=rasterio.windows.Window(0, r0, W, r1 - r0)).astype(np.float32)
-                return _normalised(raw, valid_rows(r0, r1, raw), mean, std)
-
-            prof_c = grid.profile(1, dtype, nodata)
-            prof_p = grid.profile(1, "float32")
-            n_classes = int(model.output_shape[-1])
-            with rasterio.open(tmp["classes"], "w", **prof_c) as dc, rasterio.open(tmp["confidence"], "w", **prof_p) as dp:
-                for r0, probs in predict_strips(_keras_predict(model), read_rows, (H, W), n_classes, tile=tile,
-                                                overlap=overlap, batch_size=batch_size, progress=progress):
-                    n = probs.shape[1]
-                    raw = src.read(window=rasterio.windows.Window(0, r0, W, n))
-                    ok = valid_rows(r0, r0 + n, raw)
-                    cls = table.to_ids(np.where(ok, np.argmax(probs, axis=0), NO_LABEL).astype(np.uint8))
-                    conf = np.where(ok, probs.max(axis=0), np.nan).astype(np.float32)
-                    win = rasterio.windows.Window(0, r0, W, n)
-                    dc.write(cls[None], window=win)
-                    dp.write(conf[None], window=win)
-                if dtype in ("uint8", "uint16"):
-                    dc.write_colormap(1, class_map_colours(table))
-                dc.set_band_description(1, "class id")
-                extra = {k: str(v) for k, v in (tags or {}).items()}
-                dc.update_tags(**_class_tags(table), **extra)
-                dp.set_band_description(1, "confidence (largest class probability)")
-                dp.update_tags(**extra)
+    with rasterio.open(stack_path) as src:
+        H, W = src.height, src.width
+        grid = Grid(src.crs, src.transform, W, H)
+    plan = plan_windows((H, W), max_core=max_core, margin=margin, bytes_per_px=bytes_per_pixel(model),
+                        memory_mb=memory_budget_mb(memory_mb))
+    extra = {k: str(v) for k, v in (tags or {}).items()}
+    with tempfile.TemporaryDirectory(prefix=".map-", dir=out_dir) as work:
+        work = Path(work)
+        prof_c = grid.profile(1, dtype, nodata) | dict(tiled=True, blockxsize=256, blockysize=256)
+        prof_p = grid.profile(1, "uint8", CONFIDENCE_NODATA) | dict(tiled=True, blockxsize=256, blockysize=256)
+        with rasterio.open(work / "classes.tif", "w", **prof_c) as dc, \
+                rasterio.open(work / "confidence.tif", "w", **prof_p) as dp:
+            bar = tqdm(total=len(plan.origins()), desc=f"mapping ({prefix})", unit="window", disable=not progress)
+            for r0, c0, cls, p, ok in _run_windows(model, stack_path, plan, mean, std, cluster, work):
+                h, w = cls.shape
+                if mask is not None:
+                    ok &= mask[r0:r0 + h, c0:c0 + w]
+                win = rasterio.windows.Window(c0, r0, w, h)
+                dc.write(table.to_ids(np.where(ok, cls, NO_LABEL).astype(np.uint8))[None], window=win)
+                dp.write(np.where(ok, np.round(p / CONFIDENCE_SCALE), CONFIDENCE_NODATA).astype(np.uint8)[None],
+                         window=win)
+                bar.update(1)
+            bar.close()
+            if dtype in ("uint8", "uint16"):
+                dc.write_colormap(1, class_map_colours(table))
+            dc.set_band_description(1, "class id")
+            dc.update_tags(**_class_tags(table), **extra)
+            dp.set_band_description(1, "confidence (largest class probability)")
+            dp.scales, dp.offsets = (CONFIDENCE_SCALE,), (0.0,)
+            dp.update_tags(**extra, units="probability = value x scale (1/250); 255 = nodata")
+        mapped = time.perf_counter() - t0
+        write_cog(work / "classes.tif", paths["classes"], resampling="nearest")
+        write_cog(work / "confidence.tif", paths["confidence"], resampling="average")
+    write_qml(paths["classes"].with_suffix(".qml"), table)
     seconds = time.perf_counter() - t0
-    return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]), seconds=seconds,
-                pixels_per_second=H * W / seconds)
+    return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]),
+                style=str(paths["classes"].with_suffix(".qml")), seconds=seconds, mapping_seconds=mapped,
+                pixels_per_second=H * W / seconds, windows=len(plan.origins()), window=list(plan.window),
+                core=list(plan.core), margin=plan.margin, cost_vs_one_pass=plan.cost(),
+                cluster=None if cluster is None else str(cluster))
+
+
+def _run_windows(model, stack_path, plan: WindowPlan, mean, std, cluster, work: Path):
+    """Yield ``(r0, c0, classes, confidence, valid)`` for every core, from this process or from the cluster."""
+    mean, std = [float(v) for v in np.ravel(mean)], [float(v) for v in np.ravel(std)]
+    if cluster is None:
+        predict, read = _keras_predict(model), _read_stack(str(stack_path))
+        for r0, c0 in plan.origins():
+            yield (r0, c0) + predict_window(predict, read, plan, r0, c0, mean, std)
+        return
+    from distributed import as_completed
+
+    model_path = str(work / "model.keras")
+    model.save(model_path)
+    with _connect(cluster) as client:
+        futures = [client.submit(_remote_window, model_path, str(Path(stack_path).resolve()), plan, r0, c0, mean,
+                                 std, pure=False) for r0, c0 in plan.origins()]
+        for fut in as_completed(futures):
+            yield fut.result()
+            fut.release()

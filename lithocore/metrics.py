@@ -11,7 +11,7 @@ import numpy as np
 
 from .data import NO_LABEL
 
-__all__ = ["confusion_matrix", "scores", "boundary_zone", "salt_and_pepper", "fragments", "evaluate_map"]
+__all__ = ["confusion_matrix", "scores", "boundary_zone", "salt_and_pepper", "fragments", "evaluate_map", "stripe_ratio"]
 
 
 def confusion_matrix(reference: np.ndarray, predicted: np.ndarray, n_classes: int,
@@ -126,6 +126,42 @@ def fragments(classes: np.ndarray, mask: np.ndarray, n_classes: int, min_pixels:
     mp = max(valid.sum(), 1) / 1e6
     return dict(patches=int(total), small_patches=int(small), small_per_million_pixels=small / mp,
                 min_pixels=min_pixels)
+
+
+def stripe_ratio(classes: np.ndarray, valid: np.ndarray | None = None, *, period: int | tuple[int, int] = 64,
+                 offset: int = 0) -> float | None:
+    """How much more often the class changes across the lines of a regular grid than elsewhere.
+
+    The lines are the columns (and rows) ``c`` with ``c % period == offset`` (``period`` may be (rows, cols)): a change "on a line" is a pair of
+    neighbours ``(c - 1, c)`` that differ. The ratio is the share of such pairs that differ on the lines over the
+    share elsewhere, columns and rows together; 1 means the grid leaves no trace. A map made in windows that
+    step by ``period`` shows its seams as a ratio above that of a map made without windows (a per-pixel
+    forest's) on the same scene, which gives the floor the geology itself sets. None when there are no lines
+    or no changes elsewhere.
+
+    Examples
+    --------
+    >>> m = np.zeros((64, 64), np.uint8); m[:, 16::16] = 1   # a stripe on every 16th column
+    >>> round(stripe_ratio(m, period=16), 2), stripe_ratio(np.tile([0, 1], (8, 4)).astype(np.uint8), period=4)
+    (20.0, 1.0)
+    """
+    classes = np.asarray(classes)
+    valid = (classes != NO_LABEL) if valid is None else np.asarray(valid, bool) & (classes != NO_LABEL)
+    on = [0, 0]
+    off = [0, 0]
+    periods = (period, period) if np.isscalar(period) else tuple(period)
+    for arr, ok, period in ((classes, valid, periods[1]), (classes.T, valid.T, periods[0])):
+        diff = arr[:, 1:] != arr[:, :-1]
+        both = ok[:, 1:] & ok[:, :-1]
+        cols = np.arange(1, arr.shape[1])
+        line = (cols % period) == (offset % period)
+        on[0] += int((diff & both)[:, line].sum())
+        on[1] += int(both[:, line].sum())
+        off[0] += int((diff & both)[:, ~line].sum())
+        off[1] += int(both[:, ~line].sum())
+    if on[1] == 0 or off[1] == 0 or off[0] == 0:
+        return None
+    return (on[0] / on[1]) / (off[0] / off[1])
 
 
 def evaluate_map(classes: np.ndarray, labels: np.ndarray, mask: np.ndarray, names, *,

@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-__all__ = ["build_fcn8s", "PixelCrossEntropy", "masked_accuracy", "backend_info", "describe_layers"]
+__all__ = ["build_fcn8s", "PixelCrossEntropy", "masked_accuracy", "backend_info", "describe_layers", "any_size"]
 
 
 def bilinear_kernel(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
@@ -212,3 +212,21 @@ def backend_info() -> dict:
     return dict(backend=backend, keras=keras.__version__, gpus=devices, gpu=bool(devices),
                 env_backend=os.environ.get("KERAS_BACKEND", ""))
 
+
+
+def any_size(model):
+    """The same network taking inputs of any size (a multiple of 32): ``model`` itself when its input size is
+    free, else a copy rebuilt from its configuration with the spatial size left open and the same weights.
+    Training fixes the tile size; mapping feeds the network whole scenes or large windows."""
+    import keras
+
+    shape = tuple(model.inputs[0].shape)
+    if shape[1] is None and shape[2] is None:
+        return model
+    cfg = model.get_config()
+    for layer in cfg["layers"]:
+        if layer["class_name"] == "InputLayer":
+            layer["config"]["batch_shape"] = [None, None, None, shape[-1]]
+    free = keras.Model.from_config(cfg)
+    free.set_weights(model.get_weights())
+    return free

@@ -209,6 +209,11 @@ class RunFolder:
 
     # --- 06
     @property
+    def forest_map_path(self) -> Path:
+        """The per-pixel forest's whole-scene map (the paper's protocol), notebook 06."""
+        return self.root / "06_compare_random_forest" / "rf_paper_classes.tif"
+
+    @property
     def cv_dir(self) -> Path:
         """Per-fold models and cached fold predictions of the cross-validation."""
         return self.root / "06_compare_random_forest" / "cv"

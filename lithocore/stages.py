@@ -14,6 +14,7 @@ and :func:`assess_model` writes a verdict on whether the model's scores mean any
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
@@ -338,7 +339,7 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
     if scores is None:
         norm = meta["normalisation"]
         result = mapping.map_geotiff(model, rf.stack_path, rf.stage("05_map_scene"), area.classes, norm["mean"],
-                                     norm["std"], mask=area.mask, tile=int(meta["config"]["tile"]), progress=False,
+                                     norm["std"], mask=area.mask, progress=False,
                                      tags=dict(model_key=meta.get("model_key")))
         classes, _ = mapping.read_class_map(classes_path, area.classes)
         scores = metrics.evaluate_map(classes, area.labels, area.mask, area.classes.names, boundary_width=boundary_width,
@@ -351,6 +352,27 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
     scores["regions"] = regions
     scores.setdefault("trust", meta.get("trust"))
     return classes, scores
+
+
+def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | None = None,
+                  others: dict[str, np.ndarray] | None = None) -> dict:
+    """Stripe ratios (:func:`lithocore.metrics.stripe_ratio`) of a window-made map on the network's 32-px grid,
+    on the first version's 64-px window step and on the borders of this map's windows, beside those of the
+    geological map, of the per-pixel forest's map (notebook 06's, when it exists) and of ``others``."""
+    from . import mapping, metrics
+
+    grids = {"network grid (32 px)": 32, "old window step (64 px)": 64}
+    if mapping_result and mapping_result.get("windows", 1) > 1:
+        grids["window borders"] = tuple(mapping_result["core"])
+    maps = {"this map": classes, "geological map": area.labels}
+    forest_path = RunFolder(run_dir).forest_map_path
+    if forest_path.is_file():
+        with contextlib.suppress(ValueError):  # made with another class table: not comparable
+            maps["random forest (per pixel)"] = mapping.read_class_map(forest_path, area.classes)[0]
+    maps.update(others or {})
+    ratios = {name: {g: metrics.stripe_ratio(m, area.mask, period=p) for g, p in grids.items()}
+              for name, m in maps.items()}
+    return dict(ratios=ratios, grids={g: p for g, p in grids.items()})
 
 
 # ------------------------------------------------------------------------------------ cross-validation
@@ -435,8 +457,7 @@ def fcn_fold_model(stack, area, cfg, out_dir):
         compile_model(model, len(area.classes), cfg, class_weights=weights)
         fit(model, batches, None, Path(out_dir) / f"fcn8s_fold{i}", cfg, verbose=0,
             run_key=key([i, asdict(cfg), windows.tolist()]))
-        classes, _ = mapping.map_array(model, stack, area.mask, stats["mean"], stats["std"], tile=cfg.tile,
-                                       progress=False)
+        classes, _ = mapping.map_array(model, stack, area.mask, stats["mean"], stats["std"], progress=False)
         return classes
     return run
 

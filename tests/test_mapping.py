@@ -15,32 +15,52 @@ def _probabilities(C, H, W, seed=0):
     return x / x.sum(0)
 
 
-@pytest.mark.parametrize("shape,tile,overlap", [((150, 170), 64, 0.5), ((64, 64), 64, 0.5), ((40, 300), 32, 0.25)])
-def test_blending_reproduces_a_pixelwise_model(shape, tile, overlap):
-    """A 'model' whose output is its input: any seam, shift or gap in the blending would show."""
+class IdentityModel:
+    """A 'model' whose probabilities are its input: any shift, gap or wrong crop of a window would show."""
+
+    def predict_on_batch(self, x):
+        return x
+
+
+@pytest.mark.parametrize("shape,max_core,margin", [((150, 170), 64, 32), ((64, 64), 64, 64), ((40, 300), 32, 0),
+                                                   ((33, 97), 32, 64), ((150, 170), None, 64)])
+def test_windows_reproduce_a_pixelwise_model(shape, max_core, margin):
     x = _probabilities(3, *shape)
-    strips = list(mapping.predict_strips(lambda b: b, lambda a, b: x[:, a:b], shape, 3, tile=tile, overlap=overlap,
-                                         progress=False))
-    rows = [r0 for r0, _ in strips]
-    assert rows[0] == 0 and sum(p.shape[1] for _, p in strips) == shape[0]
-    for r0, p in strips:
-        assert p.shape[2] == shape[1]
-        assert np.allclose(p, x[:, r0:r0 + p.shape[1]], atol=1e-5)
+    classes, conf = mapping.map_array(IdentityModel(), x, np.ones(shape, bool), [0] * 3, [1] * 3, max_core=max_core,
+                                      margin=margin, progress=False)
+    assert np.array_equal(classes, np.argmax(x, axis=0)) and np.allclose(conf, x.max(axis=0))
 
 
-def test_memory_is_bounded_by_strips():
-    """The reader is asked for at most one tile of rows at a time, never the whole scene."""
-    H, W, tile = 600, 80, 64
+def test_plan_keeps_windows_on_the_network_grid_and_covers_the_scene():
+    for shape, max_core in (((1611, 1650), 512), ((100, 3000), 256), ((31, 31), 64), ((1611, 1650), None)):
+        plan = mapping.plan_windows(shape, max_core=max_core, margin=64)
+        assert all(c % 32 == 0 for c in plan.core) and all(w % 32 == 0 for w in plan.window)
+        covered = np.zeros(shape, int)
+        for r0, c0 in plan.origins():
+            assert r0 % 32 == 0 and c0 % 32 == 0  # window origins r0 - margin on the grid too
+            covered[r0:r0 + plan.core[0], c0:c0 + plan.core[1]] += 1
+        assert (covered == 1).all()  # every pixel predicted once
+    # a memory budget sets the window: 1 GB at 400 bytes a pixel is one window of at most ~1600 px a side
+    plan = mapping.plan_windows((5000, 5000), bytes_per_px=400, memory_mb=1024, margin=64)
+    assert plan.window[0] * plan.window[1] * 400 <= 1024 * 2 ** 20 and len(plan.origins()) > 1
+    with pytest.raises(ValueError, match="multiple of 32"):
+        mapping.plan_windows((100, 100), margin=20)
+
+
+def test_memory_is_bounded_by_the_window():
+    """The reader is asked for at most one window of pixels at a time, never the whole scene."""
+    H, W = 600, 500
     x = _probabilities(2, H, W)
     asked = []
 
-    def read(a, b):
-        asked.append(b - a)
-        return x[:, a:b]
+    def read(a, b, c, d):
+        asked.append((b - a, d - c))
+        return x[:, a:b, c:d]
 
-    for _ in mapping.predict_strips(lambda b: b, read, (H, W), 2, tile=tile, progress=False):
-        pass
-    assert max(asked) <= tile
+    plan = mapping.plan_windows((H, W), max_core=128, margin=32)
+    for r0, c0 in plan.origins():
+        mapping.predict_window(mapping._keras_predict(IdentityModel()), read, plan, r0, c0, [0, 0], [1, 1])
+    assert max(a for a, _ in asked) <= plan.window[0] and max(b for _, b in asked) <= plan.window[1]
 
 
 class ContextModel:
@@ -56,6 +76,22 @@ class ContextModel:
         return np.stack([1 - p1, p1], axis=-1)
 
 
+def test_no_seams_where_windows_meet():
+    """A model that needs a 9 x 9 neighbourhood gives the same map from 32-px cores with a 32-px margin as from one
+    window over the whole scene: the margin carries the context across every window border."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    field = ndimage.gaussian_filter(rng.standard_normal((200, 230)), 4).astype(np.float32)[None] + 0.5
+    mask = np.ones(field.shape[1:], bool)
+    small, _ = mapping.map_array(ContextModel(), field, mask, [0], [1], max_core=32, margin=32, progress=False)
+    whole, _ = mapping.map_array(ContextModel(), field, mask, [0], [1], max_core=256, margin=32, progress=False)
+    assert np.array_equal(small, whole)
+    # without a margin the windows' edges show up on the 32-px grid as a stripe ratio above 1
+    edged, _ = mapping.map_array(ContextModel(), field, mask, [0], [1], max_core=32, margin=0, progress=False)
+    assert not np.array_equal(edged, whole)
+
+
 def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
     rng = np.random.default_rng(1)
     from scipy import ndimage
@@ -67,7 +103,7 @@ def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
     mask[:10, :20] = False
     stack[:, :10, :20] = np.nan
     model = ContextModel()
-    classes, conf = mapping.map_array(model, stack, mask, [0, 0], [1, 1], tile=64, progress=False)
+    classes, conf = mapping.map_array(model, stack, mask, [0, 0], [1, 1], max_core=64, progress=False)
     assert classes.shape == (H, W) and (classes[~mask] == NO_LABEL).all() and np.isnan(conf[~mask]).all()
     inside = mask.copy()
     inside[:16, :] = inside[:, :16] = inside[-8:, :] = inside[:, -8:] = False
@@ -76,7 +112,7 @@ def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
     grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), W, H)
     path = write_geotiff(tmp_path / "stack.tif", stack, grid)
     table = ClassTable.from_list([{"id": 1, "name": "low", "colour": "#112233"}, {"id": 2, "name": "high", "colour": "#aabbcc"}])
-    res = mapping.map_geotiff(model, path, tmp_path / "out", table, [0, 0], [1, 1], tile=64, progress=False)
+    res = mapping.map_geotiff(model, path, tmp_path / "out", table, [0, 0], [1, 1], max_core=64, progress=False)
     with rasterio.open(res["classes"]) as src:
         assert src.nodata == NO_LABEL and src.dtypes[0] == "uint8" and src.crs.to_epsg() == 32646
         # The file stores the class table's ids (1 = low, 2 = high), as a label raster does, not indices.
@@ -87,9 +123,14 @@ def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
     assert np.array_equal(ids, expected) and set(np.unique(ids)) <= {1, 2, NO_LABEL}
     back, _ = mapping.read_class_map(res["classes"], table)
     assert np.array_equal(back, classes)
+    # confidence is stored as Byte (value / 250, 255 nodata): within half a step of the float map
+    assert np.allclose(mapping.read_confidence(res["confidence"]), conf, equal_nan=True, atol=0.5 / 250 + 1e-6)
     with rasterio.open(res["confidence"]) as src:
-        assert np.allclose(src.read(1), conf, equal_nan=True, atol=1e-6)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fcn_classes.tif", "fcn_confidence.tif"]
+        assert src.dtypes[0] == "uint8" and src.nodata == 255 and src.scales[0] == pytest.approx(1 / 250)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fcn_classes.qml", "fcn_classes.tif",
+                                                                    "fcn_confidence.tif"]
+    qml = (tmp_path / "out" / "fcn_classes.qml").read_text()
+    assert 'value="2" color="#aabbcc"' in qml and 'label="high"' in qml
     for f in (tmp_path / "out").iterdir():  # readable by others, as any normal file (not a temp file's 0600)
         assert f.stat().st_mode & 0o044 == 0o044, oct(f.stat().st_mode)
     # A class map read with another class table (reordered) is refused, not read with the wrong legend.
@@ -117,6 +158,75 @@ def test_keras_model_maps_any_scene_size(tmp_path):
     keras.utils.set_random_seed(0)
     model = build_fcn8s(3, 4, width=1 / 16, fc=16)  # no fixed input size
     stack = np.random.default_rng(0).standard_normal((3, 77, 101)).astype(np.float32)
-    classes, conf = mapping.map_array(model, stack, np.ones((77, 101), bool), [0] * 3, [1] * 3, tile=32,
+    classes, conf = mapping.map_array(model, stack, np.ones((77, 101), bool), [0] * 3, [1] * 3, max_core=32,
                                       progress=False)
     assert classes.shape == (77, 101) and classes.max() < 4 and np.all((conf > 0) & (conf <= 1))
+
+
+def test_model_built_for_a_tile_maps_a_whole_scene_in_one_window():
+    """Training fixes the input size; mapping rebuilds the network for any size with the same weights."""
+    keras = pytest.importorskip("keras")
+    from lithocore.model import any_size, build_fcn8s
+
+    keras.utils.set_random_seed(0)
+    model = build_fcn8s(3, 4, width=1 / 16, fc=16, tile=64, upsampling="bilinear")
+    x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32)
+    free = any_size(model)
+    assert np.array_equal(np.asarray(free.predict_on_batch(x)), np.asarray(model.predict_on_batch(x)))
+    stack = np.random.default_rng(1).standard_normal((3, 90, 140)).astype(np.float32)
+    classes, _ = mapping.map_array(model, stack, np.ones((90, 140), bool), [0] * 3, [1] * 3, progress=False)
+    assert classes.shape == (90, 140) and classes.max() < 4
+
+
+def test_class_maps_are_cloud_optimised_with_overviews(tmp_path):
+    table = ClassTable.from_list([{"id": 3, "name": "a", "colour": "#ff0000"}, {"id": 5, "name": "b", "colour": "#0000ff"}])
+    grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), 1500, 1200)
+    idx = (np.indices((1200, 1500)).sum(0) // 200 % 2).astype(np.uint8)
+    path = mapping.write_class_map(tmp_path / "m.tif", idx, grid, table)
+    with rasterio.open(path) as src:
+        assert src.overviews(1) and src.profile["tiled"] and src.colormap(1)[5][:3] == (0, 0, 255)
+        assert src.tags()["class_3"] == "a"
+    assert (tmp_path / "m.qml").is_file()
+
+
+def test_stripe_ratio_finds_window_seams():
+    """A map with a class change forced onto every 64th column scores well above a map without."""
+    from scipy import ndimage
+
+    from lithocore.metrics import stripe_ratio
+
+    rng = np.random.default_rng(0)
+    geology = (ndimage.gaussian_filter(rng.standard_normal((400, 400)), 12) > 0).astype(np.uint8)
+    striped = geology.copy()
+    striped[:, 64::64] = 1 - striped[:, 64::64]  # a one-pixel dyke of the other class every 64 px
+    clean = stripe_ratio(geology, period=64)
+    assert 0.5 < clean < 2.0
+    assert stripe_ratio(striped, period=64) > 5 * clean
+    assert stripe_ratio(striped, period=(64, 64), offset=32) < stripe_ratio(striped, period=64)
+
+
+def test_distributed_map_equals_the_one_process_map(tmp_path):
+    """Mapping on a two-worker LocalCluster writes the same maps, pixel for pixel, as mapping in this process."""
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("distributed")
+    from lithocore.model import build_fcn8s
+
+    rng = np.random.default_rng(1)
+    H, W = 150, 170
+    stack = rng.standard_normal((3, H, W)).astype(np.float32)
+    stack[:, :5, :7] = np.nan
+    grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), W, H)
+    path = write_geotiff(tmp_path / "stack.tif", stack, grid)
+    table = ClassTable.from_list([{"id": i + 1, "name": f"c{i}"} for i in range(4)])
+    keras.utils.set_random_seed(0)
+    model = build_fcn8s(3, 4, width=1 / 16, fc=16, tile=64, upsampling="bilinear")
+    kw = dict(max_core=64, margin=32, progress=False)
+    one = mapping.map_geotiff(model, path, tmp_path / "one", table, [0] * 3, [1] * 3, **kw)
+    two = mapping.map_geotiff(model, path, tmp_path / "two", table, [0] * 3, [1] * 3, cluster="local:2", **kw)
+    assert one["windows"] == two["windows"] > 4
+    for k in ("classes", "confidence"):
+        with rasterio.open(one[k]) as a, rasterio.open(two[k]) as b:
+            x, y = a.read(1), b.read(1)
+        assert np.array_equal(x, y), k
+    with rasterio.open(one["classes"]) as a:
+        assert a.read(1)[0, 0] == a.nodata and len(np.unique(a.read(1))) > 2
