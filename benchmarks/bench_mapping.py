@@ -37,7 +37,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def fcn(name: str, memory_mb: float) -> dict:
+def fcn(name: str, memory_mb: float, margin: int, repeats: int) -> dict:
     import keras
     import numpy as np
 
@@ -53,21 +53,27 @@ def fcn(name: str, memory_mb: float) -> dict:
     ph, pw = -(-H // 32) * 32, -(-W // 32) * 32
     x = np.zeros((1, ph, pw, stack.shape[0]), np.float32)
     x[0, :H, :W] = np.nan_to_num(((stack - mean[:, None, None]) / std[:, None, None]).transpose(1, 2, 0))
-    times = {}
     before = _rss_mb()
-    for label, fn in (("bare", lambda: model.predict_on_batch(x)),
-                      ("mapping", lambda: mapping.map_array(model, stack, area.mask, mean, std, memory_mb=memory_mb,
-                                                            progress=False))):
+    runs = (("bare", lambda: model.predict_on_batch(x)),
+            ("mapping", lambda: mapping.map_array(model, stack, area.mask, mean, std, memory_mb=memory_mb,
+                                                  margin=margin, progress=False)))
+    for _, fn in runs:  # trace both first
         fn()
-        t0 = time.perf_counter()
-        fn()
-        times[label] = time.perf_counter() - t0
-    plan = mapping.plan_windows(area.shape, bytes_per_px=mapping.bytes_per_pixel(model), memory_mb=memory_mb)
+    samples = {label: [] for label, _ in runs}
+    for _ in range(repeats):  # interleaved, so that a slow moment of the machine hits both
+        for label, fn in runs:
+            t0 = time.perf_counter()
+            fn()
+            samples[label].append(time.perf_counter() - t0)
+    times = {k: float(np.median(v)) for k, v in samples.items()}
+    plan = mapping.plan_windows(area.shape, bytes_per_px=mapping.bytes_per_pixel(model), memory_mb=memory_mb,
+                                margin=margin)
     return dict(model=name, pixels=H * W, bare_pass_seconds=round(times["bare"], 3),
                 mapping_seconds=round(times["mapping"], 3),
                 ratio_to_bare_pass=round(times["mapping"] / times["bare"], 3),
                 pixels_per_second=round(H * W / times["mapping"]), windows=len(plan.origins()),
-                window=list(plan.window), planned_cost=round(plan.cost(), 3), memory_mb=memory_mb,
+                window=list(plan.window), margin=margin, planned_cost=round(plan.cost(), 3), memory_mb=memory_mb,
+                repeats=repeats,
                 peak_rss_mb=round(_rss_mb()), rss_before_mapping_mb=round(before))
 
 
@@ -87,6 +93,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=["slim", "full", "rf"])
     ap.add_argument("--memory-mb", type=float, default=None, help="mapping memory budget (default: the workbook's)")
+    ap.add_argument("--margin", type=int, default=None, help="context around each window (default: the workbook's)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs of each (the median is reported)")
     ap.add_argument("--out", default="runs/bench/mapping.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -94,12 +102,17 @@ def main() -> int:
         from lithocore.mapping import memory_budget_mb
 
         a.memory_mb = round(memory_budget_mb())
+    if a.margin is None:
+        from lithocore.mapping import DEFAULT_MARGIN
+
+        a.margin = DEFAULT_MARGIN
     if a.one:
-        print(json.dumps(rf() if a.one == "rf" else fcn(a.one, a.memory_mb)))
+        print(json.dumps(rf() if a.one == "rf" else fcn(a.one, a.memory_mb, a.margin, a.repeats)))
         return 0
     results = []
     for name in a.models:
-        cmd = [sys.executable, __file__, "--one", name, "--memory-mb", str(a.memory_mb)]
+        cmd = [sys.executable, __file__, "--one", name, "--memory-mb", str(a.memory_mb), "--margin", str(a.margin),
+               "--repeats", str(a.repeats)]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         results.append(res)
         print(json.dumps(res), flush=True)

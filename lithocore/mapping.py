@@ -39,7 +39,7 @@ import rasterio
 from .data import NO_LABEL, ClassTable, Grid, write_cog, write_geotiff
 from .runfolder import atomic_path
 
-__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "map_array", "map_geotiff", "write_class_map",
+__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "window_predictor", "map_array", "map_geotiff", "write_class_map",
            "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
 
 #: Context kept around every window's core, in pixels (a multiple of 32).
@@ -147,63 +147,67 @@ def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(m < n, m, period - m)
 
 
-def _normalised(raw: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(raw - mean) / std, with 0 where a pixel is not valid or not finite (as in training)."""
-    x = (raw - mean) / std
-    return np.where(valid[None] & np.isfinite(x), x, 0.0).astype(np.float32)
-
-
-def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                   read: Callable[[int, int, int, int], np.ndarray], plan: WindowPlan, r0: int, c0: int,
-                   mean, std) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   read: Callable[[int, int, int, int], np.ndarray], plan: WindowPlan, r0: int,
+                   c0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One core: (class index, confidence, valid) arrays of the core's part of the scene.
 
-    ``read(r_lo, r_hi, c_lo, c_hi)`` returns raw stack pixels (C, rows, cols); pixels where any channel is not
-    finite are not valid (and fed to the network as 0, as in training). ``predict`` maps a (1, h, w, C) window to
-    its (h, w) class indices and (h, w) largest probabilities (:func:`_keras_predict`).
+    ``read(r_lo, r_hi, c_lo, c_hi)`` returns raw stack pixels (C, rows, cols); the window is that block with the
+    scene's edges reflected (edge pixels not repeated). ``predict`` maps a raw (1, C, h, w) window to (h, w)
+    class indices, largest probabilities and validity (:func:`window_predictor`).
     """
     H, W = plan.shape
     m, (ch, cw) = plan.margin, plan.core
-    ri = _reflect(np.arange(r0 - m, r0 + ch + m), H)
-    ci = _reflect(np.arange(c0 - m, c0 + cw + m), W)
-    rlo, clo = int(ri.min()), int(ci.min())
-    raw = np.asarray(read(rlo, int(ri.max()) + 1, clo, int(ci.max()) + 1), np.float32)
-    x = raw.transpose(1, 2, 0)[np.ix_(ri - rlo, ci - clo)]  # (h, w, C), one gather
-    x -= np.asarray(mean, np.float32)
-    x /= np.asarray(std, np.float32)
-    ok = np.isfinite(x).all(axis=-1)
-    x[~ok] = 0.0
-    cls, conf = predict(x[None])
+    a, b = max(0, r0 - m), min(H, r0 + ch + m)
+    c, d = max(0, c0 - m), min(W, c0 + cw + m)
+    raw = np.asarray(read(a, b, c, d), np.float32)
+    pads = ((0, 0), (a - (r0 - m), (r0 + ch + m) - b), (c - (c0 - m), (c0 + cw + m) - d))
+    if any(p for pair in pads for p in pair):
+        raw = np.pad(raw, pads, mode="reflect") if min(H, W) > 1 else np.pad(raw, pads, mode="edge")
+    cls, conf, ok = predict(raw[None])
     h, w = min(ch, H - r0), min(cw, W - c0)
     sl = (slice(m, m + h), slice(m, m + w))
-    return np.asarray(cls)[sl].astype(np.uint8), np.asarray(conf, np.float32)[sl], ok[sl]
+    return np.asarray(cls)[sl].astype(np.uint8), np.asarray(conf, np.float32)[sl], np.asarray(ok, bool)[sl]
 
 
 _HEADS: dict = {}
 
 
-def _keras_predict(model):
-    """``x -> (class index, largest probability)`` for one window. A Keras model gets both computed in its own
-    graph (multi-threaded, no (h, w, classes) array back in numpy); anything else with ``predict_on_batch`` is
-    reduced in numpy."""
+def window_predictor(model, mean, std) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``raw (1, C, h, w) -> (class index, largest probability, valid)`` for one window: normalised with ``mean``
+    and ``std``, pixels where a channel is not finite fed as 0 (as in training) and marked not valid.
+
+    A Keras model gets all of it in its own graph (multi-threaded; no (h, w, classes) array comes back);
+    anything else with ``predict_on_batch`` (h, w, C) -> (h, w, classes) is wrapped in numpy."""
+    mean = np.asarray(mean, np.float32).ravel()
+    std = np.asarray(std, np.float32).ravel()
+    k = (id(model), mean.tobytes(), std.tobytes())
+    if k in _HEADS and _HEADS[k][0] is model:
+        return _HEADS[k][1]
     try:
         import keras
         from keras import ops
 
-        head = _HEADS.get(id(model))
-        if head is None or head[0] is not model:
-            p = model.outputs[0]
-            head = (model, keras.Model(model.inputs, [ops.argmax(p, axis=-1), ops.max(p, axis=-1)]))
-            _HEADS.clear()
-            _HEADS[id(model)] = head
+        model.outputs  # a functional Keras model, else AttributeError
+        inp = keras.Input((len(mean), None, None), name="raw_window")
+        x = ops.transpose(inp, (0, 2, 3, 1))
+        ok = ops.all(ops.isfinite(x), axis=-1)
+        x = ops.where(ops.expand_dims(ok, -1), (x - mean) / std, 0.0)
+        p = model(x)
+        head = keras.Model(inp, [ops.argmax(p, axis=-1), ops.max(p, axis=-1), ok])
 
-        def predict(x):
-            cls, conf = head[1].predict_on_batch(x)
-            return np.asarray(cls)[0], np.asarray(conf)[0]
-    except (AttributeError, TypeError, IndexError):  # not a functional Keras model
-        def predict(x):
-            p = np.asarray(model.predict_on_batch(x), np.float32)[0]
-            return np.argmax(p, axis=-1), p.max(axis=-1)
+        def predict(raw):
+            cls, conf, valid = head.predict_on_batch(raw)
+            return np.asarray(cls)[0], np.asarray(conf)[0], np.asarray(valid)[0]
+    except AttributeError:  # not a functional Keras model
+        def predict(raw):
+            x = raw[0].transpose(1, 2, 0)
+            ok = np.isfinite(x).all(axis=-1)
+            x = np.where(ok[..., None], (x - mean) / std, 0.0).astype(np.float32)
+            p = np.asarray(model.predict_on_batch(x[None]), np.float32)[0]
+            return np.argmax(p, axis=-1), p.max(axis=-1), ok
+    _HEADS.clear()
+    _HEADS[k] = (model, predict)
     return predict
 
 
@@ -231,9 +235,9 @@ def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core
                         memory_mb=memory_budget_mb(memory_mb))
     classes = np.full((H, W), NO_LABEL, np.uint8)
     conf = np.full((H, W), np.nan, np.float32)
-    predict = _keras_predict(model)
+    predict = window_predictor(model, mean, std)
     for r0, c0 in tqdm(plan.origins(), desc="mapping", unit="window", disable=not progress):
-        cls, p, ok = predict_window(predict, lambda a, b, c, d: stack[:, a:b, c:d], plan, r0, c0, mean, std)
+        cls, p, ok = predict_window(predict, lambda a, b, c, d: stack[:, a:b, c:d], plan, r0, c0)
         h, w = cls.shape
         ok &= mask[r0:r0 + h, c0:c0 + w]
         classes[r0:r0 + h, c0:c0 + w] = np.where(ok, cls, NO_LABEL)
@@ -367,8 +371,8 @@ def _read_stack(stack_path: str):
 
 def _remote_window(model_path: str, stack_path: str, plan: WindowPlan, r0: int, c0: int, mean, std):
     """A window as a cluster task: the worker's model, the stack read from the shared file system."""
-    predict = _keras_predict(_worker_model(model_path))
-    return (r0, c0) + predict_window(predict, _read_stack(stack_path), plan, r0, c0, mean, std)
+    predict = window_predictor(_worker_model(model_path), mean, std)
+    return (r0, c0) + predict_window(predict, _read_stack(stack_path), plan, r0, c0)
 
 
 def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mask: np.ndarray | None = None,
@@ -436,9 +440,9 @@ def _run_windows(model, stack_path, plan: WindowPlan, mean, std, cluster, work: 
     """Yield ``(r0, c0, classes, confidence, valid)`` for every core, from this process or from the cluster."""
     mean, std = [float(v) for v in np.ravel(mean)], [float(v) for v in np.ravel(std)]
     if cluster is None:
-        predict, read = _keras_predict(model), _read_stack(str(stack_path))
+        predict, read = window_predictor(model, mean, std), _read_stack(str(stack_path))
         for r0, c0 in plan.origins():
-            yield (r0, c0) + predict_window(predict, read, plan, r0, c0, mean, std)
+            yield (r0, c0) + predict_window(predict, read, plan, r0, c0)
         return
     from distributed import as_completed
 

@@ -225,7 +225,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
 
     from .model import backend_info, build_fcn8s
     from .tiles import class_weights
-    from .training import compile_model, evaluate_tiles, fit, make_batches, read_history, save_bundle
+    from .training import compile_model, data_parallel, evaluate_tiles, fit, make_batches, read_history, save_bundle
 
     rf = RunFolder(run_dir)
     rf.stage("04_train_fcn8s")
@@ -233,13 +233,14 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
     keras.utils.set_random_seed(cfg.seed)
     ts = training_tiles(rf.root, area, cfg, split)
     train, val, stats = make_batches(stack, area, ts, cfg)
-    if model is None:
-        model = build_fcn8s(len(channels), len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout,
-                            tile=cfg.tile, upsampling=cfg.upsampling)
-    weights = class_weights(area.labels, ts.train, ts.size, len(area.classes)) if cfg.class_weighting else None
-    compile_model(model, len(area.classes), cfg, class_weights=weights)
     made_from = _model_made_from(rf.root, area, ts, cfg, split)
-    history = fit(model, train, val, rf.model_dir, cfg, verbose=verbose, run_key=key(made_from))
+    with data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split between them
+        if model is None:
+            model = build_fcn8s(len(channels), len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout,
+                                tile=cfg.tile, upsampling=cfg.upsampling)
+        weights = class_weights(area.labels, ts.train, ts.size, len(area.classes)) if cfg.class_weighting else None
+        compile_model(model, len(area.classes), cfg, class_weights=weights)
+        history = fit(model, train, val, rf.model_dir, cfg, verbose=verbose, run_key=key(made_from))
     meta = dict(profile=profile, split=split, channels=channels, units=units, classes=area.classes.to_list(),
                 normalisation=stats, config=asdict(cfg), backend=backend_info(),
                 validation=evaluate_tiles(model, val, area.classes.names), made_from=made_from,

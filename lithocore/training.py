@@ -42,7 +42,7 @@ from .metrics import confusion_matrix, scores
 from .runfolder import atomic_path, write_json
 
 __all__ = ["TrainingConfig", "PROFILES", "compile_model", "fit", "evaluate_tiles", "resolve_config",
-           "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle"]
+           "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle", "data_parallel"]
 
 
 @dataclass
@@ -78,6 +78,38 @@ PROFILES = {
                             steps_per_epoch=70, optimizer="sgd", learning_rate=1e-4, momentum=0.9, loss_mode="sum",
                             clipnorm=1.0, class_weighting=False, upsampling="table1"),
 }
+
+
+def data_parallel(batch_size: int, devices: int | None = None):
+    """A context in which a model built, compiled and trained is *data-parallel* over all visible devices (or the
+    first ``devices``): Keras 3's distribution API (``keras.distribution.DataParallel``, JAX backend) replicates
+    the weights on every device and splits each batch between them. Several GPUs train one model this way; on a
+    CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` simulates two devices (the test does).
+
+    With one device, or another backend, it changes nothing (a null context). A batch that does not split evenly
+    (the paper's 5 on 2 devices) is said and trained on one device. Yields the distribution (or None).
+    """
+    import contextlib
+
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return contextlib.nullcontext(None)
+    found = keras.distribution.list_devices()
+    found = found[:devices] if devices else found
+    if len(found) < 2:
+        return contextlib.nullcontext(None)
+    if batch_size % len(found):
+        print(f"data-parallel training needs a batch size that {len(found)} devices share evenly; {batch_size} does "
+              f"not, so training runs on one device (give a batch size of {len(found) * max(1, batch_size // len(found))})")
+        return contextlib.nullcontext(None)
+    dist = keras.distribution.DataParallel(devices=found)
+
+    @contextlib.contextmanager
+    def scope():
+        with dist.scope():
+            yield dist
+    return scope()
 
 
 def compile_model(model, n_classes: int, cfg: TrainingConfig, class_weights=None):

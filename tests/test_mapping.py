@@ -59,7 +59,7 @@ def test_memory_is_bounded_by_the_window():
 
     plan = mapping.plan_windows((H, W), max_core=128, margin=32)
     for r0, c0 in plan.origins():
-        mapping.predict_window(mapping._keras_predict(IdentityModel()), read, plan, r0, c0, [0, 0], [1, 1])
+        mapping.predict_window(mapping.window_predictor(IdentityModel(), [0, 0], [1, 1]), read, plan, r0, c0)
     assert max(a for a, _ in asked) <= plan.window[0] and max(b for _, b in asked) <= plan.window[1]
 
 
