@@ -46,16 +46,30 @@ def _features(stack: np.ndarray, rows: slice | None = None) -> np.ndarray:
 
 
 def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n_trees: int = 200,
-                 max_features: int = 3, seed: int = 0, n_jobs: int = -1):
-    """Fit scikit-learn's random forest on the given pixels (flat indices). Returns (forest, seconds)."""
+                 max_features: int = 3, seed: int = 0, n_jobs: int = -1, progress: bool = False,
+                 desc: str = "random forest (trees)"):
+    """Fit scikit-learn's random forest on the given pixels (flat indices). Returns (forest, seconds).
+
+    With ``progress``, the trees are grown in ten rounds (``warm_start``) under a progress bar; scikit-learn
+    draws each tree's seed as a single fit would, so the forest is the same tree for tree."""
     from sklearn.ensemble import RandomForestClassifier
+    from tqdm.auto import tqdm
 
     X = np.nan_to_num(stack.reshape(stack.shape[0], -1)[:, pixels].T.astype(np.float32))
     y = labels.ravel()[pixels]
     rf = RandomForestClassifier(n_estimators=n_trees, max_features=min(max_features, X.shape[1]), n_jobs=n_jobs,
-                                random_state=seed)
+                                random_state=seed, warm_start=progress)
     t0 = time.perf_counter()
-    rf.fit(X, y)
+    if not progress:
+        rf.fit(X, y)
+        return rf, time.perf_counter() - t0
+    step = max(1, -(-n_trees // 10))
+    with tqdm(total=n_trees, desc=desc, unit="tree") as bar:
+        for n in range(step, n_trees + step, step):
+            rf.set_params(n_estimators=min(n, n_trees))
+            rf.fit(X, y)
+            bar.update(len(rf.estimators_) - bar.n)
+    rf.set_params(warm_start=False)
     return rf, time.perf_counter() - t0
 
 

@@ -34,6 +34,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+import warnings
 
 import numpy as np
 import rasterio
@@ -133,7 +134,13 @@ def reduce_to_pole(values: np.ndarray, res: float, inclination: float, declinati
     north = np.arange(padded.shape[0])[::-1] * res  # rows run south
     east = np.arange(padded.shape[1]) * res
     da = xr.DataArray(padded[::-1], coords={"northing": north[::-1], "easting": east}, dims=("northing", "easting"))
-    rtp = hm.reduction_to_pole(da, inclination=inclination, declination=declination).values[::-1]
+    with warnings.catch_warnings():
+        # harmonica 0.7 and xrft 1.0 call xarray's deprecated ``drop`` and xrft's ifft without ``lag`` inside
+        # ``reduction_to_pole``: FutureWarnings about their own code, which a user cannot act on (the result
+        # does not depend on them: the coordinates are dropped and rebuilt by harmonica). Only those are muted.
+        warnings.filterwarnings("ignore", message="dropping variables using `drop` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Default ifft's behaviour", category=FutureWarning)
+        rtp = hm.reduction_to_pole(da, inclination=inclination, declination=declination).values[::-1]
     out = rtp[pad[0]:pad[0] + v.shape[0], pad[1]:pad[1] + v.shape[1]].astype(np.float32)
     out[bad] = np.nan
     return out

@@ -126,12 +126,15 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
-    for nb in todo:
+    for i, nb in enumerate(todo, start=1):
         declared = declared_parameters(nb)
         t0 = time.perf_counter()
+        bar = dict(desc=f"[{i}/{len(todo)}] {nb.stem}", unit="cell") if progress else False
         pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={k: v for k, v in params.items() if k in declared},
-                            cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=progress)
+                            cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=bar)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
+        if progress:
+            print(f"{nb.stem}: done in {timings[nb.name]:.0f} s -> {out_dir / nb.name}", flush=True)
     write_json(run_dir / "timings.json", timings)
     return timings
 

@@ -61,3 +61,16 @@ def test_evaluate_map_keeps_regions_apart():
     assert out["top"]["pixels"] + out["bottom"]["pixels"] == 1600
     assert out["bottom"]["boundary"]["pixels"] == 20 * 4  # 2 px either side of the contact, 20 rows
     assert "salt_and_pepper" in out["noise"]
+
+
+def test_forest_grown_under_a_progress_bar_is_the_same_forest():
+    """The progress bar grows the trees in rounds (warm start): the forest must equal a single fit's."""
+    rng = np.random.default_rng(0)
+    stack = rng.standard_normal((4, 50, 60)).astype(np.float32)
+    labels = ((stack[0] > 0).astype(np.uint8) + (stack[1] > 0)).astype(np.uint8)
+    px = np.arange(0, 3000, 3)
+    one, _ = forest.train_forest(stack, labels, px, n_trees=25, seed=1)
+    rounds, _ = forest.train_forest(stack, labels, px, n_trees=25, seed=1, progress=True)
+    X = stack.reshape(4, -1).T
+    assert len(rounds.estimators_) == 25
+    assert np.array_equal(one.predict_proba(X), rounds.predict_proba(X))
