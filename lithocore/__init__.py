@@ -24,7 +24,8 @@ def _nvidia_driver() -> bool:
 
 
 def _import_tensorflow_quietly() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if _nvidia_driver() else "3")
+    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if _nvidia_driver() else "3"
     if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
     import importlib.util

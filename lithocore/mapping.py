@@ -269,6 +269,7 @@ def write_class_map(path, classes: np.ndarray, grid: Grid, table: ClassTable, *,
     dtype, nodata = table.id_dtype()
     colormap = class_map_colours(table) if dtype in ("uint8", "uint16") else None
     write_qml(Path(path).with_suffix(".qml"), table)
+    _legend_png(path, table)
     return write_geotiff(path, table.to_ids(classes), grid, nodata=nodata, band_names=["class id"],
                          colormap=colormap, tags=_class_tags(table) | (tags or {}), cog="nearest")
 
@@ -314,6 +315,14 @@ def write_qml(path, table: ClassTable) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def _legend_png(map_path, table: ClassTable) -> str:
+    """``<map>_legend.png`` beside a class map: the class table's ids, names and colours."""
+    from .plotting import save_class_legend
+
+    p = Path(map_path)
+    return save_class_legend(p.with_name(p.stem + "_legend.png"), table)
 
 
 def read_confidence(path) -> np.ndarray:
@@ -428,6 +437,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
         write_cog(work / "classes.tif", paths["classes"], resampling="nearest")
         write_cog(work / "confidence.tif", paths["confidence"], resampling="average")
     write_qml(paths["classes"].with_suffix(".qml"), table)
+    _legend_png(paths["classes"], table)
     seconds = time.perf_counter() - t0
     return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]),
                 style=str(paths["classes"].with_suffix(".qml")), seconds=seconds, mapping_seconds=mapped,

@@ -14,7 +14,11 @@ from matplotlib.patches import Patch
 from .data import NO_LABEL, Grid, StudyArea
 
 __all__ = ["extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
-           "plot_layers", "class_colormap", "plot_tiles", "plot_history", "plot_confusion", "plot_zoom"]
+           "plot_layers", "class_colormap", "plot_tiles", "plot_history", "plot_confusion", "plot_zoom",
+           "class_legend_handles", "save_class_legend", "figure_check", "save_figure", "compare_maps"]
+
+#: Font size of class legends (readable at the notebook's width).
+LEGEND_FONTSIZE = 9
 
 
 def extent_km(grid: Grid) -> list[float]:
@@ -48,15 +52,41 @@ def plot_composite(area: StudyArea, bands: tuple[str, str, str] | None = None, a
     ax = _axes(ax)
     names = area.guide_names or area.extra_names
     stack = area.guide if area.guide_names else area.extra
+    note = ""
     if bands is None:
-        bands = ("B3N", "B2", "B1") if {"B3N", "B2", "B1"} <= set(names) else tuple(names[:3])
+        bands, note = composite_bands(names)
     idx = [names.index(b) for b in bands]
     while len(idx) < 3:
         idx.append(idx[-1])
     rgb = np.dstack([_stretch(stack[i], area.mask) for i in idx])
     rgb[~area.mask] = 1.0
     ax.imshow(rgb, extent=extent_km(area.grid))
-    return _finish(ax, f"False-colour composite (R,G,B = {', '.join(bands)})")
+    return _finish(ax, f"False-colour composite (R,G,B = {', '.join(bands)}){note}")
+
+
+#: Standard false-colour composites (near infrared, red, green as R, G, B), by the sensor's band names.
+SENSOR_COMPOSITES = {"ASTER": ("B3N", "B2", "B1"), "Landsat 8/9 OLI": ("B5", "B4", "B3"),
+                     "Sentinel-2 MSI": ("B8", "B4", "B3"), "Landsat 4-7 TM/ETM+": ("B4", "B3", "B2")}
+
+
+def composite_bands(names) -> tuple[tuple[str, ...], str]:
+    """The bands of a false-colour composite and a note for the title: the sensor's convention (near infrared,
+    red, green as R, G, B) when the band names match one of :data:`SENSOR_COMPOSITES`; else the first three
+    bands with the longest wavelength as red (bands assumed listed by wavelength, as sensors number them).
+
+    Examples
+    --------
+    >>> composite_bands(["B2", "B3", "B4", "B5", "B6", "B7"])
+    (('B5', 'B4', 'B3'), ' - Landsat 8/9 OLI convention')
+    >>> composite_bands(["blue", "green", "red"])
+    (('red', 'green', 'blue'), ' - first three bands, longest wavelength as red (assumed)')
+    """
+    names = list(names)
+    for sensor, bands in SENSOR_COMPOSITES.items():
+        if set(bands) <= set(names) and (sensor != "Landsat 4-7 TM/ETM+" or "B5" not in names or "B8" in names):
+            return bands, f" - {sensor} convention"
+    first = tuple(names[:3])[::-1]
+    return first, " - first three bands, longest wavelength as red (assumed)"
 
 
 def plot_hillshade(area: StudyArea, layer: str = "dem", ax=None, cmap: str = "terrain"):
@@ -132,10 +162,28 @@ def plot_labels(area: StudyArea, labels: np.ndarray | None = None, ax=None, titl
     cmap, norm = class_colormap(area)
     ax.imshow(shown, extent=extent_km(area.grid), cmap=cmap, norm=norm, interpolation="nearest")
     if legend:
-        handles = [Patch(facecolor=c, edgecolor="k", linewidth=0.3, label=f"{i}: {n}")
-                   for i, n, c in zip(area.classes.ids, area.classes.names, area.classes.colours)]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+        ax.legend(handles=class_legend_handles(area.classes), loc="upper left", bbox_to_anchor=(1.02, 1),
+                  fontsize=LEGEND_FONTSIZE, frameon=False, title="unit id: name", title_fontsize=LEGEND_FONTSIZE)
     return _finish(ax, title)
+
+
+def class_legend_handles(table) -> list:
+    """Legend patches of a class table: its colours, 'unit id: name'."""
+    return [Patch(facecolor=c, edgecolor="k", linewidth=0.3, label=f"{i}: {n}")
+            for i, n, c in zip(table.ids, table.names, table.colours)]
+
+
+def save_class_legend(path, table, title: str = "Lithological units") -> str:
+    """A legend PNG of a class table (unit id, name, colour), to go beside a class map GeoTIFF."""
+    from .runfolder import atomic_path
+
+    fig = plt.figure(figsize=(3.6, 0.5 + 0.28 * len(table.names)))
+    fig.legend(handles=class_legend_handles(table), loc="center", frameon=False, fontsize=LEGEND_FONTSIZE + 1,
+               title=title, title_fontsize=LEGEND_FONTSIZE + 2)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    plt.close(fig)
+    return str(path)
 
 
 def plot_layers(area: StudyArea, points_column: str | None = None, coarse_name: str | None = None):
@@ -194,8 +242,15 @@ def plot_tiles(area: StudyArea, tiles, ax=None, title: str | None = None, max_ti
             x0, y0 = ext[0] + c * res, ext[3] - (r + tiles.size) * res
             ax.add_patch(Rectangle((x0, y0), tiles.size * res, tiles.size * res, fill=False, lw=0.4, ec=colour,
                                    alpha=0.6))
-    return _finish(ax, title or f"{tiles.split} split: {len(tiles.train)} training (black), "
-                                f"{len(tiles.val)} validation (red) tiles")
+    handles = [Patch(facecolor="none", edgecolor="k", label=f"training tile ({len(tiles.train)})"),
+               Patch(facecolor="none", edgecolor="r", label=f"validation tile ({len(tiles.val)})")]
+    if tiles.region is not None:
+        handles += [Patch(facecolor="none", edgecolor="0.3", hatch="//", label="validation region (held out)"),
+                    Patch(facecolor="0.5", alpha=0.5, label="buffer: in no tile, keeps the sides apart")]
+    handles += class_legend_handles(area.classes)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=LEGEND_FONTSIZE - 1,
+              frameon=False)
+    return _finish(ax, title or f"{tiles.split} split: {len(tiles.train)} training, {len(tiles.val)} validation tiles")
 
 
 def plot_history(history: dict, ax=None):
@@ -232,7 +287,9 @@ def plot_confusion(cm, names, ax=None, normalise: bool = True, title: str = ""):
                         color="white" if (v > 0.5 if normalise else v > shown.max() / 2) else "black")
     labels = [f"{i + 1}" for i in range(n)]
     ax.set_xticks(range(n), labels)
-    ax.set_yticks(range(n), [f"{i + 1}: {nm[:28]}" for i, nm in enumerate(names)], fontsize=7)
+    import textwrap
+
+    ax.set_yticks(range(n), [textwrap.fill(f"{i + 1}: {nm}", 24) for i, nm in enumerate(names)], fontsize=8)
     ax.set_xlabel("mapped class")
     ax.set_ylabel("reference class")
     ax.set_title(title or ("row-normalised" if normalise else "pixel counts"), fontsize=10)
@@ -256,11 +313,135 @@ def plot_zoom(area: StudyArea, maps: dict, centre: tuple[int, int] | None = None
     c0 = int(np.clip(centre[1] - size // 2, 0, max(0, area.shape[1] - size)))
     panels = {"geological map": area.labels, **maps}
     if axes is None:
-        _, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), layout="constrained")
+        _, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.9), layout="constrained")
     cmap, norm = class_colormap(area)
+    res = abs(area.grid.transform.a)
+    x0, y0 = area.grid.transform * (c0 + size / 2, r0 + size / 2)
+    bar_m = _nice_length(size * res / 4)
     for ax, (name, m) in zip(np.atleast_1d(axes), panels.items()):
         win = m[r0:r0 + size, c0:c0 + size]
         ax.imshow(np.ma.masked_equal(win, NO_LABEL), cmap=cmap, norm=norm, interpolation="nearest")
         ax.set_title(name, fontsize=10)
         ax.set_axis_off()
+        n = bar_m / res  # scale bar, lower left
+        ax.plot([size * 0.05, size * 0.05 + n], [size * 0.93] * 2, color="k", lw=3, solid_capstyle="butt")
+        ax.text(size * 0.05 + n / 2, size * 0.90, f"{bar_m:g} m" if bar_m < 1000 else f"{bar_m / 1000:g} km",
+                ha="center", va="bottom", fontsize=9, bbox=dict(facecolor="white", alpha=0.7, lw=0, pad=1))
+    fig = np.atleast_1d(axes)[0].figure
+    fig.suptitle(f"{size} x {size} px ({size * res / 1000:g} km) centred at E {x0 / 1000:.1f} km, N {y0 / 1000:.1f} km",
+                 fontsize=10)
+    fig.legend(handles=class_legend_handles(area.classes), loc="outside lower center", ncols=min(4, len(area.classes)),
+               fontsize=LEGEND_FONTSIZE, frameon=False)
     return axes
+
+
+def _nice_length(m: float) -> float:
+    """1, 2 or 5 times a power of ten, not above ``m``."""
+    p = 10 ** np.floor(np.log10(max(m, 1e-9)))
+    return float(max(v for v in (p, 2 * p, 5 * p) if v <= m))
+
+
+def figure_check(fig) -> dict:
+    """Whether every panel of ``fig`` that shows classes or values can be read: each image or coloured
+    scatter has a colour bar, or a legend on its axes or the figure's; an RGB composite needs a title that
+    names its bands. Returns ``{"ok": bool, "panels": [...]}`` (one entry per panel with data)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.image import AxesImage
+
+    figure_legend = bool(fig.legends) or any(a.get_legend() is not None for a in fig.axes)  # a shared legend
+    panels = []
+    barred = {(m.get_cmap().name, tuple(np.round(m.get_clim(), 9))) for a in fig.axes
+              for m in list(a.get_images()) + list(a.collections) if getattr(m, "colorbar", None) is not None}
+    for ax in fig.axes:
+        if getattr(ax, "_colorbar", None) is not None or ax.get_label() == "<colorbar>":
+            continue
+        shown = [a for a in ax.get_images()] + [c for c in ax.collections
+                                                if isinstance(c, PathCollection) and c.get_array() is not None]
+        for art in shown:
+            arr = art.get_array()
+            rgb = isinstance(art, AxesImage) and arr is not None and np.ndim(arr) == 3
+            if rgb:
+                ok, how = bool(ax.get_title()), "RGB, bands in the title"
+            elif art.colorbar is not None:
+                ok, how = True, "colour bar"
+            elif (art.get_cmap().name, tuple(np.round(art.get_clim(), 9))) in barred:
+                ok, how = True, "colour bar shared with a panel of the same scale"
+            elif ax.get_legend() is not None or figure_legend:
+                ok, how = True, "legend"
+            elif ax.texts and isinstance(art, AxesImage) and "Blues" in str(art.get_cmap().name):
+                ok, how = True, "values written in the cells"  # a confusion matrix
+            else:
+                ok, how = False, "no colour bar or legend"
+            panels.append(dict(title=ax.get_title(), ok=ok, how=how))
+    return dict(ok=all(p["ok"] for p in panels), panels=panels)
+
+
+def save_figure(fig, path, dpi: int = 100) -> str:
+    """Save a figure as PNG (atomically), with :func:`figure_check`'s result in its metadata
+    (``lithocore:figure-check``); a figure whose data panel has no colour bar or legend is warned about."""
+    import json
+    import warnings
+
+    from .runfolder import atomic_path
+
+    check = figure_check(fig)
+    if not check["ok"]:
+        bad = [p["title"] or "(untitled)" for p in check["panels"] if not p["ok"]]
+        warnings.warn(f"{path}: panels without a colour bar or legend: {bad}", stacklevel=2)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", metadata={"lithocore:figure-check": json.dumps(check)})
+    return str(path)
+
+
+def compare_maps(area: StudyArea, layers: dict, *, base: str = "geological map", interactive: bool = True,
+                 overlay: str | None = None, opacity: float = 0.6):
+    """Class maps and value maps of one area as layers to switch and fade over a base layer: in JupyterLab, a
+    layer menu and an opacity slider (ipywidgets) redraw one map with its legend or colour bar; under papermill
+    or in a static render (``interactive=False``), one figure of the default view, the same drawing.
+
+    ``layers``: name -> class-index map (uint8, drawn in the class table's colours) or float map (drawn with
+    a colour bar, e.g. a confidence map). ``base`` must be one of them or "geological map" (the labels).
+    Returns the widget (interactive) or the figure."""
+    maps = {"geological map": area.labels, **layers}
+    names = list(maps)
+    overlay = overlay or next((n for n in names if n != base), base)
+    cmap, norm = class_colormap(area)
+    ext = extent_km(area.grid)
+
+    def draw(top: str, alpha: float):
+        fig, ax = plt.subplots(figsize=(9, 7), layout="constrained")
+        for name, a in ((base, 1.0), (top, alpha)):
+            m = maps[name]
+            if np.issubdtype(np.asarray(m).dtype, np.floating):
+                im = ax.imshow(np.ma.masked_invalid(np.where(area.mask, m, np.nan)), extent=ext, cmap="magma",
+                               vmin=0, vmax=1, alpha=a, interpolation="nearest")
+                if name == top:
+                    fig.colorbar(im, ax=ax, shrink=0.7, label=f"{name}")
+            else:
+                shown = np.ma.masked_where((m == NO_LABEL) | ~area.mask, m)
+                ax.imshow(shown, extent=ext, cmap=cmap, norm=norm, alpha=a, interpolation="nearest")
+        ax.legend(handles=class_legend_handles(area.classes), loc="upper left", bbox_to_anchor=(1.02, 1),
+                  fontsize=LEGEND_FONTSIZE, frameon=False, title="unit id: name", title_fontsize=LEGEND_FONTSIZE)
+        _finish(ax, f"{top} over {base} (opacity {alpha:.1f})")
+        return fig
+
+    if not interactive:
+        return draw(overlay, opacity)
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    top = widgets.Dropdown(options=names, value=overlay, description="layer")
+    alpha = widgets.FloatSlider(value=opacity, min=0.0, max=1.0, step=0.05, description="opacity")
+    out = widgets.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            fig = draw(top.value, alpha.value)
+            display(fig)
+            plt.close(fig)
+
+    top.observe(redraw, names="value")
+    alpha.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([top, alpha]), out])

@@ -130,7 +130,10 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
         declared = declared_parameters(nb)
         t0 = time.perf_counter()
         bar = dict(desc=f"[{i}/{len(todo)}] {nb.stem}", unit="cell") if progress else False
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={k: v for k, v in params.items() if k in declared},
+        given = {k: v for k, v in params.items() if k in declared}
+        if "interactive" in declared:  # widgets need a browser; an executed notebook gets static figures
+            given.setdefault("interactive", False)
+        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=given,
                             cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=bar)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         if progress:

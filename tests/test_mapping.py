@@ -128,7 +128,7 @@ def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
     with rasterio.open(res["confidence"]) as src:
         assert src.dtypes[0] == "uint8" and src.nodata == 255 and src.scales[0] == pytest.approx(1 / 250)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fcn_classes.qml", "fcn_classes.tif",
-                                                                    "fcn_confidence.tif"]
+                                                                    "fcn_classes_legend.png", "fcn_confidence.tif"]
     qml = (tmp_path / "out" / "fcn_classes.qml").read_text()
     assert 'value="2" color="#aabbcc"' in qml and 'label="high"' in qml
     for f in (tmp_path / "out").iterdir():  # readable by others, as any normal file (not a temp file's 0600)
@@ -186,7 +186,7 @@ def test_class_maps_are_cloud_optimised_with_overviews(tmp_path):
     with rasterio.open(path) as src:
         assert src.overviews(1) and src.profile["tiled"] and src.colormap(1)[5][:3] == (0, 0, 255)
         assert src.tags()["class_3"] == "a"
-    assert (tmp_path / "m.qml").is_file()
+    assert (tmp_path / "m.qml").is_file() and (tmp_path / "m_legend.png").stat().st_size > 2000
 
 
 def test_stripe_ratio_finds_window_seams():

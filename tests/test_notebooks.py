@@ -1,8 +1,10 @@
 """Every notebook runs under papermill, on a small synthetic area and on Central Lapland."""
 
 import json
+import re
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 import rasterio
@@ -37,9 +39,40 @@ def test_notebook_central_lapland(notebook, tmp_path, lapland_manifest):
     _check_outputs(tmp_path, notebook, LAPLAND_MANIFEST)
 
 
+#: Lines of an executed notebook's stderr that mean noise or trouble: a library warning ("FutureWarning: ..."), a
+#: logged error, TensorFlow's C++ log (I0000 / W0000 / E0000 lines).
+NOISE = re.compile(r"(\w+Warning:|ERROR|^[IWE]\d{4} |absl::InitializeLog)", re.MULTILINE)
+
+
+def _check_quiet_and_readable(run_dir: Path, notebook: str):
+    """No stderr output with an error, a warning or a C++ log line (progress bars are fine); every figure the
+    notebook saved passed lithocore.plotting.figure_check (a legend or colour bar wherever it shows data)."""
+    from PIL import Image
+
+    nb = nbformat.read(run_dir / "notebooks" / notebook, as_version=4)
+    noisy = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.get("name") == "stderr" else ""
+            if out.get("output_type") == "error":
+                text = f"{out['ename']}: {out['evalue']}"
+            if NOISE.search(text):
+                noisy.append((i, text.strip()[:300]))
+    assert not noisy, f"{notebook}: noisy stderr in cells {noisy}"
+    stage = run_dir / Path(notebook).stem
+    figures = [p for p in stage.glob("*.png") if not p.name.endswith("_legend.png")]
+    for png in figures:
+        check = json.loads(Image.open(png).text.get("lithocore:figure-check", "null") or "null")
+        assert check is not None, f"{png.name} was not saved through lithocore.plotting.save_figure"
+        assert check["ok"], f"{png.name}: panels without a legend or colour bar: {check['panels']}"
+    for tif in stage.glob("*_classes.tif"):  # every class map has its QGIS style and legend beside it
+        assert tif.with_suffix(".qml").is_file() and tif.with_name(tif.stem + "_legend.png").is_file(), tif
+
+
 def _check_outputs(run_dir: Path, notebook: str, manifest):
     stage = run_dir / Path(notebook).stem
     assert stage.is_dir(), f"{notebook} wrote nothing into {stage}"
+    _check_quiet_and_readable(run_dir, notebook)
     if notebook.startswith("01"):
         info = json.loads((stage / "study_area.json").read_text())
         assert info["valid_fraction"] > 0.5 and len(info["classes"]) >= 2

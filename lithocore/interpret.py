@@ -1,0 +1,178 @@
+"""Interpretation written from a run's own numbers: each notebook ends with a few sentences filled in by these
+functions (templated text, never typed results), so a sentence can only say what the numbers show.
+
+Every function returns Markdown text; the thresholds that pick a sentence are named here, in one place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["study_area_text", "fusion_text", "tiles_text", "training_text", "mapping_text", "comparison_text",
+           "STRIPE_TOLERANCE"]
+
+#: A map's stripe ratio counts as "no trace of the windows" up to this factor above the windowless floor.
+STRIPE_TOLERANCE = 1.15
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def study_area_text(area) -> str:
+    """Notebook 01: size, sources, class make-up, warnings."""
+    lab = area.labels[area.mask]
+    ids, counts = np.unique(lab[lab != 255], return_counts=True)
+    shares = {area.classes.names[i]: c / counts.sum() for i, c in zip(ids, counts)} if counts.size else {}
+    big = max(shares, key=shares.get) if shares else None
+    small = min(shares, key=shares.get) if shares else None
+    text = [f"The study area is {area.shape[0]} x {area.shape[1]} pixels of {abs(area.grid.transform.a):g} m, "
+            f"{_pct(area.mask.mean())} of them valid, with {len(area.classes)} classes."]
+    if big:
+        text.append(f"The classes are unbalanced: **{big}** covers {_pct(shares[big])} of the labelled pixels and "
+                    f"**{small}** {_pct(shares[small])}; overall accuracy will mostly reflect the large units, so "
+                    f"the later notebooks report mean IoU, which weighs every class the same.")
+    missing = [n for i, n in enumerate(area.classes.names) if i not in set(ids.tolist())]
+    if missing:
+        text.append(f"Classes in the table but not on the map: {', '.join(missing)} (no model can learn them).")
+    text.append(f"Loading raised {len(area.warnings)} warning(s)" + (": read them above before going on."
+                                                                      if area.warnings else "."))
+    return " ".join(text)
+
+
+def fusion_text(quality: dict) -> str:
+    """Notebook 02: does fusion beat plain bilinear upsampling against the truth, and is it consistent?"""
+    rows = quality.get("truth") or []
+    text = []
+    paper = [r["rmse_fused"] / r["rmse_bilinear"] for r in quality.get("truth_paper_eq2") or [] if r.get("rmse_bilinear")]
+    ratios = [r["rmse_fused"] / r["rmse_bilinear"] for r in rows if r.get("rmse_bilinear")]
+    if ratios:
+        better = sum(r < 1 for r in ratios)
+        text.append(f"Against the true fine fields, the fused layers' error is {min(ratios):.2f}-{max(ratios):.2f} x "
+                    f"that of bilinear upsampling (below 1 is better): fusion helps on {better} of {len(ratios)} layers.")
+        if paper:
+            text.append(f"The paper's Eq. 2 as written gives {min(paper):.2f}-{max(paper):.2f} x: "
+                        + ("better than the calibrated settings." if np.median(paper) < np.median(ratios) else
+                           "worse than the calibrated settings, which is why they are the default."))
+    else:
+        text.append("There is no truth for this area, so fusion can only be checked for consistency.")
+    cons = [r["corr"] for r in quality.get("consistency", []) if r.get("corr") is not None]
+    if cons:
+        text.append(f"Averaged back to the coarse grid, the fused layers correlate {min(cons):.3f}-{max(cons):.3f} "
+                    f"with the measured coarse data" + (" (they keep what was measured)." if min(cons) > 0.9 else
+                                                        ": below 0.9 somewhere, fusion changed the measured values."))
+    return " ".join(text)
+
+
+def tiles_text(summary: dict) -> str:
+    """Notebook 03: how much the paper's split leaks, against the spatial split and the folds."""
+    ov = summary.get("overlap", {})
+    paper = ov.get("paper", {}).get("leakage")
+    spatial = ov.get("spatial", {}).get("leakage")
+    text = []
+    if paper is not None:
+        text.append(f"With the paper's random split, {_pct(paper)} of the validation pixels lie inside a training "
+                    f"tile: its validation scores mostly measure memory of the map.")
+    if spatial is not None:
+        text.append(f"The spatial split leaks {_pct(spatial)}; the cross-validation folds leak "
+                    f"{_pct(max(summary.get('fold_leakage') or [0]))} at most.")
+    return " ".join(text)
+
+
+def training_text(meta: dict, history: dict | None) -> str:
+    """Notebook 04: validation scores, how much they swing between epochs, which model is kept, trust."""
+    val = meta.get("validation", {})
+    text = [f"On its validation tiles the model reaches OA {val.get('overall_accuracy', float('nan')):.3f} and mIoU "
+            f"{val.get('mean_iou', float('nan')):.3f}."]
+    acc = [v for v in (history or {}).get("val_masked_accuracy", []) if v is not None and np.isfinite(v)]
+    if len(acc) >= 4:
+        tail = acc[len(acc) // 2:]
+        text.append(f"Validation accuracy swings between {min(tail):.2f} and {max(tail):.2f} over the second half "
+                    f"of training: with few validation tiles, one epoch's score is noisy. The model kept is the "
+                    f"last epoch's, not the best one's, because picking the best on the validation tiles and then "
+                    f"reporting it on the same tiles would flatter it.")
+    trust = meta.get("trust") or {}
+    if trust and not trust.get("trustworthy", True):
+        text.append("**Do not trust these scores**: " + "; ".join(trust.get("reasons", [])) + ".")
+    return " ".join(text)
+
+
+def _stripe_sentence(stripes: dict) -> str:
+    ratios = stripes.get("ratios", {})
+    this = ratios.get("this map", {})
+    floor_name = "random forest (per pixel)" if "random forest (per pixel)" in ratios else "geological map"
+    floor = ratios.get(floor_name, {})
+    parts = []
+    for grid, value in this.items():
+        ref = floor.get(grid)
+        if value is None or ref is None:
+            continue
+        verdict = "no more than" if value <= STRIPE_TOLERANCE * ref else "above"
+        parts.append(f"{value:.2f} on the {grid} ({verdict} the {floor_name}'s {ref:.2f})")
+    if not parts:
+        return ""
+    seams = any("above" in p for p in parts)
+    return ("Stripe ratio of the map: " + "; ".join(parts) + ". " +
+            ("Class changes line up on a window grid more often than the geology explains: look for seams."
+             if seams else "The windows leave no trace the geology does not leave as well."))
+
+
+def mapping_text(scores: dict, regions: list[str]) -> str:
+    """Notebook 05: scores by region (honest first), speckle, stripes."""
+    first = regions[0]
+    s, w = scores[first], scores.get("whole_map", {})
+    text = [f"Outside what the model trained on (`{first}`) the map scores OA {s['overall_accuracy']:.3f} and mIoU "
+            f"{s['mean_iou']:.3f}; over the whole map, as the paper scored, mIoU {w.get('mean_iou', float('nan')):.3f}."]
+    zero = [n for n, v in (s.get("iou") or {}).items() if v is not None and v < 0.05]
+    if zero:
+        text.append(f"Classes the map all but misses there (IoU below 0.05): {', '.join(zero)}.")
+    noise = scores.get("noise", {}).get("salt_and_pepper")
+    if noise is not None:
+        text.append(f"{_pct(noise) if noise >= 0.01 else f'{100 * noise:.1f} %'} of the pixels disagree with their "
+                    f"5 x 5 majority (speckle).")
+    if scores.get("stripes"):
+        text.append(_stripe_sentence(scores["stripes"]))
+    return " ".join(text)
+
+
+def comparison_text(summary: dict, diffs: list, verdict: str, coverage: list[dict], pooled: dict,
+                    names: dict[str, str], class_names) -> str:
+    """Notebook 06: which map to trust and why, which classes score 0 and why, how test and training sides
+    differ in class make-up."""
+    means = {m: summary[m]["mean_iou"]["mean"] for m in summary}
+    best = max(means, key=means.get)
+    other = [m for m in means if m != best]
+    ahead = "ahead" in verdict and names[best] in verdict.split(" ahead")[0]
+    text = [f"**Which map to trust.** Out of fold, the {names[best]} scores the higher mean mIoU "
+            f"({means[best]:.3f} against " + ", ".join(f"{means[m]:.3f} for the {names[m]}" for m in other) + ")."]
+    if ahead:
+        text.append(f"The difference holds across folds ({verdict}): trust the {names[best]}'s map where the two "
+                    f"disagree, and its out-of-fold map (not the whole-map one, which was scored on its training "
+                    f"ground) for an honest picture of its errors.")
+    else:
+        text.append(f"The difference does not hold across folds ({verdict}): neither map is the better one here; "
+                    f"where they agree, the call is safer, where they disagree, go to the field.")
+    flagged = [c for c in coverage if c.get("flagged")]
+    for m in summary:
+        iou = pooled[m].get("iou") or {}
+        zero = [n for n, v in iou.items() if v is not None and v < 0.05]
+        if zero:
+            causes = sorted({n for c in flagged for n in c.get("classes_missing_from_training", []) if n in zero})
+            text.append(f"The {names[m]} all but misses {', '.join(zero)} (IoU below 0.05)" +
+                        (f"; {', '.join(causes)} is missing from the training side of some folds, so those fold "
+                         f"models could not predict it there." if causes else
+                         "; it was in every training side, so the model failed to tell it apart, not to see it."))
+    gaps = []
+    for c in coverage:
+        tr, te = c.get("train_per_class") or {}, c.get("test_per_class") or {}
+        if sum(tr.values()) and sum(te.values()):
+            tr = {n: v / sum(tr.values()) for n, v in tr.items()}
+            te = {n: v / sum(te.values()) for n, v in te.items()}
+            name = max(te, key=lambda n: abs(te.get(n, 0) - tr.get(n, 0)))
+            gaps.append((abs(te[name] - tr.get(name, 0)), c["fold"], name, te[name], tr.get(name, 0)))
+    if gaps:
+        g = max(gaps)
+        text.append(f"**Test and training sides differ**: the largest difference in class make-up is in fold {g[1]}, "
+                    f"where {g[2]} is {_pct(g[3])} of the test pixels and {_pct(g[4])} of the training pixels; a "
+                    f"model's score there measures how it copes with that shift as much as how good it is.")
+    return " ".join(text)
