@@ -34,7 +34,8 @@ import os
 
 import numpy as np
 
-__all__ = ["build_fcn8s", "PixelCrossEntropy", "masked_accuracy", "backend_info", "describe_layers", "any_size"]
+__all__ = ["build_fcn8s", "build_unet", "build_model", "ARCHITECTURES", "PixelCrossEntropy", "masked_accuracy",
+           "backend_info", "describe_layers", "any_size"]
 
 
 def bilinear_kernel(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
@@ -58,7 +59,7 @@ def bilinear_kernel(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarr
 
 
 def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int = 4096, dropout: float = 0.5,
-                tile: int | None = None, upsampling: str = "table1", name: str = "fcn8s_vgg19"):
+                tile: int | None = None, upsampling: str = "table1", norm: str = "none", name: str = "fcn8s_vgg19"):
     """Build the FCN-8s of Table 1.
 
     Parameters
@@ -76,6 +77,8 @@ def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int 
         give blocky outputs until well trained. ``"bilinear"``: Long et al.'s overlapping kernels (4x4 stride 2,
         16x16 stride 8) initialised as bilinear interpolation (the paper's text calls the upsampling "bilinear
         interpolation") times a random channel mixing.
+    norm
+        ``"none"`` (Table 1), ``"group"`` or ``"batch"``: a normalisation after every 3x3 convolution.
 
     Examples
     --------
@@ -94,7 +97,11 @@ def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int 
     pools = []
     for block, (n_conv, filters) in enumerate(zip((2, 2, 4, 4, 4), (64, 128, 256, 512, 512)), start=1):
         for j in range(n_conv):
-            x = layers.Conv2D(f(filters), 3, padding="same", activation="relu", name=f"conv{block}_{j + 1}")(x)
+            if norm == "none":
+                x = layers.Conv2D(f(filters), 3, padding="same", activation="relu", name=f"conv{block}_{j + 1}")(x)
+            else:
+                x = layers.Conv2D(f(filters), 3, padding="same", use_bias=False, name=f"conv{block}_{j + 1}")(x)
+                x = layers.Activation("relu", name=f"relu{block}_{j + 1}")(_norm(x, norm, f"conv{block}_{j + 1}"))
         x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
         pools.append(x)
     x = layers.Conv2D(fc, 1, activation="relu", name="conv6")(x)
@@ -230,3 +237,101 @@ def any_size(model):
     free = keras.Model.from_config(cfg)
     free.set_weights(model.get_weights())
     return free
+
+
+# ------------------------------------------------------------------------------------------ the registry
+#: The models every stage can build, train, map and cross-validate by name.
+ARCHITECTURES = {
+    "fcn8s_paper": "the paper's FCN-8s exactly (Table 1: full VGG-19 widths, fc 4096, Table 1's decoder)",
+    "fcn8s": "FCN-8s with a width multiplier, Long et al.'s bilinear decoder and optional group normalisation",
+    "unet": "a U-Net (five levels, skips by concatenation, bilinear upsampling) with optional group normalisation",
+}
+
+
+def _norm(x, kind: str, name: str):
+    """Normalisation after a convolution: "none", "group" (statistics per sample: works at the paper's batch
+    of 5, where batch statistics of five similar tiles do not carry over to mapping) or "batch"."""
+    from keras import layers
+
+    if kind == "none":
+        return x
+    if kind == "group":
+        c = int(x.shape[-1])
+        groups = next(g for g in (8, 4, 2, 1) if c % g == 0)
+        return layers.GroupNormalization(groups=groups, name=f"{name}_gn")(x)
+    if kind == "batch":
+        return layers.BatchNormalization(name=f"{name}_bn")(x)
+    raise ValueError(f"norm must be 'none', 'group' or 'batch', got {kind!r}")
+
+
+def build_unet(n_channels: int, n_classes: int, *, width: float = 1.0, norm: str = "group", tile: int | None = None,
+               dropout: float = 0.0, name: str = "unet"):
+    """A U-Net (Ronneberger et al. 2015) with five 2x poolings (any multiple of 32 as input, as the FCN-8s):
+    two 3x3 convolutions per level (64 ... 1024 filters x ``width``), bilinear upsampling and a 3x3 convolution
+    on the way up, skips by concatenation, a 1x1 softmax head.
+
+    Examples
+    --------
+    >>> build_unet(9, 8, width=1 / 16, tile=64).output_shape
+    (None, 64, 64, 8)
+    """
+    import keras
+    from keras import layers
+
+    if tile is not None and tile % 32:
+        raise ValueError(f"the tile size must be a multiple of 32 (five 2x poolings), got {tile}")
+    f = lambda n: max(2, int(round(n * width)))
+    inp = keras.Input((tile, tile, n_channels), name="stack")
+
+    def block(x, filters, label):
+        for j in (1, 2):
+            x = layers.Conv2D(f(filters), 3, padding="same", use_bias=norm == "none", name=f"{label}_conv{j}")(x)
+            x = _norm(x, norm, f"{label}_conv{j}")
+            x = layers.Activation("relu", name=f"{label}_relu{j}")(x)
+        return x
+
+    skips, x = [], inp
+    for level, filters in enumerate((64, 128, 256, 512, 512)):
+        x = block(x, filters, f"down{level + 1}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level + 1}")(x)
+    x = block(x, 1024, "bottom")
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    for level, filters in reversed(list(enumerate((64, 128, 256, 512, 512)))):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level + 1}")(x)
+        x = layers.Concatenate(name=f"skip{level + 1}")([x, skips[level]])
+        x = block(x, filters, f"dec{level + 1}")
+    x = layers.Conv2D(n_classes, 1, name="classes")(x)
+    out = layers.Softmax(name="softmax")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def build_model(config: dict):
+    """Any model of :data:`ARCHITECTURES` from one configuration: ``architecture``, ``n_channels``,
+    ``n_classes``, and as the architecture uses them ``width``, ``fc``, ``dropout``, ``tile``, ``upsampling``
+    and ``norm``. Training, mapping and evaluation treat every model the same way.
+
+    ``fcn8s_paper`` ignores ``width``, ``fc``, ``upsampling`` and ``norm``: it is Table 1, always.
+
+    Examples
+    --------
+    >>> [build_model(dict(architecture=a, n_channels=9, n_classes=8, width=1 / 16, fc=16, tile=64)).name
+    ...  for a in ("fcn8s", "unet")]
+    ['fcn8s', 'unet']
+    """
+    cfg = dict(config)
+    arch = cfg.get("architecture", "fcn8s")
+    n_channels, n_classes = int(cfg["n_channels"]), int(cfg["n_classes"])
+    tile = cfg.get("tile")
+    if arch == "fcn8s_paper":
+        return build_fcn8s(n_channels, n_classes, width=1.0, fc=4096, dropout=0.5, tile=tile, upsampling="table1",
+                           name="fcn8s_paper")
+    if arch == "fcn8s":
+        return build_fcn8s(n_channels, n_classes, width=cfg.get("width", 1.0), fc=cfg.get("fc", 4096),
+                           dropout=cfg.get("dropout", 0.5), tile=tile, upsampling=cfg.get("upsampling", "bilinear"),
+                           norm=cfg.get("norm", "none"), name="fcn8s")
+    if arch == "unet":
+        return build_unet(n_channels, n_classes, width=cfg.get("width", 1.0), norm=cfg.get("norm", "group"),
+                          tile=tile, dropout=cfg.get("dropout", 0.0) if cfg.get("dropout", 0.0) < 0.5 else 0.0)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")

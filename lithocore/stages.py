@@ -223,7 +223,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
     metadata (``model.json``, written last: a model without it is unfinished). Returns (model, meta, history)."""
     import keras
 
-    from .model import backend_info, build_fcn8s
+    from .model import backend_info, build_model
     from .tiles import class_weights
     from .training import compile_model, data_parallel, evaluate_tiles, fit, make_batches, read_history, save_bundle
 
@@ -236,8 +236,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
     made_from = _model_made_from(rf.root, area, ts, cfg, split)
     with data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split between them
         if model is None:
-            model = build_fcn8s(len(channels), len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout,
-                                tile=cfg.tile, upsampling=cfg.upsampling)
+            model = build_model(cfg.model_config(len(channels), len(area.classes)))
         weights = class_weights(area.labels, ts.train, ts.size, len(area.classes)) if cfg.class_weighting else None
         compile_model(model, len(area.classes), cfg, class_weights=weights)
         history = fit(model, train, val, rf.model_dir, cfg, verbose=verbose, run_key=key(made_from))
@@ -439,7 +438,7 @@ def fcn_fold_model(stack, area, cfg, out_dir):
 
         from . import mapping
         from .fusion import normalisation_stats
-        from .model import build_fcn8s
+        from .model import build_model
         from .tiles import TileBatches, candidate_windows, class_weights, sample_windows
         from .training import compile_model, fit, window_pixels
 
@@ -450,10 +449,9 @@ def fcn_fold_model(stack, area, cfg, out_dir):
         windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)))
         stats = normalisation_stats(stack, window_pixels(area.shape, windows, cfg.tile) & area.mask)
         batches = TileBatches(stack, area.labels, area.mask, windows, cfg.tile, cfg.batch_size, mean=stats["mean"],
-                              std=stats["std"], seed=cfg.seed + i)
+                              std=stats["std"], seed=cfg.seed + i, augment=cfg.augment)
         keras.utils.set_random_seed(cfg.seed + i)
-        model = build_fcn8s(stack.shape[0], len(area.classes), width=cfg.width, fc=cfg.fc, dropout=cfg.dropout,
-                            tile=cfg.tile, upsampling=cfg.upsampling)
+        model = build_model(cfg.model_config(stack.shape[0], len(area.classes)))
         weights = class_weights(area.labels, windows, cfg.tile, len(area.classes)) if cfg.class_weighting else None
         compile_model(model, len(area.classes), cfg, class_weights=weights)
         fit(model, batches, None, Path(out_dir) / f"fcn8s_fold{i}", cfg, verbose=0,

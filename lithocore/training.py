@@ -66,6 +66,14 @@ class TrainingConfig:
     dropout: float = 0.5
     upsampling: str = "bilinear"  # "table1" (the paper's kernels) or "bilinear" (Long et al.'s, bilinear start)
     seed: int = 0
+    architecture: str = "fcn8s"  # a model of lithocore.model.ARCHITECTURES
+    norm: str = "none"  # normalisation after each convolution: "none", "group" or "batch"
+    augment: bool = False  # random flips and quarter turns of the training tiles
+
+    def model_config(self, n_channels: int, n_classes: int) -> dict:
+        """The configuration :func:`lithocore.model.build_model` takes."""
+        return dict(architecture=self.architecture, n_channels=n_channels, n_classes=n_classes, width=self.width,
+                    fc=self.fc, dropout=self.dropout, tile=self.tile, upsampling=self.upsampling, norm=self.norm)
 
     @property
     def iterations(self) -> int | None:
@@ -76,7 +84,7 @@ PROFILES = {
     "quick": TrainingConfig(),
     "paper": TrainingConfig(width=1.0, fc=4096, tile=256, stride=20, n_samples=1000, batch_size=5, epochs=100,
                             steps_per_epoch=70, optimizer="sgd", learning_rate=1e-4, momentum=0.9, loss_mode="sum",
-                            clipnorm=1.0, class_weighting=False, upsampling="table1"),
+                            clipnorm=1.0, class_weighting=False, upsampling="table1", architecture="fcn8s_paper"),
 }
 
 
@@ -248,7 +256,14 @@ def resolve_config(profile: str = "quick", **overrides) -> TrainingConfig:
     unknown = set(keep) - set(TrainingConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown training setting(s) {sorted(unknown)}")
-    return replace(PROFILES[profile], **keep)
+    from .model import ARCHITECTURES
+
+    cfg = replace(PROFILES[profile], **keep)
+    if cfg.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {cfg.architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+    if cfg.norm not in ("none", "group", "batch"):
+        raise ValueError(f"norm must be 'none', 'group' or 'batch', got {cfg.norm!r}")
+    return cfg
 
 
 def window_pixels(shape: tuple[int, int], windows: np.ndarray, size: int) -> np.ndarray:
@@ -270,7 +285,8 @@ def make_batches(stack: np.ndarray, area, ts, cfg: TrainingConfig):
     train_px = window_pixels(area.shape, ts.train, ts.size) & area.mask
     stats = normalisation_stats(stack, train_px) | {"fitted_on": "training windows"}
     kw = dict(mean=stats["mean"], std=stats["std"])
-    train = TileBatches(stack, area.labels, area.mask, ts.train, ts.size, cfg.batch_size, seed=cfg.seed, **kw)
+    train = TileBatches(stack, area.labels, area.mask, ts.train, ts.size, cfg.batch_size, seed=cfg.seed,
+                        augment=cfg.augment, **kw)
     val = TileBatches(stack, area.labels, area.mask, ts.val, ts.size, cfg.batch_size, shuffle=False, **kw)
     return train, val, stats
 

@@ -184,3 +184,47 @@ def test_bilinear_upsampling_variant(tmp_path):
     assert np.allclose(np.asarray(back.predict(x, verbose=0)), np.asarray(m.predict(x, verbose=0)), atol=1e-5)
     with pytest.raises(ValueError, match="upsampling"):
         M.build_fcn8s(9, 8, upsampling="nearest")
+
+
+@pytest.mark.parametrize("architecture", ["fcn8s_paper", "fcn8s", "unet"])
+@pytest.mark.parametrize("tile", [32, 96])
+def test_registry_builds_every_model_at_any_multiple_of_32(architecture, tile):
+    from lithocore.model import build_model
+
+    cfg = dict(architecture=architecture, n_channels=5, n_classes=3, width=1 / 16, fc=16, tile=None, norm="group")
+    if architecture == "fcn8s_paper" and tile > 32:
+        pytest.skip("the paper's full-width model is large; one size is enough for it")
+    model = build_model(cfg)
+    out = np.asarray(model.predict_on_batch(np.zeros((1, tile, tile, 5), np.float32)))
+    assert out.shape == (1, tile, tile, 3) and np.allclose(out.sum(-1), 1, atol=1e-4)
+    if architecture == "fcn8s_paper":  # Table 1 whatever the configuration says
+        assert model.count_params() > 60e6 and "conv1_1_gn" not in [l.name for l in model.layers]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model(dict(cfg, tile=48))
+
+
+def test_group_normalisation_does_not_depend_on_the_batch():
+    """Per-sample statistics: a tile's prediction is the same alone or in a batch of other tiles (batch
+    normalisation in training mode is not, which broke mapping with batches of 5 similar tiles)."""
+    from lithocore.model import build_model
+
+    model = build_model(dict(architecture="fcn8s", n_channels=3, n_classes=4, width=1 / 16, fc=16, norm="group",
+                             dropout=0.0))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 64, 64, 3)).astype(np.float32)
+    alone = np.asarray(model(x[:1], training=True))
+    batch = np.asarray(model(x, training=True))[:1]
+    assert np.allclose(alone, batch, atol=1e-5)
+
+
+def test_augmentation_applies_the_same_symmetry_to_tile_and_targets():
+    from lithocore.tiles import _dihedral
+
+    x = np.arange(4 * 4 * 2, dtype=np.float32).reshape(4, 4, 2)
+    y = x[..., 0].astype(np.int32)
+    seen = set()
+    for k in range(8):
+        xa, ya = _dihedral(x, y, k)
+        assert np.array_equal(xa[..., 0].astype(np.int32), ya)
+        seen.add(xa[..., 0].tobytes())
+    assert len(seen) == 8  # eight different symmetries
