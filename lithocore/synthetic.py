@@ -101,6 +101,9 @@ COMPOSITION = np.array([
 # Magnetic susceptibility, SI (REFERENCE.md; the paper: leucogranite medium-high).
 SUSCEPTIBILITY = np.array([0.15e-3, 0.5e-3, -0.01e-3, 2.0e-3, 0.8e-3, 0.3e-3, 4.0e-3, 0.0, 0.0, 1.5e-3],
                           dtype=np.float32)
+# Resistance to erosion (0-1), which sets the relief: granite, marble and gneiss stand up, slate and schist
+# weather down, unconsolidated Quaternary and water lie lowest (order as MATERIALS).
+RESISTANCE = np.array([0.55, 0.35, 0.8, 0.7, 0.45, 0.1, 0.75, 0.0, 0.5, 0.6], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class SyntheticSpec:
     sun_azimuth: float = 150.0  # degrees, ASTER morning overpass
     sun_elevation: float = 45.0  # degrees
     noise: float = 0.006  # reflectance, sensor noise (std)
-    dispersion: float = 150.0  # metres, std of the Gaussian that disperses the surface geochemistry
+    dispersion: float = 20.0  # metres, std of the Gaussian that disperses the surface geochemistry (soil creep)
     version: int = 3  # bump when the generator changes, so caches are rebuilt
 
     def __post_init__(self):
@@ -213,24 +216,41 @@ def _geology(spec: SyntheticSpec, rng: np.random.Generator):
     leuco = bodies | dykes
     unit[leuco] = 7
 
-    # DEM: dome relief, ridges, valleys carved along a sinuous network.
+    # DEM: relief follows how resistant the rocks are (as erosion leaves it: granite, gneiss and marble stand
+    # higher, slate and schist lower, the Quaternary fills the valleys), smoothed over ~100 m so that a contact
+    # is a slope, not a step; ridges and valleys are independent random fields. Nothing encodes the dome's
+    # coordinate or a unit's contact: the twin sandstone-and-slate units differ by ~8 m on average, well inside
+    # the relief's noise.
+    material_now = np.where((unit == 1) | (unit == 3), np.where(sandstone_bed, _M["sandstone"], _M["slate"]), 0)
+    for uid, mat in ((2, "marble"), (4, "gneiss"), (5, "schist"), (7, "leucogranite")):
+        material_now[unit == uid] = _M[mat]
+    resistance = RESISTANCE[material_now]
+    relief = 350.0 * (ndimage.gaussian_filter(resistance, 6.0) - 0.5)
     ridge = _smooth_noise(rng, (H, W), R / 5)
     valley_field = _smooth_noise(rng, (H, W), R / 4)
     valley_dist = np.abs(valley_field)
-    dem = (4800.0 + 300.0 * np.clip(1.1 - s, 0, None) + 450.0 * ridge + 250.0 * _smooth_noise(rng, (H, W), R / 15)
+    dem = (4900.0 + relief + 450.0 * ridge + 250.0 * _smooth_noise(rng, (H, W), R / 15)
            + 60.0 * _smooth_noise(rng, (H, W), 6))
-    dem += 60.0 * leuco  # resistant granite stands proud
     valley_depth = 500.0 * np.exp(-(valley_dist / 0.18) ** 2)
     dem -= valley_depth
     # Quaternary fills the valley floors, wider where the valley is low.
     quaternary = valley_dist < (0.05 + 0.05 * np.clip((4700.0 - dem) / 600.0, 0, 1))
     unit[quaternary] = 6
     dem[quaternary] = np.minimum(dem[quaternary], ndimage.uniform_filter(dem, 15)[quaternary])
-    # Lakes in the lowest valley floors, snow on the highest peaks.
-    lakes = quaternary & (dem < np.percentile(dem, 3.5)) & (_smooth_noise(rng, (H, W), R / 20) > 0.0)
+    # Lakes dammed here and there along the valley floors (not only the lowest ones), each with a flat surface;
+    # snow patches on high ground that faces away from the sun, not every summit: neither is one elevation
+    # threshold, both are found from their spectra.
+    lake_field = _smooth_noise(rng, (H, W), R / 20)
+    lakes = quaternary & (lake_field > np.quantile(lake_field[quaternary], 0.8) if quaternary.any() else False)
     lakes = ndimage.binary_opening(lakes, iterations=2)
-    dem[lakes] = np.percentile(dem[lakes], 10) if lakes.any() else dem[lakes]
-    snow = dem > np.percentile(dem, 98.8)
+    lab, n = ndimage.label(lakes)
+    if n:
+        level = ndimage.minimum(dem, lab, np.arange(1, n + 1))
+        dem[lakes] = np.asarray(level)[lab[lakes] - 1]
+    gy, gx = np.gradient(ndimage.gaussian_filter(dem, 3.0))
+    shade = gy * np.cos(np.deg2rad(135.0)) - gx * np.sin(np.deg2rad(135.0))  # facing away from a south-east sun
+    snow_score = (dem - np.percentile(dem, 80)) / 200.0 + 0.02 * shade + 0.8 * _smooth_noise(rng, (H, W), R / 25)
+    snow = (dem > np.percentile(dem, 80)) & (snow_score > np.percentile(snow_score, 98.8)) & ~quaternary
     unit[lakes | snow] = 8
 
     # Skarn alteration: patches near the leucogranite and along the schist-marble contacts.
@@ -493,22 +513,28 @@ def _manifest_text(spec: SyntheticSpec) -> str:
 
 # -------------------------------------------------------------------------------------- calibration
 def rf_calibration(area, *, context: bool = False, coarse: bool = True, only: list[str] | None = None,
-                   n_per_class: int = 4000, n_trees: int = 100, seed: int = 0, n_test: int = 200_000) -> dict:
+                   n_per_class: int = 4000, n_trees: int = 100, seed: int = 0, n_test: int = 200_000,
+                   stack: np.ndarray | None = None, block: int = 0) -> dict:
     """A quick per-pixel random forest on a loaded study area: how far per-pixel features get.
 
     Features are the guide bands, the extra layers and (``coarse=True``) the coarse layers resampled
     bilinearly; with ``context=True`` also the local mean and standard deviation of every guide band over 5, 15
     and 41 pixel windows (a crude stand-in for the spatial context, e.g. bedding texture, that an FCN learns).
-    ``only`` restricts the problem to the named classes. Training pixels: ``n_per_class`` per class (at most
-    half of the class) drawn at random; test pixels: a random sample of the others. Returns the scores of
+    ``stack`` replaces those features by the given (C, H, W) stack: calibrate on what the models see (the
+    fused default stack). ``only`` restricts the problem to the named classes. Training pixels: ``n_per_class``
+    per class (at most half of the class) drawn at random; test pixels: a random sample of the others. With
+    ``block`` > 0 the two sides are spatially apart, as in cross-validation: training pixels from the white
+    squares of a ``block``-pixel checkerboard, test pixels from the black ones (with random pixels, any
+    smooth multi-channel field lets a per-pixel classifier learn *where* a pixel is, which says nothing about
+    unseen ground). Returns the scores of
     :func:`lithocore.metrics.scores` plus the confusion matrix.
     """
     from .data import NO_LABEL
     from .forest import sample_pixels, train_forest
     from .metrics import confusion_matrix, scores
 
-    feats = [*area.guide, *area.extra]
-    if coarse:
+    feats = [*area.guide, *area.extra] if stack is None else list(stack)
+    if coarse and stack is None:
         feats += [c.to_fine(area.grid) for c in area.coarse]
     if context:
         for a in area.guide:
@@ -522,9 +548,15 @@ def rf_calibration(area, *, context: bool = False, coarse: bool = True, only: li
     if only:
         wanted = [names.index(n) for n in only]
         allowed &= np.isin(area.labels, wanted)
-    train = sample_pixels(area.labels, allowed, 0.5, seed, max_per_class=n_per_class)
+    if block:
+        rr, cc = np.indices(area.shape)
+        white = (rr // block + cc // block) % 2 == 0
+        train = sample_pixels(area.labels, allowed & white, 0.5, seed, max_per_class=n_per_class)
+        rest = np.flatnonzero(allowed & ~white)
+    else:
+        train = sample_pixels(area.labels, allowed, 0.5, seed, max_per_class=n_per_class)
+        rest = np.setdiff1d(np.flatnonzero(allowed), train)
     rf, _ = train_forest(stack, area.labels, train, n_trees=n_trees, max_features=3, seed=seed)
-    rest = np.setdiff1d(np.flatnonzero(allowed), train)
     test = np.random.default_rng(seed).choice(rest, min(n_test, rest.size), replace=False)
     X = np.nan_to_num(stack.reshape(stack.shape[0], -1)[:, test].T)
     cm = confusion_matrix(area.labels.ravel()[test], rf.predict(X), len(names))

@@ -144,3 +144,32 @@ def test_generation_record(small_manifest):
     meta = json.loads((small_manifest.parent / "generation.json").read_text())
     assert meta["spec"]["seed"] == SMALL_SPEC.seed and meta["samples"] > 0
     assert abs(sum(meta["unit_fractions"].values()) - 1) < 1e-6
+
+
+def test_the_model_inputs_hand_out_no_shortcut(calibration_area):
+    """Calibrated on what the models see (the fused default stack: fused geochemistry and magnetics, the DEM),
+    spatially held out: a per-pixel forest stays well below the ceiling on the twin units and on marble vs
+    schist, and the DEM alone (one elevation threshold) does not find the lakes and snow."""
+    from lithocore import fusion
+
+    area = calibration_area
+    res = fusion.fuse_study_area(area, progress=False, **fusion.FusionSettings().fuse_kwargs())
+    stack, names, _ = fusion.build_stack(res, area)
+    assert "dem" in names
+    balanced = lambda s: np.mean(list(s["producer_accuracy"].values()))
+    twins = ["Jurassic sandstone and slate", "Triassic sandstone and slate"]
+    pair = ["Early Paleozoic marble", "Paleozoic biotite quartz schist"]
+    for only in (twins, pair):
+        s = rf_calibration(area, stack=stack, only=only, block=80, n_trees=60, n_per_class=3000)
+        assert balanced(s) < 0.93, (only, balanced(s))  # random pixels: 0.97 (where a pixel is, not what)
+    # the relief no longer tells the twins apart (the first test bed's DEM encoded the dome's coordinate)
+    dem_only = rf_calibration(area, stack=stack[names.index("dem"):names.index("dem") + 1], only=twins, block=80,
+                              n_trees=60, n_per_class=3000)
+    assert balanced(dem_only) < 0.65, balanced(dem_only)
+    dem = area.extra[area.extra_names.index("dem")]
+    water = (area.labels == area.classes.names.index("Lakes and snow")) & area.mask
+    for q, low in ((3.5, True), (98.8, False)):
+        th = np.nanpercentile(dem[area.mask], q)
+        pick = area.mask & ((dem < th) if low else (dem > th))
+        recall, precision = (pick & water).sum() / water.sum(), (pick & water).sum() / max(pick.sum(), 1)
+        assert recall * precision < 0.35, (q, recall, precision)  # was 0.88 x 0.965 with the first test bed
