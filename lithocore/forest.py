@@ -13,7 +13,7 @@ import numpy as np
 
 from .data import NO_LABEL
 
-__all__ = ["sample_pixels", "train_forest", "predict_forest"]
+__all__ = ["sample_pixels", "train_forest", "predict_forest", "neighbourhood_features"]
 
 
 def sample_pixels(labels: np.ndarray, allowed: np.ndarray, fraction: float = 0.1, seed: int = 0,
@@ -40,13 +40,39 @@ def sample_pixels(labels: np.ndarray, allowed: np.ndarray, fraction: float = 0.1
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
 
 
+def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...] = (5, 15)) -> tuple[np.ndarray, list[str]]:
+    """The stack plus, for every channel, its local mean and standard deviation over ``size`` x ``size`` windows:
+    a per-pixel forest given the neighbourhood (texture, nearby units) that a convolutional network sees, the
+    baseline a sceptical reviewer asks a deep model to beat. Not-finite pixels count as the channel's mean.
+    Returns (features (C * (1 + 2 * len(sizes)), H, W) float32, their names).
+
+    Examples
+    --------
+    >>> f, names = neighbourhood_features(np.ones((2, 8, 8), np.float32), sizes=(3,))
+    >>> f.shape, names[2:4]
+    ((6, 8, 8), ['mean3(0)', 'sd3(0)'])
+    """
+    from scipy import ndimage
+
+    out = [np.asarray(stack, np.float32)]
+    names = [str(i) for i in range(stack.shape[0])]
+    for i, band in enumerate(stack):
+        filled = np.where(np.isfinite(band), band, np.nanmean(band)).astype(np.float32)
+        for size in sizes:
+            m = ndimage.uniform_filter(filled, size, mode="reflect")
+            sd = np.sqrt(np.maximum(ndimage.uniform_filter(filled * filled, size, mode="reflect") - m * m, 0))
+            out += [m[None], sd[None]]
+            names += [f"mean{size}({i})", f"sd{size}({i})"]
+    return np.concatenate(out).astype(np.float32), names
+
+
 def _features(stack: np.ndarray, rows: slice | None = None) -> np.ndarray:
     part = stack if rows is None else stack[:, rows]
     return np.nan_to_num(part.reshape(part.shape[0], -1).T.astype(np.float32))
 
 
 def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n_trees: int = 200,
-                 max_features: int = 3, seed: int = 0, n_jobs: int = -1, progress: bool = False,
+                 max_features: int | str = 3, seed: int = 0, n_jobs: int = -1, progress: bool = False,
                  desc: str = "random forest (trees)"):
     """Fit scikit-learn's random forest on the given pixels (flat indices). Returns (forest, seconds).
 
@@ -57,7 +83,8 @@ def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n
 
     X = np.nan_to_num(stack.reshape(stack.shape[0], -1)[:, pixels].T.astype(np.float32))
     y = labels.ravel()[pixels]
-    rf = RandomForestClassifier(n_estimators=n_trees, max_features=min(max_features, X.shape[1]), n_jobs=n_jobs,
+    mtry = min(max_features, X.shape[1]) if isinstance(max_features, int) else max_features
+    rf = RandomForestClassifier(n_estimators=n_trees, max_features=mtry, n_jobs=n_jobs,
                                 random_state=seed, warm_start=progress)
     t0 = time.perf_counter()
     if not progress:

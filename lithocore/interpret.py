@@ -135,23 +135,29 @@ def mapping_text(scores: dict, regions: list[str]) -> str:
     return " ".join(text)
 
 
-def comparison_text(summary: dict, diffs: list, verdict: str, coverage: list[dict], pooled: dict,
-                    names: dict[str, str], class_names) -> str:
-    """Notebook 06: which map to trust and why, which classes score 0 and why, how test and training sides
-    differ in class make-up."""
+def comparison_text(per_fold: list[dict], coverage: list[dict], pooled: dict, names: dict[str, str]) -> str:
+    """Notebook 06: which map to trust and why (the best model by out-of-fold mean mIoU, and whether that holds
+    fold by fold against every other model), which classes score 0 and why, how test and training sides differ
+    in class make-up."""
+    from .crossval import paired_differences, summarise, verdict
+
+    summary = summarise(per_fold)
     means = {m: summary[m]["mean_iou"]["mean"] for m in summary}
     best = max(means, key=means.get)
     other = [m for m in means if m != best]
-    ahead = "ahead" in verdict and names[best] in verdict.split(" ahead")[0]
-    text = [f"**Which map to trust.** Out of fold, the {names[best]} scores the higher mean mIoU "
-            f"({means[best]:.3f} against " + ", ".join(f"{means[m]:.3f} for the {names[m]}" for m in other) + ")."]
-    if ahead:
-        text.append(f"The difference holds across folds ({verdict}): trust the {names[best]}'s map where the two "
-                    f"disagree, and its out-of-fold map (not the whole-map one, which was scored on its training "
-                    f"ground) for an honest picture of its errors.")
+    text = [f"**Which map to trust.** Out of fold, the {names[best]} scores the highest mean mIoU "
+            f"({means[best]:.3f}; " + ", ".join(f"the {names[m]} {means[m]:.3f}" for m in other) + ")."]
+    lines = {m: verdict(paired_differences(per_fold, best, m), names[best], f"the {names[m]}") for m in other}
+    holds = [m for m in other if " ahead of " in lines[m]]
+    text.append(" ".join(f"{v[0].upper()}{v[1:]}." for v in lines.values()))
+    if len(holds) == len(other):
+        text.append(f"The lead holds across folds: trust the {names[best]}'s map where the maps disagree, and read "
+                    f"its out-of-fold map (not a whole-map one, scored on its own training ground) for an honest "
+                    f"picture of its errors.")
     else:
-        text.append(f"The difference does not hold across folds ({verdict}): neither map is the better one here; "
-                    f"where they agree, the call is safer, where they disagree, go to the field.")
+        text.append(f"The lead does not hold across folds against the " +
+                    ", ".join(names[m] for m in other if m not in holds) + ": no map is the better one here; "
+                    "where the maps agree, the call is safer; where they disagree, go to the field.")
     flagged = [c for c in coverage if c.get("flagged")]
     for m in summary:
         iou = pooled[m].get("iou") or {}

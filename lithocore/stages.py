@@ -461,10 +461,17 @@ def fcn_fold_model(stack, area, cfg, out_dir):
     return run
 
 
-def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int = 3, fraction: float = 0.1,
-                      cap: int = 0, seed: int = 0):
+def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | str = 3, fraction: float = 0.1,
+                      cap: int = 0, seed: int = 0, neighbourhood: tuple[int, ...] = ()):
     """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
-    training region (at most ``cap`` per class), predicting the fold's test region."""
+    training region (at most ``cap`` per class), predicting the fold's test region. With ``neighbourhood``
+    window sizes, the forest also gets every channel's local mean and standard deviation over them
+    (:func:`lithocore.forest.neighbourhood_features`; ``max_features`` then "sqrt" of the features)."""
+    from . import forest as _forest
+
+    if neighbourhood:
+        stack, _ = _forest.neighbourhood_features(stack, tuple(neighbourhood))
+
     def run(i, train, test):
         from . import forest
 

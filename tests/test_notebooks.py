@@ -108,8 +108,9 @@ def _check_outputs(run_dir: Path, notebook: str, manifest):
         cv = comparison["cross_validation"]
         assert len(cv["folds"]) == cv["settings"]["k"] >= 2
         for fold in cv["folds"]:
-            assert set(fold["scores"]) == {"fcn8s", "forest"}
-            assert fold["scores"]["fcn8s"]["pixels"] == fold["scores"]["forest"]["pixels"] > 0  # like for like
+            assert set(fold["scores"]) == {"fcn8s", "forest", "forest_context"}
+            assert fold["scores"]["fcn8s"]["pixels"] == fold["scores"]["forest"]["pixels"] \
+                == fold["scores"]["forest_context"]["pixels"] > 0  # like for like
         for model in ("fcn8s", "forest"):
             for metric in ("mean_iou", "overall_accuracy", "kappa"):
                 assert set(cv["summary"][model][metric]) >= {"mean", "sd"}
