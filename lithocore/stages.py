@@ -356,12 +356,13 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
 
 def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | None = None,
                   others: dict[str, np.ndarray] | None = None) -> dict:
-    """Stripe ratios (:func:`lithocore.metrics.stripe_ratio`) of a window-made map on the network's 32-px grid,
-    on the first version's 64-px window step and on the borders of this map's windows, beside those of the
-    geological map, of the per-pixel forest's map (notebook 06's, when it exists) and of ``others``."""
+    """Stripe ratios (:func:`lithocore.metrics.stripe_ratio`) of a window-made map on the 4-px grid of the
+    FCN-8s's upsampling, the network's 32-px grid, the first version's 64-px window step and the borders of this
+    map's windows, beside those of the geological map, of the per-pixel forest's map (notebook 06's, when it
+    exists) and of ``others``. (Out-of-fold maps do not belong here: their fold blocks meet on the same grid.)"""
     from . import mapping, metrics
 
-    grids = {"network grid (32 px)": 32, "old window step (64 px)": 64}
+    grids = {"upsampling grid (4 px)": 4, "network grid (32 px)": 32, "old window step (64 px)": 64}
     if mapping_result and mapping_result.get("windows", 1) > 1:
         grids["window borders"] = tuple(mapping_result["core"])
     maps = {"this map": classes, "geological map": area.labels}

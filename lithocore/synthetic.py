@@ -125,7 +125,7 @@ class SyntheticSpec:
     sun_elevation: float = 45.0  # degrees
     noise: float = 0.006  # reflectance, sensor noise (std)
     dispersion: float = 20.0  # metres, std of the Gaussian that disperses the surface geochemistry (soil creep)
-    version: int = 3  # bump when the generator changes, so caches are rebuilt
+    version: int = 4  # bump when the generator changes, so caches are rebuilt (4: the fairer test bed)
 
     def __post_init__(self):
         if self.height < 32 or self.width < 32:

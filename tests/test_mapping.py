@@ -220,7 +220,7 @@ def test_distributed_map_equals_the_one_process_map(tmp_path):
     table = ClassTable.from_list([{"id": i + 1, "name": f"c{i}"} for i in range(4)])
     keras.utils.set_random_seed(0)
     model = build_fcn8s(3, 4, width=1 / 16, fc=16, tile=64, upsampling="bilinear")
-    kw = dict(max_core=64, margin=32, progress=False)
+    kw = dict(max_core=64, margin=32, shifts=1, progress=False)
     one = mapping.map_geotiff(model, path, tmp_path / "one", table, [0] * 3, [1] * 3, **kw)
     two = mapping.map_geotiff(model, path, tmp_path / "two", table, [0] * 3, [1] * 3, cluster="local:2", **kw)
     assert one["windows"] == two["windows"] > 4
@@ -230,3 +230,23 @@ def test_distributed_map_equals_the_one_process_map(tmp_path):
         assert np.array_equal(x, y), k
     with rasterio.open(one["classes"]) as a:
         assert a.read(1)[0, 0] == a.nodata and len(np.unique(a.read(1))) > 2
+
+
+def test_shifted_passes_are_aligned():
+    """For a network that is exactly translation-equivariant (one 3x3 convolution), every shifted pass predicts
+    the same thing, so their average must equal the single pass pixel for pixel: any misaligned crop would
+    show. (On the FCN-8s the shifts average out its 4-px upsampling imprint.)"""
+    keras = pytest.importorskip("keras")
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, keras.layers.Softmax()(keras.layers.Conv2D(4, 3, padding="same")(inp)))
+    stack = np.random.default_rng(4).standard_normal((3, 130, 150)).astype(np.float32)
+    mask = np.ones((130, 150), bool)
+    one, _ = mapping.map_array(model, stack, mask, [0] * 3, [1] * 3, shifts=1, max_core=64, progress=False)
+    four, _ = mapping.map_array(model, stack, mask, [0] * 3, [1] * 3, shifts=4, max_core=64, progress=False)
+    inside = np.zeros_like(mask)
+    inside[1:-1, 1:-1] = True  # the outermost pixels see reflected padding differently when shifted
+    assert np.array_equal(one[inside], four[inside])
+    with pytest.raises(ValueError, match="margin of at least 32"):
+        mapping.map_array(model, stack, mask, [0] * 3, [1] * 3, shifts=4, margin=0, progress=False)
