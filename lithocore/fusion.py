@@ -666,8 +666,10 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, list[str], list[str
 
 def write_stack(path: str | os.PathLike, stack: np.ndarray, names: list[str], units: list[str], grid: Grid, *,
                 stats: dict | None = None, chunk_rows: int = 256, tags: dict | None = None) -> Path:
-    """Write the stack as a GeoTIFF (band names, units and normalisation statistics in its tags), a block of
-    ``chunk_rows`` rows at a time, into a temporary file renamed into place when complete."""
+    """Write the stack as a cloud-optimised GeoTIFF with overviews (band names, units and normalisation
+    statistics in its tags), a block of ``chunk_rows`` rows at a time, into a temporary file renamed into place
+    when complete."""
+    from .data import write_cog
     from .runfolder import atomic_path
 
     path = Path(path)
@@ -681,4 +683,5 @@ def write_stack(path: str | os.PathLike, stack: np.ndarray, names: list[str], un
                 dst.update_tags(i + 1, units=u)
             dst.update_tags(channels=json.dumps(names), units=json.dumps(units),
                             normalisation=json.dumps(stats or {}), **{k: str(v) for k, v in (tags or {}).items()})
+        write_cog(tmp, tmp, resampling="average")
     return path

@@ -204,3 +204,20 @@ def test_bad_coarse_layer_named_in_error(small_area):
     bad = replace(small_area, coarse=[replace(small_area.coarse[0], values=np.full_like(small_area.coarse[0].values, np.nan))])
     with pytest.raises(StudyAreaError, match="aeromag_2km.tif: layer 'magnetic'.*all nodata"):
         fusion.fuse_study_area(bad, use_rtp=False, progress=False)
+
+
+def test_stack_is_a_cloud_optimised_geotiff_with_its_tags(tmp_path):
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from lithocore.data import Grid
+    from lithocore.fusion import write_stack
+
+    grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), 1100, 1050)
+    stack = np.random.default_rng(0).random((2, 1050, 1100)).astype(np.float32)
+    path = write_stack(tmp_path / "s.tif", stack, ["SiO2", "dem"], ["wt%", "m"], grid, stats={"mean": [0, 0]})
+    with rasterio.open(path) as src:
+        assert src.overviews(1) and src.profile["tiled"] and src.descriptions == ("SiO2", "dem")
+        assert src.tags(2)["units"] == "m" and "normalisation" in src.tags()
+        assert np.array_equal(src.read(), stack)
