@@ -6,8 +6,10 @@ FCN-8s), and the random forest's fit / predict times, on the default-size synthe
 
 Prints one JSON line per model. For an FCN: ``bare_pass_seconds`` (one ``predict_on_batch`` over the whole scene
 padded to the 32-pixel grid, the least any mapping can cost), ``mapping_seconds`` (``lithocore.mapping.map_array``:
-windows, margins, normalisation, class and confidence maps) and ``ratio_to_bare_pass``; each timed on its second
-run (the first traces the network), same process, same threads. Models are untrained (speed does not depend on
+windows, margins, normalisation, class and confidence maps, one pass) and ``ratio_to_bare_pass``, and the same
+with the workbook's default of four shifted passes averaged (``ratio_to_bare_pass_4_shifts``: the price of a map
+without the network's 4-px imprint); medians of ``--repeats`` runs after a first that traces the network, same
+process, same threads. Models are untrained (speed does not depend on
 the weights). Each model runs in its own process so that peak memory (``peak_rss_mb``) is its own.
 """
 
@@ -56,7 +58,9 @@ def fcn(name: str, memory_mb: float, margin: int, repeats: int) -> dict:
     before = _rss_mb()
     runs = (("bare", lambda: model.predict_on_batch(x)),
             ("mapping", lambda: mapping.map_array(model, stack, area.mask, mean, std, memory_mb=memory_mb,
-                                                  margin=margin, progress=False)))
+                                                  margin=margin, shifts=1, progress=False)),
+            ("mapping_4_shifts", lambda: mapping.map_array(model, stack, area.mask, mean, std, memory_mb=memory_mb,
+                                                           margin=margin, shifts=4, progress=False)))
     for _, fn in runs:  # trace both first
         fn()
     samples = {label: [] for label, _ in runs}
@@ -71,6 +75,8 @@ def fcn(name: str, memory_mb: float, margin: int, repeats: int) -> dict:
     return dict(model=name, pixels=H * W, bare_pass_seconds=round(times["bare"], 3),
                 mapping_seconds=round(times["mapping"], 3),
                 ratio_to_bare_pass=round(times["mapping"] / times["bare"], 3),
+                mapping_4_shifts_seconds=round(times["mapping_4_shifts"], 3),
+                ratio_to_bare_pass_4_shifts=round(times["mapping_4_shifts"] / times["bare"], 3),
                 pixels_per_second=round(H * W / times["mapping"]), windows=len(plan.origins()),
                 window=list(plan.window), margin=margin, planned_cost=round(plan.cost(), 3), memory_mb=memory_mb,
                 repeats=repeats,

@@ -24,13 +24,13 @@ RECIPES = {
     "base": dict(),  # the first version's quick model: slim FCN-8s, bilinear decoder, no normalisation, no augmentation
     "aug": dict(augment=True),
     "aug_gn": dict(augment=True, norm="group"),
-    "unet": dict(architecture="unet", augment=True, norm="group"),
+    "unet": dict(architecture="unet", augment=True, norm="none"),
 }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", nargs="*", default=list(RECIPES))
+    ap.add_argument("--recipes", nargs="*", default=["base", "aug", "unet"])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--forests", type=int, default=1, help="also run the two forests (0: no)")
     ap.add_argument("--run-dir", default="runs/select")

@@ -255,9 +255,12 @@ def _norm(x, kind: str, name: str):
 
     if kind == "none":
         return x
-    if kind == "group":
+    if kind == "group":  # 16 channels a group (one group below 32 channels): with one channel a group it would
+        # be instance normalisation, which removes each tile's own level of every feature, and absolute
+        # levels (how much SiO2, how magnetic) are what tells many rocks apart (measured: mIoU 0.08 on the
+        # inner validation areas, from 0.29 without normalisation).
         c = int(x.shape[-1])
-        groups = next(g for g in (8, 4, 2, 1) if c % g == 0)
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if c % g == 0 and c // g >= 16) if c >= 32 else 1
         return layers.GroupNormalization(groups=groups, name=f"{name}_gn")(x)
     if kind == "batch":
         return layers.BatchNormalization(name=f"{name}_bn")(x)

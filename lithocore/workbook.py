@@ -133,8 +133,9 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
         given = {k: v for k, v in params.items() if k in declared}
         if "interactive" in declared:  # widgets need a browser; an executed notebook gets static figures
             given.setdefault("interactive", False)
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=given,
-                            cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=bar)
+        # the kernel's own log at errors only: it warns on every start that a local kernel talks over TCP
+        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=given, cwd=str(nb.parent),
+                            kernel_name=kernel_name, progress_bar=bar, extra_arguments=["--IPKernelApp.log_level=ERROR"])
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         if progress:
             print(f"{nb.stem}: done in {timings[nb.name]:.0f} s -> {out_dir / nb.name}", flush=True)
