@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-__all__ = ["build_fcn8s", "build_unet", "build_model", "ARCHITECTURES", "PixelCrossEntropy", "masked_accuracy",
+__all__ = ["build_fcn8s", "build_unet", "build_model", "ARCHITECTURES", "display_name", "PixelCrossEntropy", "masked_accuracy",
            "backend_info", "describe_layers", "any_size"]
 
 
@@ -246,6 +246,15 @@ ARCHITECTURES = {
     "fcn8s": "FCN-8s with a width multiplier, Long et al.'s bilinear decoder and optional group normalisation",
     "unet": "a U-Net (five levels, skips by concatenation, bilinear upsampling) with optional group normalisation",
 }
+
+
+#: How the notebooks and reports name each model.
+DISPLAY_NAMES = {"fcn8s_paper": "FCN-8s (Table 1)", "fcn8s": "FCN-8s", "unet": "U-Net"}
+
+
+def display_name(architecture: str) -> str:
+    """The name a notebook shows for an architecture ("U-Net", "FCN-8s", ...)."""
+    return DISPLAY_NAMES.get(architecture, architecture)
 
 
 def _norm(x, kind: str, name: str):

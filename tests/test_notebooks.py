@@ -117,7 +117,8 @@ def _check_outputs(run_dir: Path, notebook: str, manifest):
         diffs = cv["paired_differences"]["mean_iou"]
         assert isinstance(cv["verdict"], str) and f"{abs(np.mean(diffs)):.3f}" in cv["verdict"]
         rows = {(r["model"], r["scored_on"]) for r in comparison["paper_protocol"]["rows"]}
-        assert ("FCN-8s", "whole_map") in rows and ("random forest", "whole_map") in rows
+        deep = cv["model_names"]["fcn8s"]  # the profile's deep model, e.g. "U-Net"
+        assert (deep, "whole_map") in rows and ("random forest", "whole_map") in rows
         # the out-of-fold maps: every labelled valid pixel predicted once, stored as unit ids
         area = load_study_area(manifest)
         with rasterio.open(stage / "fcn8s_oof_classes.tif") as src:
