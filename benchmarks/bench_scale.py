@@ -1,6 +1,6 @@
 """Mapping a large stack on disk: one process against a Dask ``LocalCluster`` of 1, 2, ... workers.
 
-    python benchmarks/bench_scale.py [--size 20000] [--workers 1 2] [--memory-mb 512] [--out runs/bench/scale]
+    python benchmarks/bench_scale.py [--size 20000] [--workers 1 2] [--memory-mb 512] [--shifts 1] [--out runs/bench/scale]
 
 Builds (once, then reused) an N x N x 9 float32 GeoTIFF of smooth random fields, written block by block
 (20000 x 20000 x 9 is 14.4 GB of float32 on disk; this process never holds more than a block), then maps it
@@ -64,7 +64,7 @@ def _worker_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(stack: Path, out: Path, workers: int, memory_mb: float, reference: Path | None) -> dict:
+def run(stack: Path, out: Path, workers: int, memory_mb: float, reference: Path | None, shifts: int = 1) -> dict:
     import rasterio
 
     from lithocore import mapping
@@ -86,7 +86,7 @@ def run(stack: Path, out: Path, workers: int, memory_mb: float, reference: Path 
     before = _worker_peak_mb()
     t0 = time.perf_counter()
     res = mapping.map_geotiff(model, stack, out, table, [0.0] * 9, [1.0] * 9, memory_mb=memory_mb,
-                              cluster=cluster, progress=True, prefix=f"workers{workers}")
+                              cluster=cluster, shifts=shifts, progress=True, prefix=f"workers{workers}")
     seconds = time.perf_counter() - t0
     if client is not None:
         peak = max(client.run(_worker_peak_mb).values())
@@ -105,7 +105,7 @@ def run(stack: Path, out: Path, workers: int, memory_mb: float, reference: Path 
                 identical &= bool(np.array_equal(a.read(1, window=win), b.read(1, window=win)))
     return dict(workers=workers, pixels=H * W, seconds=round(seconds, 1), mapping_seconds=round(res["mapping_seconds"], 1),
                 pixels_per_second=round(H * W / seconds), peak_rss_mb_per_worker=round(peak),
-                windows=res["windows"], window=res["window"], memory_mb=memory_mb, identical=identical,
+                windows=res["windows"], window=res["window"], memory_mb=memory_mb, shifts=shifts, identical=identical,
                 classes=res["classes"])
 
 
@@ -114,16 +114,17 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=20000)
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--memory-mb", type=float, default=512, help="memory for one window on each worker")
+    ap.add_argument("--shifts", type=int, default=1, help="shifted passes per window (the workbook maps with 4)")
     ap.add_argument("--out", default="runs/bench/scale")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stack = build_stack(out / f"stack_{a.size}.tif", a.size)
-    ref = run(stack, out, 0, a.memory_mb, None)
+    ref = run(stack, out, 0, a.memory_mb, None, a.shifts)
     ref["overhead_vs_one_process"] = 1.0
     print(json.dumps(ref), flush=True)
     for k in a.workers:
-        res = run(stack, out, k, a.memory_mb, Path(ref["classes"]))
+        res = run(stack, out, k, a.memory_mb, Path(ref["classes"]), a.shifts)
         res["overhead_vs_one_process"] = round(res["seconds"] * k / ref["seconds"], 3) if k == 1 else None
         res["speed_up_vs_one_process"] = round(ref["seconds"] / res["seconds"], 3)
         print(json.dumps(res), flush=True)
