@@ -51,4 +51,21 @@ def _import_tensorflow_quietly() -> None:
         print("\n".join(kept), file=sys.stderr)
 
 
+def _plain_workbook_warnings() -> None:
+    """The workbook's own warnings (about the user's data and settings: ``DataWarning``, ``WorkbookWarning``)
+    are messages for the reader: shown as one plain line, without the source line Python adds. Every other
+    warning keeps Python's format."""
+    import warnings
+
+    original = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if getattr(category, "__module__", "").startswith("lithocore"):
+            return f"{category.__name__}: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+
+
 _import_tensorflow_quietly()
+_plain_workbook_warnings()
