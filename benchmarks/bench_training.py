@@ -1,4 +1,5 @@
-"""Training throughput and peak memory of the FCN-8s (slim and full), batch 5, 256-pixel tiles.
+"""Training throughput and peak memory of the registry's models (slim FCN-8s, the paper's full FCN-8s, the quick
+profile's U-Net), batch 5, 256-pixel tiles; under any Keras backend (``KERAS_BACKEND=jax`` on a GPU machine).
 
     python benchmarks/bench_training.py [--steps 5] [--models slim full] [--out runs/bench/training.json]
 
@@ -17,19 +18,21 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = {"slim": dict(width=0.125, fc=256), "full": dict(width=1.0, fc=4096)}
+MODELS = {"slim": dict(architecture="fcn8s", width=0.125, fc=256, upsampling="bilinear"),
+          "full": dict(architecture="fcn8s_paper"),  # Table 1 exactly: the paper profile's model
+          "unet": dict(architecture="unet", width=0.125, norm="none")}  # the quick profile's model
 
 
 def one(name: str, steps: int, tile: int, batch: int, mixed: bool) -> dict:
     import keras
     import numpy as np
 
-    from lithocore.model import PixelCrossEntropy, backend_info, build_fcn8s
+    from lithocore.model import PixelCrossEntropy, backend_info, build_model
 
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(0)
-    m = build_fcn8s(9, 8, tile=tile, **MODELS[name])
+    m = build_model(dict(n_channels=9, n_classes=8, tile=tile, **MODELS[name]))  # through the registry
     m.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9, clipnorm=1.0), loss=PixelCrossEntropy(8, "sum"))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, tile, tile, 9)).astype("float32")
@@ -62,7 +65,7 @@ def _train_flops(model, batch: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=["slim", "full"])
+    ap.add_argument("--models", nargs="*", default=["slim", "full", "unet"])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--batch", type=int, default=5)
