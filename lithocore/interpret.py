@@ -99,6 +99,7 @@ def training_text(meta: dict, history: dict | None) -> str:
 
 def _stripe_sentence(stripes: dict) -> str:
     ratios = stripes.get("ratios", {})
+    off = stripes.get("off_grid_max", {}).get("this map", {})
     this = ratios.get("this map", {})
     floor_name = "random forest (per pixel)" if "random forest (per pixel)" in ratios else "geological map"
     floor = ratios.get(floor_name, {})
@@ -107,8 +108,10 @@ def _stripe_sentence(stripes: dict) -> str:
         ref = floor.get(grid)
         if value is None or ref is None:
             continue
-        verdict = "no more than" if value <= STRIPE_TOLERANCE * ref else "above"
-        parts.append(f"{value:.2f} on the {grid} ({verdict} the {floor_name}'s {ref:.2f})")
+        noise = off.get(grid)
+        verdict = "no more than" if value <= max(STRIPE_TOLERANCE * ref, noise or 0) else "above"
+        parts.append(f"{value:.2f} on the {grid} ({verdict} the {floor_name}'s {ref:.2f}"
+                     + (f" or this map's {noise:.2f} off the grid" if noise is not None else "") + ")")
     if not parts:
         return ""
     seams = any("above" in p for p in parts)

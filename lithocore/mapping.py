@@ -214,7 +214,7 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
             m, (ch, cw) = plan.margin, plan.core
             parts = []
             for j in range(shifts):
-                o = 4 * j // shifts
+                o = min(31, 32 * j // shifts + j % 4)  # spread over the 32-px grid, every 4-px phase
                 po = model(x[:, o:o - 32, o:o - 32, :])  # 32 px smaller: still on the network's grid
                 parts.append(po[:, m - o:m - o + ch, m - o:m - o + cw, :])
             p = parts[0]
