@@ -376,9 +376,10 @@ def figure_check(fig) -> dict:
     return dict(ok=all(p["ok"] for p in panels), panels=panels)
 
 
-def save_figure(fig, path, dpi: int = 100) -> str:
+def save_figure(fig, path, dpi: int = 100) -> None:
     """Save a figure as PNG (atomically), with :func:`figure_check`'s result in its metadata
-    (``lithocore:figure-check``); a figure whose data panel has no colour bar or legend is warned about."""
+    (``lithocore:figure-check``); a figure whose data panel has no colour bar or legend is warned about.
+    Returns nothing, so that a notebook cell ending with it shows the figure and no bare path."""
     import json
     import warnings
 
@@ -390,7 +391,6 @@ def save_figure(fig, path, dpi: int = 100) -> str:
         warnings.warn(f"{path}: panels without a colour bar or legend: {bad}", stacklevel=2)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", metadata={"lithocore:figure-check": json.dumps(check)})
-    return str(path)
 
 
 def compare_maps(area: StudyArea, layers: dict, *, base: str = "geological map", interactive: bool = True,
