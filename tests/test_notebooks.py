@@ -58,6 +58,8 @@ def _check_quiet_and_readable(run_dir: Path, notebook: str):
             text = out.get("text", "") if out.get("name") == "stderr" else ""
             if out.get("output_type") == "error":
                 text = f"{out['ename']}: {out['evalue']}"
+            if out.get("output_type") == "execute_result" and set(out.get("data", {})) == {"text/plain"}:
+                text = f"ERROR: a bare value as the cell's result: {out['data']['text/plain'][:80]}"
             if NOISE.search(OWN.sub("", text)):
                 noisy.append((i, text.strip()[:300]))
     assert not noisy, f"{notebook}: noisy stderr in cells {noisy}"
