@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .data import NO_LABEL
+
 __all__ = ["study_area_text", "fusion_text", "tiles_text", "training_text", "mapping_text", "comparison_text",
            "STRIPE_TOLERANCE"]
 
@@ -22,7 +24,7 @@ def _pct(x: float) -> str:
 def study_area_text(area) -> str:
     """Notebook 01: size, sources, class make-up, warnings."""
     lab = area.labels[area.mask]
-    ids, counts = np.unique(lab[lab != 255], return_counts=True)
+    ids, counts = np.unique(lab[lab != NO_LABEL], return_counts=True)
     shares = {area.classes.names[i]: c / counts.sum() for i, c in zip(ids, counts)} if counts.size else {}
     big = max(shares, key=shares.get) if shares else None
     small = min(shares, key=shares.get) if shares else None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,8 +38,8 @@ import rasterio
 from .data import NO_LABEL, ClassTable, Grid, write_cog, write_geotiff
 from .runfolder import atomic_path
 
-__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "window_predictor", "map_array", "map_geotiff", "write_class_map",
-           "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
+__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "window_predictor", "map_array",
+           "map_geotiff", "write_class_map", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
 
 #: Context kept around every window's core, in pixels (a multiple of 32).
 DEFAULT_MARGIN = 64
@@ -48,6 +47,14 @@ DEFAULT_MARGIN = 64
 #: available when mapping starts, at most this (the whole default scene is one window for the slim model
 #: from 860 MB, for the full model from 4.8 GB: measured peak 3.0 GB above the process's before it).
 DEFAULT_MEMORY_MB = 8192
+#: Shifted passes averaged per window for a Keras model (:func:`window_predictor`): the FCN-8s's transposed
+#: convolutions leave a 4-pixel imprint (class changes on every 4th row and column 1.5-2 x as often as
+#: elsewhere, measured on the default scene); four passes shifted across the 32-px grid and every 4-px phase
+#: (0, 9, 18 and 27 px) bring its stripe ratio to the per-pixel forest's (1.01 against 0.98).
+DEFAULT_SHIFTS = 4
+#: Confidence is stored as Byte: probability = value * CONFIDENCE_SCALE; 255 is nodata.
+CONFIDENCE_SCALE = 1 / 250
+CONFIDENCE_NODATA = 255
 
 
 def memory_budget_mb(memory_mb: float | None = None) -> float:
@@ -57,14 +64,6 @@ def memory_budget_mb(memory_mb: float | None = None) -> float:
     import psutil
 
     return float(min(DEFAULT_MEMORY_MB, psutil.virtual_memory().available / 4 / 2 ** 20))
-#: Shifted passes averaged per window for a Keras model (:func:`window_predictor`): the FCN-8s's transposed
-#: convolutions leave a 4-pixel imprint (class changes on every 4th row and column 1.5-2 x as often as
-#: elsewhere, measured on the default scene); four passes shifted by 0-3 px bring its stripe ratio to the
-#: per-pixel forest's (1.01 against 0.98).
-DEFAULT_SHIFTS = 4
-#: Confidence is stored as Byte: probability = value * CONFIDENCE_SCALE; 255 is nodata.
-CONFIDENCE_SCALE = 1 / 250
-CONFIDENCE_NODATA = 255
 
 
 def _ceil32(n: float) -> int:
@@ -95,14 +94,12 @@ class WindowPlan:
         """Top-left scene pixel of every core, row by row."""
         return [(r, c) for r in range(0, self.shape[0], self.core[0]) for c in range(0, self.shape[1], self.core[1])]
 
-    def cost(self) -> float:
-        """Pixels the network computes, relative to one forward pass over the scene padded to the 32-px grid."""
+    def cost(self, shifts: int = 1) -> float:
+        """Pixels the network computes, relative to one forward pass over the scene padded to the 32-px grid;
+        with ``shifts`` > 1, that many passes over the window less 32 px (:func:`window_predictor`)."""
         bare = _ceil32(self.shape[0]) * _ceil32(self.shape[1])
-        return len(self.origins()) * self.window[0] * self.window[1] / bare
-
-    def boundaries(self) -> tuple[list[int], list[int]]:
-        """Scene rows and columns where one core ends and the next begins (where seams could be)."""
-        return list(range(self.core[0], self.shape[0], self.core[0])), list(range(self.core[1], self.shape[1], self.core[1]))
+        trim = 0 if shifts == 1 else 32
+        return len(self.origins()) * shifts * (self.window[0] - trim) * (self.window[1] - trim) / bare
 
 
 def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin: int = DEFAULT_MARGIN,
@@ -124,32 +121,20 @@ def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin:
     return WindowPlan(tuple(int(s) for s in shape), (core[0], core[1]), int(margin))
 
 
-def bytes_per_pixel(model, n_channels: int | None = None) -> float:
+def bytes_per_pixel(model) -> float:
     """Memory of one forward pass per input pixel: the input and every layer's output (float32), summed (an
     upper bound: a backend frees most of them on the way). 400 bytes for a model that is not a Keras model."""
+    if not _is_keras(model):  # a plain callable (tests)
+        return 400.0
     try:
-        import keras
+        from .model import with_input_size
 
-        cfg = model.get_config()
         probe = 64
-        for layer in cfg["layers"]:
-            if layer["class_name"] == "InputLayer":
-                c = layer["config"]["batch_shape"][-1]
-                layer["config"]["batch_shape"] = [None, probe, probe, c]
-        fixed = keras.Model.from_config(cfg)
+        fixed = with_input_size(model, probe)
         floats = sum(int(np.prod(l.output.shape[1:])) for l in fixed.layers if getattr(l, "output", None) is not None)
         return 4.0 * floats / probe ** 2
-    except Exception:  # a plain callable (tests) or a subclassed model
+    except Exception:  # a subclassed model, whose configuration cannot be rebuilt
         return 400.0
-
-
-def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
-    """Reflect indices into [0, n) (edge not repeated), for any overshoot."""
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    m = np.mod(idx, period)
-    return np.where(m < n, m, period - m)
 
 
 def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -171,7 +156,7 @@ def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray,
         raw = np.pad(raw, pads, mode="reflect") if min(H, W) > 1 else np.pad(raw, pads, mode="edge")
     cls, conf, ok = predict(raw[None])
     h, w = min(ch, H - r0), min(cw, W - c0)
-    at = 0 if np.shape(cls) == (ch, cw) and m else m  # a predictor that averages shifts returns the core only
+    at = 0 if getattr(predict, "core_only", False) else m  # a predictor that averages shifts returns the core
     sl = (slice(at, at + h), slice(at, at + w))
     return np.asarray(cls)[sl].astype(np.uint8), np.asarray(conf, np.float32)[sl], np.asarray(ok, bool)[sl]
 
@@ -185,8 +170,9 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
     and ``std``, pixels where a channel is not finite fed as 0 (as in training) and marked not valid.
 
     ``shifts`` > 1 averages the class probabilities of the network run on the window shifted diagonally by
-    ``4 k / shifts`` pixels (k = 0 ... shifts - 1), so that the imprint of the network's upsampling (a 4-pixel
-    period) falls at different places and averages out; the maps returned are then the ``plan``'s core only
+    ``32 k / shifts + k % 4`` pixels (k = 0 ... shifts - 1: spread over the 32-px grid and, for four shifts,
+    every 4-px phase), so that the imprint of the network's pooling grid and upsampling falls at different places
+    and averages out; the maps returned are then the ``plan``'s core only
     (the margin must be at least 32 px). Costs ``shifts`` passes.
 
     A Keras model gets all of it in its own graph (multi-threaded; no (h, w, classes) array comes back);
@@ -237,14 +223,20 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
             x = np.where(ok[..., None], (x - mean) / std, 0.0).astype(np.float32)
             p = np.asarray(model.predict_on_batch(x[None]), np.float32)[0]
             return np.argmax(p, axis=-1), p.max(axis=-1), ok
+    predict.core_only = shifts > 1
     _HEADS.clear()
     _HEADS[k] = (model, predict)
     return predict
 
 
+def _is_keras(model) -> bool:
+    """A functional Keras model (not a plain object with ``predict_on_batch``)."""
+    return hasattr(model, "get_config") and hasattr(model, "inputs")
+
+
 def _prepare(model):
     """The network at any input size (Keras models built for a fixed tile are rebuilt, same weights)."""
-    if hasattr(model, "get_config") and hasattr(model, "inputs"):
+    if _is_keras(model):
         from .model import any_size
 
         return any_size(model)
@@ -255,7 +247,7 @@ def _shifts(model, shifts: int | None) -> int:
     """``shifts``, or :data:`DEFAULT_SHIFTS` for a Keras model and 1 for anything else when None."""
     if shifts is not None:
         return int(shifts)
-    return DEFAULT_SHIFTS if hasattr(model, "get_config") and hasattr(model, "inputs") else 1
+    return DEFAULT_SHIFTS if _is_keras(model) else 1
 
 
 def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core: int | None = None,
@@ -376,24 +368,23 @@ def _connect(cluster):
     """A ``distributed.Client`` for ``cluster``: a Client (used as it is), ``"local"`` or ``"local:K"`` (a
     LocalCluster of K one-thread worker processes on this machine, 2 by default) or a scheduler address
     (``tcp://host:8786``, e.g. of a cluster started by dask-jobqueue on SLURM or by dask-kubernetes)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if isinstance(cluster, Client):
         return contextlib.nullcontext(cluster)
     text = str(cluster)
     if text == "local" or text.startswith("local:"):
-        n = int(text.split(":", 1)[1]) if ":" in text else 2
-        lc = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        stack = contextlib.ExitStack()
-        stack.enter_context(lc)
-        client = stack.enter_context(Client(lc))
-        return _closing(stack, client)
+        return _local_cluster(int(text.split(":", 1)[1]) if ":" in text else 2)
     return Client(text)
 
 
 @contextlib.contextmanager
-def _closing(stack, client):
-    with stack:
+def _local_cluster(n: int):
+    """A client of a LocalCluster of ``n`` one-thread worker processes, both closed at the end."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            Client(lc) as client:
         yield client
 
 
@@ -483,9 +474,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]),
                 style=str(paths["classes"].with_suffix(".qml")), seconds=seconds, mapping_seconds=mapped,
                 pixels_per_second=H * W / seconds, windows=len(plan.origins()), window=list(plan.window),
-                core=list(plan.core), margin=plan.margin, shifts=shifts,
-                cost_vs_one_pass=plan.cost() * shifts * (1 if shifts == 1 else
-                                                         (plan.window[0] - 32) * (plan.window[1] - 32) / np.prod(plan.window)),
+                core=list(plan.core), margin=plan.margin, shifts=shifts, cost_vs_one_pass=plan.cost(shifts),
                 cluster=None if cluster is None else str(cluster))
 
 

@@ -35,7 +35,7 @@ import os
 import numpy as np
 
 __all__ = ["build_fcn8s", "build_unet", "build_model", "ARCHITECTURES", "display_name", "PixelCrossEntropy", "masked_accuracy",
-           "backend_info", "describe_layers", "any_size"]
+           "backend_info", "describe_layers", "any_size", "with_input_size"]
 
 
 def bilinear_kernel(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
@@ -225,18 +225,24 @@ def any_size(model):
     """The same network taking inputs of any size (a multiple of 32): ``model`` itself when its input size is
     free, else a copy rebuilt from its configuration with the spatial size left open and the same weights.
     Training fixes the tile size; mapping feeds the network whole scenes or large windows."""
-    import keras
-
     shape = tuple(model.inputs[0].shape)
     if shape[1] is None and shape[2] is None:
         return model
+    free = with_input_size(model, None)
+    free.set_weights(model.get_weights())
+    return free
+
+
+def with_input_size(model, size: int | None):
+    """A new network with ``model``'s layers (fresh weights) for ``size`` x ``size`` inputs (None: any size),
+    rebuilt from its configuration."""
+    import keras
+
     cfg = model.get_config()
     for layer in cfg["layers"]:
         if layer["class_name"] == "InputLayer":
-            layer["config"]["batch_shape"] = [None, None, None, shape[-1]]
-    free = keras.Model.from_config(cfg)
-    free.set_weights(model.get_weights())
-    return free
+            layer["config"]["batch_shape"] = [None, size, size, layer["config"]["batch_shape"][-1]]
+    return keras.Model.from_config(cfg)
 
 
 # ------------------------------------------------------------------------------------------ the registry

@@ -14,7 +14,7 @@ from matplotlib.patches import Patch
 from .data import NO_LABEL, Grid, StudyArea
 
 __all__ = ["extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
-           "plot_layers", "class_colormap", "plot_tiles", "plot_history", "plot_confusion", "plot_zoom",
+           "plot_layers", "class_colormap", "plot_tiles", "plot_folds", "plot_history", "plot_confusion", "plot_zoom",
            "class_legend_handles", "save_class_legend", "figure_check", "save_figure", "compare_maps"]
 
 #: Font size of class legends (readable at the notebook's width).
@@ -251,6 +251,22 @@ def plot_tiles(area: StudyArea, tiles, ax=None, title: str | None = None, max_ti
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=LEGEND_FONTSIZE - 1,
               frameon=False)
     return _finish(ax, title or f"{tiles.split} split: {len(tiles.train)} training, {len(tiles.val)} validation tiles")
+
+
+def plot_folds(area: StudyArea, folds, ax=None, outside: bool = False):
+    """The test blocks of the cross-validation folds, a colour per fold, with a legend (beside the map when
+    ``outside``, else in its lower left corner)."""
+    ax = _axes(ax)
+    cmap = plt.get_cmap("tab10")
+    ax.imshow(np.ma.masked_where(folds.fold < 0, folds.fold), cmap=cmap, vmin=0, vmax=9, interpolation="nearest",
+              extent=extent_km(area.grid))
+    handles = [Patch(color=cmap(i), label=f"fold {i} test blocks") for i in range(folds.k)]
+    handles.append(Patch(facecolor="white", edgecolor="0.6", label="no test block (training side of every fold)"))
+    if outside:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=LEGEND_FONTSIZE, frameon=False)
+    else:
+        ax.legend(handles=handles, loc="lower left", fontsize=LEGEND_FONTSIZE - 1, framealpha=0.8)
+    return _finish(ax, f"test blocks of the {folds.k} folds ({folds.block} px blocks, {folds.buffer}-px buffer)")
 
 
 def plot_history(history: dict, ax=None):

@@ -383,7 +383,7 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
                     sorted({max(1, q * k // 8) for k in range(1, 8)}) if o % q]
             vals = [v for v in vals if v is not None]
             off[name][g] = max(vals) if vals else None
-    return dict(ratios=ratios, off_grid_max=off, grids={g: p for g, p in grids.items()})
+    return dict(ratios=ratios, off_grid_max=off, grids=grids)
 
 
 # ------------------------------------------------------------------------------------ cross-validation
@@ -480,15 +480,13 @@ def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | st
     """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
     training region (at most ``cap`` per class), predicting the fold's test region. With ``neighbourhood``
     window sizes, the forest also gets every channel's local mean and standard deviation over them
-    (:func:`lithocore.forest.neighbourhood_features`; ``max_features`` then "sqrt" of the features)."""
-    from . import forest as _forest
+    (:func:`lithocore.forest.neighbourhood_features`; give ``max_features="sqrt"`` then, as notebook 06 does)."""
+    from . import forest
 
     if neighbourhood:
-        stack, _ = _forest.neighbourhood_features(stack, tuple(neighbourhood))
+        stack, _ = forest.neighbourhood_features(stack, tuple(neighbourhood))
 
     def run(i, train, test):
-        from . import forest
-
         pixels = forest.sample_pixels(area.labels, train & area.mask, fraction, seed + i, max_per_class=cap or None)
         rf, _ = forest.train_forest(stack, area.labels, pixels, n_trees=n_trees, max_features=max_features, seed=seed)
         classes, _, _ = forest.predict_forest(rf, stack, test & area.mask, progress=False)

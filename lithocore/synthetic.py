@@ -530,18 +530,15 @@ def rf_calibration(area, *, context: bool = False, coarse: bool = True, only: li
     :func:`lithocore.metrics.scores` plus the confusion matrix.
     """
     from .data import NO_LABEL
-    from .forest import sample_pixels, train_forest
+    from .forest import neighbourhood_features, sample_pixels, train_forest
     from .metrics import confusion_matrix, scores
 
     feats = [*area.guide, *area.extra] if stack is None else list(stack)
     if coarse and stack is None:
         feats += [c.to_fine(area.grid) for c in area.coarse]
     if context:
-        for a in area.guide:
-            filled = np.where(np.isfinite(a), a, np.nanmean(a))
-            for size in (5, 15, 41):
-                m = ndimage.uniform_filter(filled, size)
-                feats += [m, np.sqrt(np.maximum(ndimage.uniform_filter(filled**2, size) - m**2, 0))]
+        guide = np.stack(area.guide)
+        feats += list(neighbourhood_features(guide, (5, 15, 41))[0][len(guide):])
     stack = np.stack(feats).astype(np.float32)
     names = list(area.classes.names)
     allowed = area.mask & (area.labels != NO_LABEL)
