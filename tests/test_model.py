@@ -226,3 +226,27 @@ def test_augmentation_applies_the_same_symmetry_to_tile_and_targets():
         assert np.array_equal(xa[..., 0].astype(np.int32), ya)
         seen.add(xa[..., 0].tobytes())
     assert len(seen) == 8  # eight different symmetries
+
+
+def test_steps_per_execution_trains_the_same_model(tmp_path):
+    """Several steps per compiled call (the GPU setting) is the same training: the same weights at the end."""
+    weights = []
+    for k in (1, 4):
+        keras.utils.set_random_seed(0)
+        batches, _ = _toy_batches(n=40)  # 8 batches of 5
+        cfg = TR.TrainingConfig(width=1 / 16, fc=16, tile=32, epochs=2, learning_rate=3e-3, dropout=0.0,
+                                steps_per_execution=k)
+        m = M.build_model(cfg.model_config(2, 2))
+        TR.compile_model(m, 2, cfg)
+        hist = TR.fit(m, batches, batches, tmp_path / f"spe{k}", cfg, verbose=0)
+        assert hist["loss"][-1] < hist["loss"][0]
+        weights.append([np.asarray(w) for w in m.get_weights()])
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(*weights))
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(weights[0], _fresh_weights()))
+    assert moved > 1e-3  # the comparison is between trained models, not two untouched ones
+
+
+def _fresh_weights():
+    keras.utils.set_random_seed(0)
+    cfg = TR.TrainingConfig(width=1 / 16, fc=16, tile=32, dropout=0.0)
+    return [np.asarray(w) for w in M.build_model(cfg.model_config(2, 2)).get_weights()]
