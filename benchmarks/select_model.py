@@ -40,7 +40,7 @@ def main() -> int:
     from scipy import ndimage
 
     from lithocore import crossval, metrics
-    from lithocore.stages import cv_folds, cv_settings, fcn_fold_model, forest_fold_model, run_config
+    from lithocore.stages import cv_folds, cv_settings, deep_fold_model, forest_fold_model, run_config
     from lithocore.workbook import fused_stack, study_area_manifest
 
     manifest = study_area_manifest("", progress=False)
@@ -49,7 +49,7 @@ def main() -> int:
     cv = cv_settings("quick", base, shape=area.shape)
     folds = cv_folds(a.run_dir, area, base, cv)
     names = list(area.classes.names)
-    models = {r: (lambda cfg: (lambda i, tr, te, cfg=cfg: fcn_fold_model(stack, area, cfg, Path(a.run_dir) / "select" / r)(i, tr, te)))(
+    models = {r: (lambda cfg: (lambda i, tr, te, cfg=cfg: deep_fold_model(stack, area, cfg, Path(a.run_dir) / "select" / r)(i, tr, te)))(
         replace(base, epochs=a.epochs, **RECIPES[r])) for r in a.recipes}
     if a.forests:
         models["forest"] = forest_fold_model(stack, area, cap=cv["forest_cap"], seed=base.seed)

@@ -548,7 +548,10 @@ def _source_band(src, band: int, entry: dict):
 
 def _read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Resampling, entry: dict | None = None,
                warns: list | None = None, names: list[str] | None = None) -> tuple[np.ndarray, dict]:
-    """Reproject every band of a raster onto the fine grid; NaN where the source has no data."""
+    """Reproject every band of a raster onto the fine grid; NaN where the source has no data. Coordinates are
+    transformed exactly for every pixel (``tolerance=0``; GDAL's default approximates them to 1/8 pixel, which
+    differs with the extent warped) and the kernel's scale is the whole grid's (:func:`_warp_scales`), so a block
+    of the grid warped alone (:mod:`lithocore.blockwise`) gets the same values."""
     entry = entry or {}
     warns = [] if warns is None else warns
     with _open_raster(path) as src:
@@ -563,9 +566,24 @@ def _read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: R
             _check_fill(path, src, b + 1, nodata, (names or [])[b] if names and b < len(names) else f"band {b + 1}",
                         warns)
             reproject(destination=out[b], src_nodata=nodata, dst_transform=grid.transform, dst_crs=grid.crs,
-                      dst_nodata=np.nan, resampling=resampling, **_source_band(src, b + 1, entry))
+                      dst_nodata=np.nan, resampling=resampling, tolerance=0.0, **_warp_scales(src, grid),
+                      **_source_band(src, b + 1, entry))
         info = _describe(path, src) | dict(nodata=nodata)
     return out, info
+
+
+def _warp_scales(src, grid: Grid) -> dict:
+    """GDAL's resampling scale (destination pixels per source pixel) for warping ``src`` onto the whole ``grid``.
+    GDAL otherwise derives it from each chunk's source and destination windows, so that a block warped on its
+    own (with a margin of source pixels) gets a wider or narrower kernel than the whole grid."""
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
+    left, bottom, right, top = grid.bounds
+    if src.crs != grid.crs:
+        left, bottom, right, top = transform_bounds(grid.crs, src.crs, left, bottom, right, top, densify_pts=21)
+    win = from_bounds(left, bottom, right, top, transform=src.transform)
+    return dict(XSCALE=grid.width / max(win.width, 1e-9), YSCALE=grid.height / max(win.height, 1e-9))
 
 
 def _describe(path: Path, src) -> dict:
@@ -794,25 +812,33 @@ def _labels_from_raster(path: Path, lab: dict, table: ClassTable, grid: Grid, wa
             raise StudyAreaError(path, f"a label raster must have 1 band, found {src.count}")
         if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
             raise StudyAreaError(path, "does not overlap the reference grid")
-        raw = np.full(grid.shape, np.nan, dtype=np.float64)
-        reproject(rasterio.band(src, 1), raw, src_nodata=src.nodata, dst_transform=grid.transform, dst_crs=grid.crs,
-                  dst_nodata=np.nan, resampling=Resampling.nearest)
         info = _describe(path, src)
-    unlabelled, nodata = _declared(lab)
-    lookup = table.value_lookup()
-    labels = np.full(grid.shape, NO_LABEL, dtype=np.uint8)
-    finite = np.isfinite(raw)
-    present = np.unique(raw[finite])
-    no_label = [v for v in present.tolist() if _norm(v) in unlabelled | nodata]
-    missing = [v for v in present.tolist() if _norm(v) not in lookup and _norm(v) not in unlabelled | nodata]
+        file_nodata = src.nodata
+        unlabelled, nodata = _declared(lab)
+        lookup = table.value_lookup()
+        labels = np.full(grid.shape, NO_LABEL, dtype=np.uint8)
+        present: set = set()
+        rows = max(1, (64 * 2**20) // (8 * grid.width))  # a block of rows at a time: memory set by the block
+        for r0 in range(0, grid.height, rows):
+            n = min(rows, grid.height - r0)
+            raw = np.full((n, grid.width), np.nan, dtype=np.float64)
+            reproject(rasterio.band(src, 1), raw, src_nodata=src.nodata, dst_transform=grid.transform *
+                      Affine.translation(0, r0), dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.nearest,
+                      tolerance=0.0)
+            values = np.unique(raw[np.isfinite(raw)])
+            present.update(values.tolist())
+            block = labels[r0:r0 + n]
+            for v in values:
+                if _norm(v) in lookup and _norm(v) not in unlabelled | nodata:
+                    block[raw == v] = lookup[_norm(v)]
+    present = sorted(present)
+    no_label = [v for v in present if _norm(v) in unlabelled | nodata]
+    missing = [v for v in present if _norm(v) not in lookup and _norm(v) not in unlabelled | nodata]
     if missing:
         shown = [int(v) if float(v).is_integer() else v for v in missing[:10]]
         raise StudyAreaError(path, f"label value(s) {shown} are missing from the class table (values "
-                                   f"{list(table.values)}; the file's nodata is {src.nodata}); if a value means "
+                                   f"{list(table.values)}; the file's nodata is {file_nodata}); if a value means "
                                    f"'no label', declare it under labels: unlabelled: [{shown[0]}] (or nodata:)")
-    for v in present:
-        if _norm(v) in lookup and _norm(v) not in unlabelled | nodata:
-            labels[raw == v] = lookup[_norm(v)]
     info["no_label_values"] = [float(v) for v in no_label]
     return labels, info
 
@@ -909,13 +935,66 @@ def _overlap_report(geoms: list, classes: np.ndarray, table: ClassTable, grid: G
     return sorted(out, key=lambda o: -o["pixels"])
 
 
-def _area_mask(path: Path, grid: Grid, crs_hint: Any = None) -> np.ndarray:
-    from rasterio.features import geometry_mask
-
+def _area_geometries(path: Path, grid: Grid, crs_hint: Any = None) -> list:
+    """The polygons of the area outline, in the grid's CRS."""
     gdf = _read_vector(path, crs_hint).to_crs(grid.crs)
     if gdf.empty:
         raise StudyAreaError(path, "the area outline has no polygon")
-    return geometry_mask(list(gdf.geometry), out_shape=grid.shape, transform=grid.transform, invert=True)
+    return list(gdf.geometry)
+
+
+def _area_mask(path: Path, grid: Grid, crs_hint: Any = None) -> np.ndarray:
+    from rasterio.features import geometry_mask
+
+    return geometry_mask(_area_geometries(path, grid, crs_hint), out_shape=grid.shape, transform=grid.transform,
+                         invert=True)
+
+
+def _load_small_layers(man: dict, base: Path, grid: Grid, warns: list, units: dict, table: list, mpath: Path):
+    """What stays small at any scene size: the coarse layers and gridded points (on their coarse grids) and the
+    labels (one byte a pixel) with their class table. Returns (coarse, points, labels, classes, label path)."""
+    coarse: list[CoarseLayer] = []
+    for e in man["coarse"]:
+        layer, info = _read_coarse(_resolve(base, e["path"]), e, grid, warns)
+        coarse.append(layer)
+        units[layer.name] = layer.units
+        table.append(dict(layer=layer.name, kind="coarse", **info))
+
+    points = {}
+    for e in man["points"]:
+        p = _resolve(base, e["path"])
+        gdf, columns = _read_points(p, e, grid)
+        spacing = float(e.get("spacing", 2000))
+        factor = _coarse_factor(spacing, grid.res)
+        cgrid = grid.coarsen(factor)
+        x, y = gdf.geometry.x.to_numpy(), gdf.geometry.y.to_numpy()
+        for col, name in columns.items():
+            vals = np.asarray(gdf[col], dtype=np.float64)
+            try:
+                z = grid_points(x, y, vals, cgrid, method=e.get("method", "spline"), log=bool(e.get("log", False)),
+                                maxdist=e.get("maxdist"))
+            except ValueError as exc:
+                raise StudyAreaError(p, f"column '{col}': {exc}") from None
+            coarse.append(CoarseLayer(str(name), z, cgrid, factor, str(e.get("units", "")), str(p), kind="points",
+                                      meta={"group": str(p), "log": bool(e.get("log", False))}))
+            units[str(name)] = str(e.get("units", ""))
+        points[p.stem] = gdf.rename(columns={c: n for c, n in columns.items()})
+        table.append(dict(layer=", ".join(map(str, columns.values())), kind="points", file=p.name,
+                          crs=gdf.crs.to_string(), resolution=f"gridded at {cgrid.res:g}", size=f"{len(gdf)} samples",
+                          bands=len(columns), nodata="", dtype="float"))
+
+    lab = man["labels"]
+    if isinstance(lab, str) or "path" not in lab:
+        raise StudyAreaError(mpath, "'labels' needs a 'path' and a 'classes' table")
+    classes = ClassTable.from_list(lab.get("classes") or [], source=str(mpath), field=lab.get("field"))
+    lpath = _resolve(base, lab["path"])
+    if lpath.suffix.lower() in (".tif", ".tiff", ".vrt", ".img"):
+        labels, info = _labels_from_raster(lpath, lab, classes, grid, warns)
+    else:
+        labels, info = _labels_from_vector(lpath, lab, classes, grid, warns)
+    table.append(dict(layer="labels", kind="labels", **info))
+
+    return coarse, points, labels, classes, lpath
 
 
 def load_study_area(manifest: str | os.PathLike) -> StudyArea:
@@ -980,46 +1059,7 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
     guide, guide_names = fine_stack("guide")
     extra, extra_names = fine_stack("extra")
 
-    coarse: list[CoarseLayer] = []
-    for e in man["coarse"]:
-        layer, info = _read_coarse(_resolve(base, e["path"]), e, grid, warns)
-        coarse.append(layer)
-        units[layer.name] = layer.units
-        table.append(dict(layer=layer.name, kind="coarse", **info))
-
-    points = {}
-    for e in man["points"]:
-        p = _resolve(base, e["path"])
-        gdf, columns = _read_points(p, e, grid)
-        spacing = float(e.get("spacing", 2000))
-        factor = _coarse_factor(spacing, grid.res)
-        cgrid = grid.coarsen(factor)
-        x, y = gdf.geometry.x.to_numpy(), gdf.geometry.y.to_numpy()
-        for col, name in columns.items():
-            vals = np.asarray(gdf[col], dtype=np.float64)
-            try:
-                z = grid_points(x, y, vals, cgrid, method=e.get("method", "spline"), log=bool(e.get("log", False)),
-                                maxdist=e.get("maxdist"))
-            except ValueError as exc:
-                raise StudyAreaError(p, f"column '{col}': {exc}") from None
-            coarse.append(CoarseLayer(str(name), z, cgrid, factor, str(e.get("units", "")), str(p), kind="points",
-                                      meta={"group": str(p), "log": bool(e.get("log", False))}))
-            units[str(name)] = str(e.get("units", ""))
-        points[p.stem] = gdf.rename(columns={c: n for c, n in columns.items()})
-        table.append(dict(layer=", ".join(map(str, columns.values())), kind="points", file=p.name,
-                          crs=gdf.crs.to_string(), resolution=f"gridded at {cgrid.res:g}", size=f"{len(gdf)} samples",
-                          bands=len(columns), nodata="", dtype="float"))
-
-    lab = man["labels"]
-    if isinstance(lab, str) or "path" not in lab:
-        raise StudyAreaError(mpath, "'labels' needs a 'path' and a 'classes' table")
-    classes = ClassTable.from_list(lab.get("classes") or [], source=str(mpath), field=lab.get("field"))
-    lpath = _resolve(base, lab["path"])
-    if lpath.suffix.lower() in (".tif", ".tiff", ".vrt", ".img"):
-        labels, info = _labels_from_raster(lpath, lab, classes, grid, warns)
-    else:
-        labels, info = _labels_from_vector(lpath, lab, classes, grid, warns)
-    table.append(dict(layer="labels", kind="labels", **info))
+    coarse, points, labels, classes, lpath = _load_small_layers(man, base, grid, warns, units, table, mpath)
 
     mask = np.ones(grid.shape, dtype=bool)
     for arr in (guide, extra):

@@ -147,12 +147,14 @@ def reduce_to_pole(values: np.ndarray, res: float, inclination: float, declinati
     return out
 
 
-def preprocess(area: StudyArea, *, use_clr: bool = True, use_rtp: bool = True) -> list[CoarseLayer]:
-    """The coarse layers after preprocessing: CLR within each group of point samples (one manifest entry),
-    reduction to the pole of grids with ``inclination``/``declination`` in their manifest entry."""
+def preprocess(area: StudyArea | list[CoarseLayer], *, use_clr: bool = True, use_rtp: bool = True) -> list[CoarseLayer]:
+    """The coarse layers (of a study area, or given as a list) after preprocessing: CLR within each group of point
+    samples (one manifest entry), reduction to the pole of grids with ``inclination``/``declination`` in their
+    manifest entry."""
+    coarse = area if isinstance(area, list) else area.coarse
     out = []
     groups: dict[str, list[CoarseLayer]] = {}
-    for c in area.coarse:
+    for c in coarse:
         if c.kind == "points" and use_clr:
             groups.setdefault(c.meta.get("group", c.source), []).append(c)
     done = {}
@@ -169,7 +171,7 @@ def preprocess(area: StudyArea, *, use_clr: bool = True, use_rtp: bool = True) -
         t = clr(np.stack([m.values for m in members]))
         for m, v in zip(members, t):
             done[m.name] = replace(m, values=v, units="clr", meta={**m.meta, "preprocessing": "clr"})
-    for c in area.coarse:
+    for c in coarse:
         if c.name in done:
             out.append(done[c.name])
         elif use_rtp and c.kind == "coarse" and "inclination" in c.meta:
@@ -298,6 +300,54 @@ class FusionResult:
         return pd.DataFrame(rows, columns=cols).set_index("layer")
 
 
+def fit_layer(means: np.ndarray, coarse_values: np.ndarray, cgrid: Grid, method: str = "global", *,
+              guide_names: list[str] | None = None, window: int = 5, ridge: float = 0.1,
+              min_cv_r2: float = 0.05) -> tuple[dict, dict]:
+    """Eq. 1 for one coarse layer: the coefficients relating it to the guide bands' cell means (``means``,
+    (n, h, w) on ``cgrid``). Returns the fit (what :func:`layer_detail` needs) and its statistics. Shared by
+    :func:`fuse` and the block-wise path (:mod:`lithocore.blockwise`)."""
+    n_b = means.shape[0]
+    guide_names = guide_names or [f"band{i + 1}" for i in range(n_b)]
+    if not np.isfinite(coarse_values).any():
+        raise ValueError("the coarse layer has no valid cell (all nodata)")
+    ok = np.isfinite(coarse_values) & np.isfinite(means).all(axis=0)
+    mu = np.array([means[i][ok].mean() for i in range(n_b)]) if ok.any() else np.zeros(n_b)
+    sd = np.array([means[i][ok].std() for i in range(n_b)]) if ok.any() else np.ones(n_b)
+    constant = sd <= 1e-9 * np.maximum(1.0, np.abs(mu))
+    if constant.all():
+        raise ValueError("every guide band is constant at the coarse scale: nothing to regress on")
+    sd = np.where(constant, 1.0, sd)
+    if method == "global":
+        keep = ~constant
+        beta, info = _fit_global(coarse_values, means[keep], ok, mu[keep], sd[keep], min_cv_r2)
+        f = np.zeros(n_b)
+        f[keep] = beta[1:]
+        info.update(intercept=float(beta[0]), f={g: float(v) for g, v in zip(guide_names, f)})
+        bands = np.flatnonzero(keep) if info["detail_added"] else np.array([], int)
+        return dict(method="global", f=f, sd=sd, bands=bands), info
+    if method == "local":
+        coefs = _fit_local(coarse_values, means, ok, mu, sd, window, ridge)
+        coefs[1:, :, :][constant] = 0.0
+        info = dict(intercept=float(np.nanmean(coefs[0])), f={g: float(np.nanmean(coefs[i + 1]))
+                                                               for i, g in enumerate(guide_names)},
+                    window=window, ridge=ridge, detail_added=True, cells=int(ok.sum()))
+        return dict(method="local", coefs=coefs, sd=sd, bands=np.arange(n_b)), info
+    raise ValueError(f"unknown method {method!r}: 'global' or 'local'")
+
+
+def layer_detail(fit: dict, guide: np.ndarray, lows, cgrid: Grid, fine: Grid) -> np.ndarray:
+    """Eq. 2's detail on the fine grid ``fine`` (the whole scene or a block of it): the sum over guide bands of
+    their coefficient times their high-frequency part (``guide - low``)."""
+    detail = np.zeros(fine.shape, dtype=np.float64)
+    for i in fit["bands"]:
+        if fit["method"] == "global":
+            detail += fit["f"][i] / fit["sd"][i] * (guide[i] - lows[i])
+        else:
+            fi = _to_fine(fit["coefs"][i + 1], cgrid, fine)
+            detail += fi / fit["sd"][i] * (guide[i] - lows[i])
+    return detail
+
+
 def fuse(guide: np.ndarray, coarse_values: np.ndarray, fine: Grid, factor: int, *, mask: np.ndarray | None = None,
          method: str = "global", window: int = 5, ridge: float = 0.1, min_cv_r2: float = 0.05,
          lowpass: str = "box", detail_gain: float = 1.0, detail_smoothing: float = 0.0,
@@ -343,47 +393,19 @@ def fuse(guide: np.ndarray, coarse_values: np.ndarray, fine: Grid, factor: int, 
     >>> bool(np.corrcoef(fused.ravel(), truth.ravel())[0, 1] > 0.99 > np.corrcoef(up.ravel(), truth.ravel())[0, 1])
     True
     """
-    n_b = guide.shape[0]
-    guide_names = guide_names or [f"band{i + 1}" for i in range(n_b)]
+    guide_names = guide_names or [f"band{i + 1}" for i in range(guide.shape[0])]
     mask = np.isfinite(guide).all(axis=0) if mask is None else mask
     cgrid = fine.coarsen(factor)
     if coarse_values.shape != cgrid.shape:
         raise ValueError(f"the coarse layer is {coarse_values.shape} cells but the fine grid at factor {factor} "
                          f"needs {cgrid.shape}: mismatched grids")
-    if not np.isfinite(coarse_values).any():
-        raise ValueError("the coarse layer has no valid cell (all nodata)")
     if _parts is None:
         _parts = [decompose(np.where(mask, b, np.nan), fine, factor, lowpass) for b in guide]
     means = np.stack([p[0] for p in _parts])
-    ok = np.isfinite(coarse_values) & np.isfinite(means).all(axis=0)
-    mu = np.array([means[i][ok].mean() for i in range(n_b)]) if ok.any() else np.zeros(n_b)
-    sd = np.array([means[i][ok].std() for i in range(n_b)]) if ok.any() else np.ones(n_b)
-    constant = sd <= 1e-9 * np.maximum(1.0, np.abs(mu))
-    if constant.all():
-        raise ValueError("every guide band is constant at the coarse scale: nothing to regress on")
-    sd = np.where(constant, 1.0, sd)
+    fit, info = fit_layer(means, coarse_values, cgrid, method, guide_names=guide_names, window=window, ridge=ridge,
+                          min_cv_r2=min_cv_r2)
     upsampled = _to_fine(coarse_values, cgrid, fine)
-    detail = np.zeros(fine.shape, dtype=np.float64)
-    if method == "global":
-        keep = ~constant
-        beta, info = _fit_global(coarse_values, means[keep], ok, mu[keep], sd[keep], min_cv_r2)
-        f = np.zeros(n_b)
-        f[keep] = beta[1:]
-        if info["detail_added"]:
-            for i in np.flatnonzero(keep):
-                detail += f[i] / sd[i] * (guide[i] - _parts[i][1])
-        info.update(intercept=float(beta[0]), f={g: float(v) for g, v in zip(guide_names, f)})
-    elif method == "local":
-        coefs = _fit_local(coarse_values, means, ok, mu, sd, window, ridge)
-        coefs[1:, :, :][constant] = 0.0
-        for i in range(n_b):
-            fi = _to_fine(coefs[i + 1], cgrid, fine)
-            detail += fi / sd[i] * (guide[i] - _parts[i][1])
-        info = dict(intercept=float(np.nanmean(coefs[0])), f={g: float(np.nanmean(coefs[i + 1]))
-                                                               for i, g in enumerate(guide_names)},
-                    window=window, ridge=ridge, detail_added=True, cells=int(ok.sum()))
-    else:
-        raise ValueError(f"unknown method {method!r}: 'global' or 'local'")
+    detail = layer_detail(fit, guide, [p[1] for p in _parts], cgrid, fine)
     if detail_smoothing > 0:  # NaN-aware Gaussian: suppress sensor noise and sub-pixel texture in the detail
         w = ndimage.gaussian_filter(mask.astype(np.float64), detail_smoothing)
         detail = ndimage.gaussian_filter(np.where(mask, detail, 0.0), detail_smoothing) / np.maximum(w, 1e-6)
@@ -614,10 +636,12 @@ def default_channels(result: FusionResult, area: StudyArea) -> list[str]:
 
     On the paper's four sources this is the paper's nine: 7 oxides, the magnetics and the DEM.
     """
-    chans = list(result.names) + list(area.extra_names)
-    if not result.names:
-        chans += list(area.guide_names)
-    return chans
+    return default_channels_for(result.names, area.extra_names, area.guide_names)
+
+
+def default_channels_for(fused: list[str], extra: list[str], guide: list[str]) -> list[str]:
+    """:func:`default_channels` from the names alone (the block-wise path has no area in memory)."""
+    return list(fused) + list(extra) + ([] if fused else list(guide))
 
 
 def build_stack(result: FusionResult, area: StudyArea, channels: list[str] | None = None

@@ -401,9 +401,15 @@ def _worker_model(model_path: str):
     return _WORKER_MODELS[model_path]
 
 
+#: MB of GDAL's block cache while mapping: each window is read once, so a small cache loses nothing, and GDAL's
+#: default (5 % of the memory) would grow with the scene (measured: 324 MB above the start after 12 windows of a
+#: 20000 x 20000 x 9 stack, 175 MB with this cache).
+GDAL_CACHE_MB = 64
+
+
 def _read_stack(stack_path: str):
     def read(a, b, c, d):
-        with rasterio.open(stack_path) as src:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(stack_path) as src:
             return src.read(window=rasterio.windows.Window(c, a, d - c, b - a)).astype(np.float32)
     return read
 
@@ -416,7 +422,7 @@ def _remote_window(model_path: str, stack_path: str, plan: WindowPlan, r0: int, 
 
 def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mask: np.ndarray | None = None,
                 max_core: int | None = None, margin: int = DEFAULT_MARGIN, memory_mb: float | None = None,
-                cluster=None, shifts: int | None = None, progress: bool = True, prefix: str = "fcn",
+                cluster=None, shifts: int | None = None, progress: bool = True, prefix: str = "model",
                 tags: dict | None = None) -> dict:
     """Map a stack GeoTIFF into ``<prefix>_classes.tif`` (+ ``.qml``) and ``<prefix>_confidence.tif``, window by
     window (peak memory: one window), as cloud-optimised GeoTIFFs with overviews.
@@ -445,7 +451,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
         work = Path(work)
         prof_c = grid.profile(1, dtype, nodata) | dict(tiled=True, blockxsize=256, blockysize=256)
         prof_p = grid.profile(1, "uint8", CONFIDENCE_NODATA) | dict(tiled=True, blockxsize=256, blockysize=256)
-        with rasterio.open(work / "classes.tif", "w", **prof_c) as dc, \
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(work / "classes.tif", "w", **prof_c) as dc, \
                 rasterio.open(work / "confidence.tif", "w", **prof_p) as dp:
             bar = tqdm(total=len(plan.origins()), desc=f"mapping ({prefix})", unit="window", disable=not progress)
             for r0, c0, cls, p, ok in _run_windows(model, stack_path, plan, mean, std, cluster, work, shifts):

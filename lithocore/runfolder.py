@@ -35,7 +35,7 @@ __all__ = ["STAGES", "RunFolder", "key", "file_digest", "manifest_fingerprint", 
            "write_json", "write_npz", "normal_mode"]
 
 #: The stages, in order: the folder each notebook writes into.
-STAGES = ("01_load_data", "02_fuse_sources", "03_build_tiles", "04_train_fcn8s", "05_map_scene",
+STAGES = ("01_load_data", "02_fuse_sources", "03_build_tiles", "04_train_model", "05_map_scene",
           "06_compare_random_forest")
 
 _TMP_PREFIX = ".tmp-"
@@ -189,7 +189,7 @@ class RunFolder:
     # --- 04
     @property
     def model_dir(self) -> Path:
-        return self.root / "04_train_fcn8s"
+        return self.root / "04_train_model"
 
     @property
     def model_path(self) -> Path:
@@ -201,11 +201,12 @@ class RunFolder:
         return self.model_dir / "model.json"
 
     # --- 05
-    def class_map_path(self, prefix: str = "fcn") -> Path:
-        return self.root / "05_map_scene" / f"{prefix}_classes.tif"
+    def class_map_path(self, model: str) -> Path:
+        """Notebook 05's class map of a model, named by the model (``unet_classes.tif``)."""
+        return self.root / "05_map_scene" / f"{model}_classes.tif"
 
-    def map_metrics_path(self, prefix: str = "fcn") -> Path:
-        return self.root / "05_map_scene" / f"{prefix}_metrics.json"
+    def map_metrics_path(self, model: str) -> Path:
+        return self.root / "05_map_scene" / f"{model}_metrics.json"
 
     # --- 06
     @property

@@ -3,7 +3,7 @@ same inputs and settings (its provenance key, :mod:`lithocore.runfolder`), else 
 
 A notebook run alone calls these to get what an earlier notebook would have written: the fused stack
 (:func:`fused_stack`), the tiles (:func:`training_tiles`), the model (:func:`load_or_train`), the FCN's class
-map (:func:`fcn_map`). They use the same settings objects as the notebooks (:class:`~lithocore.fusion.FusionSettings`,
+map (:func:`model_map`). They use the same settings objects as the notebooks (:class:`~lithocore.fusion.FusionSettings`,
 :class:`~lithocore.training.TrainingConfig`), so a notebook run alone trains on the stack the whole workbook
 would have made.
 
@@ -27,7 +27,7 @@ from .data import NO_LABEL, load_study_area
 from .runfolder import RunFolder, key, manifest_fingerprint, write_json
 
 __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "fit_tile_to_area", "run_config", "tiles_made_from", "training_tiles",
-           "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "fcn_map",
+           "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
            "WorkbookWarning", "MIN_TRAINING_TILES"]
 
 #: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
@@ -78,24 +78,27 @@ def fused_stack(run_dir, manifest, area=None, settings=None):
         why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
         _say(f"{rf.stack_path} was made from {why}: fusing again.")
     settings = settings or fusion.FusionSettings()
-    result = fusion.fuse_study_area(area, progress=False, **settings.fuse_kwargs())
-    stack, names, units = write_fused_stack(rf.root, manifest, area, result, settings)
+    stack, names, units = write_fused_stack(rf.root, manifest, area, None, settings)
     return area, stack, names, units
 
 
-def write_fused_stack(run_dir, manifest, area, result, settings):
-    """Build the stack from a fusion result (channels by ``settings``) and write it where notebook 02 does,
+def write_fused_stack(run_dir, manifest, area, result, settings, *, memory_mb: float = 256.0):
+    """Fuse the study area with ``settings`` and write its stack where notebook 02 does, block by block from the
+    manifest (:func:`lithocore.blockwise.write_stack`: memory set by ``memory_mb``, not by the scene; the same
+    values as the in-memory ``result`` of :func:`~lithocore.fusion.fuse_study_area`, which notebook 02 draws),
     with what it was made from in its tags. Returns (stack, channel names, units)."""
-    from . import fusion
+    from . import blockwise, fusion
 
-    stack, names, units = fusion.build_stack(result, area, list(settings.channels) or None)
-    labelled = area.mask & (area.labels != NO_LABEL)
-    stats = fusion.normalisation_stats(stack, labelled) | {"fitted_on": "all labelled valid pixels"}
     fp = manifest_fingerprint(manifest)
-    fusion.write_stack(RunFolder(run_dir).stack_path, stack, names, units, area.grid, stats=stats,
-                       tags=dict(manifest=str(Path(manifest).resolve()), manifest_fingerprint=fp,
-                                 fusion_settings=json.dumps(settings.to_dict()),
-                                 stack_key=key([fp, settings.key(), names])))
+    names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse], area.extra_names,
+                                                                   area.guide_names)
+    out = blockwise.write_stack(manifest, RunFolder(run_dir).stack_path, settings, memory_mb=memory_mb, progress=False,
+                                tags=dict(manifest=str(Path(manifest).resolve()), manifest_fingerprint=fp,
+                                          fusion_settings=json.dumps(settings.to_dict()),
+                                          stack_key=key([fp, settings.key(), names])))
+    if names != out["channels"]:
+        raise RuntimeError(f"the block-wise stack has channels {out['channels']}, the study area {names}")
+    stack, names, units, _, _ = fusion.read_stack(RunFolder(run_dir).stack_path)
     return stack, names, units
 
 
@@ -228,7 +231,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
     from .training import compile_model, data_parallel, evaluate_tiles, fit, make_batches, read_history, save_bundle
 
     rf = RunFolder(run_dir)
-    rf.stage("04_train_fcn8s")
+    rf.stage("04_train_model")
     rf.model_meta_path.unlink(missing_ok=True)  # from here on, what is in the folder is unfinished
     keras.utils.set_random_seed(cfg.seed)
     ts = training_tiles(rf.root, area, cfg, split)
@@ -316,19 +319,32 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ map
-def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial", boundary_width: int = 3,
-            area=None, **overrides):
-    """This run's FCN-8s class map (class indices) and its scores: read from notebook 05's outputs when they
-    were mapped with this run's model, else mapped now (training the model first when there is none that
-    matches). The scores carry the evaluation regions under ``"regions"``, the training time under
-    ``"training_seconds"`` and the model's ``"trust"``."""
+def model_name(meta_or_config: dict) -> str:
+    """The registry key of a saved model (``"unet"``, ``"fcn8s"``, ``"fcn8s_paper"``): what its files, scores and
+    results are named by. Takes a ``model.json`` or a configuration.
+
+    >>> model_name({"config": {"architecture": "unet"}}), model_name({"architecture": "fcn8s_paper"})
+    ('unet', 'fcn8s_paper')
+    """
+    config = meta_or_config.get("config", meta_or_config)
+    return config.get("architecture") or "fcn8s"  # models saved before the registry were FCN-8s
+
+
+def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial", boundary_width: int = 3,
+              area=None, **overrides):
+    """This run's deep-model class map (class indices) and its scores: read from notebook 05's outputs
+    (``<model>_classes.tif``, ``<model>_metrics.json``) when they were mapped with this run's model, else
+    mapped now (training the model first when there is none that matches). The scores carry the evaluation
+    regions under ``"regions"``, the training time under ``"training_seconds"``, the model's ``"trust"`` and
+    its registry key under ``"model"``."""
     from . import mapping, metrics
 
     rf = RunFolder(run_dir)
     area = area if area is not None else load_study_area(manifest)
     model, meta = load_or_train(rf.root, manifest, profile, split, area=area, **overrides)  # makes the stack too
     regions = evaluation_regions(rf.root, area, meta)
-    classes_path, metrics_path = rf.class_map_path("fcn"), rf.map_metrics_path("fcn")
+    name = model_name(meta)
+    classes_path, metrics_path = rf.class_map_path(name), rf.map_metrics_path(name)
     scores = None
     if classes_path.is_file() and metrics_path.is_file():
         classes, tags = mapping.read_class_map(classes_path, area.classes)
@@ -340,7 +356,7 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
         norm = meta["normalisation"]
         result = mapping.map_geotiff(model, rf.stack_path, rf.stage("05_map_scene"), area.classes, norm["mean"],
                                      norm["std"], mask=area.mask, progress=False,
-                                     tags=dict(model_key=meta.get("model_key")))
+                                     tags=dict(model_key=meta.get("model_key")), prefix=name)
         classes, _ = mapping.read_class_map(classes_path, area.classes)
         scores = metrics.evaluate_map(classes, area.labels, area.mask, area.classes.names, boundary_width=boundary_width,
                                       regions={k: v for k, v in regions.items() if k != "train_region"})
@@ -351,6 +367,7 @@ def fcn_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial"
     scores["training_seconds"] = json.loads(training.read_text())["seconds"] if training.is_file() else None
     scores["regions"] = regions
     scores.setdefault("trust", meta.get("trust"))
+    scores["model"] = name
     return classes, scores
 
 
@@ -444,8 +461,8 @@ def cv_folds(run_dir, area, cfg, settings: dict):
     return folds
 
 
-def fcn_fold_model(stack, area, cfg, out_dir):
-    """A cross-validation model: the FCN-8s of ``cfg`` trained on windows wholly inside the fold's training
+def deep_fold_model(stack, area, cfg, out_dir):
+    """A cross-validation model: the deep model of ``cfg`` (any of the registry) trained on windows wholly inside the fold's training
     region (normalised with their own statistics), then mapping the scene."""
     def run(i, train, test):
         import keras
@@ -468,7 +485,7 @@ def fcn_fold_model(stack, area, cfg, out_dir):
         model = build_model(cfg.model_config(stack.shape[0], len(area.classes)))
         weights = class_weights(area.labels, windows, cfg.tile, len(area.classes)) if cfg.class_weighting else None
         compile_model(model, len(area.classes), cfg, class_weights=weights)
-        fit(model, batches, None, Path(out_dir) / f"fcn8s_fold{i}", cfg, verbose=0,
+        fit(model, batches, None, Path(out_dir) / f"{cfg.architecture}_fold{i}", cfg, verbose=0,
             run_key=key([i, asdict(cfg), windows.tolist()]))
         classes, _ = mapping.map_array(model, stack, area.mask, stats["mean"], stats["std"], progress=False)
         return classes

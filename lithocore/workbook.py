@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from .runfolder import RunFolder, write_json
-from .stages import fcn_map, fused_stack
+from .stages import fused_stack, model_map
 from .synthetic import SyntheticSpec, generate_study_area
 
-__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "fcn_map",
+__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "model_map",
            "declared_parameters", "check_parameters", "run_workbook", "main"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"

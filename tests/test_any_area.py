@@ -114,8 +114,8 @@ def test_sparse_labels_are_flagged_not_reported_as_if_fine(areas, tmp_path):
     tiles = json.loads((tmp_path / "03_build_tiles" / "tiles.json").read_text())
     assert tiles["tile"] == 32  # the quick profile's 128 px does not fit a 192-px scene
     assert tiles["warnings"]["spatial"]
-    meta = json.loads((tmp_path / "04_train_fcn8s" / "model.json").read_text())
+    meta = json.loads((tmp_path / "04_train_model" / "model.json").read_text())
     assert meta["trust"]["trustworthy"] is False and meta["trust"]["reasons"]
-    scores = json.loads((tmp_path / "05_map_scene" / "fcn_metrics.json").read_text())
+    scores = json.loads((tmp_path / "05_map_scene" / f"{meta['config']['architecture']}_metrics.json").read_text())
     assert scores["trust"]["trustworthy"] is False
     assert "WARNING: this model's scores do not mean much" in (tmp_path / "notebooks" / "05_map_scene.ipynb").read_text()

@@ -127,9 +127,9 @@ def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
     assert np.allclose(mapping.read_confidence(res["confidence"]), conf, equal_nan=True, atol=0.5 / 250 + 1e-6)
     with rasterio.open(res["confidence"]) as src:
         assert src.dtypes[0] == "uint8" and src.nodata == 255 and src.scales[0] == pytest.approx(1 / 250)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fcn_classes.qml", "fcn_classes.tif",
-                                                                    "fcn_classes_legend.png", "fcn_confidence.tif"]
-    qml = (tmp_path / "out" / "fcn_classes.qml").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model_classes.qml", "model_classes.tif",
+                                                                    "model_classes_legend.png", "model_confidence.tif"]
+    qml = (tmp_path / "out" / "model_classes.qml").read_text()
     assert 'value="2" color="#aabbcc"' in qml and 'label="high"' in qml
     for f in (tmp_path / "out").iterdir():  # readable by others, as any normal file (not a temp file's 0600)
         assert f.stat().st_mode & 0o044 == 0o044, oct(f.stat().st_mode)

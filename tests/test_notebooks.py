@@ -95,9 +95,13 @@ def _check_outputs(run_dir: Path, notebook: str, manifest):
         assert 0.0 <= meta["validation"]["overall_accuracy"] <= 1.0 and len(meta["channels"]) >= 2
         assert (stage / "model.keras").is_file() and (stage / "history.csv").is_file()
     if notebook.startswith("05"):
-        scores = json.loads((stage / "fcn_metrics.json").read_text())
+        # files named by the model: the run's model.json says which (the quick profile's U-Net: unet_*)
+        name = json.loads((stage.parent / "04_train_model" / "model.json").read_text())["config"]["architecture"]
+        assert not list(stage.glob("fcn_*")) or name.startswith("fcn8s")
+        scores = json.loads((stage / f"{name}_metrics.json").read_text())
+        assert scores["model"] == name
         assert "whole_map" in scores and ("held_out" in scores or "outside_training_tiles" in scores)
-        with rasterio.open(stage / "fcn_classes.tif") as src:
+        with rasterio.open(stage / f"{name}_classes.tif") as src:
             assert src.nodata == 255 and src.colormap(1)
             mapped = src.read(1)
         # The class map holds the class table's unit ids, as the label raster does: read back and compared with
@@ -110,26 +114,28 @@ def _check_outputs(run_dir: Path, notebook: str, manifest):
     if notebook.startswith("06"):
         comparison = json.loads((stage / "comparison.json").read_text())
         cv = comparison["cross_validation"]
+        dk = cv["deep_model"]  # scores named by the model's registry key, e.g. "unet"
+        assert dk == json.loads((stage.parent / "04_train_model" / "model.json").read_text())["config"]["architecture"]
         assert len(cv["folds"]) == cv["settings"]["k"] >= 2
         for fold in cv["folds"]:
-            assert set(fold["scores"]) == {"fcn8s", "forest", "forest_context"}
-            assert fold["scores"]["fcn8s"]["pixels"] == fold["scores"]["forest"]["pixels"] \
+            assert set(fold["scores"]) == {dk, "forest", "forest_context"}
+            assert fold["scores"][dk]["pixels"] == fold["scores"]["forest"]["pixels"] \
                 == fold["scores"]["forest_context"]["pixels"] > 0  # like for like
-        for model in ("fcn8s", "forest"):
+        for model in (dk, "forest"):
             for metric in ("mean_iou", "overall_accuracy", "kappa"):
                 assert set(cv["summary"][model][metric]) >= {"mean", "sd"}
         diffs = cv["paired_differences"]["mean_iou"]
         assert isinstance(cv["verdict"], str) and f"{abs(np.mean(diffs)):.3f}" in cv["verdict"]
         rows = {(r["model"], r["scored_on"]) for r in comparison["paper_protocol"]["rows"]}
-        deep = cv["model_names"]["fcn8s"]  # the profile's deep model, e.g. "U-Net"
+        deep = cv["model_names"][comparison["paper_protocol"]["deep_model"]]  # notebook 04's model, e.g. "U-Net"
         assert (deep, "whole_map") in rows and ("random forest", "whole_map") in rows
         # the out-of-fold maps: every labelled valid pixel predicted once, stored as unit ids
         area = load_study_area(manifest)
-        with rasterio.open(stage / "fcn8s_oof_classes.tif") as src:
+        with rasterio.open(stage / f"{dk}_oof_classes.tif") as src:
             oof = src.read(1)
         scored = area.mask & (area.labels != 255)
         assert set(np.unique(oof[scored])) <= set(area.classes.ids)
-        assert sum(f["scores"]["fcn8s"]["pixels"] for f in cv["folds"]) == int(scored.sum())
+        assert sum(f["scores"][dk]["pixels"] for f in cv["folds"]) == int(scored.sum())
 
 
 @pytest.mark.notebook
@@ -137,9 +143,10 @@ def test_map_scene_alone_from_a_saved_model(tmp_path, small_manifest):
     """Notebook 05 in a fresh run folder maps from a saved .keras model: it trains nothing itself."""
     params = dict(PARAMS["synthetic"], study_area=str(small_manifest))
     run_workbook(tmp_path / "trained", parameters=params, only=["04"], progress=False)
-    saved = tmp_path / "trained" / "04_train_fcn8s" / "model.keras"
+    saved = tmp_path / "trained" / "04_train_model" / "model.keras"
     fresh = tmp_path / "fresh"
     run_workbook(fresh, parameters=params | {"model_path": str(saved)}, only=["05"], progress=False)
-    assert not (fresh / "04_train_fcn8s").exists(), "notebook 05 trained a model instead of using the saved one"
-    scores = json.loads((fresh / "05_map_scene" / "fcn_metrics.json").read_text())
+    assert not (fresh / "04_train_model").exists(), "notebook 05 trained a model instead of using the saved one"
+    name = json.loads(saved.with_name("model.json").read_text())["config"]["architecture"]
+    scores = json.loads((fresh / "05_map_scene" / f"{name}_metrics.json").read_text())
     assert scores["whole_map"]["pixels"] > 0

@@ -1,6 +1,7 @@
 """Nothing stale, nothing half-written: each stage's result carries what it was made from, and a later stage
 recomputes (or refuses) instead of reusing a result made from something else."""
 
+import json
 import os
 from pathlib import Path
 
@@ -81,14 +82,15 @@ def test_reordered_class_table_never_maps_with_the_old_legend(manifest, tmp_path
 def test_class_map_remade_when_the_model_changes(manifest, tmp_path, capsys):
     run = tmp_path / "run"
     rf = RunFolder(run)
-    classes, scores = stages.fcn_map(run, manifest, **TINY)
-    with rasterio.open(rf.class_map_path()) as src:
+    classes, scores = stages.model_map(run, manifest, **TINY)
+    assert scores["model"] == stages.model_name(json.loads(rf.model_meta_path.read_text()))
+    with rasterio.open(rf.class_map_path(scores["model"])) as src:
         first = src.tags()["model_key"]
     assert scores["whole_map"]["pixels"] > 0 and scores["trust"] is not None
-    stages.fcn_map(run, manifest, **TINY)  # same model: the map is reused
+    stages.model_map(run, manifest, **TINY)  # same model: the map is reused
     assert "mapping again" not in capsys.readouterr().out
-    stages.fcn_map(run, manifest, **(TINY | dict(epochs=2)))  # another model: the old map is not paired with it
-    with rasterio.open(rf.class_map_path()) as src:
+    stages.model_map(run, manifest, **(TINY | dict(epochs=2)))  # another model: the old map is not paired with it
+    with rasterio.open(rf.class_map_path(scores["model"])) as src:
         assert src.tags()["model_key"] != first
     out = capsys.readouterr().out
     assert "training again" in out and "mapping again" in out
@@ -109,7 +111,7 @@ def test_notebook_02s_settings_are_the_fallbacks(manifest, tmp_path, capsys):
 def test_unfinished_or_corrupt_model_is_never_used(manifest, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     rf = RunFolder(run)
-    rf.stage("04_train_fcn8s")
+    rf.stage("04_train_model")
     rf.model_path.write_bytes(b"")  # a model cut off while written, no model.json
     model, meta = stages.load_or_train(run, manifest, **TINY)
     assert "did not finish" in capsys.readouterr().out and rf.model_meta_path.is_file()

@@ -1,0 +1,340 @@
+"""Out-of-core fusion: the fused stack of a study area written block by block, straight from its manifest.
+
+:func:`lithocore.data.load_study_area` and :func:`lithocore.fusion.fuse_study_area` hold every fine layer of a
+scene in memory (about 1.4 GB for the 2.66 M-pixel default area; some 50 GB for a 10^8-pixel province).
+:func:`write_stack` makes the same stack with memory set by the block size, not the scene size:
+
+* the fine layers (guide bands, DEM) are read and brought onto the reference grid a block of rows at a time
+  (:func:`read_fine_rows`: only the source window under the block is read, then warped as the whole-scene
+  loader warps it);
+* the coarse layers, the gridded points and the labels stay small (one byte a pixel for the labels) and are
+  loaded as :func:`~lithocore.data.load_study_area` loads them;
+* fusion (Eq. 1-2) needs the guide bands' means over each coarse cell: one pass over the blocks adds them up,
+  the coefficients are fitted on those small grids exactly as :func:`~lithocore.fusion.fuse` fits them, and a
+  second pass writes each block's fused channels. The Gaussian smoothing of the detail reads a halo of rows
+  around each block (the filter's full support), so a block's pixels are those of the whole-scene computation.
+* the normalisation statistics over the labelled valid pixels are merged block by block (Chan et al.'s
+  pairwise update), and the file is written to a temporary name, made a cloud-optimised GeoTIFF with
+  overviews, and renamed into place.
+
+The result equals the in-memory path's (a test compares them, float32 rounding apart). One difference: with
+``guide_transform`` "clr" or "log", the floor that keeps the logarithms finite (1e-4 of the median absolute
+value) comes from a systematic sample of the valid pixels rather than from all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.transform import Affine
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
+from scipy import ndimage
+
+from .data import (NO_LABEL, CoarseLayer, Grid, StudyAreaError, _area_geometries, _check_fill, _load_small_layers,
+                   _nodata, _open_raster, _overlaps, _reference_grid, _resolve, _src_bounds_in, _warp_scales,
+                   read_manifest)
+
+__all__ = ["FineLayer", "fine_layers", "read_fine_rows", "write_stack", "block_rows_for"]
+
+
+@dataclass
+class FineLayer:
+    """A fine raster of the manifest (guide bands or an extra layer such as the DEM), not read yet."""
+
+    path: Path
+    entry: dict
+    names: list[str]
+    kind: str  # "guide" or "extra"
+
+
+def fine_layers(man: dict, base: Path, grid: Grid, warns: list | None = None) -> list[FineLayer]:
+    """The manifest's fine rasters with their band names, checked as the whole-scene loader checks them (file,
+    CRS, band count, overlap, suspicious fill values) before any block is read."""
+    warns = [] if warns is None else warns
+    out = []
+    for kind in ("guide", "extra"):
+        for e in man[kind]:
+            p = _resolve(base, e["path"])
+            bands = e.get("bands")
+            if kind == "extra" and bands is None:
+                bands = [e.get("name", p.stem)]
+            expected = len(bands) if isinstance(bands, list) else (int(bands) if bands else None)
+            with _open_raster(p) as src:
+                if expected is not None and src.count != expected:
+                    raise StudyAreaError(p, f"expected {expected} band(s) as the manifest names, found {src.count}")
+                if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
+                    raise StudyAreaError(p, "does not overlap the reference grid")
+                names = [str(b) for b in bands] if isinstance(bands, list) else [f"{p.stem}_{i + 1}"
+                                                                                 for i in range(src.count)]
+                nodata = _nodata(e, src)
+                for b in range(src.count):
+                    _check_fill(p, src, b + 1, nodata, names[b], warns)
+            out.append(FineLayer(p, e, names, kind))
+    return out
+
+
+def _rows_grid(grid: Grid, r0: int, n: int) -> Grid:
+    return Grid(grid.crs, grid.transform * Affine.translation(0, r0), grid.width, n)
+
+
+def read_fine_rows(src, entry: dict, grid: Grid, r0: int, n: int,
+                   resampling: Resampling = Resampling.bilinear) -> np.ndarray:
+    """Rows ``r0 .. r0 + n`` of every band of an open raster, brought onto the reference grid (float32, NaN
+    where the source has no data). Only the source window under the rows (with a margin for the resampling
+    kernel) is read."""
+    sub = _rows_grid(grid, r0, n)
+    out = np.full((src.count, n, grid.width), np.nan, dtype=np.float32)
+    left, bottom, right, top = sub.bounds
+    if src.crs != grid.crs:
+        left, bottom, right, top = transform_bounds(grid.crs, src.crs, left, bottom, right, top, densify_pts=21)
+    win = from_bounds(left, bottom, right, top, transform=src.transform)
+    pad = 4  # source pixels around the window: the support of the bilinear and cubic kernels
+    c0 = max(0, math.floor(win.col_off) - pad)
+    r0s = max(0, math.floor(win.row_off) - pad)
+    c1 = min(src.width, math.ceil(win.col_off + win.width) + pad)
+    r1s = min(src.height, math.ceil(win.row_off + win.height) + pad)
+    if c1 <= c0 or r1s <= r0s:
+        return out  # the rows lie outside the source
+    window = Window(c0, r0s, c1 - c0, r1s - r0s)
+    data = src.read(window=window)
+    nodata = _nodata(entry, src)
+    scales = _warp_scales(src, grid)  # the whole grid's kernel scale, not this block's
+    for b in range(src.count):
+        reproject(source=data[b], destination=out[b], src_transform=src.window_transform(window), src_crs=src.crs,
+                  src_nodata=nodata, dst_transform=sub.transform, dst_crs=grid.crs, dst_nodata=np.nan,
+                  resampling=resampling, tolerance=0.0, **scales)  # exact coordinates, as the whole-scene loader
+    return out
+
+
+def block_rows_for(grid: Grid, n_fine: int, n_out: int, memory_mb: float, halo: int) -> int:
+    """Rows per block so that one block's arrays (fine bands, their low-pass parts, the detail, the output
+    channels, in float32 and float64) stay within ``memory_mb``."""
+    per_row = grid.width * (4 * (3 * n_fine + n_out + 4) + 8 * 4)
+    rows = int(memory_mb * 2**20 // max(per_row, 1)) - 2 * halo
+    return int(max(32, min(grid.height, rows)))
+
+
+class _Moments:
+    """Per-channel count, mean and sum of squared deviations, merged block by block (Chan et al. 1979)."""
+
+    def __init__(self, k: int):
+        self.n = np.zeros(k)
+        self.mean = np.zeros(k)
+        self.m2 = np.zeros(k)
+
+    def add(self, i: int, values: np.ndarray) -> None:
+        values = values[np.isfinite(values)].astype(np.float64)
+        nb = values.size
+        if not nb:
+            return
+        mb = values.mean()
+        m2b = ((values - mb) ** 2).sum()
+        n = self.n[i] + nb
+        delta = mb - self.mean[i]
+        self.mean[i] += delta * nb / n
+        self.m2[i] += m2b + delta ** 2 * self.n[i] * nb / n
+        self.n[i] = n
+
+    def stats(self, pixels: int) -> dict:
+        std = np.sqrt(self.m2 / np.maximum(self.n, 1))
+        return dict(mean=self.mean.astype(float).tolist(), std=np.where(std > 0, std, 1.0).astype(float).tolist(),
+                    pixels=int(pixels))
+
+
+def _guide_transform(bands: np.ndarray, transform: str, floor: float) -> np.ndarray:
+    from .fusion import clr
+
+    if transform == "none":
+        return bands
+    bands = np.maximum(bands, floor)
+    if transform == "log" or bands.shape[0] < 2:
+        return np.log(bands).astype(np.float32)
+    return clr(bands)
+
+
+def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=None, *, memory_mb: float = 256.0,
+                tags: dict | None = None, progress: bool = True) -> dict:
+    """Fuse a study area and write its stack (channels by ``settings``, a
+    :class:`~lithocore.fusion.FusionSettings`) to ``path`` block by block. Returns the channel names, units,
+    normalisation statistics, fusion coefficients, block size and timing.
+
+    Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points, one byte a pixel of labels).
+    """
+    from tqdm.auto import tqdm
+
+    from . import fusion
+    from .data import write_cog
+    from .runfolder import atomic_path
+
+    settings = settings or fusion.FusionSettings()
+    kw = settings.fuse_kwargs()
+    t0 = time.perf_counter()
+    mpath = Path(manifest).resolve()
+    man = read_manifest(mpath)
+    base = mpath.parent
+    grid = _reference_grid(man, base)
+    warns: list[str] = []
+    fine = fine_layers(man, base, grid, warns)
+    coarse, _, labels, _, _ = _load_small_layers(man, base, grid, warns, {}, [], mpath)
+    units = {n: str(f.entry.get("units", "")) for f in fine for n in f.names}
+    outline = _area_geometries(_resolve(base, man["area"]), grid, man.get("crs")) if man.get("area") else None
+    layers = fusion.preprocess(coarse, use_clr=kw["use_clr"], use_rtp=kw["use_rtp"])
+    units |= {c.name: c.units for c in layers}  # after preprocessing ("clr" for log-ratios)
+    guide_names = [n for f in fine if f.kind == "guide" for n in f.names]
+    extra_names = [n for f in fine if f.kind == "extra" for n in f.names]
+    n_g = len(guide_names)
+    fused_names = [c.name for c in layers]
+    channels = list(settings.channels) or fusion.default_channels_for(fused_names, extra_names, guide_names)
+    for ch in channels:
+        if ch not in fused_names + extra_names + guide_names:
+            raise KeyError(f"unknown channel {ch!r}; fused: {fused_names}, extra: {extra_names}, guide: {guide_names}")
+    smoothing = float(kw.get("detail_smoothing", 0.0))
+    halo = int(4.0 * smoothing + 0.5) if smoothing > 0 else 0  # scipy's Gaussian support (truncate 4)
+    rows = block_rows_for(grid, n_g + len(extra_names), len(channels), memory_mb, halo)
+    starts = list(range(0, grid.height, rows))
+    transform = kw.get("guide_transform", "none")
+    lowpass = kw.get("lowpass", "box")
+    if n_g and lowpass != "box":
+        raise ValueError("the block-wise path offers the paper's box low-pass only (lowpass='box')")
+
+    with contextlib.ExitStack() as stack:
+        # GDAL's block cache (5 % of the memory by default) would grow with the scene read: a quarter of the budget
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(max(16, memory_mb // 4))))
+        srcs = [stack.enter_context(_open_raster(f.path)) for f in fine]
+
+        def read(r0: int, n: int, with_mask: bool = True):
+            """The fine bands (guide, extra) and the valid-data mask of rows r0 .. r0 + n."""
+            arrays = [read_fine_rows(s, f.entry, grid, r0, n) for s, f in zip(srcs, fine)]
+            allb = np.concatenate(arrays) if arrays else np.zeros((0, n, grid.width), np.float32)
+            mask = np.isfinite(allb).all(axis=0)
+            sub = _rows_grid(grid, r0, n)
+            for c in coarse:
+                mask &= np.isfinite(c.to_fine(sub))
+            if outline is not None:
+                from rasterio.features import geometry_mask
+
+                mask &= geometry_mask(outline, out_shape=sub.shape, transform=sub.transform, invert=True)
+            allb[:, ~mask] = np.nan
+            return allb[:n_g], allb[n_g:], mask
+
+        # pass 0 (log or clr guide only): the floor of the logarithms, from a systematic sample
+        floor = 0.0
+        if n_g and transform != "none":
+            sample = []
+            for r0 in starts:
+                g, _, m = read(r0, min(rows, grid.height - r0))
+                sample.append(np.abs(g[:, m][:, ::97]).ravel())
+            floor = 1e-4 * float(np.nanmedian(np.concatenate(sample))) or 1e-6
+
+        # pass 1: the guide bands' means over the coarse cells of every factor; the valid pixels
+        factors = sorted({c.factor for c in layers})
+        sums = {f: np.zeros((n_g, *grid.coarsen(f).shape)) for f in factors}
+        counts = {f: np.zeros(grid.coarsen(f).shape) for f in factors}
+        valid = 0
+        finite_bands = np.zeros(n_g + len(extra_names), dtype=np.int64)
+        bar = tqdm(total=2 * len(starts), desc="fusing block by block", unit="block", disable=not progress)
+        for r0 in starts:
+            n = min(rows, grid.height - r0)
+            g, e, m = read(r0, n)
+            valid += int(m.sum())
+            finite_bands += np.isfinite(np.concatenate([g, e])).sum(axis=(1, 2))
+            if n_g and factors:
+                gt = _guide_transform(g, transform, floor)
+                rr, cc = np.nonzero(m)
+                for f in factors:
+                    cw = grid.coarsen(f).width
+                    ids = ((rr + r0) // f) * cw + cc // f
+                    size = counts[f].size
+                    counts[f] += np.bincount(ids, minlength=size).reshape(counts[f].shape)
+                    for i in range(n_g):
+                        sums[f][i] += np.bincount(ids, weights=gt[i][m].astype(np.float64),
+                                                  minlength=size).reshape(counts[f].shape)
+            bar.update(1)
+        if not valid:
+            raise StudyAreaError(mpath, "the study area is empty: no pixel has valid data in every layer "
+                                        "(check nodata values, the area outline and the layers' extents)")
+        for name, k in zip(guide_names + extra_names, finite_bands):
+            if not k:
+                raise StudyAreaError(mpath, f"band {name} has no valid data inside the reference grid")
+        means = {f: np.where(counts[f] > 0, sums[f] / np.maximum(counts[f], 1), np.nan) for f in factors}
+
+        # the fit of every layer (Eq. 1), on the small grids
+        fits, infos = [], []
+        for c in layers:
+            try:
+                fit, info = fusion.fit_layer(means[c.factor], c.values, c.grid, kw.get("method", "global"),
+                                             guide_names=guide_names, **{k: kw[k] for k in ("window", "ridge", "min_cv_r2")
+                                                                         if k in kw}) if n_g else (None, dict(
+                                                                             f={}, detail_added=False,
+                                                                             note="no guide bands: bilinear resampling only"))
+            except ValueError as exc:
+                raise StudyAreaError(c.source, f"layer '{c.name}': {exc}") from None
+            fits.append(fit)
+            infos.append(info | {"preprocessing": c.meta.get("preprocessing", "none")})
+
+        # pass 2: each block's channels, with a halo of rows for the smoothing
+        moments = _Moments(len(channels))
+        labelled_valid = 0
+        gain = float(kw.get("detail_gain", 1.0))
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            with rasterio.open(tmp, "w", **grid.profile(len(channels), "float32")) as dst:
+                for r0 in starts:
+                    n = min(rows, grid.height - r0)
+                    h0, h1 = max(0, r0 - halo), min(grid.height, r0 + n + halo)
+                    g, e, m = read(h0, h1 - h0)
+                    sub = _rows_grid(grid, h0, h1 - h0)
+                    gt = _guide_transform(g, transform, floor) if n_g else g
+                    keep = slice(r0 - h0, r0 - h0 + n)
+                    lows = {f: [fusion._to_fine(means[f][i], grid.coarsen(f), sub) for i in range(n_g)]
+                            for f in factors} if n_g else {}
+                    values = {}
+                    if smoothing > 0:  # the NaN-aware Gaussian's weights: one per block, shared by every layer
+                        w = np.maximum(ndimage.gaussian_filter(m.astype(np.float64), smoothing), 1e-6)
+                    for c, fit in zip(layers, fits):
+                        up = fusion._to_fine(c.values, c.grid, sub).astype(np.float64)
+                        if fit is None:
+                            fused = up
+                        else:
+                            detail = fusion.layer_detail(fit, gt, lows[c.factor], c.grid, sub)
+                            if smoothing > 0:
+                                detail = ndimage.gaussian_filter(np.where(m, detail, 0.0), smoothing) / w
+                            fused = up + gain * detail
+                        fused = fused.astype(np.float32)
+                        fused[~m] = np.nan
+                        values[c.name] = fused[keep]
+                    for i, name in enumerate(extra_names):
+                        values[name] = e[i][keep]
+                    for i, name in enumerate(guide_names):
+                        values[name] = g[i][keep]
+                    lab = labels[r0:r0 + n]
+                    sel = m[keep] & (lab != NO_LABEL)
+                    labelled_valid += int(sel.sum())
+                    block = np.stack([values[ch] for ch in channels]).astype(np.float32)
+                    for i in range(len(channels)):
+                        moments.add(i, block[i][sel])
+                    dst.write(block, window=Window(0, r0, grid.width, n))
+                    bar.update(1)
+                bar.close()
+                stats = moments.stats(labelled_valid) | {"fitted_on": "all labelled valid pixels"}
+                ch_units = [units.get(ch, "") for ch in channels]
+                for i, (nm, u) in enumerate(zip(channels, ch_units)):
+                    dst.set_band_description(i + 1, nm)
+                    dst.update_tags(i + 1, units=u)
+                dst.update_tags(channels=json.dumps(channels), units=json.dumps(ch_units),
+                                normalisation=json.dumps(stats), **{k: str(v) for k, v in (tags or {}).items()})
+            write_cog(tmp, tmp, resampling="average")
+    return dict(path=str(out), channels=channels, units=ch_units, normalisation=stats, coefficients=infos,
+                fused_names=fused_names, block_rows=rows, blocks=len(starts), halo=halo, warnings=warns,
+                seconds=time.perf_counter() - t0)

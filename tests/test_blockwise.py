@@ -1,0 +1,93 @@
+"""The out-of-core stack (written block by block from the manifest) equals the in-memory fusion's, for the
+fusion settings, mixes of sources and file conventions a user brings, with several blocks and a halo."""
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from rasterio.warp import calculate_default_transform, reproject
+from shapely.geometry import box
+
+from lithocore import blockwise, fusion
+from lithocore.data import NO_LABEL, load_study_area
+
+from .test_data import _copy_manifest
+
+
+def _in_memory(manifest, settings):
+    area = load_study_area(manifest)
+    result = fusion.fuse_study_area(area, progress=False, **settings.fuse_kwargs())
+    stack, names, units = fusion.build_stack(result, area, list(settings.channels) or None)
+    return area, stack, names, units
+
+
+def _compare(manifest, settings, tmp_path, memory_mb=2.0):
+    area, stack, names, units = _in_memory(manifest, settings)
+    out = blockwise.write_stack(manifest, tmp_path / "stack.tif", settings, memory_mb=memory_mb, progress=False)
+    assert out["blocks"] >= 3  # the comparison is across block borders
+    got, got_names, got_units, stats, _ = fusion.read_stack(tmp_path / "stack.tif")
+    assert got_names == names and got_units == units
+    assert np.array_equal(np.isnan(got), np.isnan(stack))  # the same valid-data mask
+    scale = np.nanmax(np.abs(stack), axis=(1, 2), keepdims=True)
+    assert np.nanmax(np.abs(got - stack) / scale) < 1e-5
+    labelled = area.mask & (area.labels != NO_LABEL)
+    ref = fusion.normalisation_stats(stack, labelled)
+    assert stats["pixels"] == ref["pixels"]
+    assert np.allclose(stats["mean"], ref["mean"], rtol=0, atol=1e-4 * np.array(ref["std"]))
+    assert np.allclose(stats["std"], ref["std"], rtol=1e-4)
+    with rasterio.open(tmp_path / "stack.tif") as src:  # a cloud-optimised GeoTIFF (overviews above 512 px)
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    return out
+
+
+@pytest.mark.parametrize("settings", [
+    fusion.FusionSettings(),  # the calibrated defaults: smoothing 5 px, so a halo of 20 rows
+    fusion.FusionSettings(method="local", guide_transform="clr", detail_gain=1.0, detail_smoothing=0.0),
+])
+def test_blockwise_stack_equals_the_in_memory_stack(small_manifest, tmp_path, settings):
+    out = _compare(small_manifest, settings, tmp_path)
+    assert out["halo"] == (20 if settings.detail_smoothing == 5.0 else 0)
+
+
+def test_blockwise_reprojected_layer_outline_and_declared_nodata(small_manifest, tmp_path):
+    """A DEM in another CRS with a declared fill value and an area outline: warped, masked and filled the same."""
+    man = _copy_manifest(small_manifest, tmp_path)
+    dem = Path(man["extra"][0]["path"])
+    with rasterio.open(dem) as src:
+        data = src.read(1)
+        data[:40, :60] = -9999.0  # a block of fill value, declared in the manifest below
+        crs = "EPSG:32645"
+        transform, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        prof = src.profile | dict(crs=crs, transform=transform, width=w, height=h, nodata=None, dtype="float32")
+        out = np.full((h, w), -9999.0, np.float32)
+        reproject(data.astype(np.float32), out, src_transform=src.transform, src_crs=src.crs, dst_transform=transform,
+                  dst_crs=crs, src_nodata=-9999.0, dst_nodata=-9999.0)
+        left, bottom, right, top = src.bounds
+        outline = box(left + 600, bottom + 300, right - 450, top - 900)
+        grid_crs = src.crs
+    with rasterio.open(tmp_path / "dem_utm45.tif", "w", **prof) as dst:
+        dst.write(out, 1)
+    gpd.GeoDataFrame(geometry=[outline], crs=grid_crs).to_file(tmp_path / "outline.gpkg")
+    man["extra"][0].update(path=str(tmp_path / "dem_utm45.tif"), nodata=-9999.0)
+    man["area"] = str(tmp_path / "outline.gpkg")
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(man, sort_keys=False))
+    area = load_study_area(path)
+    assert 0.3 < area.mask.mean() < 0.9  # the outline and the fill value both cut the area
+    _compare(path, fusion.FusionSettings(), tmp_path)
+
+
+def test_blockwise_imagery_only_and_block_size_follow_memory(small_manifest, tmp_path):
+    man = _copy_manifest(small_manifest, tmp_path)
+    man.update(extra=[], coarse=[], points=[])
+    path = tmp_path / "imagery.yaml"
+    path.write_text(yaml.safe_dump(man, sort_keys=False))
+    out = _compare(path, fusion.FusionSettings(), tmp_path)
+    assert out["channels"] == ["B1", "B2", "B3N", "B4", "B5", "B6", "B7", "B8", "B9"]  # maps from its imagery
+    grid = load_study_area(path).grid
+    small = blockwise.block_rows_for(grid, 9, 9, memory_mb=1.0, halo=0)
+    large = blockwise.block_rows_for(grid, 9, 9, memory_mb=64.0, halo=0)
+    assert 32 <= small < large == grid.height
