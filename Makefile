@@ -34,3 +34,4 @@ clean:
 bench: install
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_mapping.py
+	$(PY) benchmarks/bench_fuse_scale.py --sizes 2000 5000

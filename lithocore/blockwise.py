@@ -40,7 +40,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 from scipy import ndimage
 
-from .data import (NO_LABEL, CoarseLayer, Grid, StudyAreaError, _area_geometries, _check_fill, _load_small_layers,
+from .data import (NO_LABEL, WARP_THREADS, CoarseLayer, Grid, StudyAreaError, _area_geometries, _check_fill, _load_small_layers,
                    _nodata, _open_raster, _overlaps, _reference_grid, _resolve, _src_bounds_in, _warp_scales,
                    read_manifest)
 
@@ -112,7 +112,7 @@ def read_fine_rows(src, entry: dict, grid: Grid, r0: int, n: int,
     for b in range(src.count):
         reproject(source=data[b], destination=out[b], src_transform=src.window_transform(window), src_crs=src.crs,
                   src_nodata=nodata, dst_transform=sub.transform, dst_crs=grid.crs, dst_nodata=np.nan,
-                  resampling=resampling, tolerance=0.0, **scales)  # exact coordinates, as the whole-scene loader
+                  resampling=resampling, tolerance=0.0, num_threads=WARP_THREADS, **scales)  # as the whole-scene loader
     return out
 
 
@@ -163,12 +163,14 @@ def _guide_transform(bands: np.ndarray, transform: str, floor: float) -> np.ndar
 
 
 def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=None, *, memory_mb: float = 256.0,
-                tags: dict | None = None, progress: bool = True) -> dict:
+                tags: dict | None = None, progress: bool = True, area=None) -> dict:
     """Fuse a study area and write its stack (channels by ``settings``, a
     :class:`~lithocore.fusion.FusionSettings`) to ``path`` block by block. Returns the channel names, units,
     normalisation statistics, fusion coefficients, block size and timing.
 
-    Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points, one byte a pixel of labels).
+    Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points; one byte a pixel for the labels
+    and one for the valid-data mask). ``area``: the same study area already loaded (its coarse layers and labels
+    are reused instead of gridding the points again; its fine layers are not used).
     """
     from tqdm.auto import tqdm
 
@@ -185,7 +187,10 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     grid = _reference_grid(man, base)
     warns: list[str] = []
     fine = fine_layers(man, base, grid, warns)
-    coarse, _, labels, _, _ = _load_small_layers(man, base, grid, warns, {}, [], mpath)
+    if area is not None:
+        coarse, labels = area.coarse, area.labels
+    else:
+        coarse, _, labels, _, _ = _load_small_layers(man, base, grid, warns, {}, [], mpath)
     units = {n: str(f.entry.get("units", "")) for f in fine for n in f.names}
     outline = _area_geometries(_resolve(base, man["area"]), grid, man.get("crs")) if man.get("area") else None
     layers = fusion.preprocess(coarse, use_clr=kw["use_clr"], use_rtp=kw["use_rtp"])
@@ -212,18 +217,26 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(max(16, memory_mb // 4))))
         srcs = [stack.enter_context(_open_raster(f.path)) for f in fine]
 
-        def read(r0: int, n: int, with_mask: bool = True):
+        valid_mask = np.zeros(grid.shape, dtype=bool)  # made block by block in the first pass, then reused
+        masked_rows = np.zeros(grid.height, dtype=bool)
+
+        def read(r0: int, n: int):
             """The fine bands (guide, extra) and the valid-data mask of rows r0 .. r0 + n."""
             arrays = [read_fine_rows(s, f.entry, grid, r0, n) for s, f in zip(srcs, fine)]
             allb = np.concatenate(arrays) if arrays else np.zeros((0, n, grid.width), np.float32)
-            mask = np.isfinite(allb).all(axis=0)
-            sub = _rows_grid(grid, r0, n)
-            for c in coarse:
-                mask &= np.isfinite(c.to_fine(sub))
-            if outline is not None:
-                from rasterio.features import geometry_mask
+            if masked_rows[r0:r0 + n].all():
+                mask = valid_mask[r0:r0 + n]
+            else:
+                mask = np.isfinite(allb).all(axis=0)
+                sub = _rows_grid(grid, r0, n)
+                for c in coarse:
+                    mask &= np.isfinite(c.to_fine(sub))
+                if outline is not None:
+                    from rasterio.features import geometry_mask
 
-                mask &= geometry_mask(outline, out_shape=sub.shape, transform=sub.transform, invert=True)
+                    mask &= geometry_mask(outline, out_shape=sub.shape, transform=sub.transform, invert=True)
+                valid_mask[r0:r0 + n] = mask
+                masked_rows[r0:r0 + n] = True
             allb[:, ~mask] = np.nan
             return allb[:n_g], allb[n_g:], mask
 
@@ -334,7 +347,9 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                     dst.update_tags(i + 1, units=u)
                 dst.update_tags(channels=json.dumps(channels), units=json.dumps(ch_units),
                                 normalisation=json.dumps(stats), **{k: str(v) for k, v in (tags or {}).items()})
-            write_cog(tmp, tmp, resampling="average")
+            stack.close()
+            with rasterio.Env(GDAL_CACHEMAX=int(max(64, memory_mb))):  # the overviews need more (3 x faster)
+                write_cog(tmp, tmp, resampling="average")
     return dict(path=str(out), channels=channels, units=ch_units, normalisation=stats, coefficients=infos,
                 fused_names=fused_names, block_rows=rows, blocks=len(starts), halo=halo, warnings=warns,
                 seconds=time.perf_counter() - t0)

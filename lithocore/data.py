@@ -94,6 +94,10 @@ __all__ = [
 NO_LABEL = 255
 
 
+#: Threads of GDAL's warper (the same values with any number: it splits the output by rows).
+WARP_THREADS = min(4, os.cpu_count() or 1)
+
+
 class StudyAreaError(ValueError):
     """Bad input for a study area: the message names the file and the fault."""
 
@@ -303,7 +307,7 @@ class CoarseLayer:
         out = np.full(fine.shape, np.nan, dtype=np.float32)
         reproject(self.values.astype(np.float32), out, src_transform=self.grid.transform, src_crs=self.grid.crs,
                   dst_transform=fine.transform, dst_crs=fine.crs, src_nodata=np.nan, dst_nodata=np.nan,
-                  resampling=Resampling.bilinear)
+                  resampling=Resampling.bilinear, num_threads=WARP_THREADS)
         return out
 
 
@@ -566,7 +570,8 @@ def _read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: R
             _check_fill(path, src, b + 1, nodata, (names or [])[b] if names and b < len(names) else f"band {b + 1}",
                         warns)
             reproject(destination=out[b], src_nodata=nodata, dst_transform=grid.transform, dst_crs=grid.crs,
-                      dst_nodata=np.nan, resampling=resampling, tolerance=0.0, **_warp_scales(src, grid),
+                      dst_nodata=np.nan, resampling=resampling, tolerance=0.0, num_threads=WARP_THREADS,
+                      **_warp_scales(src, grid),
                       **_source_band(src, b + 1, entry))
         info = _describe(path, src) | dict(nodata=nodata)
     return out, info

@@ -93,6 +93,7 @@ def write_fused_stack(run_dir, manifest, area, result, settings, *, memory_mb: f
     names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse], area.extra_names,
                                                                    area.guide_names)
     out = blockwise.write_stack(manifest, RunFolder(run_dir).stack_path, settings, memory_mb=memory_mb, progress=False,
+                                area=area,
                                 tags=dict(manifest=str(Path(manifest).resolve()), manifest_fingerprint=fp,
                                           fusion_settings=json.dumps(settings.to_dict()),
                                           stack_key=key([fp, settings.key(), names])))
