@@ -167,7 +167,8 @@ class Grid:
     def profile(self, count: int, dtype: str = "float32", nodata: float | None = float("nan")) -> dict:
         """A rasterio profile for a tiled, compressed GeoTIFF on this grid."""
         prof = dict(driver="GTiff", crs=self.crs, transform=self.transform, width=self.width,
-                    height=self.height, count=count, dtype=dtype, nodata=nodata, compress="deflate")
+                    height=self.height, count=count, dtype=dtype, nodata=nodata, compress="deflate",
+                    BIGTIFF="IF_SAFER")  # past 4 GB a classic TIFF cannot be written (a province's stack is)
         if self.width >= 256 and self.height >= 256:
             prof.update(tiled=True, blockxsize=256, blockysize=256)
         return prof
@@ -1130,5 +1131,5 @@ def write_cog(src_path: str | os.PathLike, path: str | os.PathLike, *, resamplin
 
     with atomic_path(path) as tmp:
         rasterio.shutil.copy(str(src_path), str(tmp), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
-                             OVERVIEW_RESAMPLING=resampling.upper(), NUM_THREADS="ALL_CPUS")
+                             OVERVIEW_RESAMPLING=resampling.upper(), NUM_THREADS="ALL_CPUS", BIGTIFF="IF_SAFER")
     return Path(path)
