@@ -40,7 +40,7 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 from scipy import ndimage
 
-from .data import (NO_LABEL, WARP_THREADS, CoarseLayer, Grid, StudyAreaError, _area_geometries, _check_fill, _load_small_layers,
+from .data import (NO_LABEL, WARP_THREADS, Grid, StudyAreaError, _area_geometries, _check_fill, _load_small_layers,
                    _nodata, _open_raster, _overlaps, _reference_grid, _resolve, _src_bounds_in, _warp_scales,
                    read_manifest)
 

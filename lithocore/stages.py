@@ -229,7 +229,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
 
     from .model import backend_info, build_model
     from .tiles import class_weights
-    from .training import compile_model, data_parallel, evaluate_tiles, fit, make_batches, read_history, save_bundle
+    from .training import compile_model, data_parallel, evaluate_tiles, fit, make_batches, save_bundle
 
     rf = RunFolder(run_dir)
     rf.stage("04_train_model")
