@@ -2,7 +2,7 @@
 same inputs and settings (its provenance key, :mod:`lithocore.runfolder`), else made again, with a message.
 
 A notebook run alone calls these to get what an earlier notebook would have written: the fused stack
-(:func:`fused_stack`), the tiles (:func:`training_tiles`), the model (:func:`load_or_train`), the FCN's class
+(:func:`fused_stack`), the tiles (:func:`training_tiles`), the model (:func:`load_or_train`), the deep model's class
 map (:func:`model_map`). They use the same settings objects as the notebooks (:class:`~lithocore.fusion.FusionSettings`,
 :class:`~lithocore.training.TrainingConfig`), so a notebook run alone trains on the stack the whole workbook
 would have made.
