@@ -38,9 +38,9 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
-from scipy import ndimage
 
-from .data import (NO_LABEL, WARP_THREADS, Grid, StudyAreaError, _area_geometries, _check_fill, _load_small_layers,
+from .data import (NO_LABEL, WARP_THREADS, Grid, StudyAreaError, _area_geometries, _band_names, _check_fill,
+                   _fine_bands, _load_small_layers,
                    _nodata, _open_raster, _overlaps, _reference_grid, _resolve, _src_bounds_in, _warp_scales,
                    read_manifest)
 
@@ -65,17 +65,13 @@ def fine_layers(man: dict, base: Path, grid: Grid, warns: list | None = None) ->
     for kind in ("guide", "extra"):
         for e in man[kind]:
             p = _resolve(base, e["path"])
-            bands = e.get("bands")
-            if kind == "extra" and bands is None:
-                bands = [e.get("name", p.stem)]
-            expected = len(bands) if isinstance(bands, list) else (int(bands) if bands else None)
+            bands, expected = _fine_bands(e, p, kind)
             with _open_raster(p) as src:
                 if expected is not None and src.count != expected:
                     raise StudyAreaError(p, f"expected {expected} band(s) as the manifest names, found {src.count}")
                 if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
                     raise StudyAreaError(p, "does not overlap the reference grid")
-                names = [str(b) for b in bands] if isinstance(bands, list) else [f"{p.stem}_{i + 1}"
-                                                                                 for i in range(src.count)]
+                names = _band_names(p, bands, src.count)
                 nodata = _nodata(e, src)
                 for b in range(src.count):
                     _check_fill(p, src, b + 1, nodata, names[b], warns)
@@ -313,8 +309,8 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                     lows = {f: [fusion._to_fine(means[f][i], grid.coarsen(f), sub) for i in range(n_g)]
                             for f in factors} if n_g else {}
                     values = {}
-                    if smoothing > 0:  # the NaN-aware Gaussian's weights: one per block, shared by every layer
-                        w = np.maximum(ndimage.gaussian_filter(m.astype(np.float64), smoothing), 1e-6)
+                    # the NaN-aware Gaussian's weights: one per block, shared by every layer
+                    w = fusion.smoothing_weights(m, smoothing) if smoothing > 0 else None
                     for c, fit in zip(layers, fits):
                         up = fusion._to_fine(c.values, c.grid, sub).astype(np.float64)
                         if fit is None:
@@ -322,7 +318,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                         else:
                             detail = fusion.layer_detail(fit, gt, lows[c.factor], c.grid, sub)
                             if smoothing > 0:
-                                detail = ndimage.gaussian_filter(np.where(m, detail, 0.0), smoothing) / w
+                                detail = fusion.smooth_detail(detail, m, smoothing, w)
                             fused = up + gain * detail
                         fused = fused.astype(np.float32)
                         fused[~m] = np.nan

@@ -592,6 +592,21 @@ def _warp_scales(src, grid: Grid) -> dict:
     return dict(XSCALE=grid.width / max(win.width, 1e-9), YSCALE=grid.height / max(win.height, 1e-9))
 
 
+def _fine_bands(entry: dict, path: Path, kind: str) -> tuple[list | None, int | None]:
+    """A fine layer's manifest ``bands``: the names given (an extra layer without any is named by its ``name``
+    or file), and the band count they promise (None: any)."""
+    bands = entry.get("bands")
+    if kind == "extra" and bands is None:
+        bands = [entry.get("name", path.stem)]
+    expected = len(bands) if isinstance(bands, list) else (int(bands) if bands else None)
+    return (bands if isinstance(bands, list) else None), expected
+
+
+def _band_names(path: Path, bands: list | None, count: int) -> list[str]:
+    """The names of a fine layer's bands: the manifest's, else ``<file stem>_<band number>``."""
+    return [str(b) for b in bands] if bands is not None else [f"{path.stem}_{i + 1}" for i in range(count)]
+
+
 def _describe(path: Path, src) -> dict:
     return dict(file=path.name, crs=str(src.crs.to_string()), resolution=f"{abs(src.res[0]):g} x {abs(src.res[1]):g}",
                 size=f"{src.width} x {src.height}", bands=src.count, nodata=src.nodata, dtype=src.dtypes[0])
@@ -1041,16 +1056,9 @@ def load_study_area(manifest: str | os.PathLike) -> StudyArea:
         arrays, names = [], []
         for e in man[key]:
             p = _resolve(base, e["path"])
-            bands = e.get("bands")
-            if key == "extra" and bands is None:
-                bands = [e.get("name", p.stem)]
-            expected = len(bands) if isinstance(bands, list) else (int(bands) if bands else None)
-            arr, info = _read_fine(p, grid, expected, Resampling.bilinear, e, warns,
-                                   bands if isinstance(bands, list) else None)
-            if isinstance(bands, list):
-                bnames = [str(b) for b in bands]
-            else:
-                bnames = [f"{p.stem}_{i + 1}" for i in range(arr.shape[0])]
+            bands, expected = _fine_bands(e, p, key)
+            arr, info = _read_fine(p, grid, expected, Resampling.bilinear, e, warns, bands)
+            bnames = _band_names(p, bands, arr.shape[0])
             for b, n in enumerate(bnames):
                 if not np.isfinite(arr[b]).any():
                     raise StudyAreaError(p, f"band {b + 1} ({n}) has no valid data inside the reference grid")

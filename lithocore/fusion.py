@@ -348,6 +348,18 @@ def layer_detail(fit: dict, guide: np.ndarray, lows, cgrid: Grid, fine: Grid) ->
     return detail
 
 
+def smoothing_weights(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """The normalising weights of :func:`smooth_detail` (the smoothed mask, at least 1e-6)."""
+    return np.maximum(ndimage.gaussian_filter(mask.astype(np.float64), sigma), 1e-6)
+
+
+def smooth_detail(detail: np.ndarray, mask: np.ndarray, sigma: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """A Gaussian of ``sigma`` pixels over the valid pixels only (NaN-aware: the invalid ones neither count nor
+    pull the result towards zero). ``weights``: :func:`smoothing_weights` of the mask, when already made."""
+    weights = smoothing_weights(mask, sigma) if weights is None else weights
+    return ndimage.gaussian_filter(np.where(mask, detail, 0.0), sigma) / weights
+
+
 def fuse(guide: np.ndarray, coarse_values: np.ndarray, fine: Grid, factor: int, *, mask: np.ndarray | None = None,
          method: str = "global", window: int = 5, ridge: float = 0.1, min_cv_r2: float = 0.05,
          lowpass: str = "box", detail_gain: float = 1.0, detail_smoothing: float = 0.0,
@@ -406,9 +418,8 @@ def fuse(guide: np.ndarray, coarse_values: np.ndarray, fine: Grid, factor: int, 
                           min_cv_r2=min_cv_r2)
     upsampled = _to_fine(coarse_values, cgrid, fine)
     detail = layer_detail(fit, guide, [p[1] for p in _parts], cgrid, fine)
-    if detail_smoothing > 0:  # NaN-aware Gaussian: suppress sensor noise and sub-pixel texture in the detail
-        w = ndimage.gaussian_filter(mask.astype(np.float64), detail_smoothing)
-        detail = ndimage.gaussian_filter(np.where(mask, detail, 0.0), detail_smoothing) / np.maximum(w, 1e-6)
+    if detail_smoothing > 0:  # suppress sensor noise and sub-pixel texture in the detail
+        detail = smooth_detail(detail, mask, detail_smoothing)
     fused = (upsampled + detail_gain * detail).astype(np.float32)
     fused[~mask] = np.nan
     upsampled[~mask] = np.nan

@@ -78,14 +78,14 @@ def fused_stack(run_dir, manifest, area=None, settings=None):
         why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
         _say(f"{rf.stack_path} was made from {why}: fusing again.")
     settings = settings or fusion.FusionSettings()
-    stack, names, units = write_fused_stack(rf.root, manifest, area, None, settings)
+    stack, names, units = write_fused_stack(rf.root, manifest, area, settings)
     return area, stack, names, units
 
 
-def write_fused_stack(run_dir, manifest, area, result, settings, *, memory_mb: float = 256.0):
+def write_fused_stack(run_dir, manifest, area, settings, *, memory_mb: float = 256.0):
     """Fuse the study area with ``settings`` and write its stack where notebook 02 does, block by block from the
     manifest (:func:`lithocore.blockwise.write_stack`: memory set by ``memory_mb``, not by the scene; the same
-    values as the in-memory ``result`` of :func:`~lithocore.fusion.fuse_study_area`, which notebook 02 draws),
+    values as :func:`~lithocore.fusion.fuse_study_area` in memory, which notebook 02 draws),
     with what it was made from in its tags. Returns (stack, channel names, units)."""
     from . import blockwise, fusion
 
