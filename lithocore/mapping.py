@@ -3,15 +3,18 @@ GeoTIFFs, on one process or on a Dask cluster.
 
 A fully convolutional network takes any input whose sides are multiples of 32. The scene is cut into *cores*
 (equal rectangles, sides multiples of 32, as large as the memory budget allows: the whole default scene is one)
-and each core is predicted from a *window*: the core plus a ``margin`` of context on every side (reflected at the
-scene's edges). Only the core of each window is kept, so
+and each core is predicted from a *window*: the core plus a ``margin`` of context on every side where the scene
+goes on. Only the core of each window is kept, so
 
-- there is no window edge inside the map: every kept pixel has ``margin`` pixels of context or more (the
-  window-step stripes of 128-px windows blended at 50 % overlap came from the windows' zero-padded edges);
+- there is no window edge inside the map: every kept pixel has ``margin`` pixels of context or more, or the
+  scene's edge (the window-step stripes of 128-px windows blended at 50 % overlap came from the windows'
+  zero-padded edges);
 - windows start on the network's 32-pixel grid (cores and margins are multiples of 32), so neighbouring
   windows pool the same pixels together and agree where their contexts overlap;
-- no pixel is predicted twice: for one window the cost is that of one forward pass over the padded scene;
-- every window is the same size, so the network is traced once.
+- no pixel is predicted twice, and no context is made up: at the scene's edges the window is moved inward (all
+  windows have one size, so the network is traced once) rather than padded with ``margin`` reflected pixels; a
+  scene that is one core is one forward pass over the scene padded to the 32-px grid, as a bare pass is. Only
+  the shifted passes (:func:`window_predictor`) need ``edge`` = 32 reflected pixels around the scene.
 
 Each window is an independent task: :func:`map_geotiff` runs them in this process or, given ``cluster``, as
 tasks of a ``dask.distributed`` cluster whose workers load the model once each; both paths run the same
@@ -72,23 +75,38 @@ def _ceil32(n: float) -> int:
 
 @dataclass(frozen=True)
 class WindowPlan:
-    """How a scene of ``shape`` is cut: cores of ``core`` (rows, cols) pixels, each predicted with ``margin``
-    pixels of context on every side.
+    """How a scene of ``shape`` is cut: cores of ``core`` (rows, cols) pixels, each predicted from a window with
+    ``margin`` pixels of context on every side where the scene goes on, and ``edge`` pixels reflected beyond the
+    scene's edges (0, or 32 for shifted passes).
 
     Examples
     --------
     >>> p = plan_windows((1611, 1650), max_core=2048)
     >>> p.core, p.window, len(p.origins()), round(p.cost(), 2)
-    ((1632, 1664), (1760, 1792), 1, 1.16)
+    ((1632, 1664), (1632, 1664), 1, 1.0)
+    >>> p = plan_windows((1611, 1650), max_core=1024, edge=32)
+    >>> p.core, p.window, p.start(0, 832), round(p.cost(), 2)
+    ((832, 832), (960, 960), (-32, 736), 1.36)
     """
 
     shape: tuple[int, int]
     core: tuple[int, int]
     margin: int
+    edge: int = 0
+
+    def _extent(self, axis: int) -> int:
+        """The cores' extent along ``axis`` (the scene rounded up to whole cores)."""
+        return math.ceil(self.shape[axis] / self.core[axis]) * self.core[axis]
 
     @property
     def window(self) -> tuple[int, int]:
-        return self.core[0] + 2 * self.margin, self.core[1] + 2 * self.margin
+        return tuple(min(self.core[i] + 2 * self.margin, self._extent(i) + 2 * self.edge) for i in (0, 1))
+
+    def start(self, r0: int, c0: int) -> tuple[int, int]:
+        """Top-left scene pixel of the window of the core at ``(r0, c0)`` (negative: reflected beyond the edge):
+        ``margin`` before the core, moved inside the scene's extent (plus ``edge``) where it would leave it."""
+        return tuple(int(min(max(o - self.margin, -self.edge), self._extent(i) + self.edge - self.window[i]))
+                     for i, o in enumerate((r0, c0)))
 
     def origins(self) -> list[tuple[int, int]]:
         """Top-left scene pixel of every core, row by row."""
@@ -103,12 +121,13 @@ class WindowPlan:
 
 
 def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin: int = DEFAULT_MARGIN,
-                 bytes_per_px: float = 400.0, memory_mb: float = 1024.0) -> WindowPlan:
+                 edge: int = 0, bytes_per_px: float = 400.0, memory_mb: float = 1024.0) -> WindowPlan:
     """Equal cores as large as ``max_core`` (or, when None, as large as a window of ``bytes_per_px`` bytes per
     pixel fits in ``memory_mb``), on the 32-pixel grid; as few as possible, so as little margin as possible is
-    computed twice."""
-    if margin % 32 or margin < 0:
-        raise ValueError(f"the margin must be a non-negative multiple of 32 (the network's grid), got {margin}")
+    computed twice. ``edge``: pixels reflected beyond the scene's edges (32 for shifted passes)."""
+    for name, v in (("margin", margin), ("edge", edge)):
+        if v % 32 or v < 0:
+            raise ValueError(f"the {name} must be a non-negative multiple of 32 (the network's grid), got {v}")
     if max_core is None:
         side = math.sqrt(memory_mb * 2 ** 20 / max(bytes_per_px, 1.0)) - 2 * margin
         max_core = max(32, int(side) // 32 * 32)
@@ -118,7 +137,7 @@ def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin:
     for n in shape:
         pieces = math.ceil(n / max_core)
         core.append(min(max_core, _ceil32(n / pieces)))
-    return WindowPlan(tuple(int(s) for s in shape), (core[0], core[1]), int(margin))
+    return WindowPlan(tuple(int(s) for s in shape), (core[0], core[1]), int(margin), int(edge))
 
 
 def bytes_per_pixel(model) -> float:
@@ -126,15 +145,23 @@ def bytes_per_pixel(model) -> float:
     upper bound: a backend frees most of them on the way). 400 bytes for a model that is not a Keras model."""
     if not _is_keras(model):  # a plain callable (tests)
         return 400.0
+    if _BYTES_PER_PX.get(id(model), (None,))[0] is model:  # rebuilding the network to count costs 0.07 s
+        return _BYTES_PER_PX[id(model)][1]
     try:
         from .model import with_input_size
 
         probe = 64
         fixed = with_input_size(model, probe)
         floats = sum(int(np.prod(l.output.shape[1:])) for l in fixed.layers if getattr(l, "output", None) is not None)
-        return 4.0 * floats / probe ** 2
+        value = 4.0 * floats / probe ** 2
     except Exception:  # a subclassed model, whose configuration cannot be rebuilt
-        return 400.0
+        value = 400.0
+    _BYTES_PER_PX.clear()
+    _BYTES_PER_PX[id(model)] = (model, value)
+    return value
+
+
+_BYTES_PER_PX: dict = {}
 
 
 def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -143,22 +170,29 @@ def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray,
     """One core: (class index, confidence, valid) arrays of the core's part of the scene.
 
     ``read(r_lo, r_hi, c_lo, c_hi)`` returns raw stack pixels (C, rows, cols); the window is that block with the
-    scene's edges reflected (edge pixels not repeated). ``predict`` maps a raw (1, C, h, w) window to (h, w)
-    class indices, largest probabilities and validity (:func:`window_predictor`).
+    scene's edges reflected (edge pixels not repeated). A pixel is valid where every channel is finite; the
+    others are given ``predict.fill`` (the mean, 0 once normalised, as in training). ``predict`` maps a raw
+    (1, C, h, w) window to (h, w) class indices and largest probabilities (:func:`window_predictor`).
     """
     H, W = plan.shape
-    m, (ch, cw) = plan.margin, plan.core
-    a, b = max(0, r0 - m), min(H, r0 + ch + m)
-    c, d = max(0, c0 - m), min(W, c0 + cw + m)
+    (ch, cw), (wh, ww) = plan.core, plan.window
+    sr, sc = plan.start(r0, c0)
+    a, b, c, d = max(0, sr), min(H, sr + wh), max(0, sc), min(W, sc + ww)
     raw = np.asarray(read(a, b, c, d), np.float32)
-    pads = ((0, 0), (a - (r0 - m), (r0 + ch + m) - b), (c - (c0 - m), (c0 + cw + m) - d))
+    pads = ((0, 0), (a - sr, sr + wh - b), (c - sc, sc + ww - d))
     if any(p for pair in pads for p in pair):
         raw = np.pad(raw, pads, mode="reflect") if min(H, W) > 1 else np.pad(raw, pads, mode="edge")
-    cls, conf, ok = predict(raw[None])
+    ok = np.isfinite(raw.sum(axis=0))  # NaN or an infinity in any channel makes the sum not finite
+    if not ok.all():  # fed as the predictor's fill (0 once normalised, as in training), never written back
+        bad = ~ok
+        raw = raw.copy() if raw.base is not None else raw  # a view of the caller's stack
+        raw[:, bad] = np.asarray(getattr(predict, "fill", 0.0), np.float32).reshape(-1, 1)
+    cls, conf = predict(raw[None])
     h, w = min(ch, H - r0), min(cw, W - c0)
-    at = 0 if getattr(predict, "core_only", False) else m  # a predictor that averages shifts returns the core
-    sl = (slice(at, at + h), slice(at, at + w))
-    return np.asarray(cls)[sl].astype(np.uint8), np.asarray(conf, np.float32)[sl], np.asarray(ok, bool)[sl]
+    trim = getattr(predict, "trim", 0)  # a predictor that averages shifts returns the window less 32 px a side
+    sl = (slice(r0 - sr - trim, r0 - sr - trim + h), slice(c0 - sc - trim, c0 - sc - trim + w))
+    ok = ok[sl[0].start + trim:sl[0].stop + trim, sl[1].start + trim:sl[1].stop + trim]
+    return np.asarray(cls)[sl].astype(np.uint8, copy=False), np.asarray(conf, np.float32)[sl], ok
 
 
 _HEADS: dict = {}
@@ -166,23 +200,26 @@ _HEADS: dict = {}
 
 def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
                      shifts: int = 1) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``raw (1, C, h, w) -> (class index, largest probability, valid)`` for one window: normalised with ``mean``
-    and ``std``, pixels where a channel is not finite fed as 0 (as in training) and marked not valid.
+    """``raw (1, C, h, w) -> (class index, largest probability)`` for one window, normalised with ``mean`` and
+    ``std`` (:func:`predict_window` gives the pixels where a channel is not finite the mean, ``predict.fill``).
 
     ``shifts`` > 1 averages the class probabilities of the network run on the window shifted diagonally by
     ``32 k / shifts + k % 4`` pixels (k = 0 ... shifts - 1: spread over the 32-px grid and, for four shifts,
     every 4-px phase), so that the imprint of the network's pooling grid and upsampling falls at different places
-    and averages out; the maps returned are then the ``plan``'s core only
-    (the margin must be at least 32 px). Costs ``shifts`` passes.
+    and averages out; each pass covers the window less 32 px, and the maps returned are the window less 32 px on
+    every side (``predict.trim``; the ``plan``'s margin and edge must be at least 32 px). Costs ``shifts`` passes.
 
-    A Keras model gets all of it in its own graph (multi-threaded; no (h, w, classes) array comes back);
-    anything else with ``predict_on_batch`` (h, w, C) -> (h, w, classes) is wrapped in numpy."""
+    A Keras model gets all of it in its own graph (multi-threaded; no (h, w, classes) array comes back: the class
+    is the first class at the largest probability, as ``argmax``'s, found by comparison, a third faster than
+    TensorFlow's ``argmax`` over a short last axis); anything else with ``predict_on_batch`` (h, w, C) ->
+    (h, w, classes) is wrapped in numpy."""
     mean = np.asarray(mean, np.float32).ravel()
     std = np.asarray(std, np.float32).ravel()
     shifts = max(1, int(shifts))
-    if shifts > 1 and (plan is None or plan.margin < 32):
-        raise ValueError("averaging over shifted windows needs a window plan with a margin of at least 32 px")
-    k = (id(model), mean.tobytes(), std.tobytes(), shifts, plan if shifts > 1 else None)
+    if shifts > 1 and (plan is None or plan.margin < 32 or plan.edge < 32):
+        raise ValueError("averaging over shifted windows needs a window plan with a margin of at least 32 px "
+                         "(and 32 px at the scene's edges: plan_windows(..., edge=32))")
+    k = (id(model), mean.tobytes(), std.tobytes(), shifts)
     if k in _HEADS and _HEADS[k][0] is model:
         return _HEADS[k][1]
     try:
@@ -191,40 +228,39 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
 
         model.outputs  # a functional Keras model, else AttributeError
         inp = keras.Input((len(mean), None, None), name="raw_window")
-        x = ops.transpose(inp, (0, 2, 3, 1))
-        ok = ops.all(ops.isfinite(x), axis=-1)
-        x = ops.where(ops.expand_dims(ok, -1), (x - mean) / std, 0.0)
+        x = ops.transpose(inp, (0, 2, 3, 1)) * (1 / std) - mean / std
         if shifts == 1:
             p = model(x)
-        else:  # the core, predicted from windows shifted along the diagonal, probabilities averaged
-            m, (ch, cw) = plan.margin, plan.core
+        else:  # the window less 32 px a side, predicted from windows shifted along the diagonal, averaged
             parts = []
             for j in range(shifts):
                 o = min(31, 32 * j // shifts + j % 4)  # spread over the 32-px grid, every 4-px phase
                 po = model(x[:, o:o - 32, o:o - 32, :])  # 32 px smaller: still on the network's grid
-                parts.append(po[:, m - o:m - o + ch, m - o:m - o + cw, :])
+                parts.append(po[:, 32 - o:(-o or None), 32 - o:(-o or None), :])
             p = parts[0]
             for q in parts[1:]:
                 p = p + q
             p = p / float(shifts)
-            ok = ok[:, m:m + ch, m:m + cw]
-        head = keras.Model(inp, [ops.argmax(p, axis=-1), ops.max(p, axis=-1), ok])
+        top = ops.max(p, axis=-1)
+        n = int(p.shape[-1])
+        first = ops.min(ops.where(ops.equal(p, ops.expand_dims(top, -1)), ops.arange(n, dtype="int32"), n), axis=-1)
+        head = keras.Model(inp, [ops.cast(first, "uint8"), top])
 
         def predict(raw):
-            cls, conf, valid = head.predict_on_batch(raw)
-            return np.asarray(cls)[0], np.asarray(conf)[0], np.asarray(valid)[0]
+            cls, conf = head.predict_on_batch(raw)
+            return np.asarray(cls)[0], np.asarray(conf)[0]
     except AttributeError:  # not a functional Keras model
         if shifts > 1:
             raise ValueError("averaging over shifted windows needs a Keras model")
 
         def predict(raw):
-            x = raw[0].transpose(1, 2, 0)
-            ok = np.isfinite(x).all(axis=-1)
-            x = np.where(ok[..., None], (x - mean) / std, 0.0).astype(np.float32)
+            x = ((raw[0].transpose(1, 2, 0) - mean) / std).astype(np.float32)
             p = np.asarray(model.predict_on_batch(x[None]), np.float32)[0]
-            return np.argmax(p, axis=-1), p.max(axis=-1), ok
-    predict.core_only = shifts > 1
-    _HEADS.clear()
+            return np.argmax(p, axis=-1), p.max(axis=-1)
+    predict.trim = 32 if shifts > 1 else 0
+    predict.fill = mean
+    while len(_HEADS) >= 4:  # a few heads kept (one pass and shifted passes of one model alternate in benchmarks)
+        _HEADS.pop(next(iter(_HEADS)))
     _HEADS[k] = (model, predict)
     return predict
 
@@ -250,6 +286,11 @@ def _shifts(model, shifts: int | None) -> int:
     return DEFAULT_SHIFTS if _is_keras(model) else 1
 
 
+def _edge(shifts: int) -> int:
+    """Pixels reflected beyond the scene's edges: 32 for shifted passes, which need them, else none."""
+    return 32 if shifts > 1 else 0
+
+
 def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core: int | None = None,
               margin: int = DEFAULT_MARGIN, memory_mb: float | None = None, shifts: int | None = None,
               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -262,11 +303,12 @@ def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core
 
     model = _prepare(model)
     H, W = mask.shape
-    plan = plan_windows((H, W), max_core=max_core, margin=margin, bytes_per_px=bytes_per_pixel(model),
-                        memory_mb=memory_budget_mb(memory_mb))
+    shifts = _shifts(model, shifts)
+    plan = plan_windows((H, W), max_core=max_core, margin=margin, edge=_edge(shifts),
+                        bytes_per_px=bytes_per_pixel(model), memory_mb=memory_budget_mb(memory_mb))
     classes = np.full((H, W), NO_LABEL, np.uint8)
     conf = np.full((H, W), np.nan, np.float32)
-    predict = window_predictor(model, mean, std, plan=plan, shifts=_shifts(model, shifts))
+    predict = window_predictor(model, mean, std, plan=plan, shifts=shifts)
     for r0, c0 in tqdm(plan.origins(), desc="mapping", unit="window", disable=not progress):
         cls, p, ok = predict_window(predict, lambda a, b, c, d: stack[:, a:b, c:d], plan, r0, c0)
         h, w = cls.shape
@@ -443,9 +485,9 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     with rasterio.open(stack_path) as src:
         H, W = src.height, src.width
         grid = Grid(src.crs, src.transform, W, H)
-    plan = plan_windows((H, W), max_core=max_core, margin=margin, bytes_per_px=bytes_per_pixel(model),
-                        memory_mb=memory_budget_mb(memory_mb))
     shifts = _shifts(model, shifts)
+    plan = plan_windows((H, W), max_core=max_core, margin=margin, edge=_edge(shifts),
+                        bytes_per_px=bytes_per_pixel(model), memory_mb=memory_budget_mb(memory_mb))
     extra = {k: str(v) for k, v in (tags or {}).items()}
     with tempfile.TemporaryDirectory(prefix=".map-", dir=out_dir) as work:
         work = Path(work)

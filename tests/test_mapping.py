@@ -40,6 +40,16 @@ def test_plan_keeps_windows_on_the_network_grid_and_covers_the_scene():
             assert r0 % 32 == 0 and c0 % 32 == 0  # window origins r0 - margin on the grid too
             covered[r0:r0 + plan.core[0], c0:c0 + plan.core[1]] += 1
         assert (covered == 1).all()  # every pixel predicted once
+        for edge in (0, 32):  # windows make up no context: at most `edge` pixels beyond the cores' extent
+            p = mapping.plan_windows(shape, max_core=max_core, margin=64, edge=edge)
+            extent = [-(-n // k) * k for n, k in zip(shape, p.core)]
+            for r0, c0 in p.origins():
+                (sr, sc), (wh, ww) = p.start(r0, c0), p.window
+                assert sr % 32 == 0 and sc % 32 == 0 and sr >= -edge and sc >= -edge
+                assert sr + wh <= extent[0] + edge and sc + ww <= extent[1] + edge
+                assert sr <= r0 and r0 + p.core[0] <= sr + wh and sc <= c0 and c0 + p.core[1] <= sc + ww
+                if sr > -edge and sr + wh < extent[0] + edge:  # an interior window has the full margin
+                    assert r0 - sr == 64
     # a memory budget sets the window: 1 GB at 400 bytes a pixel is one window of at most ~1600 px a side
     plan = mapping.plan_windows((5000, 5000), bytes_per_px=400, memory_mb=1024, margin=64)
     assert plan.window[0] * plan.window[1] * 400 <= 1024 * 2 ** 20 and len(plan.origins()) > 1
@@ -250,3 +260,23 @@ def test_shifted_passes_are_aligned():
     assert np.array_equal(one[inside], four[inside])
     with pytest.raises(ValueError, match="margin of at least 32"):
         mapping.map_array(model, stack, mask, [0] * 3, [1] * 3, shifts=4, margin=0, progress=False)
+
+
+def test_keras_head_matches_argmax_with_ties_and_leaves_the_stack_alone():
+    """The in-graph class is numpy's argmax (the first class at the largest probability, ties included) and the
+    confidence its probability; pixels with a NaN channel are nodata, and the caller's stack is not written."""
+    keras = pytest.importorskip("keras")
+
+    inp = keras.Input((None, None, 4))
+    model = keras.Model(inp, keras.layers.Identity()(inp))  # 'probabilities' = the normalised input
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, (4, 96, 128)).astype(np.float32)  # values 0, 1, 2: ties in most pixels
+    x[:, 10:20, 30:40] = np.nan
+    x[2, 50, 60] = np.inf
+    before = x.copy()
+    mask = np.ones((96, 128), bool)
+    classes, conf = mapping.map_array(model, x, mask, [0] * 4, [1] * 4, shifts=1, progress=False)
+    ok = np.isfinite(before).all(axis=0)
+    assert np.array_equal(x, before, equal_nan=True)
+    assert np.array_equal(classes[ok], np.argmax(before, axis=0)[ok]) and np.allclose(conf[ok], before.max(0)[ok])
+    assert (classes[~ok] == NO_LABEL).all() and np.isnan(conf[~ok]).all()
