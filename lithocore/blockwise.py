@@ -158,6 +158,17 @@ def _guide_transform(bands: np.ndarray, transform: str, floor: float) -> np.ndar
     return clr(bands)
 
 
+class _StackedRows:
+    """Rows of several (bands, H, W) arrays as one (bands, rows, W) array, without stacking the whole scene."""
+
+    def __init__(self, arrays: list):
+        self.arrays = arrays
+
+    def __getitem__(self, key):
+        _, rows = key
+        return np.concatenate([a[:, rows] for a in self.arrays])
+
+
 def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=None, *, memory_mb: float = 256.0,
                 tags: dict | None = None, progress: bool = True, area=None) -> dict:
     """Fuse a study area and write its stack (channels by ``settings``, a
@@ -165,8 +176,9 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     normalisation statistics, fusion coefficients, block size and timing.
 
     Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points; one byte a pixel for the labels
-    and one for the valid-data mask). ``area``: the same study area already loaded (its coarse layers and labels
-    are reused instead of gridding the points again; its fine layers are not used).
+    and one for the valid-data mask). ``area``: the same study area already loaded on the same grid: its layers
+    are used instead of reading and warping the files again (the same values; a preview on a coarser grid,
+    ``load_study_area(..., max_pixels=...)``, is not used).
     """
     from tqdm.auto import tqdm
 
@@ -183,6 +195,8 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     grid = _reference_grid(man, base)
     warns: list[str] = []
     fine = fine_layers(man, base, grid, warns)
+    if area is not None and (area.grid != grid or getattr(area, "preview_factor", 1) != 1):
+        area = None  # a preview, or another grid: the files at full resolution
     if area is not None:
         coarse, labels = area.coarse, area.labels
     else:
@@ -213,13 +227,20 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(max(16, memory_mb // 4))))
         srcs = [stack.enter_context(_open_raster(f.path)) for f in fine]
 
+        loaded = None
+        if (area is not None and guide_names + extra_names
+                and list(area.guide_names) + list(area.extra_names) == guide_names + extra_names):
+            loaded = _StackedRows([a for a in (area.guide, area.extra) if a.shape[0]])
         valid_mask = np.zeros(grid.shape, dtype=bool)  # made block by block in the first pass, then reused
         masked_rows = np.zeros(grid.height, dtype=bool)
 
         def read(r0: int, n: int):
             """The fine bands (guide, extra) and the valid-data mask of rows r0 .. r0 + n."""
-            arrays = [read_fine_rows(s, f.entry, grid, r0, n) for s, f in zip(srcs, fine)]
-            allb = np.concatenate(arrays) if arrays else np.zeros((0, n, grid.width), np.float32)
+            if loaded is not None:  # the area's layers, already on this grid
+                allb = loaded[:, r0:r0 + n]  # a new array: NaN is written into it below
+            else:
+                arrays = [read_fine_rows(s, f.entry, grid, r0, n) for s, f in zip(srcs, fine)]
+                allb = np.concatenate(arrays) if arrays else np.zeros((0, n, grid.width), np.float32)
             if masked_rows[r0:r0 + n].all():
                 mask = valid_mask[r0:r0 + n]
             else:
@@ -298,7 +319,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as tmp:
-            with rasterio.open(tmp, "w", **grid.profile(len(channels), "float32")) as dst:
+            with rasterio.open(tmp, "w", **grid.profile(len(channels), "float32", compress=None)) as dst:
                 for r0 in starts:
                     n = min(rows, grid.height - r0)
                     h0, h1 = max(0, r0 - halo), min(grid.height, r0 + n + halo)

@@ -31,6 +31,7 @@ Quality measures: :func:`score_against_truth` (fused and bilinear against known 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -690,11 +691,24 @@ def normalisation_stats(stack: np.ndarray, pixels: np.ndarray) -> dict:
                 pixels=int(pixels.sum()))
 
 
-def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, list[str], list[str], dict, dict]:
-    """Read a stack written by :func:`write_stack`: (stack, names, units, normalisation stats, tags)."""
+def read_stack(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple[np.ndarray, list[str], list[str], dict, dict]:
+    """Read a stack written by :func:`write_stack`: (stack, names, units, normalisation stats, tags).
+
+    ``max_pixels``: a larger stack is read ``k`` times coarser (the smallest ``k`` under it; averaged, from the
+    file's overviews), a preview for figures."""
     with rasterio.open(path) as src:
         tags = src.tags()
-        stack = src.read().astype(np.float32)
+        k = 1
+        if max_pixels is not None:
+            while math.ceil(src.height / k) * math.ceil(src.width / k) > max_pixels:
+                k += 1
+        if k == 1:
+            stack = src.read().astype(np.float32)
+        else:
+            from rasterio.enums import Resampling
+
+            stack = src.read(out_shape=(src.count, math.ceil(src.height / k), math.ceil(src.width / k)),
+                             resampling=Resampling.average).astype(np.float32)
     return (stack, json.loads(tags["channels"]), json.loads(tags["units"]), json.loads(tags.get("normalisation", "{}")),
             tags)
 
@@ -709,7 +723,7 @@ def write_stack(path: str | os.PathLike, stack: np.ndarray, names: list[str], un
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **grid.profile(stack.shape[0], "float32")) as dst:
+        with rasterio.open(tmp, "w", **grid.profile(stack.shape[0], "float32", compress=None)) as dst:
             for r0 in range(0, grid.height, chunk_rows):
                 n = min(chunk_rows, grid.height - r0)
                 dst.write(np.asarray(stack[:, r0:r0 + n], dtype=np.float32), window=Window(0, r0, grid.width, n))

@@ -491,8 +491,8 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     extra = {k: str(v) for k, v in (tags or {}).items()}
     with tempfile.TemporaryDirectory(prefix=".map-", dir=out_dir) as work:
         work = Path(work)
-        prof_c = grid.profile(1, dtype, nodata) | dict(tiled=True, blockxsize=256, blockysize=256)
-        prof_p = grid.profile(1, "uint8", CONFIDENCE_NODATA) | dict(tiled=True, blockxsize=256, blockysize=256)
+        prof_c = grid.profile(1, dtype, nodata, compress=None) | dict(tiled=True, blockxsize=256, blockysize=256)
+        prof_p = grid.profile(1, "uint8", CONFIDENCE_NODATA, compress=None) | dict(tiled=True, blockxsize=256, blockysize=256)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(work / "classes.tif", "w", **prof_c) as dc, \
                 rasterio.open(work / "confidence.tif", "w", **prof_p) as dp:
             bar = tqdm(total=len(plan.origins()), desc=f"mapping ({prefix})", unit="window", disable=not progress)

@@ -82,11 +82,12 @@ def fused_stack(run_dir, manifest, area=None, settings=None):
     return area, stack, names, units
 
 
-def write_fused_stack(run_dir, manifest, area, settings, *, memory_mb: float = 256.0):
+def write_fused_stack(run_dir, manifest, area, settings, *, memory_mb: float = 256.0, max_pixels: int | None = None):
     """Fuse the study area with ``settings`` and write its stack where notebook 02 does, block by block from the
     manifest (:func:`lithocore.blockwise.write_stack`: memory set by ``memory_mb``, not by the scene; the same
     values as :func:`~lithocore.fusion.fuse_study_area` in memory, which notebook 02 draws),
-    with what it was made from in its tags. Returns (stack, channel names, units)."""
+    with what it was made from in its tags. Returns (stack, channel names, units): the stack read back, at most
+    ``max_pixels`` (coarser beyond: a preview, :func:`~lithocore.fusion.read_stack`)."""
     from . import blockwise, fusion
 
     fp = manifest_fingerprint(manifest)
@@ -99,7 +100,7 @@ def write_fused_stack(run_dir, manifest, area, settings, *, memory_mb: float = 2
                                           stack_key=key([fp, settings.key(), names])))
     if names != out["channels"]:
         raise RuntimeError(f"the block-wise stack has channels {out['channels']}, the study area {names}")
-    stack, names, units, _, _ = fusion.read_stack(RunFolder(run_dir).stack_path)
+    stack, names, units, _, _ = fusion.read_stack(RunFolder(run_dir).stack_path, max_pixels=max_pixels)
     return stack, names, units
 
 

@@ -91,3 +91,30 @@ def test_blockwise_imagery_only_and_block_size_follow_memory(small_manifest, tmp
     small = blockwise.block_rows_for(grid, 9, 9, memory_mb=1.0, halo=0)
     large = blockwise.block_rows_for(grid, 9, 9, memory_mb=64.0, halo=0)
     assert 32 <= small < large == grid.height
+
+
+def test_a_loaded_area_is_used_and_a_preview_is_not(small_manifest, tmp_path, monkeypatch):
+    """Given the area already loaded on the same grid, the stack is made from its layers (no second read of the
+    files) and equals the one made from the files; given a preview on a coarser grid (``max_pixels``), the stack
+    is still made at full resolution from the files."""
+    settings = fusion.FusionSettings()
+    files = blockwise.write_stack(small_manifest, tmp_path / "files.tif", settings, memory_mb=2.0, progress=False)
+    full = load_study_area(small_manifest)
+    preview = load_study_area(small_manifest, max_pixels=full.grid.width * full.grid.height // 5)
+    assert preview.preview_factor == 3 and preview.grid.res == 3 * full.grid.res
+    assert preview.grid.bounds[:2] == full.grid.bounds[:2] and preview.grid.bounds[2] >= full.grid.bounds[2]
+    assert any("preview" in w for w in preview.warnings)
+    reads = []
+    real = blockwise.read_fine_rows
+    monkeypatch.setattr(blockwise, "read_fine_rows", lambda *a, **k: reads.append(1) or real(*a, **k))
+    blockwise.write_stack(small_manifest, tmp_path / "loaded.tif", settings, memory_mb=2.0, progress=False, area=full)
+    assert not reads  # the loaded layers, not the files
+    blockwise.write_stack(small_manifest, tmp_path / "preview.tif", settings, memory_mb=2.0, progress=False,
+                          area=preview)
+    assert reads  # the files, at full resolution
+    ref = fusion.read_stack(tmp_path / "files.tif")[0]
+    for name in ("loaded", "preview"):
+        got = fusion.read_stack(tmp_path / f"{name}.tif")[0]
+        assert got.shape == ref.shape and np.array_equal(np.isnan(got), np.isnan(ref))
+        assert np.nanmax(np.abs(got - ref)) <= 1e-5 * np.nanmax(np.abs(ref)), name
+    assert files["blocks"] >= 3

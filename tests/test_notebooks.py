@@ -36,7 +36,7 @@ def test_notebook_central_lapland(notebook, tmp_path, lapland_manifest):
     params = {k: v.format(lapland=LAPLAND_MANIFEST) if isinstance(v, str) else v
               for k, v in PARAMS["central-lapland"].items()}
     run_workbook(tmp_path, parameters=params, only=[notebook[:2]], progress=False)
-    _check_outputs(tmp_path, notebook, LAPLAND_MANIFEST)
+    _check_outputs(tmp_path, notebook, LAPLAND_MANIFEST, params)
 
 
 #: Lines of an executed notebook's stderr that mean noise or trouble: a library warning ("FutureWarning: ..."), a
@@ -73,18 +73,23 @@ def _check_quiet_and_readable(run_dir: Path, notebook: str):
         assert tif.with_suffix(".qml").is_file() and tif.with_name(tif.stem + "_legend.png").is_file(), tif
 
 
-def _check_outputs(run_dir: Path, notebook: str, manifest):
+def _check_outputs(run_dir: Path, notebook: str, manifest, params: dict | None = None):
     stage = run_dir / Path(notebook).stem
     assert stage.is_dir(), f"{notebook} wrote nothing into {stage}"
     _check_quiet_and_readable(run_dir, notebook)
+    shown = params.get("max_pixels_shown") if params else None
     if notebook.startswith("01"):
         info = json.loads((stage / "study_area.json").read_text())
         assert info["valid_fraction"] > 0.5 and len(info["classes"]) >= 2
         assert (stage / "layers.png").stat().st_size > 10_000
+        assert info["shape"][0] * info["shape"][1] <= (shown or np.inf)
+        assert (info["preview_factor"] > 1) == bool(shown)  # Lapland's parameters ask for a preview
     if notebook.startswith("02"):
         quality = json.loads((stage / "fusion_quality.json").read_text())
         assert all(row["corr"] > 0.9 for row in quality["consistency"])
-        assert (stage / "fused_stack.tif").is_file()
+        with rasterio.open(stage / "fused_stack.tif") as src:  # at full resolution, even when a preview is shown
+            assert src.width * src.height > (shown or 0)
+            assert src.overviews(1) or max(src.width, src.height) <= 512  # a COG: overviews above 512 px
     if notebook.startswith("03"):
         info = json.loads((stage / "tiles.json").read_text())
         assert info["overlap"]["spatial"]["max_overlap"] == 0.0 and info["overlap"]["spatial"]["leakage"] == 0.0
