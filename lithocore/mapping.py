@@ -17,7 +17,8 @@ goes on. Only the core of each window is kept, so
   the shifted passes (:func:`window_predictor`) need ``edge`` = 32 reflected pixels around the scene.
 
 Each window is an independent task: :func:`map_geotiff` runs them in this process or, given ``cluster``, as
-tasks of a ``dask.distributed`` cluster whose workers load the model once each; both paths run the same
+tasks of a ``dask.distributed`` cluster whose workers load the model once each (a Keras network, or a
+scikit-learn forest, which maps pixel by pixel: give it ``margin=0``); both paths run the same
 function on the same windows and give the same map, pixel for pixel. Outputs are written window by window to a
 tiled GeoTIFF (peak memory: one window, not the scene) and then copied into a cloud-optimised GeoTIFF (COG) with
 overviews, by GDAL: the class map (class ids of the class table, its colours and names, a QGIS style ``.qml``
@@ -143,6 +144,8 @@ def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin:
 def bytes_per_pixel(model) -> float:
     """Memory of one forward pass per input pixel: the input and every layer's output (float32), summed (an
     upper bound: a backend frees most of them on the way). 400 bytes for a model that is not a Keras model."""
+    if _is_forest(model):  # the features, and the class probabilities summed over trees (float64, a few copies)
+        return 4.0 * int(getattr(model, "n_features_in_", 9)) + 32.0 * len(model.classes_) + 16.0
     if not _is_keras(model):  # a plain callable (tests)
         return 400.0
     if _BYTES_PER_PX.get(id(model), (None,))[0] is model:  # rebuilding the network to count costs 0.07 s
@@ -222,6 +225,17 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
     k = (id(model), mean.tobytes(), std.tobytes(), shifts)
     if k in _HEADS and _HEADS[k][0] is model:
         return _HEADS[k][1]
+    if _is_forest(model):  # a per-pixel classifier on the raw channels (the forest of notebook 06)
+        if shifts > 1:
+            raise ValueError("shifted passes are for a convolutional network, not a per-pixel forest")
+
+        def predict(raw):
+            C, h, w = raw.shape[1:]
+            proba = model.predict_proba(np.nan_to_num(raw[0].reshape(C, -1).T))
+            return (np.asarray(model.classes_)[np.argmax(proba, axis=1)].reshape(h, w),
+                    proba.max(axis=1).astype(np.float32).reshape(h, w))
+        predict.trim, predict.fill = 0, mean
+        return predict
     try:
         import keras
         from keras import ops
@@ -263,6 +277,11 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
         _HEADS.pop(next(iter(_HEADS)))
     _HEADS[k] = (model, predict)
     return predict
+
+
+def _is_forest(model) -> bool:
+    """A scikit-learn classifier (``predict_proba`` and ``classes_``: class indices of the class table)."""
+    return hasattr(model, "predict_proba") and hasattr(model, "classes_")
 
 
 def _is_keras(model) -> bool:
@@ -436,10 +455,15 @@ _WORKER_MODELS: dict = {}
 def _worker_model(model_path: str):
     """The model of ``model_path``, loaded once per worker process."""
     if model_path not in _WORKER_MODELS:
-        import keras
-
         _WORKER_MODELS.clear()
-        _WORKER_MODELS[model_path] = keras.saving.load_model(model_path, compile=False)
+        if model_path.endswith(".joblib"):  # a scikit-learn forest
+            import joblib
+
+            _WORKER_MODELS[model_path] = joblib.load(model_path)
+        else:
+            import keras
+
+            _WORKER_MODELS[model_path] = keras.saving.load_model(model_path, compile=False)
     return _WORKER_MODELS[model_path]
 
 
@@ -536,8 +560,14 @@ def _run_windows(model, stack_path, plan: WindowPlan, mean, std, cluster, work: 
         return
     from distributed import as_completed
 
-    model_path = str(work / "model.keras")
-    model.save(model_path)
+    if _is_forest(model):
+        import joblib
+
+        model_path = str(work / "model.joblib")
+        joblib.dump(model, model_path)
+    else:
+        model_path = str(work / "model.keras")
+        model.save(model_path)
     with _connect(cluster) as client:
         futures = [client.submit(_remote_window, model_path, str(Path(stack_path).resolve()), plan, r0, c0, mean,
                                  std, shifts, pure=False) for r0, c0 in plan.origins()]

@@ -216,9 +216,14 @@ def test_stripe_ratio_finds_window_seams():
 
 
 def test_distributed_map_equals_the_one_process_map(tmp_path):
-    """Mapping on a two-worker LocalCluster writes the same maps, pixel for pixel, as mapping in this process."""
+    """Mapping on a two-worker LocalCluster writes the same maps, pixel for pixel, as mapping in this process:
+    for a network, and for the per-pixel forest of notebook 06 (whose map is also the one
+    ``forest.predict_forest`` makes in memory)."""
     keras = pytest.importorskip("keras")
-    pytest.importorskip("distributed")
+    distributed = pytest.importorskip("distributed")
+    from sklearn.ensemble import RandomForestClassifier
+
+    from lithocore import forest
     from lithocore.model import build_fcn8s
 
     rng = np.random.default_rng(1)
@@ -229,17 +234,31 @@ def test_distributed_map_equals_the_one_process_map(tmp_path):
     path = write_geotiff(tmp_path / "stack.tif", stack, grid)
     table = ClassTable.from_list([{"id": i + 1, "name": f"c{i}"} for i in range(4)])
     keras.utils.set_random_seed(0)
-    model = build_fcn8s(3, 4, width=1 / 16, fc=16, tile=64, upsampling="bilinear")
-    kw = dict(max_core=64, margin=32, shifts=1, progress=False)
-    one = mapping.map_geotiff(model, path, tmp_path / "one", table, [0] * 3, [1] * 3, **kw)
-    two = mapping.map_geotiff(model, path, tmp_path / "two", table, [0] * 3, [1] * 3, cluster="local:2", **kw)
-    assert one["windows"] == two["windows"] > 4
-    for k in ("classes", "confidence"):
-        with rasterio.open(one[k]) as a, rasterio.open(two[k]) as b:
-            x, y = a.read(1), b.read(1)
-        assert np.array_equal(x, y), k
-    with rasterio.open(one["classes"]) as a:
-        assert a.read(1)[0, 0] == a.nodata and len(np.unique(a.read(1))) > 2
+    net = build_fcn8s(3, 4, width=1 / 16, fc=16, tile=64, upsampling="bilinear")
+    labels = (np.nan_to_num(stack[0]) > 0).astype(np.uint8) + 2 * (np.nan_to_num(stack[1]) > 0.5)  # classes 0-3
+    px = rng.choice(H * W, 3000, replace=False)
+    rf = RandomForestClassifier(n_estimators=10, random_state=0).fit(np.nan_to_num(stack.reshape(3, -1)[:, px].T),
+                                                                     labels.ravel()[px])
+    mask = np.isfinite(stack).all(axis=0)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        for name, model, kw in (("net", net, dict(max_core=64, margin=32, shifts=1)),
+                                ("forest", rf, dict(max_core=64, margin=0, shifts=1, mask=mask))):
+            one = mapping.map_geotiff(model, path, tmp_path / f"{name}1", table, [0] * 3, [1] * 3, progress=False,
+                                      **kw)
+            two = mapping.map_geotiff(model, path, tmp_path / f"{name}2", table, [0] * 3, [1] * 3, progress=False,
+                                      cluster=client, **kw)
+            assert one["windows"] == two["windows"] > 4
+            for k in ("classes", "confidence"):
+                with rasterio.open(one[k]) as a, rasterio.open(two[k]) as b:
+                    x, y = a.read(1), b.read(1)
+                assert np.array_equal(x, y), (name, k)
+            with rasterio.open(one["classes"]) as a:
+                assert a.read(1)[0, 0] == a.nodata and len(np.unique(a.read(1))) > 2
+    classes, _ = mapping.read_class_map(one["classes"], table)
+    ref, conf, _ = forest.predict_forest(rf, stack, mask, progress=False)
+    assert np.array_equal(classes, ref)
+    assert np.allclose(mapping.read_confidence(one["confidence"])[mask], conf[mask], atol=mapping.CONFIDENCE_SCALE)
 
 
 def test_shifted_passes_are_aligned():
