@@ -185,7 +185,7 @@ def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray,
     pads = ((0, 0), (a - sr, sr + wh - b), (c - sc, sc + ww - d))
     if any(p for pair in pads for p in pair):
         raw = np.pad(raw, pads, mode="reflect") if min(H, W) > 1 else np.pad(raw, pads, mode="edge")
-    ok = np.isfinite(raw.sum(axis=0))  # NaN or an infinity in any channel makes the sum not finite
+    ok = np.isfinite(raw.sum(axis=0))  # NaN or an infinity in any channel (or a sum past 3e38) makes it not finite
     if not ok.all():  # fed as the predictor's fill (0 once normalised, as in training), never written back
         bad = ~ok
         raw = raw.copy() if raw.base is not None else raw  # a view of the caller's stack
