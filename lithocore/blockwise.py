@@ -158,17 +158,6 @@ def _guide_transform(bands: np.ndarray, transform: str, floor: float) -> np.ndar
     return clr(bands)
 
 
-class _StackedRows:
-    """Rows of several (bands, H, W) arrays as one (bands, rows, W) array, without stacking the whole scene."""
-
-    def __init__(self, arrays: list):
-        self.arrays = arrays
-
-    def __getitem__(self, key):
-        _, rows = key
-        return np.concatenate([a[:, rows] for a in self.arrays])
-
-
 def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=None, *, memory_mb: float = 256.0,
                 tags: dict | None = None, progress: bool = True, area=None) -> dict:
     """Fuse a study area and write its stack (channels by ``settings``, a
@@ -195,8 +184,8 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     grid = _reference_grid(man, base)
     warns: list[str] = []
     fine = fine_layers(man, base, grid, warns)
-    if area is not None and (area.grid != grid or getattr(area, "preview_factor", 1) != 1):
-        area = None  # a preview, or another grid: the files at full resolution
+    if area is not None and area.grid != grid:
+        area = None  # a preview (a coarser grid) or another grid: the files at full resolution
     if area is not None:
         coarse, labels = area.coarse, area.labels
     else:
@@ -230,14 +219,14 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         loaded = None
         if (area is not None and guide_names + extra_names
                 and list(area.guide_names) + list(area.extra_names) == guide_names + extra_names):
-            loaded = _StackedRows([a for a in (area.guide, area.extra) if a.shape[0]])
+            loaded = [a for a in (area.guide, area.extra) if a.shape[0]]
         valid_mask = np.zeros(grid.shape, dtype=bool)  # made block by block in the first pass, then reused
         masked_rows = np.zeros(grid.height, dtype=bool)
 
         def read(r0: int, n: int):
             """The fine bands (guide, extra) and the valid-data mask of rows r0 .. r0 + n."""
             if loaded is not None:  # the area's layers, already on this grid
-                allb = loaded[:, r0:r0 + n]  # a new array: NaN is written into it below
+                allb = np.concatenate([a[:, r0:r0 + n] for a in loaded])  # a new array: NaN is written below
             else:
                 arrays = [read_fine_rows(s, f.entry, grid, r0, n) for s, f in zip(srcs, fine)]
                 allb = np.concatenate(arrays) if arrays else np.zeros((0, n, grid.width), np.float32)

@@ -83,6 +83,7 @@ __all__ = [
     "CoarseLayer",
     "StudyArea",
     "load_study_area",
+    "preview_factor",
     "read_manifest",
     "manifest_files",
     "write_geotiff",
@@ -1025,6 +1026,21 @@ def _load_small_layers(man: dict, base: Path, grid: Grid, warns: list, units: di
     return coarse, points, labels, classes, lpath
 
 
+def preview_factor(height: int, width: int, max_pixels: int | None) -> int:
+    """The smallest ``k`` for which a ``height`` x ``width`` grid taken ``k`` times coarser has at most
+    ``max_pixels`` pixels (1 when None).
+
+    >>> preview_factor(1611, 1650, None), preview_factor(1611, 1650, 16_000_000), preview_factor(20000, 20000, 16_000_000)
+    (1, 1, 5)
+    """
+    if max_pixels is None or height * width <= max_pixels:
+        return 1
+    k = math.ceil(math.sqrt(height * width / max(int(max_pixels), 1)))  # no smaller k can do
+    while math.ceil(height / k) * math.ceil(width / k) > max_pixels:
+        k += 1
+    return k
+
+
 def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = None) -> StudyArea:
     """Load every layer of a study area onto its reference grid.
 
@@ -1059,11 +1075,8 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
     table: list[dict] = []
     units: dict[str, str] = {}
     warns: list[str] = []
-    preview = 1
-    if max_pixels is not None and grid.width * grid.height > max_pixels:
-        preview = math.ceil(math.sqrt(grid.width * grid.height / max(int(max_pixels), 1)))
-        while math.ceil(grid.width / preview) * math.ceil(grid.height / preview) > max_pixels:
-            preview += 1
+    preview = preview_factor(grid.height, grid.width, max_pixels)
+    if preview > 1:
         full = grid
         grid = grid.coarsen(preview)
         warns.append(f"a preview: the {full.height:,} x {full.width:,} px reference grid has more than {max_pixels:,} "

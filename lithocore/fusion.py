@@ -42,7 +42,7 @@ import rasterio
 from rasterio.windows import Window
 from scipy import ndimage
 
-from .data import CoarseLayer, Grid, StudyArea, StudyAreaError
+from .data import CoarseLayer, Grid, StudyArea, StudyAreaError, preview_factor
 
 __all__ = ["FusionSettings", "FusionResult", "clr", "reduce_to_pole", "preprocess", "decompose", "fuse", "fuse_study_area",
            "score_against_truth", "guide_bands", "calibrate_detail", "CALIBRATED_DETAIL", "wald_protocol", "consistency", "build_stack", "default_channels", "normalisation_stats", "read_stack",
@@ -698,10 +698,7 @@ def read_stack(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     file's overviews), a preview for figures."""
     with rasterio.open(path) as src:
         tags = src.tags()
-        k = 1
-        if max_pixels is not None:
-            while math.ceil(src.height / k) * math.ceil(src.width / k) > max_pixels:
-                k += 1
+        k = preview_factor(src.height, src.width, max_pixels)
         if k == 1:
             stack = src.read().astype(np.float32)
         else:

@@ -167,7 +167,7 @@ def bytes_per_pixel(model) -> float:
 _BYTES_PER_PX: dict = {}
 
 
-def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                    read: Callable[[int, int, int, int], np.ndarray], plan: WindowPlan, r0: int,
                    c0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One core: (class index, confidence, valid) arrays of the core's part of the scene.
@@ -192,17 +192,17 @@ def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray,
         raw[:, bad] = np.asarray(getattr(predict, "fill", 0.0), np.float32).reshape(-1, 1)
     cls, conf = predict(raw[None])
     h, w = min(ch, H - r0), min(cw, W - c0)
-    trim = getattr(predict, "trim", 0)  # a predictor that averages shifts returns the window less 32 px a side
-    sl = (slice(r0 - sr - trim, r0 - sr - trim + h), slice(c0 - sc - trim, c0 - sc - trim + w))
-    ok = ok[sl[0].start + trim:sl[0].stop + trim, sl[1].start + trim:sl[1].stop + trim]
-    return np.asarray(cls)[sl].astype(np.uint8, copy=False), np.asarray(conf, np.float32)[sl], ok
+    i, j = r0 - sr, c0 - sc  # the core in the window
+    t = getattr(predict, "trim", 0)  # a predictor that averages shifts returns the window less 32 px a side
+    sl = (slice(i - t, i - t + h), slice(j - t, j - t + w))
+    return np.asarray(cls)[sl].astype(np.uint8, copy=False), np.asarray(conf, np.float32)[sl], ok[i:i + h, j:j + w]
 
 
 _HEADS: dict = {}
 
 
 def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
-                     shifts: int = 1) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                     shifts: int = 1) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """``raw (1, C, h, w) -> (class index, largest probability)`` for one window, normalised with ``mean`` and
     ``std`` (:func:`predict_window` gives the pixels where a channel is not finite the mean, ``predict.fill``).
 
@@ -231,7 +231,7 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
 
         def predict(raw):
             C, h, w = raw.shape[1:]
-            proba = model.predict_proba(np.nan_to_num(raw[0].reshape(C, -1).T))
+            proba = model.predict_proba(raw[0].reshape(C, -1).T)  # NaN already filled by predict_window
             return (np.asarray(model.classes_)[np.argmax(proba, axis=1)].reshape(h, w),
                     proba.max(axis=1).astype(np.float32).reshape(h, w))
         predict.trim, predict.fill = 0, mean
