@@ -28,6 +28,7 @@ relative to the manifest file. The sections are::
         log: false                         # grid log10 of the values (for ppm-type data)
         below_detection: half              # "<0.01": error (default), half (DL / 2, the usual rule) or limit
         missing: ["n.d.", "-"]             # tokens that mean "not measured" (empty cells always do)
+    predict: unmapped.gpkg                 # optional polygons: the ground to predict (see below)
     labels:
       path: geology.gpkg                   # vector polygons with a class field, or a label raster
       field: unit_id                       # vector only
@@ -53,6 +54,11 @@ so that the notebooks can show them and write them into their JSON.
 Coarse layers and gridded points keep a coarse grid whose origin is the reference grid's and whose cell is a
 whole number of fine pixels (the source cell rounded to it), so that fusion can move between the two scales
 exactly. Pixels without a label are "no label" (:data:`NO_LABEL`), never a class.
+
+**The ground to predict** (``predict``): polygons of the ground the user wants mapped. Labels inside them are
+*withheld*: removed from ``StudyArea.labels`` (so no stage trains, tiles or cross-validates on them) and kept in
+``StudyArea.held_out`` to check the workbook's promised accuracy against. Without ``predict``, the ground to
+predict is every valid pixel without a label (``StudyArea.predict``).
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ __all__ = [
     "write_geotiff",
     "DataWarning",
     "memory_available",
+    "predict_ground",
+    "withhold",
 ]
 
 #: Value of the label raster where a pixel has no label (outside the map, or a unit not mapped).
@@ -339,6 +347,12 @@ class StudyArea:
     warnings: list = field(default_factory=list)  # what the user should look at (also warned when loading)
     #: 1: on the manifest's reference grid; k > 1: a preview on a grid k times coarser (``max_pixels``)
     preview_factor: int = 1
+    #: (H, W) bool: the ground to predict (the manifest's ``predict`` polygons, else every valid unlabelled pixel)
+    predict: np.ndarray | None = None
+    #: (H, W) uint8: the labels withheld inside declared ``predict`` polygons (class indices, else NO_LABEL)
+    held_out: np.ndarray | None = None
+    #: whether ``predict`` came from the manifest (True) or is the default, every valid unlabelled pixel
+    predict_declared: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -410,6 +424,8 @@ def manifest_files(manifest: str | os.PathLike) -> list[Path]:
     for k in ("guide", "extra", "coarse", "points"):
         out += [_resolve(base, e["path"]) for e in man[k]]
     out.append(_resolve(base, man["labels"]["path"]))
+    if man.get("predict"):
+        out.append(_resolve(base, man["predict"]))
     out += [_resolve(base, v) for v in (man.get("truth") or {}).values()]
     return list(dict.fromkeys(out))
 
@@ -979,6 +995,43 @@ def _area_mask(path: Path, grid: Grid, crs_hint: Any = None) -> np.ndarray:
                          invert=True)
 
 
+def predict_ground(man: dict, base: Path, grid: Grid, mask: np.ndarray | None = None) -> np.ndarray | None:
+    """The manifest's ``predict`` polygons rasterised on ``grid`` (None when the manifest has none).
+
+    Raises
+    ------
+    StudyAreaError
+        Naming the file: not found, not readable, no CRS (and no manifest ``crs``), no polygon, or no pixel of the
+        study area (``mask``) inside the polygons.
+    """
+    from rasterio.features import geometry_mask
+
+    if not man.get("predict"):
+        return None
+    path = _resolve(base, man["predict"])
+    gdf = _read_vector(path, man.get("crs"))
+    polys = [g for g in (_polygonal(g) for g in gdf.geometry if g is not None and not g.is_empty) if g is not None]
+    if not polys:
+        raise StudyAreaError(path, "the ground to predict ('predict') holds no polygon: give polygons of the ground "
+                                   "to map")
+    src_crs = gdf.crs
+    geoms = _reproject_geoms(polys, src_crs, grid.crs)
+    ground = geometry_mask(geoms, out_shape=grid.shape, transform=grid.transform, invert=True)
+    inside = ground if mask is None else ground & mask
+    if not inside.any():
+        l, b, r, t = grid.bounds
+        raise StudyAreaError(path, f"the ground to predict does not overlap the study area (its polygons, in "
+                                   f"{src_crs.to_string()}, fall outside the valid pixels of the reference grid "
+                                   f"[{l:.0f}, {b:.0f}, {r:.0f}, {t:.0f}] in {grid.crs.to_string()})")
+    return ground
+
+
+def _reproject_geoms(geoms: list, src, dst) -> list:
+    import geopandas as gpd
+
+    return list(gpd.GeoSeries(geoms, crs=src).to_crs(dst))
+
+
 def _load_small_layers(man: dict, base: Path, grid: Grid, warns: list, units: dict, table: list, mpath: Path):
     """What stays small at any scene size: the coarse layers and gridded points (on their coarse grids) and the
     labels (one byte a pixel) with their class table. Returns (coarse, points, labels, classes, label path)."""
@@ -1122,14 +1175,42 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
     if not mask.any():
         raise StudyAreaError(mpath, "the study area is empty: no pixel has valid data in every layer "
                                     "(check nodata values, the area outline and the layers' extents)")
+    ground = predict_ground(man, base, grid, mask)
+    labels, held_out, ground = withhold(labels, mask, ground)
     if not ((labels != NO_LABEL) & mask).any():
-        raise StudyAreaError(lpath, "no valid pixel has a label")
+        raise StudyAreaError(lpath, "no valid pixel has a label" + (" outside the ground to predict ('predict' "
+                                                                    "withholds every label)" if man.get("predict") else ""))
     for arr in (guide, extra):
         arr[:, ~mask] = np.nan
     return StudyArea(name=str(man["name"]), grid=grid, guide=guide, guide_names=guide_names, extra=extra,
                      extra_names=extra_names, coarse=coarse, labels=labels, classes=classes, mask=mask,
                      layer_table=table, points=points, units=units, manifest_path=str(mpath), warnings=warns,
-                     preview_factor=preview)
+                     preview_factor=preview, predict=ground, held_out=held_out,
+                     predict_declared=bool(man.get("predict")))
+
+
+def withhold(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray | None):
+    """Labels with the ground to predict withheld. Returns (training labels, withheld labels, ground):
+    with declared ``ground`` the labels inside it move to the withheld raster; without, the ground is every
+    valid pixel without a label and nothing is withheld.
+
+    Examples
+    --------
+    >>> lab = np.array([[0, 1, NO_LABEL, 2]], np.uint8); ok = np.ones_like(lab, bool)
+    >>> tr, held, g = withhold(lab, ok, np.array([[False, False, True, True]]))
+    >>> tr.tolist(), held.tolist(), g.tolist()
+    ([[0, 1, 255, 255]], [[255, 255, 255, 2]], [[False, False, True, True]])
+    >>> withhold(lab, ok, None)[2].tolist()
+    [[False, False, True, False]]
+    """
+    held = np.full(labels.shape, NO_LABEL, np.uint8)
+    if ground is None:
+        return labels, held, mask & (labels == NO_LABEL)
+    ground = ground & mask
+    held[ground] = labels[ground]
+    labels = labels.copy()
+    labels[ground] = NO_LABEL
+    return labels, held, ground
 
 
 # ------------------------------------------------------------------------------------------- writing

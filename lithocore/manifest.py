@@ -106,6 +106,9 @@ class Manifest(_Entry):
     coarse: list[CoarseEntry] = []
     points: list[PointsEntry] = []
     labels: Labels
+    #: polygons of the ground to predict (any vector file): labels inside are withheld from training, tiles and
+    #: cross-validation and used only to check the workbook's promise; default every valid pixel without a label
+    predict: str | None = None
     truth: dict[str, str] = {}
 
 
@@ -167,7 +170,7 @@ def validate_manifest(raw: dict) -> dict:
     >>> validate_manifest({"reference": "a.tif", "guid": [], "labels": {"path": "g.tif", "classes": [{"id": 1, "name": "A"}]}})
     Traceback (most recent call last):
     ...
-    ValueError: unknown key 'guid' (did you mean 'guide'?); valid keys here: area, coarse, crs, extra, guide, labels, name, points, reference, truth
+    ValueError: unknown key 'guid' (did you mean 'guide'?); valid keys here: area, coarse, crs, extra, guide, labels, name, points, predict, reference, truth
     """
     try:
         Manifest.model_validate(raw)

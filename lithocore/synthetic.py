@@ -126,12 +126,18 @@ class SyntheticSpec:
     noise: float = 0.006  # reflectance, sensor noise (std)
     dispersion: float = 20.0  # metres, std of the Gaussian that disperses the surface geochemistry (soil creep)
     version: int = 4  # bump when the generator changes, so caches are rebuilt (4: the fairer test bed)
+    #: the ground to predict written into the manifest (``predict:``; its labels withheld, kept to check the
+    #: promised accuracy): "east" (the east quarter, a strip beside the labels), "gap" (an interior square of a
+    #: third of each side), "" (none: every pixel labelled, nothing to predict)
+    predict: str = "east"
 
     def __post_init__(self):
         if self.height < 32 or self.width < 32:
             raise ValueError(f"a synthetic area needs at least 32 x 32 pixels, got {self.height} x {self.width}")
         if self.coarse_spacing < 4 * self.pixel_size:
             raise ValueError("coarse_spacing must be at least 4 pixels")
+        if self.predict not in PREDICT_GROUNDS:
+            raise ValueError(f"predict must be one of {sorted(PREDICT_GROUNDS)}, got {self.predict!r}")
 
     @property
     def coarse_factor(self) -> int:
@@ -139,7 +145,38 @@ class SyntheticSpec:
 
     def key(self) -> str:
         return (f"synthetic-{self.height}x{self.width}-{self.pixel_size:g}m-{self.coarse_spacing:g}m-seed{self.seed}"
-                f"-v{self.version}")
+                f"-v{self.version}" + (f"-predict-{self.predict}" if self.predict else ""))
+
+
+#: The named grounds to predict of the synthetic area, as fractions (top, left, bottom, right) of the scene.
+PREDICT_GROUNDS = {"": None, "east": (0.0, 0.75, 1.0, 1.0), "gap": (1 / 3, 1 / 3, 2 / 3, 2 / 3)}
+
+
+def ground_polygon(grid: Grid, fractions: tuple[float, float, float, float]):
+    """A rectangle of the scene given as fractions (top, left, bottom, right) of its rows and columns, in the
+    grid's coordinates (a shapely polygon; pixel edges, so it rasterises to whole pixels).
+
+    >>> from rasterio.transform import from_origin
+    >>> g = Grid(CRS.from_epsg(32646), from_origin(0, 100, 1, 1), 100, 100)
+    >>> ground_polygon(g, (0, 0.75, 1, 1)).bounds
+    (75.0, 0.0, 100.0, 100.0)
+    """
+    from shapely.geometry import box
+
+    t, l, b, r = fractions
+    r0, c0 = round(t * grid.height), round(l * grid.width)
+    r1, c1 = round(b * grid.height), round(r * grid.width)
+    (x0, y0), (x1, y1) = grid.transform * (c0, r0), grid.transform * (c1, r1)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def write_ground(path: str | os.PathLike, polygon, crs) -> Path:
+    """Write one polygon as a GeoPackage (the manifest's ``predict`` file)."""
+    import geopandas as gpd
+
+    path = Path(path)
+    gpd.GeoDataFrame({"name": ["ground to predict"]}, geometry=[polygon], crs=crs).to_file(path, driver="GPKG")
+    return path
 
 
 def default_area_dir(spec: SyntheticSpec, root: str | os.PathLike | None = None) -> Path:
@@ -444,6 +481,8 @@ def generate_study_area(spec: SyntheticSpec | None = None, out_dir: str | os.Pat
                       tags={f"class_{uid}": name for uid, name, _ in UNITS})
         _write_samples(tmp / "geochem_samples.csv", east, north, vals)
         _write_polygons(tmp / "geology.gpkg", labels, grid)
+        if PREDICT_GROUNDS[spec.predict]:
+            write_ground(tmp / "predict.gpkg", ground_polygon(grid, PREDICT_GROUNDS[spec.predict]), grid.crs)
         truth = tmp / "truth"
         write_geotiff(truth / "geochem_true_15m.tif", true_geochem, grid, band_names=OXIDES, tags=dict(units="wt%"))
         write_geotiff(truth / "aeromag_true_15m.tif", true_mag, grid, band_names=["tmi_anomaly"],
@@ -504,6 +543,7 @@ def _manifest_text(spec: SyntheticSpec) -> str:
                     "method": "spline"}],
         "labels": {"path": "geology.gpkg", "field": "unit_id",
                    "classes": [{"id": uid, "name": name, "colour": c} for uid, name, c in UNITS]},
+ **({"predict": "predict.gpkg"} if PREDICT_GROUNDS[spec.predict] else {}),
         "truth": {"geochemistry": "truth/geochem_true_15m.tif", "magnetic": "truth/aeromag_true_15m.tif"},
     }
     head = ("# Synthetic study area written by lithocore.synthetic.generate_study_area; "

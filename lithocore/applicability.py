@@ -1,0 +1,138 @@
+"""The area of applicability (AOA): where a model's predictors resemble what it was trained on.
+
+After Meyer & Pebesma (2021, Methods Ecol. Evol. 12:1620), as CAST's ``trainDI`` and ``aoa`` compute it:
+
+1. the predictors are standardised (training mean and sd) and multiplied by the model's importance of each;
+2. ``dbar`` is the mean distance between two training pixels in that space;
+3. the **dissimilarity index** of a pixel is the distance to its nearest training pixel divided by ``dbar``;
+4. the training pixels' own DI is measured from the nearest training pixel *outside their cross-validation
+   fold* (what the cross-validation asked the model to bridge);
+5. threshold = 75th percentile + 1.5 IQR of the training DI, capped at its largest value; the AOA is
+   ``DI <= threshold``.
+
+Inside, the cross-validated accuracy applies; outside, the model extrapolates and nothing vouches for it.
+Distances come from scikit-learn's nearest-neighbour search over a sample of the training pixels (the AOA's
+training set: every class and fold represented), in chunks, so millions of pixels take seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AOA", "fit_aoa", "dissimilarity", "threshold_of", "accuracy_by_di"]
+
+
+@dataclass
+class AOA:
+    """A fitted area of applicability: the scaled, weighted training pixels, ``dbar`` and the threshold."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+    weights: np.ndarray
+    train: np.ndarray  # (n, p) scaled and weighted
+    fold: np.ndarray  # (n,) the training pixels' CV folds
+    dbar: float
+    train_di: np.ndarray
+    threshold: float
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Raw predictors (n, p) to the weighted, standardised space."""
+        return ((np.asarray(X, np.float64) - self.mean) / self.sd * self.weights).astype(np.float32)
+
+
+def threshold_of(train_di: np.ndarray) -> float:
+    """Q75 + 1.5 IQR of the training DI, capped at its largest (finite) value.
+
+    >>> threshold_of(np.array([0.1, 0.2, 0.3, 0.4, 5.0]))  # Q25 0.2, Q75 0.4: 0.4 + 1.5 * 0.2
+    0.7
+    >>> threshold_of(np.array([0.1, 0.2, 0.3, 0.4]))  # capped at the largest
+    0.4
+    """
+    d = np.asarray(train_di, np.float64)
+    d = d[np.isfinite(d)]
+    q25, q75 = np.quantile(d, [0.25, 0.75])
+    return float(round(min(q75 + 1.5 * (q75 - q25), d.max()), 12))
+
+
+def _nearest(train: np.ndarray, X: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=1).fit(train)
+    out = np.empty(len(X), np.float64)
+    for s in range(0, len(X), chunk):
+        out[s:s + chunk] = nn.kneighbors(X[s:s + chunk], return_distance=True)[0][:, 0]
+    return out
+
+
+def fit_aoa(X: np.ndarray, fold: np.ndarray, importance: np.ndarray | None = None) -> AOA:
+    """Fit the AOA on training predictors ``X`` (n, p) with their cross-validation folds and the model's
+    variable importance (None: equal weights).
+
+    Examples
+    --------
+    Two folds on a line, 0-1 and 3-4: the mean distance between two points is 14 / 6 = 2.333; each point's
+    nearest point of the other fold is 3 or 2 away, so DI = 3 / 2.333 = 1.286 or 2 / 2.333 = 0.857 (standardising
+    divides every distance by the same sd, so the ratios stay).
+
+    >>> a = fit_aoa(np.array([[0.0], [1.0], [3.0], [4.0]]), np.array([0, 0, 1, 1]))
+    >>> a.train_di.round(3).tolist(), round(a.threshold, 3)
+    ([1.286, 0.857, 0.857, 1.286], 1.286)
+    """
+    X = np.asarray(X, np.float64)
+    mean, sd = X.mean(0), X.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    w = np.ones(X.shape[1]) if importance is None else np.asarray(importance, np.float64)
+    w = w / w.max() if w.max() > 0 else np.ones_like(w)
+    Z = ((X - mean) / sd * w).astype(np.float32)
+    # mean distance between two training pixels (every pair once)
+    from sklearn.metrics import pairwise_distances_chunked
+
+    total, pairs = 0.0, 0
+    for start, block in enumerate(pairwise_distances_chunked(Z, working_memory=64)):
+        total += float(block.sum())
+        pairs += block.size
+    n = len(Z)
+    dbar = total / max(pairs - n, 1)  # the diagonal's zeros are in the sum, not in the count
+    di = np.full(n, np.inf)
+    for f in np.unique(fold):
+        at, other = fold == f, fold != f
+        if other.any():
+            di[at] = _nearest(Z[other], Z[at]) / dbar
+    return AOA(mean, sd, w, Z, np.asarray(fold), dbar, di, threshold_of(di))
+
+
+def dissimilarity(aoa: AOA, X: np.ndarray, *, exclude_fold: np.ndarray | None = None) -> np.ndarray:
+    """DI of new pixels ``X`` (n, p): distance to the nearest AOA training pixel / ``dbar``. With
+    ``exclude_fold`` (each pixel's CV fold), only training pixels of other folds count (a labelled pixel judged
+    as its fold model saw it)."""
+    Z = aoa.transform(X)
+    if exclude_fold is None:
+        return _nearest(aoa.train, Z) / aoa.dbar
+    out = np.full(len(Z), np.inf)
+    for f in np.unique(exclude_fold):
+        at, other = exclude_fold == f, aoa.fold != f
+        if other.any():
+            out[at] = _nearest(aoa.train[other], Z[at]) / aoa.dbar
+    return out
+
+
+def accuracy_by_di(di: np.ndarray, right: np.ndarray, bins: int = 8) -> list[dict]:
+    """Accuracy against DI (CAST's ``DItoErrormetric``): pixels in DI quantile bins, each bin's DI range,
+    median DI and accuracy."""
+    di, right = np.asarray(di), np.asarray(right, bool)
+    ok = np.isfinite(di)
+    di, right = di[ok], right[ok]
+    if not len(di):
+        return []
+    edges = np.unique(np.quantile(di, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, di, side="right") - 1, 0, max(len(edges) - 2, 0))
+    out = []
+    for b in range(max(len(edges) - 1, 1)):
+        sel = which == b
+        if sel.any():
+            out.append(dict(di_low=float(edges[b]), di_high=float(edges[min(b + 1, len(edges) - 1)]),
+                            di_median=float(np.median(di[sel])), pixels=int(sel.sum()),
+                            accuracy=float(right[sel].mean())))
+    return out

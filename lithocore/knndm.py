@@ -1,0 +1,273 @@
+"""Cross-validation folds matched to the prediction task (kNNDM), and a CV block size from the labels' spatial
+autocorrelation.
+
+A geologist's question is usually "how good is the map on the ground I have not mapped", not "on new terrane a
+block away" (block cross-validation) nor "on a pixel next to a training pixel" (random cross-validation). kNNDM
+(Linnenbrink et al. 2024, Geosci. Model Dev. 17:5897, after NNDM, Mila et al. 2022) answers it: it builds folds
+whose test-to-training nearest-neighbour distances (``Gj*``) follow the distances from the ground to predict to
+the nearest label (``Gij``). Here, on a raster:
+
+* ``Gij``: for a sample of the ground to predict, the distance to the nearest labelled pixel (an exact Euclidean
+  distance transform of the label raster, in metres);
+* candidate folds: k-means clusters of a sample of the labelled pixels (``q`` clusters, ``q`` from ``k`` upwards
+  on a log grid), every labelled pixel given to its nearest cluster centre; clusters ordered along the first
+  principal axis of their centres; clusters holding at least ``1/k`` of the labels form a fold of their own, the
+  rest are dealt into the remaining folds in that order (as CAST's ``knndm``); a candidate with a fold over
+  ``maxp`` of the labels is dropped. Beside them, pixel-wise random folds (CAST's "random CV" answer);
+* ``Gj*``: for a sample of labelled pixels, the distance to the nearest labelled pixel of another fold;
+* the folds kept minimise the Wasserstein distance ``W`` between ``Gj*`` and ``Gij``.
+
+Matched folds are unequal: score the pooled out-of-fold predictions ("global validation"), not the fold mean.
+
+:func:`autocorrelation_range` is the range of the labels' indicator variogram (the lag at which two pixels'
+classes stop being more alike than two pixels far apart), the block size blockCV's ``cv_spatial_autocor``
+suggests for block cross-validation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .data import NO_LABEL
+
+__all__ = ["MatchedFolds", "nearest_label_distance", "prediction_distances", "fold_distances", "knndm_folds",
+           "autocorrelation_range", "wasserstein"]
+
+
+@dataclass
+class MatchedFolds:
+    """``fold`` (H, W) int8: each labelled pixel's fold (-1: no label). ``info``: how they were chosen."""
+
+    k: int
+    fold: np.ndarray
+    method: str  # "kNNDM (q clusters)" or "random"
+    W: float
+    Gij: np.ndarray  # metres, sample of the prediction ground's distances to the nearest label
+    Gjstar: np.ndarray  # metres, sample of the labelled pixels' distances to the nearest label of another fold
+    info: dict = field(default_factory=dict)
+
+
+def wasserstein(a: np.ndarray, b: np.ndarray) -> float:
+    """The first Wasserstein distance between two samples (the mean absolute difference of their quantiles).
+
+    >>> wasserstein(np.array([0.0, 1.0]), np.array([1.0, 2.0]))
+    1.0
+    """
+    from scipy.stats import wasserstein_distance
+
+    return float(wasserstein_distance(a, b))
+
+
+def nearest_label_distance(labelled: np.ndarray, res: float) -> np.ndarray:
+    """Distance (map units) from every pixel to the nearest ``True`` pixel of ``labelled`` (0 on it).
+
+    >>> d = nearest_label_distance(np.array([[True, False, False]]), 30.0)
+    >>> d.tolist()
+    [[0.0, 30.0, 60.0]]
+    """
+    if not labelled.any():
+        return np.full(labelled.shape, np.inf)
+    return ndimage.distance_transform_edt(~labelled) * float(res)
+
+
+def _sample(region: np.ndarray, n: int, rng) -> np.ndarray:
+    """Flat indices of at most ``n`` pixels of ``region``, drawn at random without replacement."""
+    idx = np.flatnonzero(region)
+    return np.sort(rng.choice(idx, min(n, idx.size), replace=False)) if idx.size else idx
+
+
+def prediction_distances(labelled: np.ndarray, ground: np.ndarray, res: float, *, n: int = 5000,
+                         seed: int = 0) -> np.ndarray:
+    """``Gij``: for ``n`` pixels drawn from the ground to predict, the distance to the nearest labelled pixel
+    (metres; 0 where the ground itself holds labels)."""
+    d = nearest_label_distance(labelled, res)
+    return d.ravel()[_sample(ground, n, np.random.default_rng(seed))]
+
+
+def fold_distances(fold: np.ndarray, k: int, res: float, points: np.ndarray) -> np.ndarray:
+    """``Gj*``: for the labelled pixels ``points`` (flat indices), the distance to the nearest labelled pixel of
+    another fold (metres)."""
+    out = np.empty(points.size)
+    flat = fold.ravel()
+    for i in range(k):
+        at = flat[points] == i
+        if not at.any():
+            continue
+        other = (fold >= 0) & (fold != i)
+        out[at] = nearest_label_distance(other, res).ravel()[points[at]]
+    return out
+
+
+def _deal(cluster_of: np.ndarray, centres: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+    """Fold of every cluster: big clusters (>= 1/k of the labels) one fold each, the rest dealt in turn along
+    the first principal axis of the centres (CAST's ``knndm``)."""
+    c = centres - centres.mean(0)
+    axis = np.linalg.svd(c, full_matrices=False)[2][0] if len(c) > 1 else np.array([1.0, 0.0])
+    order = np.argsort(c @ axis, kind="stable")
+    fold_of = np.full(len(centres), -1, np.int64)
+    nxt = 0
+    for j in order:
+        if sizes[j] >= sizes.sum() / k and nxt < k:
+            fold_of[j] = nxt
+            nxt += 1
+    rest = list(range(nxt, k)) or list(range(k))
+    free = [j for j in order if fold_of[j] < 0]
+    for n, j in enumerate(free):
+        fold_of[j] = rest[n % len(rest)]
+    return fold_of
+
+
+def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: float, k: int = 4, *,
+                maxp: float = 0.5, n_points: int = 2000, n_candidates: int = 25, max_work_pixels: int = 300_000,
+                seed: int = 0) -> MatchedFolds:
+    """Folds of the labelled pixels matched to the ground to predict (kNNDM; see the module's docstring).
+
+    Parameters
+    ----------
+    labels, mask
+        Class indices (:data:`~lithocore.data.NO_LABEL` for none) and the valid-data mask.
+    ground
+        (H, W) bool, the ground to predict (its labels already withheld from ``labels``).
+    res
+        Pixel size in metres.
+    k
+        Number of folds.
+    maxp
+        Largest share of the labelled pixels one fold may hold.
+    n_points
+        Labelled pixels sampled to fit the clusters and to measure ``Gj*``; as many ground pixels for ``Gij``.
+    n_candidates
+        Cluster counts tried (log-spaced from ``k`` to ``n_points / 4``).
+    max_work_pixels
+        The search measures distances on a grid coarsened to at most this many pixels; the folds kept are
+        measured again at full resolution.
+    seed
+        Seed of the samples, the clusters and the random folds.
+
+    Returns
+    -------
+    MatchedFolds
+
+    Examples
+    --------
+    Labels on the left half, the ground to predict a strip at the far right: the matched folds are spatial
+    (clustered), and their distances match the ground's far better than random folds'.
+
+    >>> lab = np.full((60, 120), NO_LABEL, np.uint8); lab[:, :60] = (np.arange(60) // 15)[None, :]
+    >>> ground = np.zeros((60, 120), bool); ground[:, 100:] = True
+    >>> f = knndm_folds(lab, np.ones_like(ground), ground, 1.0, k=3, n_points=400)
+    >>> f.method.startswith("kNNDM"), f.W < f.info["W_random"]
+    (True, True)
+    """
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(seed)
+    labelled = (labels != NO_LABEL) & mask
+    n_lab = int(labelled.sum())
+    if n_lab < 2 * k:
+        raise ValueError(f"only {n_lab} labelled pixels: too few for {k} matched folds")
+    if not ground.any():
+        raise ValueError("the ground to predict is empty: there is nothing to match the folds to")
+    H, W = labels.shape
+    f = max(1, math.ceil(math.sqrt(H * W / max_work_pixels)))
+    gij = prediction_distances(labelled, ground & mask, res, n=n_points, seed=seed)
+
+    # the labels on the working grid: a cell is labelled when any of its pixels is
+    pad = ((0, -H % f), (0, -W % f))
+    lab_w = np.pad(labelled, pad).reshape((H + pad[0][1]) // f, f, (W + pad[1][1]) // f, f).any((1, 3))
+    rows, cols = np.nonzero(lab_w)
+    xy_w = np.column_stack([(cols + 0.5) * f, (rows + 0.5) * f])  # pixel units
+    pts = _sample(labelled, n_points, rng)
+    xy = np.column_stack([pts % W + 0.5, pts // W + 0.5])
+    pts_w = np.flatnonzero(lab_w.ravel())[rng.choice(lab_w.sum(), min(n_points, int(lab_w.sum())), replace=False)]
+
+    def folds_on(assign_xy, km, fold_of):
+        return fold_of[km.predict(assign_xy)]
+
+    hi = max(k + 1, min(n_points // 4, len(xy) - 2))
+    grid_q = sorted(set(int(round(q)) for q in np.exp(np.linspace(math.log(k), math.log(hi), n_candidates))))
+    tried, best = [], None
+    for q in grid_q:
+        km = KMeans(n_clusters=q, n_init=1, random_state=seed).fit(xy)
+        cw = km.predict(xy_w)
+        sizes = np.bincount(cw, minlength=q).astype(np.float64)
+        fold_of = _deal(cw, km.cluster_centers_, sizes, k)
+        fw = np.full(lab_w.shape, -1, np.int8)
+        fw[rows, cols] = fold_of[cw]
+        share = np.bincount(fw[fw >= 0], minlength=k) / max(len(cw), 1)
+        if share.max() > maxp or (share == 0).any():
+            tried.append(dict(q=q, W=None, max_share=float(share.max())))
+            continue
+        gjs = fold_distances(fw, k, res * f, pts_w)
+        w = wasserstein(gjs, gij)
+        tried.append(dict(q=q, W=w, max_share=float(share.max())))
+        if best is None or w < best[0]:
+            best = (w, q, km, fold_of)
+
+    # pixel-wise random folds, measured at full resolution
+    rand = np.full(labels.shape, -1, np.int8)
+    rand[labelled] = rng.integers(0, k, n_lab)
+    gj_rand = fold_distances(rand, k, res, pts)
+    w_rand = wasserstein(gj_rand, gij)
+
+    info = dict(k=k, maxp=maxp, n_points=int(len(pts)), work_factor=f, candidates=tried, W_random=w_rand,
+                labelled_pixels=n_lab, ground_pixels=int((ground & mask).sum()),
+                Gij_median_m=float(np.median(gij)), Gij_q90_m=float(np.quantile(gij, 0.9)))
+    fold = rand
+    method, w_final, gjstar = "random", w_rand, gj_rand
+    if best is not None:
+        _, q, km, fold_of = best
+        r, c = np.nonzero(labelled)
+        cand = np.full(labels.shape, -1, np.int8)
+        cand[r, c] = folds_on(np.column_stack([c + 0.5, r + 0.5]), km, fold_of)
+        gj = fold_distances(cand, k, res, pts)
+        w = wasserstein(gj, gij)
+        info["W_clusters_full_resolution"] = w
+        if w < w_rand:
+            fold, method, w_final, gjstar = cand, f"kNNDM ({q} clusters)", w, gj
+            info["q"] = q
+    info |= dict(method=method, W=w_final, Gjstar_median_m=float(np.median(gjstar)),
+                 labelled_share_per_fold=[float((fold == i).sum() / n_lab) for i in range(k)])
+    return MatchedFolds(k, fold, method, w_final, gij, gjstar, info)
+
+
+def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int | None = None,
+                          n_lags: int = 24, share: float = 0.95) -> dict:
+    """The range of the labels' spatial autocorrelation, from their indicator variogram.
+
+    ``gamma(h)`` is the share of labelled pixel pairs ``h`` pixels apart (along rows and columns) whose classes
+    differ; it rises from 0 with the lag and levels off at a sill (pairs no more alike than any two pixels).
+    The range is the first lag at which ``gamma`` reaches ``share`` of its sill (the largest ``gamma`` over the
+    lags). Returns ``{"range_px", "lags", "gamma", "sill"}``.
+
+    Examples
+    --------
+    Stripes 20 px wide: classes stop being alike beyond about the stripe width.
+
+    >>> lab = np.repeat((np.arange(200) // 20 % 4).astype(np.uint8)[None], 200, 0)
+    >>> 10 <= autocorrelation_range(lab, np.ones_like(lab, bool))["range_px"] <= 40
+    True
+    """
+    H, W = labels.shape
+    ok = (labels != NO_LABEL) & mask
+    max_lag = max_lag or max(2, min(H, W) // 2)
+    lags = sorted(set(int(round(v)) for v in np.exp(np.linspace(0, math.log(max_lag), n_lags))))
+    gamma = []
+    for h in lags:
+        diff = pairs = 0
+        for a, b, oa, ob in ((labels[:, h:], labels[:, :-h], ok[:, h:], ok[:, :-h]),
+                             (labels[h:], labels[:-h], ok[h:], ok[:-h])):
+            both = oa & ob
+            pairs += int(both.sum())
+            diff += int((both & (a != b)).sum())
+        gamma.append(diff / pairs if pairs else np.nan)
+    g = np.array(gamma, dtype=np.float64)
+    if not np.isfinite(g).any():
+        return dict(range_px=None, lags=lags, gamma=gamma, sill=None)
+    sill = float(np.nanmax(g))
+    reach = np.flatnonzero(np.nan_to_num(g) >= share * sill)
+    return dict(range_px=int(lags[reach[0]]), lags=lags, gamma=[float(v) for v in g], sill=sill)
