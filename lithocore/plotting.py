@@ -15,7 +15,8 @@ from .data import NO_LABEL, Grid, StudyArea
 
 __all__ = ["extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
            "plot_layers", "class_colormap", "plot_tiles", "plot_folds", "plot_history", "plot_confusion", "plot_zoom",
-           "class_legend_handles", "save_class_legend", "figure_check", "save_figure", "compare_maps"]
+           "class_legend_handles", "save_class_legend", "figure_check", "save_figure", "compare_maps", "plot_ground",
+           "plot_matched_folds", "plot_distances", "plot_reliability", "plot_trust_map", "plot_value", "plot_accuracy_by_di"]
 
 #: Font size of class legends (readable at the notebook's width).
 LEGEND_FONTSIZE = 9
@@ -461,3 +462,108 @@ def compare_maps(area: StudyArea, layers: dict, *, base: str = "geological map",
     alpha.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([top, alpha]), out])
+
+
+# ----------------------------------------------------------------------------------- the map to trust
+def plot_ground(area: StudyArea, ax=None):
+    """The labels used for training and, hatched in grey, the ground to predict (its withheld labels drawn
+    faded when the manifest declared it)."""
+    ax = _axes(ax)
+    cmap, norm = class_colormap(area)
+    ext = extent_km(area.grid)
+    if area.held_out is not None and (area.held_out != NO_LABEL).any():
+        ax.imshow(np.ma.masked_where(area.held_out == NO_LABEL, area.held_out), extent=ext, cmap=cmap, norm=norm,
+                  alpha=0.35, interpolation="nearest")
+    ax.imshow(np.ma.masked_where((area.labels == NO_LABEL) | ~area.mask, area.labels), extent=ext, cmap=cmap,
+              norm=norm, interpolation="nearest")
+    ground = area.predict if area.predict is not None else np.zeros(area.shape, bool)
+    ax.contourf(np.flipud(ground.astype(float)), levels=[0.5, 1.5], colors="none", hatches=["//"],
+                extent=ext)
+    handles = class_legend_handles(area.classes) + [
+        Patch(facecolor="white", edgecolor="0.3", hatch="//", label="ground to predict"
+              + (" (its labels withheld, faded)" if area.predict_declared else ""))]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=LEGEND_FONTSIZE, frameon=False,
+              title="unit id: name", title_fontsize=LEGEND_FONTSIZE)
+    return _finish(ax, "Training labels and the ground to predict")
+
+
+def plot_matched_folds(area: StudyArea, fold: np.ndarray, k: int, ax=None, title: str = "matched folds"):
+    """Each labelled pixel's fold (colours of their own, not the class palette), with a legend."""
+    ax = _axes(ax)
+    cmap = ListedColormap(["#1b1b1b", "#9e9e9e", "#e6ab02", "#66a61e", "#7570b3", "#e7298a", "#1f78b4",
+                           "#a6761d", "#b15928", "#6a3d9a"][:max(k, 1)])
+    ax.imshow(np.ma.masked_where(fold < 0, fold), cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest",
+              extent=extent_km(area.grid))
+    ax.legend(handles=[Patch(color=cmap(i), label=f"fold {i}") for i in range(k)], loc="lower left",
+              fontsize=LEGEND_FONTSIZE - 1, framealpha=0.8)
+    return _finish(ax, title)
+
+
+def plot_distances(ground: np.ndarray, cv: dict, ax=None):
+    """Empirical distribution functions of the nearest-label distances: from the ground to predict to the
+    labels (``ground``) and from each cross-validation's test pixels to its training side (``cv``)."""
+    ax = _axes(ax)
+    for name, d, style in [("ground to predict -> labels", ground, dict(color="k", lw=2.5))] + \
+            [(n, v, {}) for n, v in cv.items()]:
+        d = np.sort(np.asarray(d, float))
+        ax.step(d / 1e3, np.arange(1, len(d) + 1) / max(len(d), 1), where="post", label=name, **style)
+    ax.set_xlabel("distance to the nearest training label (km)")
+    ax.set_ylabel("share of pixels at or below")
+    ax.legend(fontsize=LEGEND_FONTSIZE, frameon=False)
+    ax.set_title("Nearest-neighbour distances: the prediction task and each cross-validation", fontsize=10)
+    return ax
+
+
+def plot_reliability(before: list[dict], after: list[dict], ax=None):
+    """Reliability diagram: accuracy against confidence per bin, before and after calibration."""
+    ax = _axes(ax)
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", label="perfectly calibrated")
+    for name, bins, m in (("out of fold, as the model says", before, "o"), ("after temperature scaling", after, "s")):
+        pts = [(b["confidence"], b["accuracy"]) for b in bins if b["pixels"]]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, marker=m, label=name)
+    ax.set_xlabel("confidence (largest class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=LEGEND_FONTSIZE, frameon=False)
+    ax.set_title("Calibration (matched cross-validation, out of fold)", fontsize=10)
+    return ax
+
+
+def plot_trust_map(area: StudyArea, classes: np.ndarray, inside: np.ndarray, ax=None, title: str = "The map to use"):
+    """A class map with everything outside the area of applicability greyed out."""
+    ax = plot_labels(area, classes, ax=ax, title=title)
+    grey = np.ma.masked_where(inside | ~area.mask, np.ones(area.shape))
+    ax.imshow(grey, extent=extent_km(area.grid), cmap=ListedColormap(["#808080"]), alpha=0.75,
+              interpolation="nearest")
+    handles = class_legend_handles(area.classes) + [Patch(color="#808080", label="outside the area of applicability")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=LEGEND_FONTSIZE, frameon=False,
+              title="unit id: name", title_fontsize=LEGEND_FONTSIZE)
+    return ax
+
+
+def plot_value(area: StudyArea, values: np.ndarray, ax=None, *, title: str = "", label: str = "",
+               cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None):
+    """A value map (NaN and invalid pixels blank) with a colour bar."""
+    ax = _axes(ax)
+    im = ax.imshow(np.ma.masked_where(~area.mask | ~np.isfinite(values), values), extent=extent_km(area.grid),
+                   cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.figure.colorbar(im, ax=ax, shrink=0.8, label=label)
+    return _finish(ax, title)
+
+
+def plot_accuracy_by_di(curve: list[dict], threshold: float, ax=None):
+    """Out-of-fold accuracy against the dissimilarity index (bins of equal pixel count), with the AOA threshold."""
+    ax = _axes(ax)
+    if curve:
+        ax.plot([c["di_median"] for c in curve], [c["accuracy"] for c in curve], marker="o",
+                label="out-of-fold accuracy (DI bins)")
+    ax.axvline(threshold, color="firebrick", ls="--", label=f"AOA threshold {threshold:.2f}")
+    ax.set_xlabel("dissimilarity index (median of the bin)")
+    ax.set_ylabel("overall accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=LEGEND_FONTSIZE, frameon=False)
+    ax.set_title("Accuracy against dissimilarity", fontsize=10)
+    return ax

@@ -1,6 +1,6 @@
 """The run folder: one place that owns its layout, what each stage's output was made from, and safe writes.
 
-A run folder holds one notebook stage per sub-folder (``01_load_data`` ... ``06_compare_random_forest``). Every
+A run folder holds one notebook stage per sub-folder (``01_load_data`` ... ``07_map_to_trust``). Every
 result a later stage reads carries a **provenance key**: a hash of what it was made from (the content of the
 manifest and of every file it names, and the settings that matter). A stage that finds a result whose key is
 not the one it expects makes it again (and says so), never reuses it.
@@ -36,7 +36,7 @@ __all__ = ["STAGES", "RunFolder", "key", "file_digest", "manifest_fingerprint", 
 
 #: The stages, in order: the folder each notebook writes into.
 STAGES = ("01_load_data", "02_fuse_sources", "03_build_tiles", "04_train_model", "05_map_scene",
-          "06_compare_random_forest")
+          "06_compare_random_forest", "07_map_to_trust")
 
 _TMP_PREFIX = ".tmp-"
 

@@ -28,7 +28,7 @@ from .runfolder import RunFolder, key, manifest_fingerprint, write_json
 
 __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "fit_tile_to_area", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
-           "WorkbookWarning", "MIN_TRAINING_TILES"]
+           "WorkbookWarning", "MIN_TRAINING_TILES", "trust_settings", "deep_map_if_current"]
 
 #: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
 MIN_TRAINING_TILES = 20
@@ -409,8 +409,46 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
 #: Cross-validation settings per profile: folds, FCN epochs per fold, the forest's pixel cap per class (0: none),
 #: and the cap of notebook 06's paper-protocol forest (quick: 20,000 a class, about 130 k pixels against the 10 %
 #: of every class's pixels the paper used, 266 k on the default area: a 70 s shorter fit on 2 cores).
-CV_PROFILES = {"quick": dict(k=4, epochs=8, forest_cap=5000, paper_forest_cap=20000),
-               "paper": dict(k=5, epochs=-1, forest_cap=0, paper_forest_cap=0)}
+CV_PROFILES = {"quick": dict(k=4, epochs=8, forest_cap=5000, paper_forest_cap=20000, matched_k=4,
+                             estimates=("matched", "block", "random")),
+               "paper": dict(k=5, epochs=-1, forest_cap=0, paper_forest_cap=0, matched_k=5,
+                             estimates=("matched", "block", "random"))}
+
+
+def trust_settings(profile: str, *, k: int = -1, forest_cap: int = -1) -> dict:
+    """Notebook 07's settings: matched folds ``k``, the forests' pixel cap per class (in every fold and the final
+    fit) and the estimates run for the recommended candidate; -1 keeps the profile's.
+
+    >>> trust_settings("quick")["k"], trust_settings("quick", forest_cap=0)["cap"]
+    (4, 0)
+    """
+    base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
+    return dict(k=int(base["matched_k"] if k == -1 else k),
+                cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), estimates=tuple(base["estimates"]))
+
+
+def deep_map_if_current(run_dir, area) -> dict[str, np.ndarray]:
+    """Notebook 05's deep-model class map (class indices), keyed by the model's name, when it was mapped with this
+    run's model and that model was trained on this run's stack; else {} (nothing stale is counted)."""
+    from . import mapping
+    from .model import display_name
+
+    rf = RunFolder(run_dir)
+    if not rf.model_meta_path.is_file():
+        return {}
+    meta = json.loads(rf.model_meta_path.read_text())
+    if (meta.get("made_from") or {}).get("stack_key") != stack_provenance(rf.root).get("stack_key"):
+        return {}
+    path = rf.class_map_path(model_name(meta))
+    if not path.is_file():
+        return {}
+    try:
+        classes, tags = mapping.read_class_map(path, area.classes)
+    except ValueError:
+        return {}
+    if tags.get("model_key") != meta.get("model_key") or classes.shape != area.shape:
+        return {}
+    return {f"{display_name(model_name(meta))} (notebook 05)": classes}
 
 
 def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: int = -1, epochs: int = -1,

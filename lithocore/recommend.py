@@ -1,0 +1,565 @@
+"""The map to use and where to trust it (notebook 07).
+
+Every candidate model is cross-validated on folds matched to the user's ground to predict
+(:mod:`lithocore.knndm`), scored on the pooled out-of-fold pixels ("global validation"); the best is
+recommended, retrained on every usable label and mapped over the whole area with **calibrated** class
+probabilities (:mod:`lithocore.calibration`), their entropy, its **area of applicability**
+(:mod:`lithocore.applicability`) and the candidates' **agreement**. Beside the matched estimate, each labelled
+with the question it answers, the block cross-validation's (new terrane a block away) and a random
+cross-validation's (a pixel beside a training pixel). Where the ground to predict holds withheld labels
+(``predict:`` in the manifest), the promise is checked against them.
+
+The candidates are pixel classifiers that give class probabilities (:class:`ForestCandidate`): the paper's
+random forest and the neighbourhood forest. Every candidate is trained and scored by the same code on the same
+folds and pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import NO_LABEL
+
+__all__ = ["ForestCandidate", "CANDIDATES", "QUESTIONS", "fold_sets", "cross_validate_proba", "estimate",
+           "choose", "fit_final", "predict_proba_map", "aoa_for", "held_out_check", "agreement", "handover_text"]
+
+#: What each cross-validation answers (printed beside its estimate).
+QUESTIONS = {
+    "matched": "your ground to predict: folds whose distances to the training labels match the ground's (kNNDM)",
+    "block": "new terrane a block away: whole blocks held out with a buffer (notebook 06's folds)",
+    "random": "a pixel beside a training pixel: pixels dealt at random into folds (the paper's random split)",
+}
+
+
+@dataclass(frozen=True)
+class ForestCandidate:
+    """A random forest on the stack's channels, and with ``neighbourhood`` window sizes also every channel's
+    local mean and standard deviation (:func:`lithocore.forest.neighbourhood_features`)."""
+
+    name: str
+    label: str
+    neighbourhood: tuple[int, ...] = ()
+    max_features: int | str = 3
+    n_trees: int = 200
+
+    def features(self, stack: np.ndarray) -> np.ndarray:
+        """The predictors, (F, H, W) float32, NaN where the stack has none."""
+        from .forest import neighbourhood_features
+
+        if not self.neighbourhood:
+            return np.asarray(stack, np.float32)
+        f, _ = neighbourhood_features(stack, tuple(self.neighbourhood))
+        f[:, ~np.isfinite(stack).all(0)] = np.nan
+        return f
+
+    def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0):
+        from .forest import train_forest
+
+        return train_forest(F, labels, pixels, n_trees=self.n_trees, max_features=self.max_features, seed=seed)[0]
+
+
+#: The registry's pixel candidates, by key (the keys notebook 06 uses for the same models).
+CANDIDATES = {
+    "forest": ForestCandidate("forest", "random forest"),
+    "forest_context": ForestCandidate("forest_context", "neighbourhood forest", (5, 15), "sqrt"),
+}
+
+
+def _rows(F: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(F.reshape(F.shape[0], -1)[:, idx].T.astype(np.float32))
+
+
+def proba_at(model, F: np.ndarray, idx: np.ndarray, n_classes: int, chunk: int = 200_000) -> np.ndarray:
+    """Class probabilities (n, K) of the pixels ``idx`` (flat indices), every class of the table a column
+    (a class the model never saw gets 0)."""
+    out = np.zeros((len(idx), n_classes), np.float32)
+    cols = np.asarray(model.classes_, np.int64)
+    for s in range(0, len(idx), chunk):
+        out[s:s + chunk][:, cols] = model.predict_proba(_rows(F, idx[s:s + chunk]))
+    return out
+
+
+def fold_sets(kind: str, fold: np.ndarray, k: int, mask: np.ndarray, labels: np.ndarray, buffer: int = 0):
+    """``regions(i) -> (test, train)`` for folds given as a raster: matched and random folds use every other
+    fold's labels; block folds keep the buffer around the test blocks (:func:`lithocore.crossval.fold_regions`)."""
+    from .crossval import Folds, fold_regions
+
+    labelled = (labels != NO_LABEL) & mask
+    if kind == "block":
+        folds = Folds(k, 0, buffer, fold)
+        return lambda i: tuple(r & labelled for r in fold_regions(folds, i, mask))
+    return lambda i: (labelled & (fold == i), labelled & (fold >= 0) & (fold != i))
+
+
+def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, regions, k: int, n_classes: int, *,
+                         candidates: dict[str, ForestCandidate], fraction: float = 0.1, cap: int = 0, seed: int = 0,
+                         max_test: int = 40_000, progress: bool = True) -> dict:
+    """Train every candidate on each fold's training side and predict class probabilities on (a sample of at
+    most ``max_test`` pixels of) its test side. Training pixels: ``fraction`` of each class's pixels of the
+    training side, at most ``cap`` a class (0: no cap), the same pixels for every candidate.
+
+    Returns ``{"idx", "truth", "fold", "proba": {name: (n, K)}, "seconds": {name: s}, "missing": [...]}``: the
+    pooled out-of-fold sample."""
+    from tqdm.auto import tqdm
+
+    from .forest import sample_pixels
+
+    rng = np.random.default_rng(seed)
+    idx_all, fold_all, missing = [], [], []
+    proba = {m: [] for m in candidates}
+    secs = dict.fromkeys(candidates, 0.0)
+    flat = labels.ravel()
+    bar = tqdm(total=k * len(candidates), desc="cross-validation", disable=not progress)
+    for i in range(k):
+        test, train = regions(i)
+        t = np.flatnonzero(test)
+        if not len(t) or not train.any():
+            bar.update(len(candidates))
+            continue
+        t = np.sort(rng.choice(t, min(max_test, len(t)), replace=False))
+        have = set(np.unique(flat[train.ravel()]).tolist())
+        lack = sorted(set(np.unique(flat[t]).tolist()) - have)
+        if lack:
+            missing.append(dict(fold=i, classes=lack))
+        pixels = sample_pixels(labels, train, fraction, seed + i, max_per_class=cap or None)
+        for m, cand in candidates.items():
+            t0 = time.perf_counter()
+            model = cand.fit(features[m], labels, pixels, seed)
+            proba[m].append(proba_at(model, features[m], t, n_classes))
+            secs[m] += time.perf_counter() - t0
+            bar.update()
+        idx_all.append(t)
+        fold_all.append(np.full(len(t), i, np.int16))
+    bar.close()
+    idx = np.concatenate(idx_all) if idx_all else np.zeros(0, np.int64)
+    return dict(idx=idx, truth=flat[idx].astype(np.int64), fold=np.concatenate(fold_all) if fold_all else idx,
+                proba={m: np.concatenate(p) if p else np.zeros((0, n_classes), np.float32) for m, p in proba.items()},
+                seconds={m: round(s, 1) for m, s in secs.items()}, missing=missing)
+
+
+def estimate(proba: np.ndarray, truth: np.ndarray, idx: np.ndarray, shape: tuple[int, int], names, *,
+             trained_classes=None, block_px: int = 64, n_boot: int = 400, seed: int = 0) -> dict:
+    """Pooled out-of-fold scores ("global validation") with a spatial-bootstrap interval.
+
+    ``overall_accuracy`` and its ``oa_interval`` (2.5-97.5 % of the OA over ``n_boot`` resamples of
+    ``block_px`` blocks of pixels, so that neighbouring pixels are not counted as independent evidence),
+    ``oa_half_width``; per-class IoU; ``mean_iou`` over the classes the training side holds (and the test side
+    or the predictions touch)."""
+    from .metrics import confusion_matrix, scores
+
+    n = len(names)
+    pred = proba.argmax(1) if len(proba) else np.zeros(0, np.int64)
+    cm = np.zeros((n, n), np.int64)
+    np.add.at(cm, (truth, pred), 1)
+    s = scores(cm, names)
+    trained = set(range(n)) if trained_classes is None else set(trained_classes)
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(0) + cm.sum(1) - tp
+    use = [c for c in range(n) if c in trained and denom[c] > 0]
+    miou = float(np.mean(tp[use] / denom[use])) if use else float("nan")
+    right = pred == truth
+    W = shape[1]
+    block = (idx // W // block_px) * (W // block_px + 1) + (idx % W) // block_px
+    ub, inv = np.unique(block, return_inverse=True)
+    hits, count = np.bincount(inv, right, len(ub)), np.bincount(inv, minlength=len(ub)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot if len(ub) > 1 else 0):
+        pick = rng.integers(0, len(ub), len(ub))
+        boots.append(hits[pick].sum() / max(count[pick].sum(), 1))
+    lo, hi = (np.quantile(boots, [0.025, 0.975]).tolist() if boots else [float("nan")] * 2)
+    return dict(overall_accuracy=s["overall_accuracy"], oa_interval=[lo, hi], oa_half_width=(hi - lo) / 2,
+                mean_iou=miou, mean_iou_classes=[names[c] for c in use], kappa=s["kappa"], iou=s["iou"],
+                pixels=int(len(truth)), confusion_matrix=cm.tolist(), blocks=int(len(ub)), block_px=int(block_px))
+
+
+def cv_distances(regions, k: int, res: float, idx: np.ndarray, fold: np.ndarray, *, n: int = 3000,
+                 seed: int = 0) -> np.ndarray:
+    """For a sample of the scored out-of-fold pixels ``idx`` (their folds ``fold``), the distance (metres) to
+    the nearest labelled pixel of their fold's training side: the cross-validation's ``Gj*``."""
+    from .knndm import nearest_label_distance
+
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(idx), min(n, len(idx)), replace=False)
+    idx, fold = idx[pick], fold[pick]
+    out = np.empty(len(idx))
+    for i in range(k):
+        at = fold == i
+        if at.any():
+            out[at] = nearest_label_distance(regions(i)[1], res).ravel()[idx[at]]
+    return out
+
+
+def choose(matched: dict[str, dict], rank_by: str = "overall_accuracy",
+           labels: dict[str, str] | None = None) -> tuple[str, str]:
+    """The candidate with the best matched-CV score and a sentence saying why (from the numbers), naming the
+    runner-up and whether the lead is larger than the estimate's interval.
+
+    >>> choose({"a": {"overall_accuracy": 0.8, "oa_half_width": 0.02}, "b": {"overall_accuracy": 0.7, "oa_half_width": 0.02}})
+    ('a', 'the a has the best matched cross-validation overall accuracy, 0.800 against 0.700 for the b: a lead of 0.100, larger than the 95 % half-width of 0.020')
+    """
+    order = sorted(matched, key=lambda m: -np.nan_to_num(matched[m][rank_by], nan=-1))
+    name = (labels or {}).get
+    best = order[0]
+    metric = rank_by.replace("_", " ")
+    if len(order) == 1:
+        return best, (f"the {name(best, best)} is the only candidate (matched cross-validation {metric} "
+                      f"{matched[best][rank_by]:.3f})")
+    second = order[1]
+    lead = matched[best][rank_by] - matched[second][rank_by]
+    hw = matched[best].get("oa_half_width", float("nan"))
+    size = (f"larger than the 95 % half-width of {hw:.3f}" if lead > hw else
+            f"within the 95 % half-width of {hw:.3f}: the two are level within noise, and either map will do")
+    return best, (f"the {name(best, best)} has the best matched cross-validation {metric}, {matched[best][rank_by]:.3f} "
+                  f"against {matched[second][rank_by]:.3f} for the {name(second, second)}: a lead of {lead:.3f}, {size}")
+
+
+def fit_final(cand: ForestCandidate, F: np.ndarray, labels: np.ndarray, mask: np.ndarray, *, fraction: float = 0.1,
+              cap: int = 0, seed: int = 0):
+    """The candidate trained on every usable label (``fraction`` of each class, at most ``cap``). Returns
+    (model, training pixels)."""
+    from .forest import sample_pixels
+
+    pixels = sample_pixels(labels, mask, fraction, seed, max_per_class=cap or None)
+    return cand.fit(F, labels, pixels, seed), pixels
+
+
+def predict_proba_map(model, F: np.ndarray, mask: np.ndarray, n_classes: int, *, rows: int = 64,
+                      progress: bool = False) -> np.ndarray:
+    """Class probabilities (K, H, W) float32 over the valid pixels, ``rows`` at a time (NaN elsewhere)."""
+    from tqdm.auto import tqdm
+
+    H, W = mask.shape
+    out = np.full((n_classes, H, W), np.nan, np.float32)
+    for r0 in tqdm(range(0, H, rows), desc="mapping", disable=not progress):
+        m = mask[r0:r0 + rows].ravel()
+        if m.any():
+            idx = r0 * W + np.flatnonzero(m)
+            p = proba_at(model, F, idx, n_classes)
+            block = out[:, r0:r0 + rows].reshape(n_classes, -1)
+            block[:, m] = p.T
+            out[:, r0:r0 + rows] = block.reshape(n_classes, -1, W)
+    return out
+
+
+def aoa_for(model, F: np.ndarray, pixels: np.ndarray, fold: np.ndarray, *, n: int = 3000, seed: int = 0):
+    """The area of applicability of a forest trained on ``pixels``: a sample of at most ``n`` of them (every
+    class and fold kept in proportion), their folds from ``fold`` (the matched folds' raster), weighted by
+    the forest's variable importance. Returns (AOA, the sample's flat indices)."""
+    from .applicability import fit_aoa
+
+    rng = np.random.default_rng(seed)
+    pix = pixels[fold.ravel()[pixels] >= 0]
+    pix = np.sort(rng.choice(pix, min(n, len(pix)), replace=False))
+    return fit_aoa(_rows(F, pix), fold.ravel()[pix], getattr(model, "feature_importances_", None)), pix
+
+
+def dissimilarity_map(aoa, F: np.ndarray, mask: np.ndarray, rows: int = 128) -> np.ndarray:
+    """DI over the valid pixels, ``rows`` at a time (NaN elsewhere)."""
+    from .applicability import dissimilarity
+
+    H, W = mask.shape
+    out = np.full((H, W), np.nan, np.float32)
+    for r0 in range(0, H, rows):
+        m = mask[r0:r0 + rows].ravel()
+        if m.any():
+            idx = r0 * W + np.flatnonzero(m)
+            part = out[r0:r0 + rows].ravel()
+            part[m] = dissimilarity(aoa, _rows(F, idx))
+            out[r0:r0 + rows] = part.reshape(-1, W)
+    return out
+
+
+def held_out_check(classes: np.ndarray, held_out: np.ndarray, mask: np.ndarray, names, *,
+                   inside: np.ndarray | None = None, trained_classes=None) -> dict | None:
+    """The map against the labels withheld on the ground to predict: OA, mIoU (classes the training side
+    holds), and with ``inside`` (the AOA) the OA inside and outside it. None when nothing was withheld."""
+    sel = mask & (held_out != NO_LABEL) & (classes != NO_LABEL)
+    if not sel.any():
+        return None
+    idx = np.flatnonzero(sel)
+    truth = held_out.ravel()[idx].astype(np.int64)
+    pred = classes.ravel()[idx].astype(np.int64)
+    onehot = np.eye(len(names), dtype=np.float32)[pred]
+    s = estimate(onehot, truth, idx, held_out.shape, names, trained_classes=trained_classes, n_boot=0)
+    out = dict(pixels=int(sel.sum()), overall_accuracy=s["overall_accuracy"], mean_iou=s["mean_iou"], iou=s["iou"])
+    if inside is not None:
+        ins = inside.ravel()[idx]
+        right = pred == truth
+        out["inside_aoa_pixels"], out["outside_aoa_pixels"] = int(ins.sum()), int((~ins).sum())
+        out["overall_accuracy_inside_aoa"] = float(right[ins].mean()) if ins.any() else None
+        out["overall_accuracy_outside_aoa"] = float(right[~ins].mean()) if (~ins).any() else None
+    return out
+
+
+def agreement(maps: dict[str, np.ndarray], reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Share of the candidate maps (class indices) that give each pixel ``reference``'s class (uint8 percent,
+    255 outside ``mask``).
+
+    >>> ref = np.array([[0, 1]], np.uint8)
+    >>> agreement({"a": ref, "b": np.array([[0, 0]], np.uint8)}, ref, np.ones((1, 2), bool)).tolist()
+    [[100, 50]]
+    """
+    agree = sum((m == reference).astype(np.float32) for m in maps.values()) / max(len(maps), 1)
+    return np.where(mask, np.round(100 * agree), 255).astype(np.uint8)
+
+
+def _fmt_share(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def handover_text(trust: dict) -> str:
+    """The closing advice, written from ``trust.json``'s numbers."""
+    rec = trust["recommended_label"]
+    e = trust["expected"]
+    lines = [f"**Use the {rec} map** (`{Path(trust['files']['classes']).name}`): {trust['why']}."]
+    lines.append(f"On your ground to predict, expect overall accuracy **{e['overall_accuracy']:.2f} +/- "
+                 f"{e['oa_half_width']:.2f}** (95 % spatial-bootstrap interval; mIoU {e['mean_iou']:.2f} over "
+                 f"{len(e['mean_iou_classes'])} classes), from {trust['matched_method']} folds matched to the ground's "
+                 f"distances to your labels (median {trust['distances']['ground_median_m']:.0f} m).")
+    if trust.get("aoa_share") is not None:
+        lines.append(f"{_fmt_share(trust['aoa_share'])} of the ground to predict lies inside the area of applicability; "
+                     "outside it, the predictors differ from anything the model was trained on: go to the field there.")
+    ins, outs = trust.get("oof_accuracy_inside_aoa"), trust.get("oof_accuracy_outside_aoa")
+    if ins is not None and outs is not None:
+        word = "higher" if ins > outs else ("lower" if ins < outs else "the same")
+        lines.append(f"Out of fold, accuracy inside the area of applicability is {ins:.2f}, {word} than outside "
+                     f"({outs:.2f}).")
+    est = trust["estimates"]
+    others = [f"{k} cross-validation {est[k]['overall_accuracy']:.2f} ({QUESTIONS[k].split(':')[0]})"
+              for k in ("block", "random") if est.get(k)]
+    if others:
+        lines.append("Other questions, other answers: " + "; ".join(others) + ".")
+    c = trust["calibration"]
+    if c["applied"]:
+        lines.append(f"The class probabilities are calibrated (temperature {c['temperature']:.2f}): expected "
+                     f"calibration error {c['ece_before']:.3f} before, {c['ece_after']:.3f} after (out of fold, each "
+                     "fold scaled by a temperature fitted on the others).")
+    else:
+        lines.append(f"The class probabilities are left as the model gives them: temperature scaling raised the "
+                     f"out-of-fold calibration error from {c['ece_before']:.3f} to {c['ece_after']:.3f} (the folds "
+                     "disagree on the temperature), so none is applied.")
+    chk = trust.get("held_out_check")
+    if chk:
+        gap = chk["overall_accuracy"] - e["overall_accuracy"]
+        inside = (abs(gap) <= e["oa_half_width"])
+        lines.append(f"Checked on the {chk['pixels']:,} labelled pixels withheld inside the ground to predict: real "
+                     f"overall accuracy {chk['overall_accuracy']:.2f} ({gap:+.2f} from the promise, "
+                     + ("inside" if inside else "outside") + " its interval).")
+    for w in trust.get("warnings", []):
+        lines.append(f"*Warning:* {w}")
+    return "\n\n".join(lines)
+
+
+def _trained_classes(labels: np.ndarray, mask: np.ndarray) -> list[int]:
+    return sorted(np.unique(labels[mask & (labels != NO_LABEL)]).tolist())
+
+
+def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int = 4, candidates=None,
+                 fraction: float = 0.1, cap: int = 5000, seed: int = 0, rank_by: str = "overall_accuracy",
+                 estimates: tuple[str, ...] = ("matched", "block", "random"), aoa_pixels: int = 3000,
+                 max_test: int = 40_000, extra_maps: dict[str, np.ndarray] | None = None, progress: bool = True) -> dict:
+    """Everything notebook 07 reports, computed and written into ``out_dir``.
+
+    Parameters
+    ----------
+    area, stack
+        The study area (labels with the ground to predict withheld) and its fused stack (C, H, W).
+    out_dir
+        Where the maps (COGs), ``trust.json`` is written by the caller.
+    block_folds
+        Notebook 06's block folds (:class:`lithocore.crossval.Folds`) for the block estimate; None: no block
+        estimate.
+    k
+        Matched and random folds.
+    candidates
+        ``{key: ForestCandidate}``; default :data:`CANDIDATES`.
+    fraction, cap, seed
+        Training pixels per class (share, at most ``cap``; 0: no cap) and the seed, in every fold and the final fit.
+    rank_by
+        The matched estimate that chooses the map: ``"overall_accuracy"`` or ``"mean_iou"``.
+    estimates
+        Which cross-validations run for the recommended candidate besides the matched one (every candidate runs
+        the matched one).
+    aoa_pixels
+        Training pixels sampled for the area of applicability.
+    extra_maps
+        Other whole-area class maps (class indices) to count in the agreement, e.g. notebook 05's deep model's.
+
+    Returns
+    -------
+    dict
+        ``trust`` (what ``trust.json`` holds), and arrays for the figures: ``folds`` (MatchedFolds),
+        ``classes``, ``proba``, ``entropy``, ``di``, ``aoa``, ``agreement``, ``oof`` (the pooled out-of-fold
+        sample of every estimate).
+    """
+    from . import calibration, knndm
+    from .applicability import accuracy_by_di, dissimilarity
+    from .data import write_geotiff
+    from .mapping import write_class_map
+
+    out_dir = Path(out_dir)
+    candidates = candidates or CANDIDATES
+    names = area.classes.names
+    K = len(names)
+    labels, mask = area.labels, area.mask
+    warnings_ = []
+    t0 = time.perf_counter()
+    rng_range = knndm.autocorrelation_range(labels, mask)
+    block_px = max(8, int(rng_range["range_px"] or 32))
+    folds = knndm.knndm_folds(labels, mask, area.predict, area.grid.res, k, seed=seed)
+    features = {m: c.features(stack) for m, c in candidates.items()}
+    trained = _trained_classes(labels, mask)
+    common = dict(n_classes=K, fraction=fraction, cap=cap, seed=seed, max_test=max_test, progress=progress)
+
+    oof = {"matched": cross_validate_proba(features, labels, fold_sets("matched", folds.fold, k, mask, labels), k,
+                                           candidates=candidates, **common)}
+    ests = {"matched": {m: estimate(p, oof["matched"]["truth"], oof["matched"]["idx"], labels.shape, names,
+                                    trained_classes=trained, block_px=block_px, seed=seed)
+                        for m, p in oof["matched"]["proba"].items()}}
+    best, why = choose(ests["matched"], rank_by, {m: c.label for m, c in candidates.items()})
+    if oof["matched"]["missing"]:
+        warnings_.append("matched folds " + ", ".join(str(f["fold"]) for f in oof["matched"]["missing"])
+                         + " test classes their training side lacks: those pixels cannot be right")
+    rec = {best: candidates[best]}
+    if "random" in estimates:
+        rand = np.full(labels.shape, -1, np.int8)
+        lab = (labels != NO_LABEL) & mask
+        rand[lab] = np.random.default_rng(seed).integers(0, k, int(lab.sum()))
+        oof["random"] = cross_validate_proba({best: features[best]}, labels, fold_sets("random", rand, k, mask, labels),
+                                             k, candidates=rec, **common)
+    if "block" in estimates and block_folds is not None:
+        oof["block"] = cross_validate_proba({best: features[best]}, labels,
+                                            fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
+                                                      block_folds.buffer),
+                                            block_folds.k, candidates=rec, **common)
+    for kind in ("random", "block"):
+        if kind in oof:
+            o = oof[kind]
+            ests[kind] = {best: estimate(o["proba"][best], o["truth"], o["idx"], labels.shape, names,
+                                         trained_classes=trained, block_px=block_px, seed=seed)}
+    cv_seconds = time.perf_counter() - t0
+    distances = {"random": None, "block": None}
+    if "random" in oof:
+        distances["random"] = cv_distances(fold_sets("random", rand, k, mask, labels), k, area.grid.res,
+                                           oof["random"]["idx"], oof["random"]["fold"], seed=seed)
+    if "block" in oof:
+        distances["block"] = cv_distances(fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
+                                                    block_folds.buffer), block_folds.k, area.grid.res,
+                                          oof["block"]["idx"], oof["block"]["fold"], seed=seed)
+
+    # calibration on the matched out-of-fold probabilities, judged by cross-fitting over the folds
+    m_oof = oof["matched"]
+    cal = calibration.crossfit_temperature(m_oof["proba"][best], m_oof["truth"], m_oof["fold"])
+    cal["applied"] = bool(cal["ece_after"] < cal["ece_before"])
+    T = cal["temperature"] if cal["applied"] else 1.0  # scaling that does not help out of fold is not applied
+
+    # every candidate retrained on every usable label and mapped; the recommended one calibrated
+    t1 = time.perf_counter()
+    maps, final = {}, {}
+    for m, cand in candidates.items():
+        model, pixels = fit_final(cand, features[m], labels, mask, fraction=fraction, cap=cap, seed=seed)
+        p = predict_proba_map(model, features[m], mask, K, progress=progress)
+        if m == best:
+            p = np.where(np.isfinite(p), calibration.apply_temperature(np.moveaxis(p, 0, -1), T).transpose(2, 0, 1),
+                         np.nan)
+            final = dict(model=model, pixels=pixels, proba=p)
+        maps[m] = np.where(mask, np.nan_to_num(p).argmax(0), NO_LABEL).astype(np.uint8)
+    classes = maps[best]
+    proba = final["proba"]
+    ent = np.where(mask, calibration.entropy(np.nan_to_num(proba), axis=0), np.nan).astype(np.float32)
+    map_seconds = time.perf_counter() - t1
+
+    # the area of applicability of the recommended model
+    t2 = time.perf_counter()
+    aoa, aoa_pix = aoa_for(final["model"], features[best], final["pixels"], folds.fold, n=aoa_pixels, seed=seed)
+    di = dissimilarity_map(aoa, features[best], mask)
+    inside = mask & (di <= aoa.threshold)
+    ground = area.predict & mask
+    aoa_share = float(inside[ground].mean()) if ground.any() else None
+    oof_di = dissimilarity(aoa, _rows(features[best], m_oof["idx"]), exclude_fold=m_oof["fold"])
+    right = m_oof["proba"][best].argmax(1) == m_oof["truth"]
+    ins = oof_di <= aoa.threshold
+    acc_in = float(right[ins].mean()) if ins.any() else None
+    acc_out = float(right[~ins].mean()) if (~ins).any() else None
+    curve = accuracy_by_di(oof_di, right)
+    aoa_seconds = time.perf_counter() - t2
+    if acc_out is None:
+        warnings_.append("every out-of-fold pixel lies inside the area of applicability: accuracy outside it is "
+                         "not measured")
+
+    # agreement among the candidates' maps (and any other whole-area map given)
+    others = {m: v for m, v in maps.items()} | dict(extra_maps or {})
+    agree = agreement(others, classes, mask)
+    check = held_out_check(classes, area.held_out, mask, names, inside=inside, trained_classes=trained) \
+        if area.held_out is not None else None
+    checks_all = {m: held_out_check(v, area.held_out, mask, names, trained_classes=trained) for m, v in maps.items()} \
+        if check else {}
+
+    # the files
+    grid, table = area.grid, area.classes
+    tags = dict(model=best, temperature=f"{T:.4f}", what="recommended map: the candidate with the best matched "
+                                                            "cross-validation, retrained on every usable label")
+    files = dict(classes=str(write_class_map(out_dir / f"recommended_{best}_classes.tif", classes, grid, table, tags=tags)))
+    files["probabilities"] = str(write_geotiff(
+        out_dir / f"recommended_{best}_probabilities.tif",
+        np.where(np.isfinite(proba), np.round(np.nan_to_num(proba) * 250), 255).astype(np.uint8), grid, nodata=255,
+        band_names=[f"P({n})" for n in names], tags=tags | dict(units="probability = value / 250; 255 = nodata",
+                                                                calibrated="temperature scaling"), cog="average"))
+    files["entropy"] = str(write_geotiff(out_dir / "entropy.tif", ent[None], grid, band_names=["entropy / log(K)"],
+                                         tags=tags, cog="average"))
+    files["dissimilarity"] = str(write_geotiff(out_dir / "dissimilarity.tif", di[None], grid,
+                                               band_names=["dissimilarity index"],
+                                               tags=tags | dict(threshold=f"{aoa.threshold:.6f}"), cog="average"))
+    files["aoa"] = str(write_geotiff(out_dir / "aoa.tif", np.where(mask, inside, 255).astype(np.uint8)[None], grid,
+                                     nodata=255, band_names=["1 inside the area of applicability, 0 outside"],
+                                     tags=tags | dict(threshold=f"{aoa.threshold:.6f}"), cog="nearest"))
+    files["agreement"] = str(write_geotiff(out_dir / "agreement.tif", agree[None], grid, nodata=255,
+                                           band_names=["% of candidate maps giving the recommended class"],
+                                           tags=tags | dict(maps=", ".join(others)), cog="nearest"))
+
+    e = ests["matched"][best]
+    if e["pixels"] < 1000 or len(e["mean_iou_classes"]) < max(2, len(trained) // 2):
+        warnings_.append(f"the matched estimate rests on {e['pixels']:,} pixels and {len(e['mean_iou_classes'])} of "
+                         f"{len(trained)} classes: read it as rough")
+    trust = dict(
+        recommended_model=best, recommended_label=candidates[best].label, why=why, rank_by=rank_by,
+        expected=dict(overall_accuracy=e["overall_accuracy"], oa_interval=e["oa_interval"],
+                      oa_half_width=e["oa_half_width"], mean_iou=e["mean_iou"], mean_iou_classes=e["mean_iou_classes"],
+                      iou=e["iou"], kappa=e["kappa"], pixels=e["pixels"]),
+        estimates={kind: v.get(best) for kind, v in ests.items()},
+        candidates={m: dict(label=c.label, matched=ests["matched"][m], seconds=oof["matched"]["seconds"][m])
+                    for m, c in candidates.items()},
+        questions=QUESTIONS, matched_method=folds.method,
+        distances=dict(ground_median_m=float(np.median(folds.Gij)), ground_q90_m=float(np.quantile(folds.Gij, 0.9)),
+                       matched_cv_median_m=float(np.median(folds.Gjstar)), W=folds.W,
+                       W_random=folds.info["W_random"]),
+        knndm=folds.info, autocorrelation=dict(range_px=rng_range["range_px"],
+                                               range_m=(rng_range["range_px"] or 0) * area.grid.res,
+                                               lags=rng_range["lags"], gamma=rng_range["gamma"]),
+        calibration=dict(method="temperature scaling", temperature=T, fitted_temperature=cal["temperature"],
+                         applied=cal["applied"], ece_before=cal["ece_before"],
+                         ece_after=cal["ece_after"], per_fold_temperature=cal["per_fold_temperature"],
+                         reliability_before=cal["reliability_before"], reliability_after=cal["reliability_after"]),
+        aoa_share=aoa_share, aoa_threshold=aoa.threshold, aoa_training_pixels=int(len(aoa_pix)),
+        oof_accuracy_inside_aoa=acc_in, oof_accuracy_outside_aoa=acc_out,
+        oof_pixels_inside_aoa=int(ins.sum()), oof_pixels_outside_aoa=int((~ins).sum()), accuracy_by_di=curve,
+        ground=dict(pixels=int(ground.sum()), declared=bool(area.predict_declared),
+                    share_of_area=float(ground.sum() / max(mask.sum(), 1))),
+        held_out_check=check, held_out_check_all=checks_all, agreement_maps=list(others),
+        settings=dict(k=k, fraction=fraction, cap=cap, seed=seed, estimates=list(ests), max_test=max_test,
+                      aoa_pixels=aoa_pixels, block_px_bootstrap=block_px),
+        seconds=dict(cross_validation=round(cv_seconds, 1), maps=round(map_seconds, 1), aoa=round(aoa_seconds, 1)),
+        files=files, warnings=warnings_,
+    )
+    for kind, d in distances.items():
+        if d is not None:
+            trust["distances"][f"{kind}_cv_median_m"] = float(np.median(d))
+    return dict(trust=trust, folds=folds, cv_distances={k_: v for k_, v in distances.items() if v is not None},
+                classes=classes, proba=proba, entropy=ent, di=di, aoa=inside,
+                agreement=agree, maps=maps, oof=oof, oof_di=oof_di)
