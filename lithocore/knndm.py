@@ -236,13 +236,15 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
 
 
 def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int | None = None,
-                          n_lags: int = 24, share: float = 0.95) -> dict:
+                          n_lags: int = 24, share: float = 0.9) -> dict:
     """The range of the labels' spatial autocorrelation, from their indicator variogram.
 
     ``gamma(h)`` is the share of labelled pixel pairs ``h`` pixels apart (along rows and columns) whose classes
-    differ; it rises from 0 with the lag and levels off at a sill (pairs no more alike than any two pixels).
-    The range is the first lag at which ``gamma`` reaches ``share`` of its sill (the largest ``gamma`` over the
-    lags). Returns ``{"range_px", "lags", "gamma", "sill"}``.
+    differ; it rises from 0 with the lag towards the sill ``1 - sum(p_c ** 2)`` (two pixels drawn at random,
+    classes in their map proportions ``p_c``). The range is the first lag at which ``gamma`` reaches ``share``
+    of the sill; where units repeat (a hole effect: ``gamma`` falls again before it gets there), the lag of its
+    first maximum above half the sill; else the largest lag (``reached`` False).
+    Returns ``{"range_px", "reached", "lags", "gamma", "sill"}``.
 
     Examples
     --------
@@ -254,7 +256,7 @@ def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int 
     """
     H, W = labels.shape
     ok = (labels != NO_LABEL) & mask
-    max_lag = max_lag or max(2, min(H, W) // 2)
+    max_lag = max(2, max_lag or min(H, W) // 2)
     lags = sorted(set(int(round(v)) for v in np.exp(np.linspace(0, math.log(max_lag), n_lags))))
     gamma = []
     for h in lags:
@@ -265,9 +267,14 @@ def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int 
             pairs += int(both.sum())
             diff += int((both & (a != b)).sum())
         gamma.append(diff / pairs if pairs else np.nan)
-    g = np.array(gamma, dtype=np.float64)
-    if not np.isfinite(g).any():
-        return dict(range_px=None, lags=lags, gamma=gamma, sill=None)
-    sill = float(np.nanmax(g))
-    reach = np.flatnonzero(np.nan_to_num(g) >= share * sill)
-    return dict(range_px=int(lags[reach[0]]), lags=lags, gamma=[float(v) for v in g], sill=sill)
+    g = np.nan_to_num(np.array(gamma, dtype=np.float64))
+    p = np.bincount(labels[ok]) / max(int(ok.sum()), 1)
+    sill = float(1 - (p ** 2).sum())
+    if sill <= 0:
+        return dict(range_px=None, reached=False, lags=lags, gamma=g.tolist(), sill=sill)
+    reach = np.flatnonzero(g >= share * sill)
+    peaks = [i for i in range(len(g) - 1) if g[i] > 0.5 * sill and g[i] >= g[i + 1]]
+    cands = [int(reach[0])] if len(reach) else []
+    cands += peaks[:1]
+    i = min(cands) if cands else len(g) - 1
+    return dict(range_px=int(lags[i]), reached=bool(cands), lags=lags, gamma=g.tolist(), sill=sill)

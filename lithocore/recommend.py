@@ -412,7 +412,12 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     t0 = time.perf_counter()
     rng_range = knndm.autocorrelation_range(labels, mask)
     block_px = max(8, int(rng_range["range_px"] or 32))
-    folds = knndm.knndm_folds(labels, mask, area.predict, area.grid.res, k, seed=seed)
+    ground = area.predict & mask if area.predict is not None else np.zeros_like(mask)
+    if not ground.any():  # every valid pixel is labelled: the map's ground is the labelled map (distance 0)
+        warnings_.append("every valid pixel carries a label, so there is no unlabelled ground to predict: the matched "
+                         "estimate is for the labelled map itself (declare 'predict:' polygons to hold out ground)")
+        ground = mask
+    folds = knndm.knndm_folds(labels, mask, ground, area.grid.res, k, seed=seed)
     features = {m: c.features(stack) for m, c in candidates.items()}
     trained = _trained_classes(labels, mask)
     common = dict(n_classes=K, fraction=fraction, cap=cap, seed=seed, max_test=max_test, progress=progress)
@@ -480,7 +485,6 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     aoa, aoa_pix = aoa_for(final["model"], features[best], final["pixels"], folds.fold, n=aoa_pixels, seed=seed)
     di = dissimilarity_map(aoa, features[best], mask)
     inside = mask & (di <= aoa.threshold)
-    ground = area.predict & mask
     aoa_share = float(inside[ground].mean()) if ground.any() else None
     oof_di = dissimilarity(aoa, _rows(features[best], m_oof["idx"]), exclude_fold=m_oof["fold"])
     right = m_oof["proba"][best].argmax(1) == m_oof["truth"]

@@ -1,0 +1,206 @@
+"""The map to trust: the ground to predict, matched folds, calibration, the area of applicability."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from lithocore import applicability, calibration, knndm
+from lithocore.data import NO_LABEL, StudyAreaError, load_study_area
+from lithocore.synthetic import ground_polygon, write_ground
+
+
+# ------------------------------------------------------------------------------------------ matched folds
+def _strip_labels(width_labelled: int = 60, width: int = 160, height: int = 80):
+    lab = np.full((height, width), NO_LABEL, np.uint8)
+    lab[:, :width_labelled] = (np.arange(width_labelled) // 12 % 4)[None, :]
+    return lab
+
+
+def test_knndm_moves_cv_distances_towards_a_distant_ground():
+    """Labels on the left, the ground 8-20 px beyond them: kNNDM's test-to-training distances are much closer
+    to the ground's (lower W) than random folds', and longer than a pixel."""
+    lab = _strip_labels()
+    ground = np.zeros(lab.shape, bool)
+    ground[:, 68:80] = True
+    f = knndm.knndm_folds(lab, np.ones(lab.shape, bool), ground, 10.0, k=3, n_points=600, seed=1)
+    assert f.method.startswith("kNNDM")
+    assert f.W < 0.5 * f.info["W_random"]
+    assert np.median(f.Gjstar) > 5 * 10.0  # test pixels lie well away from their training side
+    assert set(np.unique(f.fold[lab != NO_LABEL]).tolist()) == {0, 1, 2}
+    assert (f.fold[lab == NO_LABEL] == -1).all()
+
+
+def test_knndm_gives_random_folds_when_the_ground_lies_among_the_labels():
+    """Sparse labels interleaved with the ground to predict (every other pixel): the ground is a pixel away,
+    as random folds' test pixels are, so random folds are the match."""
+    lab = _strip_labels(160)
+    ground = np.zeros(lab.shape, bool)
+    ground[:, 1::2] = True
+    lab[ground] = NO_LABEL
+    f = knndm.knndm_folds(lab, np.ones(lab.shape, bool), ground, 10.0, k=3, n_points=600, seed=1)
+    assert f.method == "random"
+    assert f.W <= f.info["W_random"] + 1e-9
+
+
+def test_knndm_refuses_an_empty_ground():
+    lab = _strip_labels()
+    with pytest.raises(ValueError, match="ground to predict is empty"):
+        knndm.knndm_folds(lab, np.ones(lab.shape, bool), np.zeros(lab.shape, bool), 10.0, k=3)
+
+
+def test_autocorrelation_range_grows_with_the_units():
+    small = np.repeat((np.arange(240) // 10 % 3).astype(np.uint8)[None], 120, 0)
+    large = np.repeat((np.arange(240) // 40 % 3).astype(np.uint8)[None], 120, 0)
+    ok = np.ones(small.shape, bool)
+    r_small, r_large = (knndm.autocorrelation_range(a, ok)["range_px"] for a in (small, large))
+    assert r_large >= 2 * r_small
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def test_temperature_scaling_lowers_the_error_of_an_over_confident_model():
+    rng = np.random.default_rng(0)
+    n, K = 4000, 4
+    truth = rng.integers(0, K, n)
+    right = rng.random(n) < 0.6  # right 60 % of the time ...
+    pred = np.where(right, truth, (truth + rng.integers(1, K, n)) % K)
+    proba = np.full((n, K), 0.02 / (K - 1))
+    proba[np.arange(n), pred] = 0.98  # ... and 98 % sure every time
+    before = calibration.expected_calibration_error(proba, truth)
+    T = calibration.fit_temperature(proba, truth)
+    after = calibration.expected_calibration_error(calibration.apply_temperature(proba, T), truth)
+    assert before > 0.3 and T > 1
+    assert after < 0.05 < before
+
+
+def test_crossfit_temperature_reports_the_honest_error():
+    rng = np.random.default_rng(1)
+    n, K = 3000, 3
+    truth = rng.integers(0, K, n)
+    proba = rng.dirichlet(np.ones(K) * 0.3, n)
+    out = calibration.crossfit_temperature(proba, truth, np.arange(n) % 3)
+    assert len(out["per_fold_temperature"]) == 3
+    assert out["ece_after"] < out["ece_before"]  # random probabilities are over-confident: scaling helps
+
+
+# ------------------------------------------------------------------------------------------ applicability
+def test_dissimilarity_and_threshold_by_hand():
+    """Two predictors, the second twice as important; training points at (0,0), (1,0) fold 0 and (0,1), (1,1)
+    fold 1. Standardised, each coordinate is +-1; weighted, x spans 1 (weight 0.5 after dividing by the
+    largest) ... computed by hand below."""
+    X = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    a = applicability.fit_aoa(X, np.array([0, 0, 1, 1]), importance=np.array([1.0, 2.0]))
+    # standardised: +-1 on both axes; weights 0.5 (x) and 1 (y): points at (+-0.5, +-1)
+    d_x, d_y, d_xy = 1.0, 2.0, np.hypot(1.0, 2.0)
+    dbar = (2 * d_x + 2 * d_y + 2 * d_xy) / 6
+    assert a.dbar == pytest.approx(dbar, rel=1e-5)
+    # each point's nearest point of the other fold is straight across in y: distance 2
+    assert a.train_di == pytest.approx(np.full(4, d_y / dbar), rel=1e-5)
+    assert a.threshold == pytest.approx(d_y / dbar, rel=1e-5)  # no spread: capped at the largest
+    new = applicability.dissimilarity(a, np.array([[0.5, 0.0], [3.0, 0.0]]))
+    # (0.5, 0) is (0, -1) scaled: 0.5 from both lower points; (3, 0) is (2.5, -1): 2 beyond (1, 0)
+    assert new == pytest.approx([0.5 / dbar, 2.0 / dbar], rel=1e-5)
+
+
+def test_threshold_is_q75_plus_1_5_iqr():
+    di = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 10.0])
+    q25, q75 = np.quantile(di, [0.25, 0.75])
+    assert applicability.threshold_of(di) == pytest.approx(q75 + 1.5 * (q75 - q25))
+
+
+def test_accuracy_by_di_falls_with_dissimilarity():
+    di = np.linspace(0, 2, 400)
+    right = di < 1
+    curve = applicability.accuracy_by_di(di, right, bins=4)
+    assert curve[0]["accuracy"] == 1.0 and curve[-1]["accuracy"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ predict: faults
+def _manifest_with(small_manifest, tmp_path, predict_path) -> str:
+    man = yaml.safe_load(small_manifest.read_text())
+    base = small_manifest.parent
+    for key in ("guide", "extra", "coarse", "points"):
+        for e in man.get(key, []):
+            e["path"] = str(base / e["path"])
+    man["reference"] = str(base / man["reference"])
+    man["labels"]["path"] = str(base / man["labels"]["path"])
+    man.pop("truth", None)
+    man["predict"] = str(predict_path)
+    p = tmp_path / "manifest.yaml"
+    p.write_text(yaml.safe_dump(man))
+    return p
+
+
+def test_predict_withholds_labels_and_keeps_them_to_check(small_area):
+    assert small_area.predict_declared
+    ground = small_area.predict
+    assert ground.any() and (small_area.labels[ground] == NO_LABEL).all()
+    assert (small_area.held_out[ground] != NO_LABEL).all()  # the synthetic map is labelled everywhere
+    assert (small_area.held_out[~ground] == NO_LABEL).all()
+    assert ground[:, -10:].all() and not ground[:, :100].any()  # the east quarter
+
+
+def test_predict_faults_are_named(small_manifest, small_area, tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    with pytest.raises(StudyAreaError, match="file not found"):
+        load_study_area(_manifest_with(small_manifest, tmp_path, tmp_path / "nowhere.gpkg"))
+    far = tmp_path / "far.gpkg"
+    write_ground(far, box(0, 0, 1000, 1000), small_area.grid.crs)
+    with pytest.raises(StudyAreaError, match="does not overlap the study area"):
+        load_study_area(_manifest_with(small_manifest, tmp_path, far))
+    empty = tmp_path / "empty.gpkg"
+    gpd.GeoDataFrame({"name": []}, geometry=[], crs=small_area.grid.crs).to_file(empty, driver="GPKG")
+    with pytest.raises(StudyAreaError, match="no polygon"):
+        load_study_area(_manifest_with(small_manifest, tmp_path, empty))
+    nocrs = tmp_path / "nocrs.shp"  # a shapefile without its .prj
+    with pytest.warns(UserWarning, match="crs"):
+        gpd.GeoDataFrame({"name": ["a"]}, geometry=[ground_polygon(small_area.grid, (0, 0, 0.5, 0.5))]).to_file(nocrs)
+    with pytest.raises(StudyAreaError, match="no CRS"):
+        load_study_area(_manifest_with(small_manifest, tmp_path, nocrs))
+
+
+def test_predict_in_another_crs_is_reprojected(small_manifest, small_area, tmp_path):
+    poly = ground_polygon(small_area.grid, (0.0, 0.0, 0.5, 0.5))
+    p = write_ground(tmp_path / "wgs84.gpkg", poly, small_area.grid.crs)
+    import geopandas as gpd
+
+    gpd.read_file(p).to_crs("EPSG:4326").to_file(tmp_path / "ll.gpkg", driver="GPKG")
+    area = load_study_area(_manifest_with(small_manifest, tmp_path, tmp_path / "ll.gpkg"))
+    assert 0.2 < area.predict.mean() < 0.3  # the north-west quarter, give or take the reprojected edges
+    assert area.predict[:10, :10].all() and not area.predict[-10:, -10:].any()
+
+
+# ------------------------------------------------------------------------------------------ the whole step
+def test_map_to_trust_on_the_small_area(small_area, tmp_path):
+    """The recommended map, its files and trust.json's keys; the AOA separates good from bad pixels; the map
+    stores unit ids."""
+    import rasterio
+
+    from lithocore import fusion
+    from lithocore.recommend import map_to_trust
+    from lithocore.runfolder import write_json
+
+    stack = fusion.build_stack(fusion.fuse_study_area(small_area, progress=False), small_area)[0]
+    r = map_to_trust(small_area, stack, tmp_path, k=3, cap=2000, seed=0, estimates=("matched", "random"),
+                     progress=False, aoa_pixels=800, max_test=5000)
+    t = r["trust"]
+    write_json(tmp_path / "trust.json", t)
+    back = json.loads((tmp_path / "trust.json").read_text())
+    for key in ("recommended_model", "aoa_share", "oof_accuracy_inside_aoa", "oof_accuracy_outside_aoa"):
+        assert key in back
+    for key in ("overall_accuracy", "mean_iou"):
+        assert 0 <= back["expected"][key] <= 1
+    assert 0 <= back["calibration"]["ece_before"] <= 1 and 0 <= back["calibration"]["ece_after"] <= 1
+    assert set(back["estimates"]) == {"matched", "random"}
+    assert back["estimates"]["random"]["overall_accuracy"] > back["estimates"]["matched"]["overall_accuracy"]
+    assert back["held_out_check"]["pixels"] == int((small_area.held_out != NO_LABEL).sum())
+    name = t["files"]["classes"]
+    assert "recommended" in name and "classes" in name
+    with rasterio.open(name) as src:
+        ids = set(np.unique(src.read(1)).tolist()) - {src.nodata}
+    assert ids <= set(small_area.classes.ids)
+    with rasterio.open(t["files"]["aoa"]) as src:
+        assert set(np.unique(src.read(1)).tolist()) <= {0, 1, 255}
