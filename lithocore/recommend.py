@@ -195,6 +195,49 @@ def cv_distances(regions, k: int, res: float, idx: np.ndarray, fold: np.ndarray,
     return out
 
 
+def _from_predictions(preds: list[np.ndarray], regions, labels: np.ndarray, name: str, n_classes: int,
+                      max_test: int, seed: int) -> dict:
+    """The pooled out-of-fold sample of :func:`cross_validate_proba` from stored fold predictions (class
+    indices: one-hot probabilities)."""
+    rng = np.random.default_rng(seed)
+    idx_all, fold_all, pr = [], [], []
+    for i, pred in enumerate(preds):
+        t = np.flatnonzero(regions(i)[0])
+        if not len(t):
+            continue
+        t = np.sort(rng.choice(t, min(max_test, len(t)), replace=False))
+        p = pred.ravel()[t].astype(np.int64)
+        ok = p < n_classes
+        idx_all.append(t[ok])
+        fold_all.append(np.full(int(ok.sum()), i, np.int16))
+        pr.append(np.eye(n_classes, dtype=np.float32)[p[ok]])
+    idx = np.concatenate(idx_all)
+    return dict(idx=idx, truth=labels.ravel()[idx].astype(np.int64), fold=np.concatenate(fold_all),
+                proba={name: np.concatenate(pr)}, seconds={name: 0.0}, missing=[], cached=True)
+
+
+def distance_weights(oof_d: np.ndarray, ground_d: np.ndarray, bins: int = 12) -> np.ndarray:
+    """Weights that give the out-of-fold pixels the ground's distribution of distances to the training labels
+    (the ratio of the two histograms over quantile bins of the ground's distances; pixels in a bin the ground
+    does not reach weigh nothing). Normalised to mean 1.
+
+    >>> w = distance_weights(np.array([1.0, 1.0, 1.0, 9.0]), np.array([1.0, 9.0]), bins=2)
+    >>> w.round(2).tolist()  # the lone far pixel stands for half the ground
+    [0.67, 0.67, 0.67, 2.0]
+    """
+    edges = np.unique(np.quantile(ground_d, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 2:
+        return np.ones(len(oof_d))
+    which_g = np.clip(np.searchsorted(edges, ground_d, side="right") - 1, 0, len(edges) - 2)
+    which_o = np.searchsorted(edges, oof_d, side="right") - 1
+    inside = (which_o >= 0) & (oof_d <= edges[-1])
+    which_o = np.clip(which_o, 0, len(edges) - 2)
+    pg = np.bincount(which_g, minlength=len(edges) - 1) / len(ground_d)
+    po = np.bincount(which_o[inside], minlength=len(edges) - 1) / max(int(inside.sum()), 1)
+    w = np.where(inside & (po[which_o] > 0), pg[which_o] / np.maximum(po[which_o], 1e-12), 0.0)
+    return w / w.mean() if w.sum() > 0 else np.ones(len(oof_d))
+
+
 def choose(matched: dict[str, dict], rank_by: str = "overall_accuracy",
            labels: dict[str, str] | None = None) -> tuple[str, str]:
     """The candidate with the best matched-CV score and a sentence saying why (from the numbers), naming the
@@ -363,7 +406,8 @@ def _trained_classes(labels: np.ndarray, mask: np.ndarray) -> list[int]:
 def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int = 4, candidates=None,
                  fraction: float = 0.1, cap: int = 5000, seed: int = 0, rank_by: str = "overall_accuracy",
                  estimates: tuple[str, ...] = ("matched", "block", "random"), aoa_pixels: int = 3000,
-                 max_test: int = 40_000, extra_maps: dict[str, np.ndarray] | None = None, progress: bool = True) -> dict:
+                 max_test: int = 40_000, extra_maps: dict[str, np.ndarray] | None = None,
+                 block_predictions: dict[str, list[np.ndarray]] | None = None, progress: bool = True) -> dict:
     """Everything notebook 07 reports, computed and written into ``out_dir``.
 
     Parameters
@@ -390,6 +434,9 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         Training pixels sampled for the area of applicability.
     extra_maps
         Other whole-area class maps (class indices) to count in the agreement, e.g. notebook 05's deep model's.
+    block_predictions
+        Notebook 06's fold predictions on ``block_folds`` per candidate (:func:`lithocore.stages.cached_fold_predictions`,
+        made with the same settings): the block estimate is read from them instead of fitted again.
 
     Returns
     -------
@@ -438,7 +485,11 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         rand[lab] = np.random.default_rng(seed).integers(0, k, int(lab.sum()))
         oof["random"] = cross_validate_proba({best: features[best]}, labels, fold_sets("random", rand, k, mask, labels),
                                              k, candidates=rec, **common)
-    if "block" in estimates and block_folds is not None:
+    cached = (block_predictions or {}).get(best)
+    if "block" in estimates and block_folds is not None and cached is not None:
+        oof["block"] = _from_predictions(cached, fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
+                                                           block_folds.buffer), labels, best, K, max_test, seed)
+    elif "block" in estimates and block_folds is not None:
         oof["block"] = cross_validate_proba({best: features[best]}, labels,
                                             fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
                                                       block_folds.buffer),
@@ -463,6 +514,11 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     cal = calibration.crossfit_temperature(m_oof["proba"][best], m_oof["truth"], m_oof["fold"])
     cal["applied"] = bool(cal["ece_after"] < cal["ece_before"])
     T = cal["temperature"] if cal["applied"] else 1.0  # scaling that does not help out of fold is not applied
+    # the matched out-of-fold pixels reweighted to the ground's distances exactly (kNNDM matches them roughly)
+    oof_dist = knndm.fold_distances(folds.fold, k, area.grid.res, m_oof["idx"])
+    w = distance_weights(oof_dist, folds.Gij)
+    right_m = m_oof["proba"][best].argmax(1) == m_oof["truth"]
+    weighted_oa = float(np.average(right_m, weights=w)) if w.sum() > 0 else float("nan")
 
     # every candidate retrained on every usable label and mapped; the recommended one calibrated
     t1 = time.perf_counter()
@@ -478,6 +534,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     classes = maps[best]
     proba = final["proba"]
     ent = np.where(mask, calibration.entropy(np.nan_to_num(proba), axis=0), np.nan).astype(np.float32)
+    conf_ground = float(np.nanmean(np.nanmax(proba[:, ground], axis=0))) if ground.any() else float("nan")
     map_seconds = time.perf_counter() - t1
 
     # the area of applicability of the recommended model
@@ -537,6 +594,8 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                       oa_half_width=e["oa_half_width"], mean_iou=e["mean_iou"], mean_iou_classes=e["mean_iou_classes"],
                       iou=e["iou"], kappa=e["kappa"], pixels=e["pixels"]),
         estimates={kind: v.get(best) for kind, v in ests.items()},
+        ground_estimates=dict(matched_pooled=e["overall_accuracy"], matched_distance_weighted=weighted_oa,
+                              calibrated_confidence=conf_ground),
         candidates={m: dict(label=c.label, matched=ests["matched"][m], seconds=oof["matched"]["seconds"][m])
                     for m, c in candidates.items()},
         questions=QUESTIONS, matched_method=folds.method,

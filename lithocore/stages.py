@@ -28,7 +28,8 @@ from .runfolder import RunFolder, key, manifest_fingerprint, write_json
 
 __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "fit_tile_to_area", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
-           "WorkbookWarning", "MIN_TRAINING_TILES", "trust_settings", "deep_map_if_current"]
+           "WorkbookWarning", "MIN_TRAINING_TILES", "trust_settings", "deep_map_if_current", "cv_cache_key",
+           "cached_fold_predictions"]
 
 #: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
 MIN_TRAINING_TILES = 20
@@ -409,10 +410,32 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
 #: Cross-validation settings per profile: folds, FCN epochs per fold, the forest's pixel cap per class (0: none),
 #: and the cap of notebook 06's paper-protocol forest (quick: 20,000 a class, about 130 k pixels against the 10 %
 #: of every class's pixels the paper used, 266 k on the default area: a 70 s shorter fit on 2 cores).
-CV_PROFILES = {"quick": dict(k=4, epochs=8, forest_cap=5000, paper_forest_cap=20000, matched_k=4,
+CV_PROFILES = {"quick": dict(k=4, epochs=8, forest_cap=2000, paper_forest_cap=20000, matched_k=4,
                              estimates=("matched", "block", "random")),
                "paper": dict(k=5, epochs=-1, forest_cap=0, paper_forest_cap=0, matched_k=5,
                              estimates=("matched", "block", "random"))}
+
+
+def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
+    """The key under which notebook 06 caches each model's fold predictions (``<cv_dir>/fold<i>_<model>.npz``): the
+    stack, the cross-validation and training settings and the forests' settings. Notebook 07 reads the block
+    estimate from there when it matches."""
+    return key([stack_provenance(run_dir).get("stack_key"), cv, cfg.__dict__, n_trees, max_features, pixel_fraction])
+
+
+def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str) -> list[np.ndarray] | None:
+    """Notebook 06's fold predictions of ``model`` (class indices over each fold's test region) when all ``k``
+    were made under ``cache_key``; else None."""
+    out = []
+    for i in range(k):
+        path = RunFolder(run_dir).cv_dir / f"fold{i}_{model}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            if str(z["key"]) != cache_key:
+                return None
+            out.append(z["pred"])
+    return out
 
 
 def trust_settings(profile: str, *, k: int = -1, forest_cap: int = -1) -> dict:
