@@ -78,7 +78,7 @@ def run(ground: str, height: int, width: int, spacing: float, seed: int, work: P
     t0 = time.perf_counter()
     area, stack, _, _ = fused_stack(run_dir, manifest)
     cfg = run_config("quick", area)
-    folds = cv_folds(run_dir, area, cfg, cv_settings("quick", cfg, shape=area.shape))
+    folds = cv_folds(run_dir, area, cfg, cv_settings("quick", cfg, shape=area.shape, labels=area.labels, mask=area.mask))
     ts = trust_settings("quick")
     r = map_to_trust(area, stack, run_dir, block_folds=folds, k=ts["k"], cap=ts["cap"], seed=seed, progress=False)
     t = r["trust"]

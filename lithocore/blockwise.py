@@ -42,7 +42,7 @@ from rasterio.windows import Window, from_bounds
 from .data import (NO_LABEL, WARP_THREADS, Grid, StudyAreaError, _area_geometries, _band_names, _check_fill,
                    _fine_bands, _load_small_layers,
                    _nodata, _open_raster, _overlaps, _reference_grid, _resolve, _src_bounds_in, _warp_scales,
-                   read_manifest)
+                   predict_ground, read_manifest)
 
 __all__ = ["FineLayer", "fine_layers", "read_fine_rows", "write_stack", "block_rows_for"]
 
@@ -190,6 +190,9 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         coarse, labels = area.coarse, area.labels
     else:
         coarse, _, labels, _, _ = _load_small_layers(man, base, grid, warns, {}, [], mpath)
+        ground = predict_ground(man, base, grid)  # the ground to predict's labels are withheld here too
+        if ground is not None:
+            labels = np.where(ground, NO_LABEL, labels).astype(np.uint8)
     units = {n: str(f.entry.get("units", "")) for f in fine for n in f.names}
     outline = _area_geometries(_resolve(base, man["area"]), grid, man.get("crs")) if man.get("area") else None
     layers = fusion.preprocess(coarse, use_clr=kw["use_clr"], use_rtp=kw["use_rtp"])

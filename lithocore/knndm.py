@@ -236,13 +236,13 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
 
 
 def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int | None = None,
-                          n_lags: int = 24, share: float = 0.9) -> dict:
+                          n_lags: int = 24, share: float = 0.95) -> dict:
     """The range of the labels' spatial autocorrelation, from their indicator variogram.
 
     ``gamma(h)`` is the share of labelled pixel pairs ``h`` pixels apart (along rows and columns) whose classes
     differ; it rises from 0 with the lag towards the sill ``1 - sum(p_c ** 2)`` (two pixels drawn at random,
     classes in their map proportions ``p_c``). The range is the first lag at which ``gamma`` reaches ``share``
-    of the sill; where units repeat (a hole effect: ``gamma`` falls again before it gets there), the lag of its
+    of the sill (95 %: a variogram's practical range); where units repeat (a hole effect: ``gamma`` falls again before it gets there), the lag of its
     first maximum above half the sill; else the largest lag (``reached`` False).
     Returns ``{"range_px", "reached", "lags", "gamma", "sill"}``.
 

@@ -475,25 +475,46 @@ def deep_map_if_current(run_dir, area) -> dict[str, np.ndarray]:
 
 
 def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: int = -1, epochs: int = -1,
-                block: int = -1, forest_cap: int = -1) -> dict:
+                block: int = -1, forest_cap: int = -1, labels: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> dict:
     """The cross-validation settings of a run: the profile's, with the overrides (-1 keeps the profile's).
 
-    Blocks default to four tiles (made smaller, down to two tiles, only when a scene of ``shape`` holds fewer
-    than ``k`` blocks); the buffer is one tile. Large blocks keep the training side large: each test block takes
-    a one-tile ring of buffer with it. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks in 4
-    folds leave 53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %.
+    Blocks not given (-1) are as long as the labels' spatial autocorrelation range (the practical range of their
+    indicator variogram, :func:`lithocore.knndm.autocorrelation_range`, as blockCV's ``cv_spatial_autocor``
+    suggests), rounded up to whole tiles and kept between two and eight tiles; four tiles when no ``labels`` are
+    given. They are made smaller, down to two tiles, only when a scene of ``shape`` holds fewer than ``k``
+    blocks. The buffer is one tile. Large blocks keep the training side large: each test block takes a one-tile
+    ring of buffer with it. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks in 4 folds leave
+    53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %.
     """
     base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
     k = base["k"] if k == -1 else k
     epochs = base["epochs"] if epochs == -1 else epochs
     epochs = cfg.epochs if epochs == -1 else epochs
+    range_px = None
     if block == -1:
         block = 4 * cfg.tile
-        while shape is not None and block > 2 * cfg.tile and \
-                math.ceil(shape[0] / block) * math.ceil(shape[1] / block) < k:
+        if labels is not None:
+            from .knndm import autocorrelation_range
+
+            range_px = autocorrelation_range(labels, mask if mask is not None else np.ones(labels.shape, bool))["range_px"]
+            if range_px:
+                block = int(min(8, max(2, math.ceil(range_px / cfg.tile)))) * cfg.tile
+        while shape is not None and block > 2 * cfg.tile and _blocks_holding(block, shape, labels, mask) < k:
             block -= cfg.tile
     return dict(k=int(k), epochs=int(epochs), block=int(block), buffer=int(cfg.tile),
-                forest_cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), seed=int(cfg.seed))
+                forest_cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), seed=int(cfg.seed),
+                **({"autocorrelation_range_px": int(range_px)} if range_px else {}))
+
+
+def _blocks_holding(block: int, shape: tuple[int, int], labels=None, mask=None) -> int:
+    """Blocks of ``block`` px on a scene of ``shape`` (that hold a label, when ``labels`` are given)."""
+    if labels is None:
+        return math.ceil(shape[0] / block) * math.ceil(shape[1] / block)
+    ok = (labels != NO_LABEL) & (mask if mask is not None else True)
+    H, W = ok.shape
+    pad = np.pad(ok, ((0, -H % block), (0, -W % block)))
+    return int(pad.reshape(pad.shape[0] // block, block, pad.shape[1] // block, block).any((1, 3)).sum())
 
 
 def cv_folds(run_dir, area, cfg, settings: dict):
