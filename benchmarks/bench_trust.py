@@ -97,7 +97,7 @@ def run(ground: str, height: int, width: int, spacing: float, seed: int, work: P
                 aoa_share=t["aoa_share"], ece_before=t["calibration"]["ece_before"],
                 ece_after=t["calibration"]["ece_after"], calibration_applied=t["calibration"]["applied"],
                 real_oa_per_candidate={m: c["overall_accuracy"] for m, c in t["held_out_check_all"].items()},
-                recommended_minus_best_real=real["overall_accuracy"] - best_real,
+                recommended_minus_best_real=real["overall_accuracy"] - best_real, ground_estimates=t["ground_estimates"],
                 distances=t["distances"], seconds=round(time.perf_counter() - t0, 1))
 
 

@@ -216,6 +216,27 @@ def _from_predictions(preds: list[np.ndarray], regions, labels: np.ndarray, name
                 proba={name: np.concatenate(pr)}, seconds={name: 0.0}, missing=[], cached=True)
 
 
+def confidence_errors(proba: np.ndarray, truth: np.ndarray, fold: np.ndarray, scaled: bool) -> list[float]:
+    """Per fold: the mean largest probability minus the accuracy (the error of "expected accuracy = mean
+    confidence" on ground the model did not see), the probabilities scaled by a temperature fitted on the other
+    folds when ``scaled``.
+
+    >>> p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    >>> [round(e, 2) for e in confidence_errors(p, np.array([0, 1, 0, 0]), np.array([0, 0, 1, 1]), False)]
+    [0.4, -0.4]
+    """
+    from .calibration import apply_temperature, fit_temperature
+
+    out = []
+    for i in np.unique(fold):
+        at = fold == i
+        p = proba[at]
+        if scaled and (~at).any():
+            p = apply_temperature(p, fit_temperature(proba[~at], truth[~at]))
+        out.append(float(p.max(1).mean() - (p.argmax(1) == truth[at]).mean()))
+    return out
+
+
 def distance_weights(oof_d: np.ndarray, ground_d: np.ndarray, bins: int = 12) -> np.ndarray:
     """Weights that give the out-of-fold pixels the ground's distribution of distances to the training labels
     (the ratio of the two histograms over quantile bins of the ground's distances; pixels in a bin the ground
@@ -361,10 +382,16 @@ def handover_text(trust: dict) -> str:
     rec = trust["recommended_label"]
     e = trust["expected"]
     lines = [f"**Use the {rec} map** (`{Path(trust['files']['classes']).name}`): {trust['why']}."]
+    m = trust["estimates"]["matched"]
     lines.append(f"On your ground to predict, expect overall accuracy **{e['overall_accuracy']:.2f} +/- "
-                 f"{e['oa_half_width']:.2f}** (95 % spatial-bootstrap interval; mIoU {e['mean_iou']:.2f} over "
-                 f"{len(e['mean_iou_classes'])} classes), from {trust['matched_method']} folds matched to the ground's "
-                 f"distances to your labels (median {trust['distances']['ground_median_m']:.0f} m).")
+                 f"{e['oa_half_width']:.2f}** (mIoU {e['mean_iou']:.2f} over {len(e['mean_iou_classes'])} classes): the "
+                 f"map's {'calibrated ' if trust['calibration']['applied'] else ''}confidence averaged over that ground, "
+                 f"which on the {trust['settings']['k']} matched folds missed each fold's accuracy by "
+                 f"{min(abs(x) for x in e['per_fold_error']):.2f}-{max(abs(x) for x in e['per_fold_error']):.2f}. "
+                 f"The matched cross-validation itself ({trust['matched_method']} folds, whose distances to the training "
+                 f"side follow the ground's, median {trust['distances']['ground_median_m']:.0f} m) scores "
+                 f"{m['overall_accuracy']:.2f} ({m['oa_interval'][0]:.2f}-{m['oa_interval'][1]:.2f}, 95 % spatial "
+                 "bootstrap) on its own class mix, not the ground's.")
     if trust.get("aoa_share") is not None:
         lines.append(f"{_fmt_share(trust['aoa_share'])} of the ground to predict lies inside the area of applicability; "
                      "outside it, the predictors differ from anything the model was trained on: go to the field there.")
@@ -476,8 +503,10 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                         for m, p in oof["matched"]["proba"].items()}}
     best, why = choose(ests["matched"], rank_by, {m: c.label for m, c in candidates.items()})
     if oof["matched"]["missing"]:
-        warnings_.append("matched folds " + ", ".join(str(f["fold"]) for f in oof["matched"]["missing"])
-                         + " test classes their training side lacks: those pixels cannot be right")
+        miss = [str(f["fold"]) for f in oof["matched"]["missing"]]
+        warnings_.append((f"matched fold {miss[0]} tests classes its training side lacks" if len(miss) == 1 else
+                          f"matched folds {', '.join(miss[:-1])} and {miss[-1]} test classes their training sides lack")
+                         + ": those pixels cannot be right, and the estimates count them")
     rec = {best: candidates[best]}
     if "random" in estimates:
         rand = np.full(labels.shape, -1, np.int8)
@@ -514,6 +543,9 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     cal = calibration.crossfit_temperature(m_oof["proba"][best], m_oof["truth"], m_oof["fold"])
     cal["applied"] = bool(cal["ece_after"] < cal["ece_before"])
     T = cal["temperature"] if cal["applied"] else 1.0  # scaling that does not help out of fold is not applied
+    # how far the mean confidence lands from the accuracy on each matched fold (probabilities as they would be
+    # handed over: scaled by a temperature fitted on the other folds when scaling is applied)
+    conf_err = confidence_errors(m_oof["proba"][best], m_oof["truth"], m_oof["fold"], cal["applied"])
     # the matched out-of-fold pixels reweighted to the ground's distances exactly (kNNDM matches them roughly)
     oof_dist = knndm.fold_distances(folds.fold, k, area.grid.res, m_oof["idx"])
     w = distance_weights(oof_dist, folds.Gij)
@@ -535,6 +567,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     proba = final["proba"]
     ent = np.where(mask, calibration.entropy(np.nan_to_num(proba), axis=0), np.nan).astype(np.float32)
     conf_ground = float(np.nanmean(np.nanmax(proba[:, ground], axis=0))) if ground.any() else float("nan")
+    conf_half = float(1.96 * np.sqrt(np.mean(np.square(conf_err)))) if conf_err else float("nan")
     map_seconds = time.perf_counter() - t1
 
     # the area of applicability of the recommended model
@@ -590,8 +623,12 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                          f"{len(trained)} classes: read it as rough")
     trust = dict(
         recommended_model=best, recommended_label=candidates[best].label, why=why, rank_by=rank_by,
-        expected=dict(overall_accuracy=e["overall_accuracy"], oa_interval=e["oa_interval"],
-                      oa_half_width=e["oa_half_width"], mean_iou=e["mean_iou"], mean_iou_classes=e["mean_iou_classes"],
+        expected=dict(overall_accuracy=conf_ground, oa_half_width=conf_half,
+                      oa_interval=[conf_ground - conf_half, conf_ground + conf_half],
+                      how="the calibrated confidence averaged over the ground to predict; the band: 1.96 x the RMS, "
+                          "over the matched folds, of the same estimate's error on each fold",
+                      per_fold_error=conf_err,
+                      mean_iou=e["mean_iou"], mean_iou_classes=e["mean_iou_classes"],
                       iou=e["iou"], kappa=e["kappa"], pixels=e["pixels"]),
         estimates={kind: v.get(best) for kind, v in ests.items()},
         ground_estimates=dict(matched_pooled=e["overall_accuracy"], matched_distance_weighted=weighted_oa,

@@ -117,10 +117,32 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (floats from numpy included)."""
+    """Write strict JSON atomically: numpy values as Python ones, NaN and infinities as ``null`` (JSON has no
+    NaN; a bare ``NaN`` breaks other tools' parsers).
+
+    >>> import tempfile, math
+    >>> p = write_json(Path(tempfile.mkdtemp()) / "a.json", {"x": float("nan"), "y": [1.5, math.inf]})
+    >>> p.read_text().replace(chr(10), "").replace(" ", "")
+    '{"x":null,"y":[1.5,null]}'
+    """
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable))
+        tmp.write_text(json.dumps(_strict(obj), indent=2, allow_nan=False))
     return Path(path)
+
+
+def _strict(v):
+    """``v`` with containers walked, numpy values converted and non-finite floats as None."""
+    import math
+
+    if isinstance(v, dict):
+        return {str(k) if not isinstance(k, str) else k: _strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    return _strict(_jsonable(v))
 
 
 def write_npz(path: str | os.PathLike, **arrays) -> Path:
