@@ -374,6 +374,13 @@ def agreement(maps: dict[str, np.ndarray], reference: np.ndarray, mask: np.ndarr
 
 
 def _fmt_share(x: float) -> str:
+    """A share in percent, never rounded to 0 or 100 when it is neither.
+
+    >>> _fmt_share(0.998), _fmt_share(1.0), _fmt_share(0.5)
+    ('99.8 %', '100 %', '50 %')
+    """
+    if 0 < x < 0.01 or 0.99 < x < 1:
+        return f"{100 * x:.1f} %"
     return f"{100 * x:.0f} %"
 
 

@@ -204,3 +204,23 @@ def test_map_to_trust_on_the_small_area(small_area, tmp_path):
     assert ids <= set(small_area.classes.ids)
     with rasterio.open(t["files"]["aoa"]) as src:
         assert set(np.unique(src.read(1)).tolist()) <= {0, 1, 255}
+
+
+def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area, tmp_path):
+    """Every valid pixel labelled: the matched folds fall back to the labelled map itself (random folds, the
+    ground's distance to a label being 0), and the warning says so."""
+    from dataclasses import replace
+
+    from lithocore import fusion
+    from lithocore.recommend import CANDIDATES, map_to_trust
+
+    full = np.where(small_area.labels == NO_LABEL, small_area.held_out, small_area.labels).astype(np.uint8)
+    area = replace(small_area, labels=full, predict=np.zeros(full.shape, bool),
+                   held_out=np.full(full.shape, NO_LABEL, np.uint8), predict_declared=False)
+    stack = fusion.build_stack(fusion.fuse_study_area(area, progress=False), area)[0]
+    r = map_to_trust(area, stack, tmp_path, k=2, cap=500, seed=0, estimates=("matched",), progress=False,
+                     aoa_pixels=300, max_test=2000, candidates={"forest": CANDIDATES["forest"]})
+    t = r["trust"]
+    assert t["matched_method"] == "random"
+    assert any("no unlabelled ground to predict" in w for w in t["warnings"])
+    assert t["held_out_check"] is None
