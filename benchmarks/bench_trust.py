@@ -85,9 +85,14 @@ def run(ground: str, height: int, width: int, spacing: float, seed: int, work: P
     real = t["held_out_check"]
     est = {k: (v or {}).get("overall_accuracy") for k, v in t["estimates"].items()}
     best_real = max(c["overall_accuracy"] for c in t["held_out_check_all"].values())
+    promise = t["expected"]
     return dict(ground=ground, pixels=height * width, recommended=t["recommended_model"],
+                promise=promise["overall_accuracy"], promise_band=promise["oa_half_width"],
+                promise_error=promise["overall_accuracy"] - real["overall_accuracy"],
+                real_inside_promised_band=abs(promise["overall_accuracy"] - real["overall_accuracy"])
+                <= promise["oa_half_width"],
                 matched_method=t["matched_method"], estimates=est, interval=t["expected"]["oa_interval"],
-                real_oa=real["overall_accuracy"],
+                real_oa=real["overall_accuracy"], real_miou=real["mean_iou"], promised_miou=promise["mean_iou"],
                 error={k: (v - real["overall_accuracy"]) if v is not None else None for k, v in est.items()},
                 real_oa_inside_aoa=real.get("overall_accuracy_inside_aoa"),
                 real_oa_outside_aoa=real.get("overall_accuracy_outside_aoa"),
