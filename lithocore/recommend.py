@@ -98,10 +98,13 @@ def fold_sets(kind: str, fold: np.ndarray, k: int, mask: np.ndarray, labels: np.
 
 def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, regions, k: int, n_classes: int, *,
                          candidates: dict[str, ForestCandidate], fraction: float = 0.1, cap: int = 0, seed: int = 0,
-                         max_test: int = 40_000, progress: bool = True) -> dict:
+                         max_test: int = 40_000, progress: bool = True, cache_dir=None, cache_key: str = "") -> dict:
     """Train every candidate on each fold's training side and predict class probabilities on (a sample of at
     most ``max_test`` pixels of) its test side. Training pixels: ``fraction`` of each class's pixels of the
     training side, at most ``cap`` a class (0: no cap), the same pixels for every candidate.
+
+    With ``cache_dir``, each fold's probabilities are kept there under ``cache_key`` (with the candidate's
+    settings, the folds and the sampled pixels in it) and reused: an interrupted run resumes at the next fit.
 
     Returns ``{"idx", "truth", "fold", "proba": {name: (n, K)}, "seconds": {name: s}, "missing": [...]}``: the
     pooled out-of-fold sample."""
@@ -129,8 +132,21 @@ def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, re
         pixels = sample_pixels(labels, train, fraction, seed + i, max_per_class=cap or None)
         for m, cand in candidates.items():
             t0 = time.perf_counter()
-            model = cand.fit(features[m], labels, pixels, seed)
-            proba[m].append(proba_at(model, features[m], t, n_classes))
+            path, fkey = None, ""
+            if cache_dir is not None:
+                from .runfolder import key as _key
+
+                path = Path(cache_dir) / f"fold{i}_{m}.npz"
+                fkey = _key([cache_key, repr(cand), fraction, cap, seed, n_classes, _digest(t), _digest(pixels)])
+            p = _cached(path, fkey)
+            if p is None:
+                model = cand.fit(features[m], labels, pixels, seed)
+                p = proba_at(model, features[m], t, n_classes)
+                if path is not None:
+                    from .runfolder import write_npz
+
+                    write_npz(path, proba=p, key=fkey)
+            proba[m].append(p)
             secs[m] += time.perf_counter() - t0
             bar.update()
         idx_all.append(t)
@@ -140,6 +156,23 @@ def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, re
     return dict(idx=idx, truth=flat[idx].astype(np.int64), fold=np.concatenate(fold_all) if fold_all else idx,
                 proba={m: np.concatenate(p) if p else np.zeros((0, n_classes), np.float32) for m, p in proba.items()},
                 seconds={m: round(s, 1) for m, s in secs.items()}, missing=missing)
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def _cached(path, fkey: str) -> np.ndarray | None:
+    """Fold probabilities kept under ``fkey`` at ``path``, or None (missing, made from something else, unreadable)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return z["proba"] if str(z["key"]) == fkey else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def estimate(proba: np.ndarray, truth: np.ndarray, idx: np.ndarray, shape: tuple[int, int], names, *,
@@ -441,7 +474,8 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                  fraction: float = 0.1, cap: int = 5000, seed: int = 0, rank_by: str = "overall_accuracy",
                  estimates: tuple[str, ...] = ("matched", "block", "random"), aoa_pixels: int = 3000,
                  max_test: int = 40_000, extra_maps: dict[str, np.ndarray] | None = None,
-                 block_predictions: dict[str, list[np.ndarray]] | None = None, progress: bool = True) -> dict:
+                 block_predictions: dict[str, list[np.ndarray]] | None = None, cache_key: str | None = None,
+                 progress: bool = True) -> dict:
     """Everything notebook 07 reports, computed and written into ``out_dir``.
 
     Parameters
@@ -471,6 +505,9 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     block_predictions
         Notebook 06's fold predictions on ``block_folds`` per candidate (:func:`lithocore.stages.cached_fold_predictions`,
         made with the same settings): the block estimate is read from them instead of fitted again.
+    cache_key
+        What the stack was made from (its provenance key): each fold's probabilities are then kept in
+        ``out_dir/cv`` and reused by a rerun (None: nothing kept).
 
     Returns
     -------
@@ -501,7 +538,8 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     folds = knndm.knndm_folds(labels, mask, ground, area.grid.res, k, seed=seed)
     features = {m: c.features(stack) for m, c in candidates.items()}
     trained = _trained_classes(labels, mask)
-    common = dict(n_classes=K, fraction=fraction, cap=cap, seed=seed, max_test=max_test, progress=progress)
+    common = dict(n_classes=K, fraction=fraction, cap=cap, seed=seed, max_test=max_test, progress=progress,
+                  cache_dir=None if cache_key is None else out_dir / "cv", cache_key=cache_key or "")
 
     oof = {"matched": cross_validate_proba(features, labels, fold_sets("matched", folds.fold, k, mask, labels), k,
                                            candidates=candidates, **common)}

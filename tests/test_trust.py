@@ -224,3 +224,33 @@ def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area,
     assert t["matched_method"] == "random"
     assert any("no unlabelled ground to predict" in w for w in t["warnings"])
     assert t["held_out_check"] is None
+
+
+def test_cross_validation_resumes_from_kept_folds(tmp_path):
+    """Fold probabilities kept under a key are reused (no fit), and refitted when the key changes."""
+    from dataclasses import dataclass
+
+    from lithocore.recommend import ForestCandidate, cross_validate_proba, fold_sets
+
+    fits = []
+
+    @dataclass(frozen=True)
+    class Counting(ForestCandidate):
+        def fit(self, F, labels, pixels, seed=0):
+            fits.append(1)
+            return super().fit(F, labels, pixels, seed)
+
+    rng = np.random.default_rng(0)
+    lab = (np.arange(40)[None, :] // 10 % 2).repeat(40, 0).astype(np.uint8)
+    F = np.stack([lab + 0.3 * rng.standard_normal(lab.shape), rng.standard_normal(lab.shape)]).astype(np.float32)
+    fold = (np.arange(40)[:, None] // 20).repeat(40, 1).astype(np.int8)
+    ok = np.ones(lab.shape, bool)
+    cands = {"c": Counting("c", "counting forest", n_trees=5)}
+    run = lambda key: cross_validate_proba({"c": F}, lab, fold_sets("matched", fold, 2, ok, lab), 2, 2,  # noqa: E731
+                                           candidates=cands, progress=False, cache_dir=tmp_path, cache_key=key)
+    first = run("a")
+    assert len(fits) == 2
+    again = run("a")
+    assert len(fits) == 2 and np.array_equal(first["proba"]["c"], again["proba"]["c"])
+    run("b")
+    assert len(fits) == 4
