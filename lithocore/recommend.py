@@ -466,6 +466,31 @@ def handover_text(trust: dict) -> str:
     return "\n\n".join(lines)
 
 
+def memory_needed(shape: tuple[int, int, int], candidates: dict[str, ForestCandidate], n_classes: int) -> int:
+    """Bytes notebook 07 holds for a stack of ``shape`` (C, H, W): every candidate's predictors, two probability
+    maps, the DI, entropy and agreement maps and the class maps.
+
+    >>> memory_needed((9, 100, 100), {"f": ForestCandidate("f", "forest")}, 8) // 10_000  # bytes a pixel
+    154
+    """
+    C, H, W = shape
+    bands = sum(C * (1 + 2 * len(c.neighbourhood)) for c in candidates.values())
+    return int(H * W * (4 * (C + bands + 2 * n_classes + 3) + 2 * (len(candidates) + 2)))
+
+
+def check_memory(shape: tuple[int, int, int], candidates: dict[str, ForestCandidate], n_classes: int) -> None:
+    """Refuse, before any work, a scene whose notebook-07 arrays would not fit in memory
+    (:func:`lithocore.data.memory_available`, ``LITHOCORE_MEMORY_LIMIT``), naming the size and what to change."""
+    from .data import memory_available
+
+    need, have = memory_needed(shape, candidates, n_classes), memory_available()
+    if need > have:
+        raise MemoryError(f"notebook 07 on a {shape[1]:,} x {shape[2]:,} px stack of {shape[0]} channels needs about "
+                          f"{need / 2**30:.1f} GiB ({', '.join(c.label for c in candidates.values())}), but "
+                          f"{have / 2**30:.1f} GiB is available: map a smaller area or a coarser grid, or leave out the "
+                          f"neighbourhood forest (candidates)")
+
+
 def _trained_classes(labels: np.ndarray, mask: np.ndarray) -> list[int]:
     return sorted(np.unique(labels[mask & (labels != NO_LABEL)]).tolist())
 
@@ -525,6 +550,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     candidates = candidates or CANDIDATES
     names = area.classes.names
     K = len(names)
+    check_memory(stack.shape, candidates, K)
     labels, mask = area.labels, area.mask
     warnings_ = []
     t0 = time.perf_counter()

@@ -254,3 +254,13 @@ def test_cross_validation_resumes_from_kept_folds(tmp_path):
     assert len(fits) == 2 and np.array_equal(first["proba"]["c"], again["proba"]["c"])
     run("b")
     assert len(fits) == 4
+
+
+def test_a_scene_too_big_for_notebook_07_is_refused_before_any_work(small_area, monkeypatch, tmp_path):
+    from lithocore.recommend import map_to_trust
+
+    monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", "1M")
+    stack = np.zeros((9, *small_area.shape), np.float32)
+    with pytest.raises(MemoryError, match="192 x 192 px stack of 9 channels needs about"):
+        map_to_trust(small_area, stack, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # nothing written
