@@ -118,13 +118,9 @@ def test_accuracy_by_di_falls_with_dissimilarity():
 
 # ------------------------------------------------------------------------------------------ predict: faults
 def _manifest_with(small_manifest, tmp_path, predict_path) -> str:
-    man = yaml.safe_load(small_manifest.read_text())
-    base = small_manifest.parent
-    for key in ("guide", "extra", "coarse", "points"):
-        for e in man.get(key, []):
-            e["path"] = str(base / e["path"])
-    man["reference"] = str(base / man["reference"])
-    man["labels"]["path"] = str(base / man["labels"]["path"])
+    from .test_data import _copy_manifest
+
+    man = _copy_manifest(small_manifest, tmp_path)
     man.pop("truth", None)
     man["predict"] = str(predict_path)
     p = tmp_path / "manifest.yaml"
