@@ -842,13 +842,24 @@ def grid_points(x: np.ndarray, y: np.ndarray, values: np.ndarray, cgrid: Grid, m
     return z.astype(np.float32)
 
 
-def _declared(lab: dict) -> tuple[set, set]:
-    """The label values declared as 'no label' and as nodata; the schema allows a single value or a list."""
+def _declared(lab: dict, table: "ClassTable | None" = None, source: Any = "manifest") -> tuple[set, set]:
+    """The label values declared as 'no label' and as nodata; the schema allows a single value or a list. A
+    declared value that is also a class's value is refused (it would silently drop that unit from training and
+    scoring)."""
     def values(k):
         v = lab.get(k)
         return [] if v is None else (v if isinstance(v, list) else [v])
 
-    return {_norm(v) for v in values("unlabelled")}, {_norm(v) for v in values("nodata")}
+    unlabelled, nodata = {_norm(v) for v in values("unlabelled")}, {_norm(v) for v in values("nodata")}
+    if table is not None:
+        lookup = table.value_lookup()
+        both = [(k, v) for k in ("unlabelled", "nodata") for v in values(k) if _norm(v) in lookup]
+        if both:
+            k, v = both[0]
+            raise StudyAreaError(source, f"labels: {k}: [{v}] is also the value of the class "
+                                         f"'{table.names[lookup[_norm(v)]]}' in the class table: a value cannot mean both a unit "
+                                         f"and 'no label'; remove it from '{k}' or give the class another value")
+    return unlabelled, nodata
 
 
 def _labels_from_raster(path: Path, lab: dict, table: ClassTable, grid: Grid, warns: list) -> tuple[np.ndarray, dict]:
@@ -859,7 +870,7 @@ def _labels_from_raster(path: Path, lab: dict, table: ClassTable, grid: Grid, wa
             raise StudyAreaError(path, "does not overlap the reference grid")
         info = _describe(path, src)
         file_nodata = src.nodata
-        unlabelled, nodata = _declared(lab)
+        unlabelled, nodata = _declared(lab, table, path)
         lookup = table.value_lookup()
         labels = np.full(grid.shape, NO_LABEL, dtype=np.uint8)
         present: set = set()
@@ -924,7 +935,7 @@ def _labels_from_vector(path: Path, entry: dict, table: ClassTable, grid: Grid, 
     gdf = gdf.cx[grid.bounds[0]:grid.bounds[2], grid.bounds[1]:grid.bounds[3]]
     if gdf.empty:
         raise StudyAreaError(path, f"no polygon overlaps the reference grid {tuple(round(b) for b in grid.bounds)}")
-    unlabelled, nodata = _declared(entry)
+    unlabelled, nodata = _declared(entry, table, path)
     lookup = table.value_lookup()
     vals = gdf[fld]
     keep = vals.notna() & ~vals.map(lambda v: _norm(v) in unlabelled | nodata)

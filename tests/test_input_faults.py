@@ -37,6 +37,17 @@ def test_zero_means_unlabelled_when_declared(small_manifest, small_area, tmp_pat
     assert np.array_equal(load_study_area(_write(tmp_path, man)).labels, area.labels)
 
 
+def test_unlabelled_value_that_is_a_class_is_refused(small_manifest, tmp_path):
+    """`unlabelled: [3]` while 3 is a unit's id would drop that unit from training and scoring: refused, named."""
+    man = _copy_manifest(small_manifest, tmp_path)
+    man["labels"]["unlabelled"] = [0, 3]
+    msg = _error(tmp_path, man)
+    assert "geology.gpkg" in msg and "unlabelled: [3]" in msg and "Triassic sandstone and slate" in msg
+    man["labels"]["unlabelled"] = [0]
+    man["labels"]["nodata"] = [3]
+    assert "nodata: [3]" in _error(tmp_path, man)
+
+
 def test_float_labels_with_nan_nodata(small_manifest, small_area, tmp_path):
     man = _copy_manifest(small_manifest, tmp_path)
 
