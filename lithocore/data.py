@@ -97,6 +97,7 @@ __all__ = [
     "memory_available",
     "predict_ground",
     "withhold",
+    "projected_suggestion",
 ]
 
 #: Value of the label raster where a pixel has no label (outside the map, or a unit not mapped).
@@ -508,7 +509,32 @@ def _reference_grid(man: dict, base: Path) -> Grid:
         g = Grid(crs, from_origin(left, top, res, res), round((right - left) / res), round((top - bottom) / res))
     if g.width < 1 or g.height < 1:
         raise StudyAreaError(ref.get("path", "reference"), "the reference grid is empty (zero pixels)")
+    if g.crs.is_geographic:
+        raise StudyAreaError(ref.get("path", base), projected_suggestion(g))
     return g
+
+
+def projected_suggestion(grid: Grid) -> str:
+    """Why a geographic reference grid is refused and the projected one to give instead: the UTM zone of its
+    centre, its bounds there (rounded outwards to whole metres) and about its pixel size in metres.
+
+    >>> from rasterio.transform import from_origin
+    >>> g = Grid(CRS.from_epsg(4326), from_origin(-45.0, -10.0, 0.0027, 0.0027), 185, 92)
+    >>> print(projected_suggestion(g).split("; give ")[1])
+    reference: {crs: EPSG:32723, bounds: [500000, 8867080, 554744, 8894588], resolution: 300} in the manifest (every layer is then warped onto it), or reproject the reference raster
+    """
+    from rasterio.warp import transform, transform_bounds
+
+    l, b, r, t = grid.bounds
+    (lon,), (lat,) = transform(grid.crs, "EPSG:4326", [(l + r) / 2], [(b + t) / 2])
+    zone = int((lon + 180) // 6) + 1
+    epsg = (32600 if lat >= 0 else 32700) + zone
+    pl, pb, pr, pt = transform_bounds(grid.crs, f"EPSG:{epsg}", l, b, r, t)
+    res_m = float(f"{grid.res * 111_320 * math.cos(math.radians(lat)):.2g}")
+    return (f"the reference grid is in a geographic CRS ({grid.crs.to_string()}, pixels of {grid.res:g} degrees): "
+            f"distances, pixel sizes and areas need metres; give reference: {{crs: EPSG:{epsg}, bounds: "
+            f"[{math.floor(pl)}, {math.floor(pb)}, {math.ceil(pr)}, {math.ceil(pt)}], resolution: {res_m:g}}} in the "
+            f"manifest (every layer is then warped onto it), or reproject the reference raster")
 
 
 def _src_bounds_in(src, crs: CRS) -> tuple:

@@ -244,3 +244,12 @@ def test_notebook_parameters_checked_before_any_notebook_runs(tmp_path):
     check_parameters({"detail_gain": 1, "tile_size": 64, "use_clr": False, "study_area": "x.yaml"}, notebooks())
     with pytest.raises(SystemExit):
         main(["--run-dir", str(tmp_path), "-p", "epoks", "3"])
+
+
+def test_geographic_reference_grid_refused_with_the_utm_zone_to_use(small_manifest, tmp_path):
+    """Degrees are not metres: a geographic reference grid is refused before any layer is read, with the
+    projected grid to give instead (the UTM zone of its centre, its bounds there, the pixel size in metres)."""
+    man = _copy_manifest(small_manifest, tmp_path)
+    man["reference"] = {"crs": "EPSG:4674", "bounds": [-45.0, -10.25, -44.5, -10.0], "resolution": 0.0027}
+    msg = _error(tmp_path, man)
+    assert "geographic CRS (EPSG:4674" in msg and "crs: EPSG:32723" in msg and "resolution: 300" in msg
