@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["STAGES", "RunFolder", "key", "file_digest", "manifest_fingerprint", "atomic_path",
-           "write_json", "write_npz", "normal_mode"]
+           "write_json", "write_npz", "normal_mode", "run_lock", "RunFolderBusy"]
 
 #: The stages, in order: the folder each notebook writes into.
 STAGES = ("01_load_data", "02_fuse_sources", "03_build_tiles", "04_train_model", "05_map_scene",
@@ -143,6 +143,50 @@ def _strict(v):
     if isinstance(v, (str, int, bool)) or v is None:
         return v
     return _strict(_jsonable(v))
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is running the workbook into this run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(root: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``<root>/.lock`` (this process's pid) while the workbook runs into ``root``: a second run into the
+    same folder stops at once, naming the holder; a lock left by a process that is gone is taken over.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with run_lock(d):
+    ...     try:
+    ...         with run_lock(d):
+    ...             pass
+    ...     except RunFolderBusy as exc:
+    ...         print(str(exc).split(":")[0].endswith("is in use by process " + str(os.getpid())))
+    True
+    """
+    import psutil
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / ".lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = -1
+        if pid > 0 and psutil.pid_exists(pid):
+            raise RunFolderBusy(f"{root} is in use by process {pid}: another workbook run writes there; wait for it "
+                                f"to finish or use another run folder (--run-dir)") from None
+        lock.unlink(missing_ok=True)  # its holder is gone
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def write_npz(path: str | os.PathLike, **arrays) -> Path:

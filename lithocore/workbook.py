@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from .runfolder import RunFolder, write_json
+from .runfolder import RunFolder, RunFolderBusy, run_lock, write_json
 from .stages import fused_stack, model_map
 from .synthetic import SyntheticSpec, generate_study_area
 
@@ -112,9 +112,8 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
 
     ``only`` keeps the notebooks whose name starts with one of the given prefixes (``["01", "02"]``).
     A notebook that fails stops the run; papermill leaves the executed copy, with the error, in the run folder.
+    One run at a time in a run folder: a second stops at once (:class:`~lithocore.runfolder.RunFolderBusy`).
     """
-    import papermill as pm
-
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     run_dir = Path(run_dir).expanduser().resolve()
@@ -125,6 +124,15 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
     check_parameters({k: v for k, v in params.items() if k not in PROFILES[profile]}, notebooks(notebook_dir))
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # one run at a time in a run folder
+        timings = _execute(todo, params, out_dir, kernel_name, progress)
+    write_json(run_dir / "timings.json", timings)
+    return timings
+
+
+def _execute(todo: list[Path], params: dict, out_dir: Path, kernel_name, progress: bool) -> dict:
+    import papermill as pm
+
     timings = {}
     for i, nb in enumerate(todo, start=1):
         declared = declared_parameters(nb)
@@ -139,7 +147,6 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         if progress:
             print(f"{nb.stem}: done in {timings[nb.name]:.0f} s -> {out_dir / nb.name}", flush=True)
-    write_json(run_dir / "timings.json", timings)
     return timings
 
 
@@ -167,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         check_parameters(params, notebooks())
     except ValueError as exc:
         ap.error(str(exc))
-    timings = run_workbook(args.run_dir, args.profile, params, only=args.only)
+    try:
+        timings = run_workbook(args.run_dir, args.profile, params, only=args.only)
+    except RunFolderBusy as exc:
+        ap.exit(2, f"error: {exc}\n")
     for nb, s in timings.items():
         print(f"{nb:40s} {s:8.1f} s")
     print(f"results in {Path(args.run_dir).resolve()}")

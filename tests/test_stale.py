@@ -186,3 +186,22 @@ def test_notebook_03s_sampling_options_are_followed(manifest, tmp_path, capsys):
     assert again.info["tiles_key"] == drawn.info["tiles_key"] and np.array_equal(again.train, drawn.train)
     other = stages.training_tiles(run, area, cfg, "spatial", stratified=False)
     assert other.info["made_from"]["stratified"] is False and "sampling again" in capsys.readouterr().out
+
+
+def test_one_run_at_a_time_in_a_run_folder(tmp_path):
+    """A second workbook run into a folder in use stops at once, naming the holder; a lock whose process is gone
+    is taken over."""
+    import subprocess
+    import sys
+
+    from lithocore.runfolder import RunFolderBusy, run_lock
+    from lithocore.workbook import run_workbook
+
+    with run_lock(tmp_path):
+        with pytest.raises(RunFolderBusy, match=f"in use by process {os.getpid()}"):
+            run_workbook(tmp_path, only=["01"], progress=False)
+    assert not (tmp_path / ".lock").exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(gone.stdout)
+    with run_lock(tmp_path) as lock:
+        assert lock.read_text().strip() == str(os.getpid())
