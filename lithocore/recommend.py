@@ -25,7 +25,7 @@ import numpy as np
 
 from .data import NO_LABEL
 
-__all__ = ["ForestCandidate", "CANDIDATES", "QUESTIONS", "fold_sets", "cross_validate_proba", "estimate",
+__all__ = ["ForestCandidate", "DeepCandidate", "CANDIDATES", "candidates_for", "QUESTIONS", "fold_sets", "cross_validate_proba", "estimate",
            "choose", "fit_final", "predict_proba_map", "aoa_for", "held_out_check", "agreement", "handover_text"]
 
 #: What each cross-validation answers (printed beside its estimate).
@@ -57,10 +57,90 @@ class ForestCandidate:
         f[:, ~np.isfinite(stack).all(0)] = np.nan
         return f
 
-    def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0):
+    def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0, train=None):
+        """A forest on the sampled training ``pixels`` (flat indices; ``train``, the training side, is not needed)."""
         from .forest import train_forest
 
         return train_forest(F, labels, pixels, n_trees=self.n_trees, max_features=self.max_features, seed=seed)[0]
+
+    def proba(self, model, F: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
+        return proba_at(model, F, idx, n_classes)
+
+
+@dataclass(frozen=True)
+class DeepCandidate:
+    """A network of the registry (``config``: a :class:`lithocore.training.TrainingConfig`) as a candidate: trained
+    on tiles of the whole scene whose labels outside the training side are removed (a matched fold is a set of
+    Voronoi cells: no tile fits wholly inside one), normalised with its tiles' statistics; its class probabilities
+    from the whole scene in windows on the network's 32-px grid, with a 32-px margin."""
+
+    name: str
+    label: str
+    config: object
+    n_classes: int
+    neighbourhood: tuple[int, ...] = ()
+    window: int = 512
+
+    def features(self, stack: np.ndarray) -> np.ndarray:
+        return np.asarray(stack, np.float32)
+
+    def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0, train=None):
+        import tempfile
+
+        import keras
+
+        from .fusion import normalisation_stats
+        from .model import build_model
+        from .runfolder import key
+        from .tiles import TileBatches, candidate_windows, class_weights, sample_windows
+        from .training import compile_model, fit, window_pixels
+
+        cfg = self.config
+        mask = np.isfinite(F).all(0)
+        side = mask if train is None else train & mask
+        lab = np.where(side, labels, NO_LABEL).astype(np.uint8)
+        cand = candidate_windows(lab, mask, cfg.tile, cfg.stride)
+        if not len(cand):
+            raise ValueError(f"{self.label}: no {cfg.tile}-px tile holds a training label")
+        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, seed)))
+        stats = normalisation_stats(F, window_pixels(lab.shape, windows, cfg.tile) & mask)
+        batches = TileBatches(F, lab, mask, windows, cfg.tile, cfg.batch_size, mean=stats["mean"], std=stats["std"],
+                              seed=cfg.seed + seed, augment=cfg.augment)
+        keras.utils.set_random_seed(cfg.seed + seed)
+        net = build_model(cfg.model_config(F.shape[0], self.n_classes))
+        weights = class_weights(lab, windows, cfg.tile, self.n_classes) if cfg.class_weighting else None
+        compile_model(net, self.n_classes, cfg, class_weights=weights)
+        with tempfile.TemporaryDirectory(prefix=".deep-candidate-") as tmp:
+            fit(net, batches, None, tmp, cfg, verbose=0, run_key=key([repr(cfg), windows.tolist()]))
+        return dict(net=net, mean=np.asarray(stats["mean"], np.float32), std=np.asarray(stats["std"], np.float32))
+
+    def proba(self, model, F: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
+        scene = self.scene_proba(model, F)
+        return scene.reshape(scene.shape[0], -1)[:, idx].T.astype(np.float32)
+
+    def scene_proba(self, model, F: np.ndarray) -> np.ndarray:
+        """(K, H, W) class probabilities over the scene: windows of ``window`` px on the 32-px grid, each with a
+        32-px margin (the edge pixels repeated beyond the scene), their cores kept; invalid pixels given the mean."""
+        from .model import any_size
+
+        net = any_size(model["net"])
+        C, H, W = F.shape
+        m = 32
+        x = (np.moveaxis(F, 0, -1) - model["mean"]) / model["std"]
+        x = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
+        core = max(32, self.window // 32 * 32)
+        out = None
+        for r0 in range(0, H, core):
+            for c0 in range(0, W, core):
+                h, w = min(core, H - r0), min(core, W - c0)
+                hh, ww = -(-(h + 2 * m) // 32) * 32, -(-(w + 2 * m) // 32) * 32
+                rows = np.clip(np.arange(r0 - m, r0 - m + hh), 0, H - 1)
+                cols = np.clip(np.arange(c0 - m, c0 - m + ww), 0, W - 1)
+                p = np.asarray(net.predict_on_batch(x[rows][:, cols][None]), np.float32)[0]
+                if out is None:
+                    out = np.zeros((p.shape[-1], H, W), np.float32)
+                out[:, r0:r0 + h, c0:c0 + w] = np.moveaxis(p[m:m + h, m:m + w], -1, 0)
+        return out
 
 
 #: The registry's pixel candidates, by key (the keys notebook 06 uses for the same models).
@@ -68,6 +148,24 @@ CANDIDATES = {
     "forest": ForestCandidate("forest", "random forest"),
     "forest_context": ForestCandidate("forest_context", "neighbourhood forest", (5, 15), "sqrt"),
 }
+
+
+def candidates_for(cfg, n_classes: int, *, deep: bool = False, epochs: int | None = None) -> dict:
+    """Notebook 07's candidates: the registry's forests, and with ``deep`` the network of ``cfg`` (trained
+    ``epochs`` per fit, as notebook 06's folds).
+
+    >>> list(candidates_for(None, 8))
+    ['forest', 'forest_context']
+    """
+    out = dict(CANDIDATES)
+    if deep:
+        from dataclasses import replace
+
+        from .model import display_name
+
+        name = cfg.architecture or "fcn8s"
+        out[name] = DeepCandidate(name, display_name(name), replace(cfg, epochs=epochs or cfg.epochs), n_classes)
+    return out
 
 
 def _rows(F: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -140,8 +238,8 @@ def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, re
                 fkey = _key([cache_key, repr(cand), fraction, cap, seed, n_classes, _digest(t), _digest(pixels)])
             p = _cached(path, fkey)
             if p is None:
-                model = cand.fit(features[m], labels, pixels, seed)
-                p = proba_at(model, features[m], t, n_classes)
+                model = cand.fit(features[m], labels, pixels, seed, train=train)
+                p = cand.proba(model, features[m], t, n_classes)
                 if path is not None:
                     from .runfolder import write_npz
 
@@ -323,14 +421,17 @@ def fit_final(cand: ForestCandidate, F: np.ndarray, labels: np.ndarray, mask: np
     from .forest import sample_pixels
 
     pixels = sample_pixels(labels, mask, fraction, seed, max_per_class=cap or None)
-    return cand.fit(F, labels, pixels, seed), pixels
+    return cand.fit(F, labels, pixels, seed, train=mask & (labels != NO_LABEL)), pixels
 
 
 def predict_proba_map(model, F: np.ndarray, mask: np.ndarray, n_classes: int, *, rows: int = 64,
-                      progress: bool = False) -> np.ndarray:
-    """Class probabilities (K, H, W) float32 over the valid pixels, ``rows`` at a time (NaN elsewhere)."""
+                      progress: bool = False, candidate=None) -> np.ndarray:
+    """Class probabilities (K, H, W) float32 over the valid pixels (NaN elsewhere): a forest ``rows`` at a
+    time, a network (``candidate`` a :class:`DeepCandidate`) in its windows."""
     from tqdm.auto import tqdm
 
+    if isinstance(candidate, DeepCandidate):
+        return np.where(mask, candidate.scene_proba(model, F), np.nan).astype(np.float32)
     H, W = mask.shape
     out = np.full((n_classes, H, W), np.nan, np.float32)
     for r0 in tqdm(range(0, H, rows), desc="mapping", disable=not progress):
@@ -628,7 +729,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     maps, final = {}, {}
     for m, cand in candidates.items():
         model, pixels = fit_final(cand, features[m], labels, mask, fraction=fraction, cap=cap, seed=seed)
-        p = predict_proba_map(model, features[m], mask, K, progress=progress)
+        p = predict_proba_map(model, features[m], mask, K, progress=progress, candidate=cand)
         if m == best:
             p = np.where(np.isfinite(p), calibration.apply_temperature(np.moveaxis(p, 0, -1), T).transpose(2, 0, 1),
                          np.nan)

@@ -411,9 +411,9 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
 #: and the cap of notebook 06's paper-protocol forest (quick: 20,000 a class, about 130 k pixels against the 10 %
 #: of every class's pixels the paper used, 266 k on the default area: a 70 s shorter fit on 2 cores).
 CV_PROFILES = {"quick": dict(k=4, epochs=8, forest_cap=2000, paper_forest_cap=20000, matched_k=4,
-                             estimates=("matched", "block", "random")),
+                             estimates=("matched", "block", "random"), matched_deep=False),
                "paper": dict(k=5, epochs=-1, forest_cap=0, paper_forest_cap=0, matched_k=5,
-                             estimates=("matched", "block", "random"))}
+                             estimates=("matched", "block", "random"), matched_deep=True)}
 
 
 def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
@@ -438,16 +438,19 @@ def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str) -> list
     return out
 
 
-def trust_settings(profile: str, *, k: int = -1, forest_cap: int = -1) -> dict:
+def trust_settings(profile: str, *, k: int = -1, forest_cap: int = -1, deep: int = -1) -> dict:
     """Notebook 07's settings: matched folds ``k``, the forests' pixel cap per class (in every fold and the final
-    fit) and the estimates run for the recommended candidate; -1 keeps the profile's.
+    fit), whether the deep model is a candidate too (``deep``: 1 yes, 0 no; the quick profile leaves it out, its
+    cross-validation being the long part of a CPU run, and the paper profile takes it) and the estimates run for
+    the recommended candidate; -1 keeps the profile's.
 
-    >>> trust_settings("quick")["k"], trust_settings("quick", forest_cap=0)["cap"]
-    (4, 0)
+    >>> trust_settings("quick")["k"], trust_settings("quick", forest_cap=0)["cap"], trust_settings("paper")["deep"]
+    (4, 0, True)
     """
     base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
     return dict(k=int(base["matched_k"] if k == -1 else k),
-                cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), estimates=tuple(base["estimates"]))
+                cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), estimates=tuple(base["estimates"]),
+                deep=bool(base["matched_deep"] if deep == -1 else deep))
 
 
 def deep_map_if_current(run_dir, area) -> dict[str, np.ndarray]:
