@@ -609,14 +609,14 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     area, stack
         The study area (labels with the ground to predict withheld) and its fused stack (C, H, W).
     out_dir
-        Where the maps (COGs), ``trust.json`` is written by the caller.
+        Where the maps are written (cloud-optimised GeoTIFFs; ``trust.json`` is the caller's to write).
     block_folds
         Notebook 06's block folds (:class:`lithocore.crossval.Folds`) for the block estimate; None: no block
         estimate.
     k
         Matched and random folds.
     candidates
-        ``{key: ForestCandidate}``; default :data:`CANDIDATES`.
+        ``{key: ForestCandidate or DeepCandidate}``; default :data:`CANDIDATES` (:func:`candidates_for`).
     fraction, cap, seed
         Training pixels per class (share, at most ``cap``; 0: no cap) and the seed, in every fold and the final fit.
     rank_by
@@ -666,10 +666,11 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     features = {m: c.features(stack) for m, c in candidates.items()}
     trained = _trained_classes(labels, mask)
     common = dict(n_classes=K, fraction=fraction, cap=cap, seed=seed, max_test=max_test, progress=progress,
-                  cache_dir=None if cache_key is None else out_dir / "cv", cache_key=cache_key or "")
+                  cache_key=cache_key or "")
+    keep = {kind: None if cache_key is None else out_dir / "cv" / kind for kind in ("matched", "random", "block")}
 
     oof = {"matched": cross_validate_proba(features, labels, fold_sets("matched", folds.fold, k, mask, labels), k,
-                                           candidates=candidates, **common)}
+                                           candidates=candidates, cache_dir=keep["matched"], **common)}
     ests = {"matched": {m: estimate(p, oof["matched"]["truth"], oof["matched"]["idx"], labels.shape, names,
                                     trained_classes=trained, block_px=block_px, seed=seed)
                         for m, p in oof["matched"]["proba"].items()}}
@@ -685,7 +686,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         lab = (labels != NO_LABEL) & mask
         rand[lab] = np.random.default_rng(seed).integers(0, k, int(lab.sum()))
         oof["random"] = cross_validate_proba({best: features[best]}, labels, fold_sets("random", rand, k, mask, labels),
-                                             k, candidates=rec, **common)
+                                             k, candidates=rec, cache_dir=keep["random"], **common)
     cached = (block_predictions or {}).get(best)
     if "block" in estimates and block_folds is not None and cached is not None:
         oof["block"] = _from_predictions(cached, fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
@@ -694,7 +695,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         oof["block"] = cross_validate_proba({best: features[best]}, labels,
                                             fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
                                                       block_folds.buffer),
-                                            block_folds.k, candidates=rec, **common)
+                                            block_folds.k, candidates=rec, cache_dir=keep["block"], **common)
     for kind in ("random", "block"):
         if kind in oof:
             o = oof[kind]

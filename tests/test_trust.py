@@ -232,9 +232,9 @@ def test_cross_validation_resumes_from_kept_folds(tmp_path):
 
     @dataclass(frozen=True)
     class Counting(ForestCandidate):
-        def fit(self, F, labels, pixels, seed=0):
+        def fit(self, F, labels, pixels, seed=0, train=None):
             fits.append(1)
-            return super().fit(F, labels, pixels, seed)
+            return super().fit(F, labels, pixels, seed, train)
 
     rng = np.random.default_rng(0)
     lab = (np.arange(40)[None, :] // 10 % 2).repeat(40, 0).astype(np.uint8)
