@@ -882,9 +882,10 @@ def _declared(lab: dict, table: "ClassTable | None" = None, source: Any = "manif
         both = [(k, v) for k in ("unlabelled", "nodata") for v in values(k) if _norm(v) in lookup]
         if both:
             k, v = both[0]
-            raise StudyAreaError(source, f"labels: {k}: [{v}] is also the value of the class "
-                                         f"'{table.names[lookup[_norm(v)]]}' in the class table: a value cannot mean both a unit "
-                                         f"and 'no label'; remove it from '{k}' or give the class another value")
+            name = table.names[lookup[_norm(v)]]
+            raise StudyAreaError(source, f"labels: {k}: [{v}] is also the value of the class '{name}' in the class "
+                                         f"table: a value cannot mean both a unit and 'no label'; remove it from "
+                                         f"'{k}' or give the class another value")
     return unlabelled, nodata
 
 
