@@ -88,7 +88,8 @@ def crossfit_temperature(proba: np.ndarray, truth: np.ndarray, fold: np.ndarray,
     """Temperature scaling judged honestly: each fold's probabilities scaled by a temperature fitted on the other
     folds, then the ECE of the whole; and the temperature fitted on every fold (the one to apply to the map).
 
-    Returns ``{"temperature", "ece_before", "ece_after", "per_fold_temperature"}``.
+    Returns ``{"temperature", "ece_before", "ece_after", "per_fold_temperature", "scaled"}`` (``scaled``: the
+    cross-fitted probabilities the error after is measured on).
     """
     scaled = np.empty_like(proba, dtype=np.float32)
     temps = []
@@ -100,7 +101,8 @@ def crossfit_temperature(proba: np.ndarray, truth: np.ndarray, fold: np.ndarray,
     T = fit_temperature(proba, truth)
     return dict(temperature=T, ece_before=expected_calibration_error(proba, truth, bins),
                 ece_after=expected_calibration_error(scaled, truth, bins), per_fold_temperature=temps,
-                reliability_before=reliability(proba, truth, bins), reliability_after=reliability(scaled, truth, bins))
+                reliability_before=reliability(proba, truth, bins), reliability_after=reliability(scaled, truth, bins),
+                scaled=scaled)
 
 
 def entropy(proba: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .data import NO_LABEL
 
-__all__ = ["sample_pixels", "train_forest", "predict_forest", "neighbourhood_features"]
+__all__ = ["sample_pixels", "train_forest", "predict_forest", "neighbourhood_features", "pixel_features"]
 
 
 def sample_pixels(labels: np.ndarray, allowed: np.ndarray, fraction: float = 0.1, seed: int = 0,
@@ -66,6 +66,15 @@ def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...] = (5, 15)) 
     return np.concatenate(out).astype(np.float32), names
 
 
+def pixel_features(stack: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """The predictors of the pixels ``pixels`` (flat indices) as a (n, C) float32 table, NaN as 0.
+
+    >>> pixel_features(np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.array([1, 3])).tolist()
+    [[1.0, 5.0], [3.0, 7.0]]
+    """
+    return np.nan_to_num(stack.reshape(stack.shape[0], -1)[:, pixels].T.astype(np.float32))
+
+
 def _features(stack: np.ndarray, rows: slice | None = None) -> np.ndarray:
     part = stack if rows is None else stack[:, rows]
     return np.nan_to_num(part.reshape(part.shape[0], -1).T.astype(np.float32))
@@ -81,7 +90,7 @@ def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n
     from sklearn.ensemble import RandomForestClassifier
     from tqdm.auto import tqdm
 
-    X = np.nan_to_num(stack.reshape(stack.shape[0], -1)[:, pixels].T.astype(np.float32))
+    X = pixel_features(stack, pixels)
     y = labels.ravel()[pixels]
     mtry = min(max_features, X.shape[1]) if isinstance(max_features, int) else max_features
     rf = RandomForestClassifier(n_estimators=n_trees, max_features=mtry, n_jobs=n_jobs,

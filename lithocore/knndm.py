@@ -35,7 +35,7 @@ from scipy import ndimage
 from .data import NO_LABEL
 
 __all__ = ["MatchedFolds", "nearest_label_distance", "prediction_distances", "fold_distances", "knndm_folds",
-           "autocorrelation_range", "wasserstein"]
+           "autocorrelation_range", "wasserstein", "random_folds"]
 
 
 @dataclass
@@ -102,7 +102,19 @@ def fold_distances(fold: np.ndarray, k: int, res: float, points: np.ndarray) -> 
     return out
 
 
-def _deal(cluster_of: np.ndarray, centres: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
+def random_folds(labelled: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Each labelled pixel dealt to one of ``k`` folds at random (int8; -1 elsewhere): random cross-validation.
+
+    >>> f = random_folds(np.array([[True, False, True]]), 2, np.random.default_rng(0))
+    >>> int(f[0, 1]), set(f[0, [0, 2]].tolist()) <= {0, 1}
+    (-1, True)
+    """
+    out = np.full(labelled.shape, -1, np.int8)
+    out[labelled] = rng.integers(0, k, int(labelled.sum()))
+    return out
+
+
+def _deal(centres: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
     """Fold of every cluster: big clusters (>= 1/k of the labels) one fold each, the rest dealt in turn along
     the first principal axis of the centres (CAST's ``knndm``)."""
     c = centres - centres.mean(0)
@@ -119,6 +131,36 @@ def _deal(cluster_of: np.ndarray, centres: np.ndarray, sizes: np.ndarray, k: int
     for n, j in enumerate(free):
         fold_of[j] = rest[n % len(rest)]
     return fold_of
+
+
+def _search_clusters(xy: np.ndarray, lab_w: np.ndarray, f: int, k: int, res: float, pts_w: np.ndarray,
+                     gij: np.ndarray, *, maxp: float, n_candidates: int, n_points: int, seed: int):
+    """kNNDM's search: k-means of the sampled labelled pixels ``xy`` into ``q`` clusters for ``q`` on a log grid,
+    the clusters dealt into ``k`` folds (:func:`_deal`), the folds measured on the working grid ``lab_w`` (cells
+    of ``f`` pixels) at the sampled cells ``pts_w``. Returns the best ``(W, q, kmeans, fold of each cluster)``
+    (None when no candidate respects ``maxp``) and every candidate tried."""
+    from sklearn.cluster import KMeans
+
+    rows, cols = np.nonzero(lab_w)
+    xy_w = np.column_stack([(cols + 0.5) * f, (rows + 0.5) * f])  # pixel units
+    hi = max(k + 1, min(n_points // 4, len(xy) - 2))
+    grid_q = sorted(set(int(round(q)) for q in np.exp(np.linspace(math.log(k), math.log(hi), n_candidates))))
+    tried, best = [], None
+    for q in grid_q:
+        km = KMeans(n_clusters=q, n_init=1, random_state=seed).fit(xy)
+        cw = km.predict(xy_w)
+        fold_of = _deal(km.cluster_centers_, np.bincount(cw, minlength=q).astype(np.float64), k)
+        fw = np.full(lab_w.shape, -1, np.int8)
+        fw[rows, cols] = fold_of[cw]
+        share = np.bincount(fw[fw >= 0], minlength=k) / max(len(cw), 1)
+        if share.max() > maxp or (share == 0).any():
+            tried.append(dict(q=q, W=None, max_share=float(share.max())))
+            continue
+        w = wasserstein(fold_distances(fw, k, res * f, pts_w), gij)
+        tried.append(dict(q=q, W=w, max_share=float(share.max())))
+        if best is None or w < best[0]:
+            best = (w, q, km, fold_of)
+    return best, tried
 
 
 def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: float, k: int = 4, *,
@@ -163,8 +205,6 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     >>> f.method.startswith("kNNDM"), f.W < f.info["W_random"]
     (True, True)
     """
-    from sklearn.cluster import KMeans
-
     rng = np.random.default_rng(seed)
     labelled = (labels != NO_LABEL) & mask
     n_lab = int(labelled.sum())
@@ -179,38 +219,14 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     # the labels on the working grid: a cell is labelled when any of its pixels is
     pad = ((0, -H % f), (0, -W % f))
     lab_w = np.pad(labelled, pad).reshape((H + pad[0][1]) // f, f, (W + pad[1][1]) // f, f).any((1, 3))
-    rows, cols = np.nonzero(lab_w)
-    xy_w = np.column_stack([(cols + 0.5) * f, (rows + 0.5) * f])  # pixel units
     pts = _sample(labelled, n_points, rng)
     xy = np.column_stack([pts % W + 0.5, pts // W + 0.5])
     pts_w = np.flatnonzero(lab_w.ravel())[rng.choice(lab_w.sum(), min(n_points, int(lab_w.sum())), replace=False)]
-
-    def folds_on(assign_xy, km, fold_of):
-        return fold_of[km.predict(assign_xy)]
-
-    hi = max(k + 1, min(n_points // 4, len(xy) - 2))
-    grid_q = sorted(set(int(round(q)) for q in np.exp(np.linspace(math.log(k), math.log(hi), n_candidates))))
-    tried, best = [], None
-    for q in grid_q:
-        km = KMeans(n_clusters=q, n_init=1, random_state=seed).fit(xy)
-        cw = km.predict(xy_w)
-        sizes = np.bincount(cw, minlength=q).astype(np.float64)
-        fold_of = _deal(cw, km.cluster_centers_, sizes, k)
-        fw = np.full(lab_w.shape, -1, np.int8)
-        fw[rows, cols] = fold_of[cw]
-        share = np.bincount(fw[fw >= 0], minlength=k) / max(len(cw), 1)
-        if share.max() > maxp or (share == 0).any():
-            tried.append(dict(q=q, W=None, max_share=float(share.max())))
-            continue
-        gjs = fold_distances(fw, k, res * f, pts_w)
-        w = wasserstein(gjs, gij)
-        tried.append(dict(q=q, W=w, max_share=float(share.max())))
-        if best is None or w < best[0]:
-            best = (w, q, km, fold_of)
+    best, tried = _search_clusters(xy, lab_w, f, k, res, pts_w, gij, maxp=maxp, n_candidates=n_candidates,
+                                   n_points=n_points, seed=seed)
 
     # pixel-wise random folds, measured at full resolution
-    rand = np.full(labels.shape, -1, np.int8)
-    rand[labelled] = rng.integers(0, k, n_lab)
+    rand = random_folds(labelled, k, rng)
     gj_rand = fold_distances(rand, k, res, pts)
     w_rand = wasserstein(gj_rand, gij)
 
@@ -223,7 +239,7 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
         _, q, km, fold_of = best
         r, c = np.nonzero(labelled)
         cand = np.full(labels.shape, -1, np.int8)
-        cand[r, c] = folds_on(np.column_stack([c + 0.5, r + 0.5]), km, fold_of)
+        cand[r, c] = fold_of[km.predict(np.column_stack([c + 0.5, r + 0.5]))]
         gj = fold_distances(cand, k, res, pts)
         w = wasserstein(gj, gij)
         info["W_clusters_full_resolution"] = w

@@ -16,14 +16,16 @@ folds and pixels.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import calibration
 from .data import NO_LABEL
+from .forest import pixel_features
+from .knndm import random_folds
 
 __all__ = ["ForestCandidate", "DeepCandidate", "CANDIDATES", "candidates_for", "QUESTIONS", "fold_sets", "cross_validate_proba", "estimate",
            "choose", "fit_final", "predict_proba_map", "aoa_for", "held_out_check", "agreement", "handover_text"]
@@ -168,17 +170,13 @@ def candidates_for(cfg, n_classes: int, *, deep: bool = False, epochs: int | Non
     return out
 
 
-def _rows(F: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(F.reshape(F.shape[0], -1)[:, idx].T.astype(np.float32))
-
-
 def proba_at(model, F: np.ndarray, idx: np.ndarray, n_classes: int, chunk: int = 200_000) -> np.ndarray:
     """Class probabilities (n, K) of the pixels ``idx`` (flat indices), every class of the table a column
     (a class the model never saw gets 0)."""
     out = np.zeros((len(idx), n_classes), np.float32)
     cols = np.asarray(model.classes_, np.int64)
     for s in range(0, len(idx), chunk):
-        out[s:s + chunk][:, cols] = model.predict_proba(_rows(F, idx[s:s + chunk]))
+        out[s:s + chunk][:, cols] = model.predict_proba(pixel_features(F, idx[s:s + chunk]))
     return out
 
 
@@ -285,8 +283,7 @@ def estimate(proba: np.ndarray, truth: np.ndarray, idx: np.ndarray, shape: tuple
 
     n = len(names)
     pred = proba.argmax(1) if len(proba) else np.zeros(0, np.int64)
-    cm = np.zeros((n, n), np.int64)
-    np.add.at(cm, (truth, pred), 1)
+    cm = confusion_matrix(truth, pred, n)
     s = scores(cm, names)
     trained = set(range(n)) if trained_classes is None else set(trained_classes)
     tp = np.diag(cm).astype(np.float64)
@@ -347,25 +344,18 @@ def _from_predictions(preds: list[np.ndarray], regions, labels: np.ndarray, name
                 proba={name: np.concatenate(pr)}, seconds={name: 0.0}, missing=[], cached=True)
 
 
-def confidence_errors(proba: np.ndarray, truth: np.ndarray, fold: np.ndarray, scaled: bool) -> list[float]:
+def confidence_errors(proba: np.ndarray, truth: np.ndarray, fold: np.ndarray) -> list[float]:
     """Per fold: the mean largest probability minus the accuracy (the error of "expected accuracy = mean
-    confidence" on ground the model did not see), the probabilities scaled by a temperature fitted on the other
-    folds when ``scaled``.
+    confidence" on ground the model did not see). Give the probabilities as they would be handed over (each
+    fold's scaled by a temperature fitted on the others: :func:`lithocore.calibration.crossfit_temperature`'s
+    ``scaled``, when scaling is applied).
 
     >>> p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
-    >>> [round(e, 2) for e in confidence_errors(p, np.array([0, 1, 0, 0]), np.array([0, 0, 1, 1]), False)]
+    >>> [round(e, 2) for e in confidence_errors(p, np.array([0, 1, 0, 0]), np.array([0, 0, 1, 1]))]
     [0.4, -0.4]
     """
-    from .calibration import apply_temperature, fit_temperature
-
-    out = []
-    for i in np.unique(fold):
-        at = fold == i
-        p = proba[at]
-        if scaled and (~at).any():
-            p = apply_temperature(p, fit_temperature(proba[~at], truth[~at]))
-        out.append(float(p.max(1).mean() - (p.argmax(1) == truth[at]).mean()))
-    return out
+    return [float(proba[fold == i].max(1).mean() - (proba[fold == i].argmax(1) == truth[fold == i]).mean())
+            for i in np.unique(fold)]
 
 
 def distance_weights(oof_d: np.ndarray, ground_d: np.ndarray, bins: int = 12) -> np.ndarray:
@@ -428,20 +418,30 @@ def predict_proba_map(model, F: np.ndarray, mask: np.ndarray, n_classes: int, *,
                       progress: bool = False, candidate=None) -> np.ndarray:
     """Class probabilities (K, H, W) float32 over the valid pixels (NaN elsewhere): a forest ``rows`` at a
     time, a network (``candidate`` a :class:`DeepCandidate`) in its windows."""
-    from tqdm.auto import tqdm
-
     if isinstance(candidate, DeepCandidate):
         return np.where(mask, candidate.scene_proba(model, F), np.nan).astype(np.float32)
+    return over_valid_rows(mask, n_classes, lambda idx: proba_at(model, F, idx, n_classes), rows=rows,
+                           progress=progress)
+
+
+def over_valid_rows(mask: np.ndarray, bands: int, compute, *, rows: int = 64, progress: bool = False) -> np.ndarray:
+    """(bands, H, W) float32 of ``compute(flat indices) -> (n, bands)`` over the valid pixels, ``rows`` at a
+    time (memory: one strip of rows), NaN elsewhere.
+
+    >>> ok = np.array([[True, False], [True, True]])
+    >>> over_valid_rows(ok, 1, lambda idx: idx[:, None] * 1.0, rows=1)[0].tolist()
+    [[0.0, nan], [2.0, 3.0]]
+    """
+    from tqdm.auto import tqdm
+
     H, W = mask.shape
-    out = np.full((n_classes, H, W), np.nan, np.float32)
+    out = np.full((bands, H, W), np.nan, np.float32)
     for r0 in tqdm(range(0, H, rows), desc="mapping", disable=not progress):
         m = mask[r0:r0 + rows].ravel()
         if m.any():
-            idx = r0 * W + np.flatnonzero(m)
-            p = proba_at(model, F, idx, n_classes)
-            block = out[:, r0:r0 + rows].reshape(n_classes, -1)
-            block[:, m] = p.T
-            out[:, r0:r0 + rows] = block.reshape(n_classes, -1, W)
+            block = out[:, r0:r0 + rows].reshape(bands, -1)
+            block[:, m] = np.asarray(compute(r0 * W + np.flatnonzero(m))).reshape(int(m.sum()), bands).T
+            out[:, r0:r0 + rows] = block.reshape(bands, -1, W)
     return out
 
 
@@ -454,23 +454,14 @@ def aoa_for(model, F: np.ndarray, pixels: np.ndarray, fold: np.ndarray, *, n: in
     rng = np.random.default_rng(seed)
     pix = pixels[fold.ravel()[pixels] >= 0]
     pix = np.sort(rng.choice(pix, min(n, len(pix)), replace=False))
-    return fit_aoa(_rows(F, pix), fold.ravel()[pix], getattr(model, "feature_importances_", None)), pix
+    return fit_aoa(pixel_features(F, pix), fold.ravel()[pix], getattr(model, "feature_importances_", None)), pix
 
 
 def dissimilarity_map(aoa, F: np.ndarray, mask: np.ndarray, rows: int = 128) -> np.ndarray:
     """DI over the valid pixels, ``rows`` at a time (NaN elsewhere)."""
     from .applicability import dissimilarity
 
-    H, W = mask.shape
-    out = np.full((H, W), np.nan, np.float32)
-    for r0 in range(0, H, rows):
-        m = mask[r0:r0 + rows].ravel()
-        if m.any():
-            idx = r0 * W + np.flatnonzero(m)
-            part = out[r0:r0 + rows].ravel()
-            part[m] = dissimilarity(aoa, _rows(F, idx))
-            out[r0:r0 + rows] = part.reshape(-1, W)
-    return out
+    return over_valid_rows(mask, 1, lambda idx: dissimilarity(aoa, pixel_features(F, idx)), rows=rows)[0]
 
 
 def held_out_check(classes: np.ndarray, held_out: np.ndarray, mask: np.ndarray, names, *,
@@ -642,16 +633,12 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         ``classes``, ``proba``, ``entropy``, ``di``, ``aoa``, ``agreement``, ``oof`` (the pooled out-of-fold
         sample of every estimate).
     """
-    from . import calibration, knndm
-    from .applicability import accuracy_by_di, dissimilarity
-    from .data import write_geotiff
-    from .mapping import write_class_map
+    from . import knndm
 
     out_dir = Path(out_dir)
     candidates = candidates or CANDIDATES
     names = area.classes.names
-    K = len(names)
-    check_memory(stack.shape, candidates, K)
+    check_memory(stack.shape, candidates, len(names))
     labels, mask = area.labels, area.mask
     warnings_ = []
     t0 = time.perf_counter()
@@ -665,163 +652,78 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     folds = knndm.knndm_folds(labels, mask, ground, area.grid.res, k, seed=seed)
     features = {m: c.features(stack) for m, c in candidates.items()}
     trained = _trained_classes(labels, mask)
-    common = dict(n_classes=K, fraction=fraction, cap=cap, seed=seed, max_test=max_test, progress=progress,
-                  cache_key=cache_key or "")
-    keep = {kind: None if cache_key is None else out_dir / "cv" / kind for kind in ("matched", "random", "block")}
-
-    oof = {"matched": cross_validate_proba(features, labels, fold_sets("matched", folds.fold, k, mask, labels), k,
-                                           candidates=candidates, cache_dir=keep["matched"], **common)}
-    ests = {"matched": {m: estimate(p, oof["matched"]["truth"], oof["matched"]["idx"], labels.shape, names,
-                                    trained_classes=trained, block_px=block_px, seed=seed)
-                        for m, p in oof["matched"]["proba"].items()}}
-    best, why = choose(ests["matched"], rank_by, {m: c.label for m, c in candidates.items()})
-    if oof["matched"]["missing"]:
-        miss = [str(f["fold"]) for f in oof["matched"]["missing"]]
-        warnings_.append((f"matched fold {miss[0]} tests classes its training side lacks" if len(miss) == 1 else
-                          f"matched folds {', '.join(miss[:-1])} and {miss[-1]} test classes their training sides lack")
-                         + ": those pixels cannot be right, and the estimates count them")
-    rec = {best: candidates[best]}
-    if "random" in estimates:
-        rand = np.full(labels.shape, -1, np.int8)
-        lab = (labels != NO_LABEL) & mask
-        rand[lab] = np.random.default_rng(seed).integers(0, k, int(lab.sum()))
-        oof["random"] = cross_validate_proba({best: features[best]}, labels, fold_sets("random", rand, k, mask, labels),
-                                             k, candidates=rec, cache_dir=keep["random"], **common)
-    cached = (block_predictions or {}).get(best)
-    if "block" in estimates and block_folds is not None and cached is not None:
-        oof["block"] = _from_predictions(cached, fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
-                                                           block_folds.buffer), labels, best, K, max_test, seed)
-    elif "block" in estimates and block_folds is not None:
-        oof["block"] = cross_validate_proba({best: features[best]}, labels,
-                                            fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
-                                                      block_folds.buffer),
-                                            block_folds.k, candidates=rec, cache_dir=keep["block"], **common)
-    for kind in ("random", "block"):
-        if kind in oof:
-            o = oof[kind]
-            ests[kind] = {best: estimate(o["proba"][best], o["truth"], o["idx"], labels.shape, names,
-                                         trained_classes=trained, block_px=block_px, seed=seed)}
+    cv = _estimates(area, features, candidates, folds, block_folds, block_predictions, estimates=estimates,
+                    rank_by=rank_by, trained=trained, block_px=block_px, fraction=fraction, cap=cap, seed=seed,
+                    max_test=max_test, cache_key=cache_key, out_dir=out_dir, progress=progress)
+    best, oof, ests = cv["best"], cv["oof"], cv["ests"]
+    warnings_ += cv["warnings"]
     cv_seconds = time.perf_counter() - t0
-    distances = {"random": None, "block": None}
-    if "random" in oof:
-        distances["random"] = cv_distances(fold_sets("random", rand, k, mask, labels), k, area.grid.res,
-                                           oof["random"]["idx"], oof["random"]["fold"], seed=seed)
-    if "block" in oof:
-        distances["block"] = cv_distances(fold_sets("block", block_folds.fold, block_folds.k, mask, labels,
-                                                    block_folds.buffer), block_folds.k, area.grid.res,
-                                          oof["block"]["idx"], oof["block"]["fold"], seed=seed)
 
-    # calibration on the matched out-of-fold probabilities, judged by cross-fitting over the folds
     m_oof = oof["matched"]
-    cal = calibration.crossfit_temperature(m_oof["proba"][best], m_oof["truth"], m_oof["fold"])
-    cal["applied"] = bool(cal["ece_after"] < cal["ece_before"])
-    T = cal["temperature"] if cal["applied"] else 1.0  # scaling that does not help out of fold is not applied
-    # how far the mean confidence lands from the accuracy on each matched fold (probabilities as they would be
-    # handed over: scaled by a temperature fitted on the other folds when scaling is applied)
-    conf_err = confidence_errors(m_oof["proba"][best], m_oof["truth"], m_oof["fold"], cal["applied"])
-    # the matched out-of-fold pixels reweighted to the ground's distances exactly (kNNDM matches them roughly)
+    cal = _calibration(m_oof, best)
     oof_dist = knndm.fold_distances(folds.fold, k, area.grid.res, m_oof["idx"])
     w = distance_weights(oof_dist, folds.Gij)
-    right_m = m_oof["proba"][best].argmax(1) == m_oof["truth"]
-    weighted_oa = float(np.average(right_m, weights=w)) if w.sum() > 0 else float("nan")
+    weighted_oa = float(np.average(cal["right"], weights=w)) if w.sum() > 0 else float("nan")
 
-    # every candidate retrained on every usable label and mapped; the recommended one calibrated
     t1 = time.perf_counter()
-    maps, final = {}, {}
-    for m, cand in candidates.items():
-        model, pixels = fit_final(cand, features[m], labels, mask, fraction=fraction, cap=cap, seed=seed)
-        p = predict_proba_map(model, features[m], mask, K, progress=progress, candidate=cand)
-        if m == best:
-            p = np.where(np.isfinite(p), calibration.apply_temperature(np.moveaxis(p, 0, -1), T).transpose(2, 0, 1),
-                         np.nan)
-            final = dict(model=model, pixels=pixels, proba=p)
-        maps[m] = np.where(mask, np.nan_to_num(p).argmax(0), NO_LABEL).astype(np.uint8)
-    classes = maps[best]
-    proba = final["proba"]
+    maps, final = _final_maps(candidates, features, labels, mask, len(names), best, cal["T"], fraction=fraction,
+                              cap=cap, seed=seed, progress=progress)
+    classes, proba = maps[best], final["proba"]
     ent = np.where(mask, calibration.entropy(np.nan_to_num(proba), axis=0), np.nan).astype(np.float32)
     conf_ground = float(np.nanmean(np.nanmax(proba[:, ground], axis=0))) if ground.any() else float("nan")
-    conf_half = float(1.96 * np.sqrt(np.mean(np.square(conf_err)))) if conf_err else float("nan")
+    conf_half = float(1.96 * np.sqrt(np.mean(np.square(cal["errors"])))) if cal["errors"] else float("nan")
     map_seconds = time.perf_counter() - t1
 
-    # the area of applicability of the recommended model
     t2 = time.perf_counter()
-    aoa, aoa_pix = aoa_for(final["model"], features[best], final["pixels"], folds.fold, n=aoa_pixels, seed=seed)
-    di = dissimilarity_map(aoa, features[best], mask)
-    inside = mask & (di <= aoa.threshold)
-    aoa_share = float(inside[ground].mean()) if ground.any() else None
-    oof_di = dissimilarity(aoa, _rows(features[best], m_oof["idx"]), exclude_fold=m_oof["fold"])
-    right = m_oof["proba"][best].argmax(1) == m_oof["truth"]
-    ins = oof_di <= aoa.threshold
-    acc_in = float(right[ins].mean()) if ins.any() else None
-    acc_out = float(right[~ins].mean()) if (~ins).any() else None
-    curve = accuracy_by_di(oof_di, right)
+    app = _applicability(final, features[best], folds, m_oof, cal["right"], mask, ground, n=aoa_pixels, seed=seed)
     aoa_seconds = time.perf_counter() - t2
-    if acc_out is None:
+    if app["acc_out"] is None:
         warnings_.append("every out-of-fold pixel lies inside the area of applicability: accuracy outside it is "
                          "not measured")
 
-    # agreement among the candidates' maps (and any other whole-area map given)
-    others = {m: v for m, v in maps.items()} | dict(extra_maps or {})
+    others = dict(maps) | dict(extra_maps or {})  # the agreement: candidates' maps and any other whole-area map
     agree = agreement(others, classes, mask)
-    check = held_out_check(classes, area.held_out, mask, names, inside=inside, trained_classes=trained) \
+    check = held_out_check(classes, area.held_out, mask, names, inside=app["inside"], trained_classes=trained) \
         if area.held_out is not None else None
     checks_all = {m: held_out_check(v, area.held_out, mask, names, trained_classes=trained) for m, v in maps.items()} \
         if check else {}
-
-    # the files
-    grid, table = area.grid, area.classes
-    tags = dict(model=best, temperature=f"{T:.4f}", what="recommended map: the candidate with the best matched "
-                                                            "cross-validation, retrained on every usable label")
-    files = dict(classes=str(write_class_map(out_dir / f"recommended_{best}_classes.tif", classes, grid, table, tags=tags)))
-    files["probabilities"] = str(write_geotiff(
-        out_dir / f"recommended_{best}_probabilities.tif",
-        np.where(np.isfinite(proba), np.round(np.nan_to_num(proba) * 250), 255).astype(np.uint8), grid, nodata=255,
-        band_names=[f"P({n})" for n in names], tags=tags | dict(units="probability = value / 250; 255 = nodata",
-                                                                calibrated="temperature scaling"), cog="average"))
-    files["entropy"] = str(write_geotiff(out_dir / "entropy.tif", ent[None], grid, band_names=["entropy / log(K)"],
-                                         tags=tags, cog="average"))
-    files["dissimilarity"] = str(write_geotiff(out_dir / "dissimilarity.tif", di[None], grid,
-                                               band_names=["dissimilarity index"],
-                                               tags=tags | dict(threshold=f"{aoa.threshold:.6f}"), cog="average"))
-    files["aoa"] = str(write_geotiff(out_dir / "aoa.tif", np.where(mask, inside, 255).astype(np.uint8)[None], grid,
-                                     nodata=255, band_names=["1 inside the area of applicability, 0 outside"],
-                                     tags=tags | dict(threshold=f"{aoa.threshold:.6f}"), cog="nearest"))
-    files["agreement"] = str(write_geotiff(out_dir / "agreement.tif", agree[None], grid, nodata=255,
-                                           band_names=["% of candidate maps giving the recommended class"],
-                                           tags=tags | dict(maps=", ".join(others)), cog="nearest"))
+    files = _write_maps(out_dir, area, best, cal, classes, proba, ent, app, agree, list(others))
 
     e = ests["matched"][best]
     if e["pixels"] < 1000 or len(e["mean_iou_classes"]) < max(2, len(trained) // 2):
         warnings_.append(f"the matched estimate rests on {e['pixels']:,} pixels and {len(e['mean_iou_classes'])} of "
                          f"{len(trained)} classes: read it as rough")
+    aoa, ins = app["aoa"], app["oof_inside"]
     trust = dict(
-        recommended_model=best, recommended_label=candidates[best].label, why=why, rank_by=rank_by,
+        recommended_model=best, recommended_label=candidates[best].label, why=cv["why"], rank_by=rank_by,
         expected=dict(overall_accuracy=conf_ground, oa_half_width=conf_half,
                       oa_interval=[conf_ground - conf_half, conf_ground + conf_half],
                       how="the calibrated confidence averaged over the ground to predict; the band: 1.96 x the RMS, "
                           "over the matched folds, of the same estimate's error on each fold",
-                      per_fold_error=conf_err,
+                      per_fold_error=cal["errors"],
                       mean_iou=e["mean_iou"], mean_iou_classes=e["mean_iou_classes"],
                       iou=e["iou"], kappa=e["kappa"], pixels=e["pixels"]),
         estimates={kind: v.get(best) for kind, v in ests.items()},
         ground_estimates=dict(matched_pooled=e["overall_accuracy"], matched_distance_weighted=weighted_oa,
                               calibrated_confidence=conf_ground),
-        candidates={m: dict(label=c.label, matched=ests["matched"][m], seconds=oof["matched"]["seconds"][m])
+        candidates={m: dict(label=c.label, matched=ests["matched"][m], seconds=m_oof["seconds"][m])
                     for m, c in candidates.items()},
         questions=QUESTIONS, matched_method=folds.method,
         distances=dict(ground_median_m=float(np.median(folds.Gij)), ground_q90_m=float(np.quantile(folds.Gij, 0.9)),
                        matched_cv_median_m=float(np.median(folds.Gjstar)), W=folds.W,
-                       W_random=folds.info["W_random"]),
+                       W_random=folds.info["W_random"])
+        | {f"{kind}_cv_median_m": float(np.median(d)) for kind, d in cv["distances"].items()},
         knndm=folds.info, autocorrelation=dict(range_px=rng_range["range_px"],
                                                range_m=(rng_range["range_px"] or 0) * area.grid.res,
                                                lags=rng_range["lags"], gamma=rng_range["gamma"]),
-        calibration=dict(method="temperature scaling", temperature=T, fitted_temperature=cal["temperature"],
+        calibration=dict(method="temperature scaling", temperature=cal["T"], fitted_temperature=cal["temperature"],
                          applied=cal["applied"], ece_before=cal["ece_before"],
                          ece_after=cal["ece_after"], per_fold_temperature=cal["per_fold_temperature"],
                          reliability_before=cal["reliability_before"], reliability_after=cal["reliability_after"]),
-        aoa_share=aoa_share, aoa_threshold=aoa.threshold, aoa_training_pixels=int(len(aoa_pix)),
-        oof_accuracy_inside_aoa=acc_in, oof_accuracy_outside_aoa=acc_out,
-        oof_pixels_inside_aoa=int(ins.sum()), oof_pixels_outside_aoa=int((~ins).sum()), accuracy_by_di=curve,
+        aoa_share=float(app["inside"][ground].mean()) if ground.any() else None, aoa_threshold=aoa.threshold,
+        aoa_training_pixels=app["training_pixels"],
+        oof_accuracy_inside_aoa=app["acc_in"], oof_accuracy_outside_aoa=app["acc_out"],
+        oof_pixels_inside_aoa=int(ins.sum()), oof_pixels_outside_aoa=int((~ins).sum()), accuracy_by_di=app["curve"],
         ground=dict(pixels=int(ground.sum()), declared=bool(area.predict_declared),
                     share_of_area=float(ground.sum() / max(mask.sum(), 1))),
         held_out_check=check, held_out_check_all=checks_all, agreement_maps=list(others),
@@ -830,9 +732,127 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         seconds=dict(cross_validation=round(cv_seconds, 1), maps=round(map_seconds, 1), aoa=round(aoa_seconds, 1)),
         files=files, warnings=warnings_,
     )
-    for kind, d in distances.items():
-        if d is not None:
-            trust["distances"][f"{kind}_cv_median_m"] = float(np.median(d))
-    return dict(trust=trust, folds=folds, cv_distances={k_: v for k_, v in distances.items() if v is not None},
-                classes=classes, proba=proba, entropy=ent, di=di, aoa=inside,
-                agreement=agree, maps=maps, oof=oof, oof_di=oof_di)
+    return dict(trust=trust, folds=folds, cv_distances=cv["distances"], classes=classes, proba=proba, entropy=ent,
+                di=app["di"], aoa=app["inside"], agreement=agree, maps=maps, oof=oof, oof_di=app["oof_di"])
+
+
+def _estimates(area, features, candidates, folds, block_folds, block_predictions, *, estimates, rank_by, trained,
+               block_px, fraction, cap, seed, max_test, cache_key, out_dir, progress) -> dict:
+    """Step 1 of :func:`map_to_trust`: every candidate cross-validated on the matched folds, the best chosen, and
+    it cross-validated on random and block folds too. Returns the pooled out-of-fold samples (``oof``), their
+    scores (``ests``), the choice (``best``, ``why``), each estimate's test-to-training distances and warnings."""
+    labels, mask = area.labels, area.mask
+    names, K, k = area.classes.names, len(area.classes), folds.k
+    common = dict(n_classes=K, fraction=fraction, cap=cap, seed=seed, max_test=max_test, progress=progress,
+                  cache_key=cache_key or "")
+    keep = {kind: None if cache_key is None else out_dir / "cv" / kind for kind in ("matched", "random", "block")}
+    score = lambda o, m: estimate(o["proba"][m], o["truth"], o["idx"], labels.shape, names,  # noqa: E731
+                                  trained_classes=trained, block_px=block_px, seed=seed)
+    oof = {"matched": cross_validate_proba(features, labels, fold_sets("matched", folds.fold, k, mask, labels), k,
+                                           candidates=candidates, cache_dir=keep["matched"], **common)}
+    ests = {"matched": {m: score(oof["matched"], m) for m in candidates}}
+    best, why = choose(ests["matched"], rank_by, {m: c.label for m, c in candidates.items()})
+    warnings_ = []
+    if oof["matched"]["missing"]:
+        miss = [str(f["fold"]) for f in oof["matched"]["missing"]]
+        warnings_.append((f"matched fold {miss[0]} tests classes its training side lacks" if len(miss) == 1 else
+                          f"matched folds {', '.join(miss[:-1])} and {miss[-1]} test classes their training sides lack")
+                         + ": those pixels cannot be right, and the estimates count them")
+    rec, regions = {best: candidates[best]}, {}
+    if "random" in estimates:
+        rand = random_folds((labels != NO_LABEL) & mask, k, np.random.default_rng(seed))
+        regions["random"] = (fold_sets("random", rand, k, mask, labels), k)
+        oof["random"] = cross_validate_proba({best: features[best]}, labels, regions["random"][0], k, candidates=rec,
+                                             cache_dir=keep["random"], **common)
+    if "block" in estimates and block_folds is not None:
+        regions["block"] = (fold_sets("block", block_folds.fold, block_folds.k, mask, labels, block_folds.buffer),
+                            block_folds.k)
+        cached = (block_predictions or {}).get(best)
+        oof["block"] = (_from_predictions(cached, regions["block"][0], labels, best, K, max_test, seed)
+                        if cached is not None else
+                        cross_validate_proba({best: features[best]}, labels, regions["block"][0], block_folds.k,
+                                             candidates=rec, cache_dir=keep["block"], **common))
+    for kind in regions:
+        ests[kind] = {best: score(oof[kind], best)}
+    distances = {kind: cv_distances(reg, n, area.grid.res, oof[kind]["idx"], oof[kind]["fold"], seed=seed)
+                 for kind, (reg, n) in regions.items()}
+    return dict(oof=oof, ests=ests, best=best, why=why, distances=distances, warnings=warnings_)
+
+
+def _calibration(m_oof: dict, best: str) -> dict:
+    """Step 2: the temperature fitted on the matched out-of-fold probabilities, applied only when the
+    cross-fitted calibration error says it helps (``T``, else 1); the error of "expected accuracy = mean
+    confidence" on each fold, with the probabilities as they would be handed over (``errors``); which
+    out-of-fold pixels are right (``right``)."""
+    proba, truth, fold = m_oof["proba"][best], m_oof["truth"], m_oof["fold"]
+    cal = calibration.crossfit_temperature(proba, truth, fold)
+    cal["applied"] = bool(cal["ece_after"] < cal["ece_before"])
+    cal["T"] = cal["temperature"] if cal["applied"] else 1.0  # scaling that does not help out of fold: not applied
+    scaled = cal.pop("scaled")
+    cal["errors"] = confidence_errors(scaled if cal["applied"] else proba, truth, fold)
+    cal["right"] = proba.argmax(1) == truth
+    return cal
+
+
+def _final_maps(candidates, features, labels, mask, n_classes: int, best: str, T: float, *, fraction, cap, seed,
+                progress):
+    """Step 3: every candidate retrained on every usable label and mapped (class indices); the recommended one's
+    probabilities scaled by ``T``. Returns (maps, {"model", "pixels", "proba"} of the recommended one)."""
+    maps, final = {}, {}
+    for m, cand in candidates.items():
+        model, pixels = fit_final(cand, features[m], labels, mask, fraction=fraction, cap=cap, seed=seed)
+        p = predict_proba_map(model, features[m], mask, n_classes, progress=progress, candidate=cand)
+        if m == best:
+            p = np.where(np.isfinite(p), calibration.apply_temperature(np.moveaxis(p, 0, -1), T).transpose(2, 0, 1),
+                         np.nan)
+            final = dict(model=model, pixels=pixels, proba=p)
+        maps[m] = np.where(mask, np.nan_to_num(p).argmax(0), NO_LABEL).astype(np.uint8)
+    return maps, final
+
+
+def _applicability(final: dict, F: np.ndarray, folds, m_oof: dict, right: np.ndarray, mask: np.ndarray,
+                   ground: np.ndarray, *, n: int, seed: int) -> dict:
+    """Step 4: the recommended model's area of applicability: DI over the scene and the AOA (``di``,
+    ``inside``); the out-of-fold pixels' DI against the training pixels of other folds, accuracy inside and
+    outside and against DI."""
+    from .applicability import accuracy_by_di, dissimilarity
+
+    aoa, pix = aoa_for(final["model"], F, final["pixels"], folds.fold, n=n, seed=seed)
+    di = dissimilarity_map(aoa, F, mask)
+    oof_di = dissimilarity(aoa, pixel_features(F, m_oof["idx"]), exclude_fold=m_oof["fold"])
+    ins = oof_di <= aoa.threshold
+    return dict(aoa=aoa, training_pixels=int(len(pix)), di=di, inside=mask & (di <= aoa.threshold), oof_di=oof_di,
+                oof_inside=ins, acc_in=float(right[ins].mean()) if ins.any() else None,
+                acc_out=float(right[~ins].mean()) if (~ins).any() else None, curve=accuracy_by_di(oof_di, right))
+
+
+def _write_maps(out_dir: Path, area, best: str, cal: dict, classes, proba, ent, app: dict, agree,
+                agreement_maps: list[str]) -> dict:
+    """Step 5: the recommended map and its layers as cloud-optimised GeoTIFFs (the class map with its QGIS style
+    and legend). Returns their paths."""
+    from .data import write_geotiff
+    from .mapping import write_class_map
+
+    grid, table, mask = area.grid, area.classes, area.mask
+    tags = dict(model=best, temperature=f"{cal['T']:.4f}", what="recommended map: the candidate with the best "
+                                                                "matched cross-validation, retrained on every usable label")
+    thr = dict(threshold=f"{app['aoa'].threshold:.6f}")
+    files = dict(classes=write_class_map(out_dir / f"recommended_{best}_classes.tif", classes, grid, table, tags=tags))
+    files["probabilities"] = write_geotiff(
+        out_dir / f"recommended_{best}_probabilities.tif",
+        np.where(np.isfinite(proba), np.round(np.nan_to_num(proba) * 250), 255).astype(np.uint8), grid, nodata=255,
+        band_names=[f"P({n})" for n in table.names],
+        tags=tags | dict(units="probability = value / 250; 255 = nodata",
+                         calibrated="temperature scaling" if cal["applied"] else "no (scaling did not help out of fold)"),
+        cog="average")
+    files["entropy"] = write_geotiff(out_dir / "entropy.tif", ent[None], grid, band_names=["entropy / log(K)"],
+                                     tags=tags, cog="average")
+    files["dissimilarity"] = write_geotiff(out_dir / "dissimilarity.tif", app["di"][None], grid,
+                                           band_names=["dissimilarity index"], tags=tags | thr, cog="average")
+    files["aoa"] = write_geotiff(out_dir / "aoa.tif", np.where(mask, app["inside"], 255).astype(np.uint8)[None], grid,
+                                 nodata=255, band_names=["1 inside the area of applicability, 0 outside"],
+                                 tags=tags | thr, cog="nearest")
+    files["agreement"] = write_geotiff(out_dir / "agreement.tif", agree[None], grid, nodata=255,
+                                       band_names=["% of candidate maps giving the recommended class"],
+                                       tags=tags | dict(maps=", ".join(agreement_maps)), cog="nearest")
+    return {k: str(v) for k, v in files.items()}
