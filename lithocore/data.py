@@ -25,7 +25,8 @@ relative to the manifest file. The sections are::
         units: wt%
         spacing: 2000                      # metres, the coarse cell
         method: spline                     # spline | linear | cubic | nearest
-        log: false                         # grid log10 of the values (for ppm-type data)
+        log: auto                          # grid log10 of the values; default: yes for a composition (>= 2
+                                           # columns, every sample positive), so the grid stays positive
         below_detection: half              # "<0.01": error (default), half (DL / 2, the usual rule) or limit
         missing: ["n.d.", "-"]             # tokens that mean "not measured" (empty cells always do)
     predict: unmapped.gpkg                 # optional polygons: the ground to predict (see below)
@@ -814,6 +815,23 @@ def _read_points(path: Path, entry: dict, grid: Grid):
     return gdf, columns
 
 
+def grid_in_logs(declared: bool | None, columns: dict[str, np.ndarray]) -> bool:
+    """Whether a group of point samples is gridded in logarithms: as ``declared`` (the manifest's ``log``), else
+    when it is a composition (two or more columns, the parts of a log-ratio) whose samples are all positive.
+    A spline through positive samples overshoots below zero near steep gradients and the survey's edge; in
+    logarithms the grid stays positive (and concentrations, log-normal, are gridded as usual in geochemistry).
+
+    >>> grid_in_logs(None, {"SiO2": np.array([60.0, 70.0]), "CaO": np.array([0.5, np.nan])})
+    True
+    >>> grid_in_logs(None, {"Cu": np.array([3.0, 8.0])}), grid_in_logs(False, {"a": np.ones(2), "b": np.ones(2)})
+    (False, False)
+    """
+    if declared is not None:
+        return bool(declared)
+    finite = [v[np.isfinite(v)] for v in columns.values()]
+    return len(columns) >= 2 and all(v.size and np.all(v > 0) for v in finite)
+
+
 def grid_points(x: np.ndarray, y: np.ndarray, values: np.ndarray, cgrid: Grid, method: str = "spline",
                 log: bool = False, maxdist: float | None = None) -> np.ndarray:
     """Grid scattered samples onto the cell centres of a coarse grid with verde.
@@ -1088,15 +1106,17 @@ def _load_small_layers(man: dict, base: Path, grid: Grid, warns: list, units: di
         factor = _coarse_factor(spacing, grid.res)
         cgrid = grid.coarsen(factor)
         x, y = gdf.geometry.x.to_numpy(), gdf.geometry.y.to_numpy()
+        log = grid_in_logs(e.get("log"), {c: np.asarray(gdf[c], dtype=np.float64) for c in columns})
         for col, name in columns.items():
             vals = np.asarray(gdf[col], dtype=np.float64)
             try:
-                z = grid_points(x, y, vals, cgrid, method=e.get("method", "spline"), log=bool(e.get("log", False)),
+                z = grid_points(x, y, vals, cgrid, method=e.get("method", "spline"), log=log,
                                 maxdist=e.get("maxdist"))
             except ValueError as exc:
                 raise StudyAreaError(p, f"column '{col}': {exc}") from None
             coarse.append(CoarseLayer(str(name), z, cgrid, factor, str(e.get("units", "")), str(p), kind="points",
-                                      meta={"group": str(p), "log": bool(e.get("log", False))}))
+                                      meta={"group": str(p), "log": log,
+                                            "samples_positive": bool(np.all(vals[np.isfinite(vals)] > 0))}))
             units[str(name)] = str(e.get("units", ""))
         points[p.stem] = gdf.rename(columns={c: n for c, n in columns.items()})
         table.append(dict(layer=", ".join(map(str, columns.values())), kind="points", file=p.name,

@@ -165,10 +165,14 @@ def preprocess(area: StudyArea | list[CoarseLayer], *, use_clr: bool = True, use
         for m in members:
             bad = np.isfinite(m.values) & (m.values <= 0)
             if bad.any():
-                raise StudyAreaError(m.source, f"layer '{m.name}': {int(bad.sum())} of {int(np.isfinite(m.values).sum())} "
-                                               f"gridded cells are zero or negative, and the centred log-ratio needs "
-                                               f"positive parts; check the samples (or grid them with 'log: true', "
-                                               f"which keeps the grid positive), or fuse with use_clr=False")
+                n = f"{int(bad.sum())} of {int(np.isfinite(m.values).sum())} gridded cells"
+                if m.meta.get("samples_positive", False):  # the samples are fine: the gridding overshot
+                    why = (f"the samples are all positive, but gridding them without logarithms ('log: false') "
+                           f"overshoots below zero in {n}; grid them with 'log: true' (or leave 'log' out)")
+                else:
+                    why = (f"{n} are zero or negative because some samples are; the centred log-ratio needs "
+                           f"positive parts: check those samples (below detection: 'below_detection: half')")
+                raise StudyAreaError(m.source, f"layer '{m.name}': {why}, or fuse with use_clr=False")
         t = clr(np.stack([m.values for m in members]))
         for m, v in zip(members, t):
             done[m.name] = replace(m, values=v, units="clr", meta={**m.meta, "preprocessing": "clr"})

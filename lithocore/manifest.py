@@ -67,7 +67,9 @@ class PointsEntry(_Entry):
     units: str = ""
     spacing: float = Field(default=2000.0, gt=0)
     method: Literal["spline", "linear", "cubic", "nearest"] = "spline"
-    log: bool = False
+    #: grid log10 of the values: true, false, or None (the default: true for a composition, two or more columns
+    #: whose samples are all positive, so the gridded parts stay positive for the log-ratio)
+    log: bool | None = None
     maxdist: float | None = Field(default=None, gt=0)
     below_detection: Literal["error", "half", "limit"] = "error"
     missing: list[str] = []

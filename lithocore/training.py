@@ -154,7 +154,12 @@ def _keras_callbacks():
     import keras
 
     class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
-        """Resume from the checkpoint when it is readable; otherwise say so and start from scratch."""
+        """Resume from the checkpoint when it is readable; otherwise say so and start from scratch. The history
+        file keeps only the epochs before the one training resumes at (none when it starts again)."""
+
+        def __init__(self, backup_dir, history_csv, **kwargs):
+            super().__init__(backup_dir, **kwargs)
+            self.history_csv = Path(history_csv)
 
         def on_train_begin(self, logs=None):
             try:
@@ -164,6 +169,7 @@ def _keras_callbacks():
                       f"training starts again from the first epoch")
                 shutil.rmtree(self.backup_dir, ignore_errors=True)
                 self.model._initial_epoch = 0
+            _keep_epochs(self.history_csv, int(getattr(self.model, "_initial_epoch", 0) or 0))
 
     class AtomicCheckpoint(keras.callbacks.Callback):
         """Save the model after every epoch into a temporary file renamed into place: never a half-written file."""
@@ -203,7 +209,7 @@ def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingCon
     backup.mkdir(parents=True, exist_ok=True)
     key_file.write_text(run_key)
     callbacks = [
-        SafeBackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=True),
+        SafeBackupAndRestore(str(backup), csv, double_checkpoint=True, delete_checkpoint=True),
         AtomicCheckpoint(out / "model.keras"),
         keras.callbacks.CSVLogger(str(csv), append=True),
         keras.callbacks.TerminateOnNaN(),
@@ -217,6 +223,21 @@ def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingCon
     write_json(out / "training.json", dict(config=asdict(cfg), seconds=round(seconds, 1),
                                            epochs_run=len(history.get("epoch", []))))
     return history
+
+
+def _keep_epochs(csv: Path, n: int) -> None:
+    """Keep the history rows of the first ``n`` epochs (the ones a resumed training run keeps), atomically."""
+    if not csv.is_file():
+        return
+    lines = csv.read_text().splitlines(keepends=True)
+    if n == 0 or len(lines) <= 1:
+        csv.unlink()
+        return
+    kept = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].strip().isdigit()
+                        and int(ln.split(",", 1)[0]) < n]
+    if len(kept) != len(lines):
+        with atomic_path(csv) as tmp:
+            Path(tmp).write_text("".join(kept))
 
 
 def read_history(csv: str | Path) -> dict:

@@ -151,11 +151,35 @@ def test_fusion_settings_are_notebook_02s_defaults():
 
 
 def test_clr_refuses_non_positive_parts(small_area):
-    layers = [replace(c, values=c.values.copy()) if c.kind == "points" else c for c in small_area.coarse]
+    layers = [replace(c, values=c.values.copy(), meta={**c.meta, "samples_positive": False}) if c.kind == "points"
+              else c for c in small_area.coarse]
     bad = next(c for c in layers if c.kind == "points")
     bad.values[:2, :3] = -0.5
-    with pytest.raises(StudyAreaError, match=rf"layer '{bad.name}': 6 of \d+ gridded cells are zero or negative"):
+    with pytest.raises(StudyAreaError, match=rf"layer '{bad.name}': 6 of \d+ gridded cells are zero or negative "
+                                             r"because some samples are"):
         fusion.preprocess(replace(small_area, coarse=layers))
+
+
+def test_positive_samples_of_a_small_scene_stay_positive_when_gridded(tmp_path):
+    """A 95 x 228 px scene of 62.5 m with a 500 m survey: a spline through its positive samples overshoots below
+    zero near the edge; gridded in logarithms (the default for a composition) every part stays positive, and
+    with 'log: false' the message blames the gridding, not the samples."""
+    import yaml
+
+    from lithocore.synthetic import SyntheticSpec, generate_study_area
+
+    spec = SyntheticSpec(height=95, width=228, pixel_size=62.5, coarse_spacing=500.0, seed=3, predict="")
+    manifest = generate_study_area(spec, tmp_path / "area", progress=False)
+    area = load_study_area(manifest)
+    assert all(c.meta["log"] for c in area.coarse if c.kind == "points")
+    fusion.preprocess(area)  # every part positive: the log-ratio is taken
+    man = yaml.safe_load(manifest.read_text())
+    man["points"][0]["log"] = False
+    linear = tmp_path / "area" / "linear.yaml"
+    linear.write_text(yaml.safe_dump(man))
+    with pytest.raises(StudyAreaError, match=r"the samples are all positive, but gridding them without logarithms "
+                                             r"\('log: false'\) overshoots below zero in \d+ of \d+ gridded cells"):
+        fusion.preprocess(load_study_area(linear))
 
 
 def test_consistency_and_wald(small_area, fused_small):

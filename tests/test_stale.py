@@ -145,12 +145,14 @@ def test_corrupt_resume_checkpoint_restarts_training(manifest, tmp_path, capsys)
     (out / "backup" / "run_key.txt").write_text("k1")
     (out / "backup" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n cut off")
     (out / "backup" / "training_metadata.json").write_text('{"epoch": 3')
+    (out / "history.csv").write_text("epoch,loss\n0,2.1\n1,1.9\n2,1.8\n")  # the discarded run's epochs
     keras.utils.set_random_seed(0)
     model = build_fcn8s(9, len(area.classes), width=1 / 16, fc=16)
     TR.compile_model(model, len(area.classes), cfg)
     history = TR.fit(model, batches, batches, out, cfg, verbose=0, run_key="k1")
     assert "cannot be read" in capsys.readouterr().out
     assert history["epoch"] == [0.0] and (out / "model.keras").stat().st_size > 0
+    assert json.loads((out / "training.json").read_text())["epochs_run"] == 1
     # a checkpoint from another run (other key) is discarded, not resumed
     (out / "backup").mkdir()
     (out / "backup" / "run_key.txt").write_text("other")
