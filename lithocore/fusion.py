@@ -43,6 +43,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from .data import CoarseLayer, Grid, StudyArea, StudyAreaError, preview_factor
+from .words import count
 
 __all__ = ["FusionSettings", "FusionResult", "clr", "reduce_to_pole", "preprocess", "decompose", "fuse", "fuse_study_area",
            "score_against_truth", "guide_bands", "calibrate_detail", "CALIBRATED_DETAIL", "wald_protocol", "consistency", "build_stack", "default_channels", "normalisation_stats", "read_stack",
@@ -547,7 +548,8 @@ def wald_protocol(area: StudyArea, ratio: int = 2, *, method: str = "global", gu
     guide averaged to the coarse grid, and compared with the original (raw values, no preprocessing).
 
     Returns per-layer correlation and RMSE (fused and bilinear), and ERGAS and SAM across the layers whose
-    values are all positive (both measures assume positive quantities). The ratio here is that of the
+    values are all positive (both measures assume positive quantities). A grid too small to degrade and fit
+    again is left out with its reason (``skipped`` and ``note``). The ratio here is that of the
     coarse grid to a grid ``ratio`` times coarser (the 2 km / 15 m ratio itself cannot be degraded further);
     ``detail_smoothing``, in fine pixels, does not carry over to this scale and is not applied.
     """
@@ -555,7 +557,7 @@ def wald_protocol(area: StudyArea, ratio: int = 2, *, method: str = "global", gu
     if not area.guide_names:
         return dict(ratio=ratio, layers=[], note="no guide bands: nothing was fused")
     bands, names = guide_bands(area, guide, guide_transform)
-    rows, fused_all, ref_all, up_all = [], [], [], []
+    rows, fused_all, ref_all, up_all, skipped = [], [], [], [], []
     by_factor: dict[int, np.ndarray] = {}
     for c in area.coarse:
         if c.factor not in by_factor:
@@ -567,6 +569,8 @@ def wald_protocol(area: StudyArea, ratio: int = 2, *, method: str = "global", gu
         reduced_grid = c.grid.coarsen(ratio)
         degraded = _block_nanmean(np.where(ok, ref, np.nan), ratio, reduced_grid.shape)
         if np.isfinite(degraded).sum() < bands.shape[0] + 3:
+            skipped.append(f"{c.name}: {count(int(np.isfinite(degraded).sum()), 'cell')} once degraded {ratio} times, "
+                           f"where the fit of {count(bands.shape[0], 'band')} needs at least {bands.shape[0] + 3}")
             continue
         f, u, _ = fuse(np.where(ok, g_coarse, np.nan), degraded, c.grid, ratio, mask=ok, method=method,
                        guide_names=names, **kwargs)
@@ -578,6 +582,9 @@ def wald_protocol(area: StudyArea, ratio: int = 2, *, method: str = "global", gu
             up_all.append(np.where(ok, u, np.nan))
             ref_all.append(np.where(ok, ref, np.nan))
     out = dict(ratio=ratio, layers=rows)
+    if skipped:
+        out["skipped"] = skipped
+        out["note"] = "some coarse grids are too small to degrade and fuse again: " + "; ".join(skipped)
     if ref_all:
         out["positive_layers"] = len(ref_all)
         out["ergas_fused"], out["sam_fused_deg"] = _ergas_sam(np.stack(fused_all), np.stack(ref_all), ratio)

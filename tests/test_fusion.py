@@ -245,3 +245,16 @@ def test_stack_is_a_cloud_optimised_geotiff_with_its_tags(tmp_path):
         assert src.overviews(1) and src.profile["tiled"] and src.descriptions == ("SiO2", "dem")
         assert src.tags(2)["units"] == "m" and "normalisation" in src.tags()
         assert np.array_equal(src.read(), stack)
+
+
+def test_wald_on_a_survey_of_two_by_two_cells_says_why_it_skips(tmp_path):
+    """A 256 x 256 px scene whose surveys are 2 x 2 cells: nothing can be degraded and fitted again; the
+    protocol says so per layer instead of returning an empty table."""
+    from lithocore.synthetic import SyntheticSpec, generate_study_area
+
+    spec = SyntheticSpec(height=256, width=256, coarse_spacing=2000.0, seed=2, predict="")
+    area = load_study_area(generate_study_area(spec, tmp_path / "area", progress=False))
+    assert {c.grid.shape for c in area.coarse} == {(2, 2)}
+    wald = fusion.wald_protocol(area, 2)
+    assert wald["layers"] == [] and len(wald["skipped"]) == len(area.coarse)
+    assert "magnetic: 1 cell once degraded 2 times" in wald["note"]
