@@ -585,9 +585,11 @@ def _check_fill(path: Path, src, band: int, nodata: float | None, name: str, war
     candidates = [f for f in _FILL_VALUES if np.any(vals == np.float32(f))]
     lo, hi = vals.min(), vals.max()
     for v in candidates + [lo, hi]:
-        share = float(np.mean(vals == v))
+        same = int(np.sum(vals == v))
+        share = same / vals.size
         known = v in candidates
-        if (known and share > 0.001) or (not known and share > 0.05 and lo < hi):
+        # an unknown extreme value is suspicious when it repeats (a grid of 2 x 2 cells holds each value in 25 %)
+        if (known and share > 0.001) or (not known and share > 0.05 and same >= 3 and lo < hi):
             _warn(warns, path, f"band {band} ({name}) holds the constant {v:g} in {share:.1%} of its cells and "
                                f"declares no nodata: if {v:g} fills cells without data, set 'nodata: {v:g}' in its "
                                f"manifest entry (it is used as data now)")

@@ -7,8 +7,8 @@ map (:func:`model_map`). They use the same settings objects as the notebooks (:c
 :class:`~lithocore.training.TrainingConfig`), so a notebook run alone trains on the stack the whole workbook
 would have made.
 
-Small scenes and sparse labels are noticed here: :func:`fit_tile_to_area` picks a tile that fits the area when
-the user gives none, :func:`tile_warnings` flags too few tiles and classes missing from a side of the split,
+Small scenes and sparse labels are noticed here: :func:`evaluation_plan` picks the tile, folds and CV blocks with
+which every fold can be trained (:mod:`lithocore.plan`) when the user gives none, :func:`tile_warnings` flags too few tiles and classes missing from a side of the split,
 and :func:`assess_model` writes a verdict on whether the model's scores mean anything (``trust`` in the JSON).
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from .data import NO_LABEL, load_study_area
 from .runfolder import RunFolder, key, manifest_fingerprint, write_json
 
-__all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "fit_tile_to_area", "run_config", "tiles_made_from", "training_tiles",
+__all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "evaluation_plan", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
            "WorkbookWarning", "MIN_TRAINING_TILES", "trust_settings", "deep_map_if_current", "cv_cache_key",
            "cached_fold_predictions"]
@@ -106,34 +106,34 @@ def write_fused_stack(run_dir, manifest, area, settings, *, memory_mb: float = 2
 
 
 # ------------------------------------------------------------------------------------------ tiles
-def fit_tile_to_area(tile: int, shape: tuple[int, int], *, blocks: int = 4) -> int:
-    """The largest multiple of 32 not above ``tile`` that leaves room for a spatial split of the scene into
-    ``blocks`` x ``blocks`` blocks with a one-tile buffer (at least ``blocks`` tiles across the short side).
+def evaluation_plan(profile: str, area, cfg=None, *, tile: int = -1, k: int = -1, block: int = -1, blocks: int = 4):
+    """The plan of tile size, folds and CV blocks that fits this scene (:func:`lithocore.plan.fit_evaluation`):
+    the profile's tile and folds unless given (-1: not given), the training configuration ``cfg``'s stride and
+    seed (default: the profile's). Raises :class:`~lithocore.plan.SceneTooSmall` when no plan fits."""
+    from .plan import fit_evaluation
+    from .training import resolve_config
 
-    Examples
-    --------
-    >>> fit_tile_to_area(128, (1611, 1650)), fit_tile_to_area(128, (290, 260)), fit_tile_to_area(256, (100, 90))
-    (128, 64, 32)
-    """
-    short = min(shape)
-    t = tile
-    while t > 32 and blocks * t > short:
-        t -= 32
-    return max(32, t)
+    cfg = cfg or resolve_config(profile)
+    base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
+    tile_given = tile not in (None, -1)
+    return fit_evaluation(area.labels, area.mask, tile=int(tile if tile_given else cfg.tile),
+                          k=int(base["k"] if k in (None, -1) else k), block=int(block if block not in (None,) else -1),
+                          stride=cfg.stride, tile_given=tile_given, k_given=k not in (None, -1), seed=cfg.seed,
+                          pixel_size=area.grid.res, split_blocks=blocks)
 
 
 def run_config(profile: str, area, *, tile: int = -1, blocks: int = 4, **overrides):
-    """The training configuration of a run: the profile's, with the overrides; a tile of -1 (not given) is
-    the profile's, made smaller when the area is too small for it (:func:`fit_tile_to_area`)."""
+    """The training configuration of a run: the profile's, with the overrides; a tile of -1 (not given) is the
+    largest, not above the profile's, with which every fold of the profile's cross-validation has training
+    windows (:func:`evaluation_plan`; the same whichever notebook asks, so every notebook finds the same tiles)."""
     from .training import resolve_config
 
     cfg = resolve_config(profile, tile=tile, **overrides)
     if tile is None or tile == -1:
-        fitted = fit_tile_to_area(cfg.tile, area.shape, blocks=blocks)
-        if fitted != cfg.tile:
-            _say(f"tile size: the {profile} profile's {cfg.tile} px does not fit this {area.shape[0]} x {area.shape[1]} "
-                 f"scene; using {fitted} px")
-            cfg = replace(cfg, tile=fitted)
+        plan = evaluation_plan(profile, area, cfg, blocks=blocks)
+        if plan.tile != cfg.tile:
+            _say(f"tile size: {plan.tile} px for this {area.shape[0]} x {area.shape[1]} px scene ({plan.changes[0]})")
+            cfg = replace(cfg, tile=plan.tile)
     return cfg
 
 
@@ -486,29 +486,33 @@ def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: i
     Blocks not given (-1) are as long as the labels' spatial autocorrelation range (the practical range of their
     indicator variogram, :func:`lithocore.knndm.autocorrelation_range`, as blockCV's ``cv_spatial_autocor``
     suggests), rounded up to whole tiles and kept between two and eight tiles; four tiles when no ``labels`` are
-    given. They are made smaller, down to two tiles, only when a scene of ``shape`` holds fewer than ``k``
-    blocks. The buffer is one tile. Large blocks keep the training side large: each test block takes a one-tile
+    given. With ``labels``, blocks (and folds, when ``k`` is not given) are made smaller only as far as every fold
+    needs to keep a training window (:func:`lithocore.plan.fit_evaluation`; what changed and why under
+    ``fitted_to_scene``); without, only when a scene of ``shape`` holds fewer than ``k`` blocks. The buffer is one
+    tile. Large blocks keep the training side large: each test block takes a one-tile
     ring of buffer with it. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks in 4 folds leave
     53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %.
     """
     base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
+    k_given = k != -1
     k = base["k"] if k == -1 else k
     epochs = base["epochs"] if epochs == -1 else epochs
     epochs = cfg.epochs if epochs == -1 else epochs
-    range_px = None
-    if block == -1:
-        block = 4 * cfg.tile
-        if labels is not None:
-            from .knndm import autocorrelation_range
+    range_px, changes = None, []
+    if labels is not None and k >= 2:  # blocks and folds with which every fold has training windows
+        from .plan import fit_evaluation
 
-            range_px = autocorrelation_range(labels, mask if mask is not None else np.ones(labels.shape, bool))["range_px"]
-            if range_px:
-                block = int(min(8, max(2, math.ceil(range_px / cfg.tile)))) * cfg.tile
+        plan = fit_evaluation(labels, mask if mask is not None else np.ones(labels.shape, bool), tile=cfg.tile, k=k,
+                              block=block, stride=cfg.stride, tile_given=True, k_given=k_given, seed=cfg.seed)
+        k, block, range_px, changes = plan.k, plan.block, plan.autocorrelation_range_px, plan.changes
+    elif block == -1:
+        block = 4 * cfg.tile
         while shape is not None and block > 2 * cfg.tile and _blocks_holding(block, shape, labels, mask) < k:
             block -= cfg.tile
     return dict(k=int(k), epochs=int(epochs), block=int(block), buffer=int(cfg.tile),
                 forest_cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), seed=int(cfg.seed),
-                **({"autocorrelation_range_px": int(range_px)} if range_px else {}))
+                **({"autocorrelation_range_px": int(range_px)} if range_px else {}),
+                **({"fitted_to_scene": changes} if changes else {}))
 
 
 def _blocks_holding(block: int, shape: tuple[int, int], labels=None, mask=None) -> int:
