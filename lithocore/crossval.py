@@ -28,9 +28,10 @@ from scipy import ndimage
 from .data import NO_LABEL
 from .metrics import confusion_matrix, scores
 from .runfolder import write_npz
+from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
-           "verdict", "METRICS"]
+           "verdict", "collapsed_folds", "fold_trust", "METRICS"]
 
 #: The headline measures summarised over folds.
 METRICS = ("mean_iou", "overall_accuracy", "kappa")
@@ -203,15 +204,19 @@ def verdict(diffs, a: str = "FCN-8s", b: str = "the forest", metric: str = "mIoU
     """One line written from the paired per-fold differences ``a - b``: ahead, behind, or level within noise.
 
     ``a`` is ahead when the lower end of the ``level`` confidence interval of the mean difference (Student's t
-    over folds) is above zero, behind when its upper end is below zero, else level within noise. One fold has
-    no uncertainty and is never called a result.
+    over folds) is above zero, behind when its upper end is below zero, else level within noise, with the
+    interval's half-width (few folds make it wide: with 3 folds, t has 2 degrees of freedom and the half-width is
+    2.5 sd, so one model can be ahead in every fold and still not be shown better). One fold has no uncertainty
+    and is never called a result.
 
     Examples
     --------
     >>> verdict([0.07, 0.05, 0.06, 0.08, 0.04])
     'FCN-8s ahead of the forest by 0.060 +/- 0.016 mIoU (mean +/- sd over folds), in 5 of 5 folds'
-    >>> verdict([0.02, -0.03, 0.01])
-    'FCN-8s and the forest level within noise: difference 0.000 +/- 0.026 mIoU (mean +/- sd over folds), FCN-8s ahead in 2 of 3 folds'
+    >>> print(verdict([0.02, -0.03, 0.01]))
+    FCN-8s and the forest level within noise: difference 0.000 +/- 0.026 mIoU (mean +/- sd over folds), FCN-8s ahead in 2 of 3 folds; the 95 % interval of the mean difference, 0.000 +/- 0.066 (Student's t, 2 degrees of freedom), includes zero
+    >>> print(verdict([0.02, 0.09, 0.01]).split(', FCN-8s ')[1])
+    ahead in 3 of 3 folds, but with 3 folds the 95 % interval of the mean difference, 0.040 +/- 0.108 (Student's t, 2 degrees of freedom), includes zero
     >>> verdict([-0.10, -0.12, -0.09])
     'FCN-8s behind the forest by 0.103 +/- 0.015 mIoU (mean +/- sd over folds), in 3 of 3 folds'
     """
@@ -230,5 +235,69 @@ def verdict(diffs, a: str = "FCN-8s", b: str = "the forest", metric: str = "mIoU
         return f"{a} ahead of {b} by {mean:.3f} +/- {spread}, in {ahead} of {k} folds"
     if mean + half < 0:
         return f"{a} behind {b} by {-mean:.3f} +/- {spread}, in {k - ahead} of {k} folds"
+    interval = (f"the {level:.0%} interval of the mean difference, {mean:.3f} +/- {half:.3f} (Student's t, "
+                f"{k - 1} {plural('degree', k - 1)} of freedom), includes zero").replace("95%", "95 %")
+    if ahead in (0, k):  # one model ahead in every fold, yet not shown better: say why
+        return (f"{a} and {b} level within noise: difference {mean:.3f} +/- {spread}, {a} ahead in {ahead} of {k} "
+                f"folds, but with {k} folds {interval}")
     return (f"{a} and {b} level within noise: difference {mean:.3f} +/- {spread}, {a} ahead in {ahead} of {k} "
-            f"folds")
+            f"folds; {interval}")
+
+
+def fold_trust(models, collapsed: list[dict], coverage: list[dict], base: dict | None = None) -> dict:
+    """``{model: {"trustworthy", "reasons"}}``: every warning that makes a model's cross-validated scores mean
+    little (its collapsed fold models, folds whose training side lacks a class), merged with ``base`` (e.g. the
+    notebook-04 model's own verdict, :func:`lithocore.stages.assess_model`).
+
+    >>> fold_trust(["unet", "forest"], [dict(model="unet", fold=1, why="kappa 0.000")], [])["unet"]["reasons"]
+    ['fold 1: the fold model collapsed (kappa 0.000)']
+    """
+    out = {m: dict(trustworthy=v.get("trustworthy", True), reasons=list(v.get("reasons", [])))
+           for m, v in (base or {}).items()}
+    lacking = [c for c in coverage if c.get("classes_missing_from_training")]
+    for m in models:
+        t = out.setdefault(m, dict(trustworthy=True, reasons=[]))
+        t["reasons"] += [f"fold {c['fold']}: the fold model collapsed ({c['why']})" for c in collapsed
+                         if c["model"] == m]
+        t["reasons"] += [f"fold {c['fold']}: the training side lacks {and_list(c['classes_missing_from_training'])}"
+                         for c in lacking]
+        t["trustworthy"] = t["trustworthy"] and not any("collapsed" in r for r in t["reasons"])
+    return out
+
+
+def collapsed_folds(per_fold: list[dict], names: dict[str, str] | None = None, *, dominant: float = 0.95,
+                    kappa_floor: float = 0.05, kappa_gap: float = 0.2) -> list[dict]:
+    """Fold models that learned next to nothing: one class predicted for at least ``dominant`` of the fold's test
+    pixels where the test holds several classes (its largest under ``dominant``), or a kappa under
+    ``kappa_floor`` where another model on the same fold's pixels is ``kappa_gap`` or more above it. Their scores
+    measure the collapse, not the model; each entry names the model, the fold and why.
+
+    Examples
+    --------
+    >>> cm_one = [[50, 0], [50, 0]]; cm_ok = [[45, 5], [10, 40]]
+    >>> f = [dict(fold=0, scores={"unet": dict(confusion_matrix=cm_one, kappa=0.0),
+    ...                           "forest": dict(confusion_matrix=cm_ok, kappa=0.7)})]
+    >>> [(c["model"], c["fold"]) for c in collapsed_folds(f)]
+    [('unet', 0)]
+    """
+    names = names or {}
+    out = []
+    for f in per_fold:
+        kappas = {m: s.get("kappa") for m, s in f["scores"].items()}
+        for m, s in f["scores"].items():
+            cm = np.asarray(s.get("confusion_matrix", []), dtype=np.float64)
+            if cm.size == 0 or cm.sum() == 0:
+                continue
+            pred, ref = cm.sum(0) / cm.sum(), cm.sum(1) / cm.sum()
+            why = []
+            if pred.max() >= dominant and ref.max() < dominant:
+                why.append(f"predicts one class for {pred.max():.0%} of the test pixels, which hold "
+                           f"{int((ref > 0).sum())} classes".replace("%", " %"))
+            kappa = kappas[m]
+            best = max((v for o, v in kappas.items() if o != m and v is not None and np.isfinite(v)), default=None)
+            if kappa is not None and np.isfinite(kappa) and kappa < kappa_floor and best is not None \
+                    and best - kappa >= kappa_gap:
+                why.append(f"kappa {kappa:.3f} where another model reaches {best:.3f} on the same pixels")
+            if why:
+                out.append(dict(model=m, label=names.get(m, m), fold=int(f["fold"]), why="; ".join(why)))
+    return out

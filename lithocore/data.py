@@ -11,6 +11,8 @@ relative to the manifest file. The sections are::
       - path: aster_vnir_15m.tif
         bands: [B1, B2, B3N]               # one name per band; the file must have that many bands
         units: reflectance
+        sensor: ASTER                      # or wavelengths: [0.556, 0.661, 0.807] (micrometres, one per band);
+                                           # composites follow them (lithocore.sensors), nothing is guessed
         nodata: 0                          # optional: overrides the file's nodata tag ("none": no nodata)
     extra:                                 # other fine layers (DEM), resampled bilinearly
       - {path: dem.tif, name: dem, units: m, nodata: -9999}
@@ -81,6 +83,7 @@ from rasterio.transform import Affine, from_origin
 from rasterio.warp import calculate_default_transform, reproject
 
 from .runfolder import atomic_path
+from .sensors import band_wavelengths
 
 __all__ = [
     "NO_LABEL",
@@ -355,6 +358,8 @@ class StudyArea:
     held_out: np.ndarray | None = None
     #: whether ``predict`` came from the manifest (True) or is the default, every valid unlabelled pixel
     predict_declared: bool = False
+    #: guide band name -> centre wavelength (micrometres), from the manifest's ``sensor`` or ``wavelengths``
+    wavelengths: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -1201,6 +1206,8 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
             n_fine += src.count
     _check_memory(grid, n_fine, len(man["coarse"]) + sum(len(e.get("columns") or []) for e in man["points"]), mpath)
 
+    wavelengths: dict[str, float] = {}
+
     def fine_stack(key: str) -> tuple[np.ndarray, list[str]]:
         arrays, names = [], []
         for e in man[key]:
@@ -1208,6 +1215,10 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
             bands, expected = _fine_bands(e, p, key)
             arr, info = _read_fine(p, grid, expected, Resampling.bilinear, e, warns, bands)
             bnames = _band_names(p, bands, arr.shape[0])
+            try:
+                wavelengths.update(band_wavelengths(bnames, sensor=e.get("sensor"), wavelengths=e.get("wavelengths")))
+            except ValueError as exc:
+                raise StudyAreaError(p, str(exc)) from None
             for b, n in enumerate(bnames):
                 if not np.isfinite(arr[b]).any():
                     raise StudyAreaError(p, f"band {b + 1} ({n}) has no valid data inside the reference grid")
@@ -1246,7 +1257,7 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
                      extra_names=extra_names, coarse=coarse, labels=labels, classes=classes, mask=mask,
                      layer_table=table, points=points, units=units, manifest_path=str(mpath), warnings=warns,
                      preview_factor=preview, predict=ground, held_out=held_out,
-                     predict_declared=bool(man.get("predict")))
+                     predict_declared=bool(man.get("predict")), wavelengths=wavelengths)
 
 
 def withhold(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray | None):

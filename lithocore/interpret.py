@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data import NO_LABEL
+from .words import and_list, count, plural, verb
 
 __all__ = ["study_area_text", "fusion_text", "tiles_text", "training_text", "mapping_text", "comparison_text",
            "STRIPE_TOLERANCE"]
@@ -37,8 +38,8 @@ def study_area_text(area) -> str:
     missing = [n for i, n in enumerate(area.classes.names) if i not in set(ids.tolist())]
     if missing:
         text.append(f"Classes in the table but not on the map: {', '.join(missing)} (no model can learn them).")
-    text.append(f"Loading raised {len(area.warnings)} warning(s)" + (": read them above before going on."
-                                                                      if area.warnings else "."))
+    text.append(f"Loading raised {count(len(area.warnings), 'warning')}" + (": read them above before going on."
+                                                                             if area.warnings else "."))
     return " ".join(text)
 
 
@@ -111,12 +112,17 @@ def _stripe_sentence(stripes: dict) -> str:
         if value is None or ref is None:
             continue
         noise = off.get(grid)
-        verdict = "no more than" if value <= max(STRIPE_TOLERANCE * ref, noise or 0) else "above"
+        if value <= ref:
+            verdict = "no more than"
+        elif value <= max(STRIPE_TOLERANCE * ref, noise or 0):  # higher, but within the measure's noise
+            verdict = "higher than, but within the noise of,"
+        else:
+            verdict = "above"
         parts.append(f"{value:.2f} on the {grid} ({verdict} the {floor_name}'s {ref:.2f}"
                      + (f" or this map's {noise:.2f} off the grid" if noise is not None else "") + ")")
     if not parts:
         return ""
-    seams = any("above" in p for p in parts)
+    seams = any("(above" in p for p in parts)
     return ("Stripe ratio of the map: " + "; ".join(parts) + ". " +
             ("Class changes line up on a window grid more often than the geology explains: look for seams."
              if seams else "The windows leave no trace the geology does not leave as well."))
@@ -140,10 +146,11 @@ def mapping_text(scores: dict, regions: list[str]) -> str:
     return " ".join(text)
 
 
-def comparison_text(per_fold: list[dict], coverage: list[dict], pooled: dict, names: dict[str, str]) -> str:
+def comparison_text(per_fold: list[dict], coverage: list[dict], pooled: dict, names: dict[str, str],
+                    collapsed: list[dict] | None = None) -> str:
     """Notebook 06: which map to trust and why (the best model by out-of-fold mean mIoU, and whether that holds
-    fold by fold against every other model), which classes score 0 and why, how test and training sides differ
-    in class make-up."""
+    fold by fold against every other model), fold models that collapsed, which classes score 0 and why, how test
+    and training sides differ in class make-up."""
     from .crossval import paired_differences, summarise, verdict
 
     summary = summarise(per_fold)
@@ -160,19 +167,30 @@ def comparison_text(per_fold: list[dict], coverage: list[dict], pooled: dict, na
                     f"its out-of-fold map (not a whole-map one, scored on its own training ground) for an honest "
                     f"picture of its errors.")
     else:
-        text.append(f"The lead does not hold across folds against the " +
-                    ", ".join(names[m] for m in other if m not in holds) + ": no map is the better one here; "
-                    "where the maps agree, the call is safer; where they disagree, go to the field.")
+        text.append(f"The lead is not established against the " +
+                    and_list(names[m] for m in other if m not in holds) + " (the intervals above include zero): no "
+                    "map is shown to be the better one here; where the maps agree, the call is safer; where they "
+                    "disagree, go to the field.")
+    by_model: dict[str, list[dict]] = {}
+    for c in collapsed or []:
+        by_model.setdefault(c["model"], []).append(c)
+    for m, cs in by_model.items():
+        text.append(f"**Collapsed fold models**: the {names.get(m, m)} in {plural('fold', len(cs))} "
+                    f"{and_list(c['fold'] for c in cs)} ({cs[0]['why']}): its scores there measure the collapse, "
+                    f"not what it can learn, and its mean over folds is no fair measure of it.")
     flagged = [c for c in coverage if c.get("flagged")]
     for m in summary:
         iou = pooled[m].get("iou") or {}
         zero = [n for n, v in iou.items() if v is not None and v < 0.05]
         if zero:
             causes = sorted({n for c in flagged for n in c.get("classes_missing_from_training", []) if n in zero})
-            text.append(f"The {names[m]} all but misses {', '.join(zero)} (IoU below 0.05)" +
-                        (f"; {', '.join(causes)} is missing from the training side of some folds, so those fold "
-                         f"models could not predict it there." if causes else
-                         "; it was in every training side, so the model failed to tell it apart, not to see it."))
+            they = "it" if len(zero) == 1 else "they"
+            text.append(f"The {names[m]} all but misses {and_list(zero)} (IoU below 0.05)" +
+                        (f"; {and_list(causes)} {verb('is', len(causes))} missing from the training side of some "
+                         f"folds, so those fold models could not predict {'it' if len(causes) == 1 else 'them'} "
+                         f"there." if causes else
+                         f"; {they} {verb('was', len(zero))} in every training side, so the model failed to tell "
+                         f"{'it' if len(zero) == 1 else 'them'} apart, not to see {'it' if len(zero) == 1 else 'them'}."))
     gaps = []
     for c in coverage:
         tr, te = c.get("train_per_class") or {}, c.get("test_per_class") or {}

@@ -45,6 +45,10 @@ class FineEntry(_Entry):
     name: str | None = None
     units: str = ""
     nodata: NodataValue = None
+    #: the sensor whose bands these are (:data:`lithocore.sensors.SENSORS`), or each band's centre wavelength in
+    #: micrometres: composites follow them; neither: a plain composite of the first three bands
+    sensor: str | None = None
+    wavelengths: list[float] | None = None
 
 
 class CoarseEntry(_Entry):

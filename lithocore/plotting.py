@@ -34,8 +34,10 @@ def _axes(ax):
     return ax
 
 
-def _finish(ax, title: str):
-    ax.set_title(title, fontsize=10)
+def _finish(ax, title: str, width: int = 60):
+    import textwrap
+
+    ax.set_title(textwrap.fill(title, width), fontsize=10)  # long titles wrapped, never cut off
     ax.set_xlabel("easting (km)")
     ax.set_ylabel("northing (km)")
     ax.ticklabel_format(useOffset=False, style="plain")
@@ -49,45 +51,23 @@ def _stretch(a: np.ndarray, mask: np.ndarray, pct: tuple[float, float] = (2, 98)
 
 
 def plot_composite(area: StudyArea, bands: tuple[str, str, str] | None = None, ax=None):
-    """False-colour composite (2-98 % stretch). Default: ASTER 3N-2-1 where present, else the first 3 guide bands."""
+    """A colour composite (2-98 % stretch) of ``bands``, or of the bands the declared wavelengths pick
+    (:func:`lithocore.sensors.composite`: false colour, else true colour, else the first three bands), titled
+    with what it is."""
+    from .sensors import composite
+
     ax = _axes(ax)
     names = area.guide_names or area.extra_names
     stack = area.guide if area.guide_names else area.extra
-    note = ""
     if bands is None:
-        bands, note = composite_bands(names)
+        bands, title = composite(names, area.wavelengths)
+    else:
+        title = f"Composite (R, G, B = {', '.join(bands)})"
     idx = [names.index(b) for b in bands]
-    while len(idx) < 3:
-        idx.append(idx[-1])
     rgb = np.dstack([_stretch(stack[i], area.mask) for i in idx])
     rgb[~area.mask] = 1.0
     ax.imshow(rgb, extent=extent_km(area.grid))
-    return _finish(ax, f"False-colour composite (R,G,B = {', '.join(bands)}){note}")
-
-
-#: Standard false-colour composites (near infrared, red, green as R, G, B), by the sensor's band names.
-SENSOR_COMPOSITES = {"ASTER": ("B3N", "B2", "B1"), "Landsat 8/9 OLI": ("B5", "B4", "B3"),
-                     "Sentinel-2 MSI": ("B8", "B4", "B3"), "Landsat 4-7 TM/ETM+": ("B4", "B3", "B2")}
-
-
-def composite_bands(names) -> tuple[tuple[str, ...], str]:
-    """The bands of a false-colour composite and a note for the title: the sensor's convention (near infrared,
-    red, green as R, G, B) when the band names match one of :data:`SENSOR_COMPOSITES`; else the first three
-    bands with the longest wavelength as red (bands assumed listed by wavelength, as sensors number them).
-
-    Examples
-    --------
-    >>> composite_bands(["B2", "B3", "B4", "B5", "B6", "B7"])
-    (('B5', 'B4', 'B3'), ' - Landsat 8/9 OLI convention')
-    >>> composite_bands(["blue", "green", "red"])
-    (('red', 'green', 'blue'), ' - first three bands, longest wavelength as red (assumed)')
-    """
-    names = list(names)
-    for sensor, bands in SENSOR_COMPOSITES.items():
-        if set(bands) <= set(names) and (sensor != "Landsat 4-7 TM/ETM+" or "B5" not in names or "B8" in names):
-            return bands, f" - {sensor} convention"
-    first = tuple(names[:3])[::-1]
-    return first, " - first three bands, longest wavelength as red (assumed)"
+    return _finish(ax, title)
 
 
 def plot_hillshade(area: StudyArea, layer: str = "dem", ax=None, cmap: str = "terrain"):

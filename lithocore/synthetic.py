@@ -126,7 +126,7 @@ class SyntheticSpec:
     sun_elevation: float = 45.0  # degrees
     noise: float = 0.006  # reflectance, sensor noise (std)
     dispersion: float = 20.0  # metres, std of the Gaussian that disperses the surface geochemistry (soil creep)
-    version: int = 4  # bump when the generator changes, so caches are rebuilt (4: the fairer test bed)
+    version: int = 5  # bump when the generator changes, so caches are rebuilt (5: the sensor declared)
     #: the ground to predict written into the manifest (``predict:``; its labels withheld, kept to check the
     #: promised accuracy): "east" (the east quarter, a strip beside the labels), "gap" (an interior square of a
     #: third of each side), "" (none: every pixel labelled, nothing to predict)
@@ -533,8 +533,10 @@ def _manifest_text(spec: SyntheticSpec) -> str:
         "name": f"Synthetic Cuonadong-like dome ({spec.height} x {spec.width} px, seed {spec.seed})",
         "reference": "aster_vnir_15m.tif",
         "guide": [
-            {"path": "aster_vnir_15m.tif", "bands": [b for b, _ in BANDS[:3]], "units": "reflectance"},
-            {"path": "aster_swir_30m.tif", "bands": [b for b, _ in BANDS[3:]], "units": "reflectance"},
+            {"path": "aster_vnir_15m.tif", "bands": [b for b, _ in BANDS[:3]], "units": "reflectance",
+             "sensor": "ASTER"},
+            {"path": "aster_swir_30m.tif", "bands": [b for b, _ in BANDS[3:]], "units": "reflectance",
+             "sensor": "ASTER"},
         ],
         "extra": [{"path": "dem_12p5m.tif", "name": "dem", "units": "m"}],
         "coarse": [{"path": "aeromag_2km.tif", "name": "magnetic", "units": "nT",

@@ -253,3 +253,35 @@ def test_geographic_reference_grid_refused_with_the_utm_zone_to_use(small_manife
     man["reference"] = {"crs": "EPSG:4674", "bounds": [-45.0, -10.25, -44.5, -10.0], "resolution": 0.0027}
     msg = _error(tmp_path, man)
     assert "geographic CRS (EPSG:4674" in msg and "crs: EPSG:32723" in msg and "resolution: 300" in msg
+
+
+# ------------------------------------------------------------------------------------------ sensors
+def test_composites_follow_the_declared_sensor_not_the_band_names(small_manifest, tmp_path):
+    """Landsat-8 bands named B02...B07 and Landsat-5 TM bands B1...B3 with the same names as other sensors' bands:
+    the composite follows the declared sensor (false colour where a near-infrared band exists, true colour else);
+    without a declaration it is titled as the first three bands, never as a sensor's convention."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lithocore import plotting
+
+    def plot_composite(area):  # the title as one line (long titles are wrapped, never cut off)
+        ax = plotting.plot_composite(area)
+        ax.set_title(ax.get_title().replace("\n", " "))
+        return ax
+
+    man = _copy_manifest(small_manifest, tmp_path)
+    vnir = {k: v for k, v in man["guide"][0].items() if k != "sensor"}
+    man["guide"] = [dict(vnir, bands=["B03", "B04", "B05"], sensor="Landsat 8/9 OLI")]
+    area = load_study_area(_write(tmp_path, man))
+    assert plot_composite(area).get_title().startswith("False-colour composite (R, G, B = near infrared B05, red B04,")
+    man["guide"] = [dict(vnir, bands=["B1", "B2", "B3"], sensor="Landsat 4-5 TM")]
+    title = plot_composite(load_study_area(_write(tmp_path, man))).get_title()
+    assert title.startswith("True-colour composite (R, G, B = red B3, green B2, blue B1)")
+    man["guide"] = [dict(vnir, bands=["B5", "B4", "B3"])]  # nothing declared: nothing guessed
+    assert "Composite of the first three bands" in plot_composite(load_study_area(_write(tmp_path, man))).get_title()
+    man["guide"] = [dict(vnir, bands=["B1", "B2", "B3"], sensor="Landsat 9000")]
+    assert "unknown sensor 'Landsat 9000'" in _error(tmp_path, man)
+    man["guide"] = [dict(vnir, bands=["B1", "B2", "B3N"], wavelengths=[0.56, 0.66])]
+    msg = _error(tmp_path, man)
+    assert "aster_vnir_15m.tif" in msg and "'wavelengths' gives 2 values for 3 bands" in msg
