@@ -32,6 +32,7 @@ import json
 import math
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -491,7 +492,9 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
                 cluster=None, shifts: int | None = None, progress: bool = True, prefix: str = "model",
                 tags: dict | None = None) -> dict:
     """Map a stack GeoTIFF into ``<prefix>_classes.tif`` (+ ``.qml``) and ``<prefix>_confidence.tif``, window by
-    window (peak memory: one window), as cloud-optimised GeoTIFFs with overviews.
+    window (peak memory: one window), as cloud-optimised GeoTIFFs with overviews. Each mapping is tagged with a
+    new ``map_id`` (and its ``shifts`` and ``margin``): results computed from the map record it, so a result
+    from an earlier map is never read as this one's.
 
     Pixels where any channel is NaN (or outside ``mask``) are nodata. The class map stores class ids (as the
     label raster does); ``tags`` (provenance) are written into both files. ``cluster``: None (this process),
@@ -512,7 +515,8 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     shifts = _shifts(model, shifts)
     plan = plan_windows((H, W), max_core=max_core, margin=margin, edge=_edge(shifts),
                         bytes_per_px=bytes_per_pixel(model), memory_mb=memory_budget_mb(memory_mb))
-    extra = {k: str(v) for k, v in (tags or {}).items()}
+    map_id = uuid.uuid4().hex  # this mapping's identity: results computed from the map record it
+    extra = {k: str(v) for k, v in (tags or {}).items()} | dict(map_id=map_id, shifts=str(shifts), margin=str(margin))
     with tempfile.TemporaryDirectory(prefix=".map-", dir=out_dir) as work:
         work = Path(work)
         prof_c = grid.profile(1, dtype, nodata, compress=None) | dict(tiled=True, blockxsize=256, blockysize=256)
@@ -547,7 +551,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
                 style=str(paths["classes"].with_suffix(".qml")), seconds=seconds, mapping_seconds=mapped,
                 pixels_per_second=H * W / seconds, windows=len(plan.origins()), window=list(plan.window),
                 core=list(plan.core), margin=plan.margin, shifts=shifts, cost_vs_one_pass=plan.cost(shifts),
-                cluster=None if cluster is None else str(cluster))
+                cluster=None if cluster is None else str(cluster), map_id=map_id, tags=extra)
 
 
 def _run_windows(model, stack_path, plan: WindowPlan, mean, std, cluster, work: Path, shifts: int = 1):

@@ -29,7 +29,7 @@ from .runfolder import RunFolder, key, manifest_fingerprint, write_json
 __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "evaluation_plan", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
            "WorkbookWarning", "MIN_TRAINING_TILES", "trust_settings", "deep_map_if_current", "cv_cache_key",
-           "cached_fold_predictions"]
+           "cached_fold_predictions", "current_map", "evaluation_plan"]
 
 #: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
 MIN_TRAINING_TILES = 20
@@ -224,22 +224,32 @@ def assess_model(meta: dict, history: dict | None = None) -> dict:
 
 
 def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatial", *, profile: str = "quick",
-                model=None, verbose="auto"):
+                model=None, verbose="auto", reuse: bool = False):
     """Train the FCN-8s of ``cfg`` (or ``model``, built from it) on the run's tiles and save it with its
-    metadata (``model.json``, written last: a model without it is unfinished). Returns (model, meta, history)."""
+    metadata (``model.json``, written last: a model without it is unfinished). With ``reuse``, a finished model
+    in the run folder made from the same stack, tiles, split, classes and every training setting is loaded
+    instead, and said so. Returns (model, meta, history)."""
     import keras
 
     from .model import backend_info, build_model
     from .tiles import class_weights
-    from .training import compile_model, data_parallel, evaluate_tiles, fit, make_batches, save_bundle
+    from .training import compile_model, data_parallel, evaluate_tiles, fit, load_bundle, make_batches, read_history, save_bundle
 
     rf = RunFolder(run_dir)
     rf.stage("04_train_model")
+    ts = training_tiles(rf.root, area, cfg, split)
+    made_from = _model_made_from(rf.root, area, ts, cfg, split)
+    if reuse and rf.model_path.is_file() and rf.model_meta_path.is_file():
+        meta = json.loads(rf.model_meta_path.read_text())
+        history_csv = rf.model_dir / "history.csv"
+        if meta.get("made_from") == json.loads(json.dumps(made_from)) and history_csv.is_file():
+            _say(f"{rf.model_path} was trained on this stack and these tiles with these settings: reused "
+                 f"(restart=True trains again)")
+            model, meta = load_bundle(rf.model_path)
+            return model, meta, read_history(history_csv)
     rf.model_meta_path.unlink(missing_ok=True)  # from here on, what is in the folder is unfinished
     keras.utils.set_random_seed(cfg.seed)
-    ts = training_tiles(rf.root, area, cfg, split)
     train, val, stats = make_batches(stack, area, ts, cfg)
-    made_from = _model_made_from(rf.root, area, ts, cfg, split)
     with data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split between them
         if model is None:
             model = build_model(cfg.model_config(len(channels), len(area.classes)))
@@ -247,6 +257,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
         compile_model(model, len(area.classes), cfg, class_weights=weights)
         history = fit(model, train, val, rf.model_dir, cfg, verbose=verbose, run_key=key(made_from))
     meta = dict(profile=profile, split=split, channels=channels, units=units, classes=area.classes.to_list(),
+                study_area=dict(name=area.name, manifest=str(area.manifest_path)),
                 normalisation=stats, config=asdict(cfg), backend=backend_info(),
                 validation=evaluate_tiles(model, val, area.classes.names), made_from=made_from,
                 model_key=key(made_from), tile_warnings=ts.info.get("warnings", []),
@@ -268,6 +279,14 @@ def load_or_train(run_dir, manifest, profile: str = "quick", split: str = "spati
     if model_path:
         model, meta = load_bundle(model_path)
         _check_compatible(meta, channels, area, model_path)
+        trained = meta.get("study_area") or {}
+        own = (meta.get("made_from") or {}).get("stack_key") == stack_provenance(rf.root).get("stack_key")
+        _say(f"mapping with the model given as model_path, {model_path}: "
+             + ("trained on this run's stack" if own else
+                f"trained in another run, on {trained.get('name') or 'another study area'}"
+                + (f" ({trained['manifest']})" if trained.get("manifest") else "")
+                + ", not on this run's stack: its scores here measure how it carries over")
+             + f"; {meta.get('profile', '?')} profile, {model_name(meta)}")
         return model, meta
     cfg = run_config(profile, area, **overrides)
     if rf.model_path.is_file() and rf.model_meta_path.is_file():
@@ -348,14 +367,10 @@ def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatia
     regions = evaluation_regions(rf.root, area, meta)
     name = model_name(meta)
     classes_path, metrics_path = rf.class_map_path(name), rf.map_metrics_path(name)
-    scores = None
-    if classes_path.is_file() and metrics_path.is_file():
-        classes, tags = mapping.read_class_map(classes_path, area.classes)
-        if tags.get("model_key") == meta.get("model_key"):
-            scores = json.loads(metrics_path.read_text())
-        else:
-            _say(f"{classes_path} was mapped with another model: mapping again.")
-    if scores is None:
+    scores = current_map(rf.root, meta)
+    if scores is not None:
+        classes, _ = mapping.read_class_map(classes_path, area.classes)
+    else:
         norm = meta["normalisation"]
         result = mapping.map_geotiff(model, rf.stack_path, rf.stage("05_map_scene"), area.classes, norm["mean"],
                                      norm["std"], mask=area.mask, progress=False,
@@ -372,6 +387,33 @@ def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatia
     scores.setdefault("trust", meta.get("trust"))
     scores["model"] = name
     return classes, scores
+
+
+def current_map(run_dir, meta: dict, settings_key: str | None = None) -> dict | None:
+    """Notebook 05's scores of this run's deep-model map (``<model>_metrics.json``) when the class map on disk was
+    made by the model of ``meta`` (and with the mapping settings of ``settings_key``, when given) and the scores
+    were computed from that very map (its ``map_id``); else None, with a message saying which part is stale."""
+    import rasterio
+
+    rf = RunFolder(run_dir)
+    name = model_name(meta)
+    classes_path, metrics_path = rf.class_map_path(name), rf.map_metrics_path(name)
+    if not (classes_path.is_file() and metrics_path.is_file()):
+        return None
+    with rasterio.open(classes_path) as src:
+        tags = src.tags()
+    if tags.get("model_key") != meta.get("model_key"):
+        _say(f"{classes_path} was mapped with another model: mapping again.")
+        return None
+    if settings_key is not None and tags.get("settings_key") != settings_key:
+        _say(f"{classes_path} was mapped with other mapping settings: mapping again.")
+        return None
+    scores = json.loads(metrics_path.read_text())
+    if (scores.get("mapping") or {}).get("map_id") != tags.get("map_id"):
+        _say(f"{metrics_path} was computed from another map than {classes_path.name} (a mapping stopped before its "
+             f"scores were written): mapping and scoring again.")
+        return None
+    return scores
 
 
 def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | None = None,

@@ -152,6 +152,8 @@ def test_map_scene_alone_from_a_saved_model(tmp_path, small_manifest):
     fresh = tmp_path / "fresh"
     run_workbook(fresh, parameters=params | {"model_path": str(saved)}, only=["05"], progress=False)
     assert not (fresh / "04_train_model").exists(), "notebook 05 trained a model instead of using the saved one"
+    said = (fresh / "notebooks" / "05_map_scene.ipynb").read_text()
+    assert f"mapping with the model given as model_path, {saved}: trained on this run's stack" in said
     name = json.loads(saved.with_name("model.json").read_text())["config"]["architecture"]
     scores = json.loads((fresh / "05_map_scene" / f"{name}_metrics.json").read_text())
     assert scores["whole_map"]["pixels"] > 0

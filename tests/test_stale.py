@@ -96,6 +96,40 @@ def test_class_map_remade_when_the_model_changes(manifest, tmp_path, capsys):
     assert "training again" in out and "mapping again" in out
 
 
+def test_scores_of_an_earlier_map_are_never_paired_with_a_new_one(manifest, tmp_path, capsys):
+    """Notebook 05 stopped after writing a new map but before its scores: the scores on disk belong to the map
+    before. They record that map's id, so the next stage scores again instead of reading them."""
+    run = tmp_path / "run"
+    rf = RunFolder(run)
+    _, scores = stages.model_map(run, manifest, **TINY)
+    metrics_path = rf.map_metrics_path(scores["model"])
+    stale = json.loads(metrics_path.read_text())
+    stale["mapping"]["map_id"] = "an-earlier-map"
+    stale["whole_map"]["mean_iou"] = -1.0
+    metrics_path.write_text(json.dumps(stale))
+    capsys.readouterr()
+    _, again = stages.model_map(run, manifest, **TINY)
+    assert "was computed from another map" in capsys.readouterr().out
+    assert again["whole_map"]["mean_iou"] >= 0
+    with rasterio.open(rf.class_map_path(scores["model"])) as src:
+        assert json.loads(metrics_path.read_text())["mapping"]["map_id"] == src.tags()["map_id"]
+
+
+def test_notebook_04_reuses_a_model_made_from_the_same_inputs(manifest, tmp_path, capsys):
+    run = tmp_path / "run"
+    area = load_study_area(manifest)
+    _, stack, channels, units = stages.fused_stack(run, manifest, area=area)
+    cfg = stages.run_config("quick", area, **TINY)
+    _, meta, history = stages.train_model(run, area, stack, channels, units, cfg, reuse=True, verbose=0)
+    assert "reused" not in capsys.readouterr().out
+    _, again, history2 = stages.train_model(run, area, stack, channels, units, cfg, reuse=True, verbose=0)
+    assert "reused" in capsys.readouterr().out and again["model_key"] == meta["model_key"] and history2 == history
+    from dataclasses import replace
+
+    _, other, _ = stages.train_model(run, area, stack, channels, units, replace(cfg, epochs=2), reuse=True, verbose=0)
+    assert "reused" not in capsys.readouterr().out and other["model_key"] != meta["model_key"]
+
+
 def test_notebook_02s_settings_are_the_fallbacks(manifest, tmp_path, capsys):
     run = tmp_path / "run"
     stages.fused_stack(run, manifest)
