@@ -41,7 +41,7 @@ from rasterio.windows import Window, from_bounds
 
 from .data import (NO_LABEL, WARP_THREADS, Grid, StudyAreaError, _area_geometries, _band_names, _check_fill,
                    _fine_bands, _load_small_layers,
-                   _nodata, _open_raster, _overlaps, _reference_grid, _resolve, _src_bounds_in, _warp_scales,
+                   _nodata, open_raster, _overlaps, _reference_grid, _resolve, _src_bounds_in, _warp_scales,
                    predict_ground, read_manifest)
 
 __all__ = ["FineLayer", "fine_layers", "read_fine_rows", "write_stack", "block_rows_for"]
@@ -66,7 +66,7 @@ def fine_layers(man: dict, base: Path, grid: Grid, warns: list | None = None) ->
         for e in man[kind]:
             p = _resolve(base, e["path"])
             bands, expected = _fine_bands(e, p, kind)
-            with _open_raster(p) as src:
+            with open_raster(p) as src:
                 if expected is not None and src.count != expected:
                     raise StudyAreaError(p, f"expected {expected} band(s) as the manifest names, found {src.count}")
                 if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
@@ -217,7 +217,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     with contextlib.ExitStack() as stack:
         # GDAL's block cache (5 % of the memory by default) would grow with the scene read: a quarter of the budget
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(max(16, memory_mb // 4))))
-        srcs = [stack.enter_context(_open_raster(f.path)) for f in fine]
+        srcs = [stack.enter_context(open_raster(f.path)) for f in fine]
 
         loaded = None
         if (area is not None and guide_names + extra_names

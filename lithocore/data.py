@@ -66,6 +66,7 @@ predict is every valid pixel without a label (``StudyArea.predict``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -87,6 +88,7 @@ from .sensors import band_wavelengths
 
 __all__ = [
     "NO_LABEL",
+    "open_raster",
     "StudyAreaError",
     "Grid",
     "ClassTable",
@@ -481,7 +483,12 @@ def _resolve(base: Path, p: str) -> Path:
     return q if q.is_absolute() else (base / q)
 
 
-def _open_raster(path: Path):
+@contextlib.contextmanager
+def open_raster(path: str | os.PathLike):
+    """A raster opened for reading, with its faults named: missing, not a raster, no CRS, or *damaged* (its header
+    reads but its pixels do not: a file cut off by an interrupted download, copy or write), each a
+    :class:`StudyAreaError` naming the file, never GDAL's chained traceback."""
+    path = Path(path)
     if not path.exists():
         raise StudyAreaError(path, "file not found")
     try:
@@ -492,7 +499,14 @@ def _open_raster(path: Path):
         src.close()
         raise StudyAreaError(path, "has no CRS (coordinate reference system); assign one, e.g. with "
                                    "'gdal_edit.py -a_srs EPSG:xxxx'")
-    return src
+    try:
+        with src:
+            yield src
+    except rasterio.errors.RasterioIOError as exc:
+        cause = exc.__cause__ or exc.__context__ or exc
+        raise StudyAreaError(path, f"this file is damaged: its header reads but its pixels do not ({cause}); it may "
+                                   f"be cut off (an interrupted download, copy or write): copy or export it "
+                                   f"again") from None
 
 
 def _reference_grid(man: dict, base: Path) -> Grid:
@@ -501,7 +515,7 @@ def _reference_grid(man: dict, base: Path) -> Grid:
         ref = {"path": ref}
     if "path" in ref:
         p = _resolve(base, ref["path"])
-        with _open_raster(p) as src:
+        with open_raster(p) as src:
             if not math.isclose(abs(src.transform.a), abs(src.transform.e)) or src.transform.b or src.transform.d:
                 raise StudyAreaError(p, "the reference grid must be north-up with square cells")
             g = Grid(CRS.from_user_input(src.crs), src.transform, src.width, src.height)
@@ -617,7 +631,7 @@ def _read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: R
     of the grid warped alone (:mod:`lithocore.blockwise`) gets the same values."""
     entry = entry or {}
     warns = [] if warns is None else warns
-    with _open_raster(path) as src:
+    with open_raster(path) as src:
         if expected_bands is not None and src.count != expected_bands:
             raise StudyAreaError(path, f"expected {expected_bands} band(s) as the manifest names, found {src.count}")
         if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
@@ -676,7 +690,7 @@ def _coarse_factor(native_res: float, fine_res: float) -> int:
 
 def _read_coarse(path: Path, entry: dict, grid: Grid, warns: list | None = None) -> tuple[CoarseLayer, dict]:
     warns = [] if warns is None else warns
-    with _open_raster(path) as src:
+    with open_raster(path) as src:
         band = int(entry.get("band", 1))
         if not 1 <= band <= src.count:
             raise StudyAreaError(path, f"has {src.count} band(s); the manifest asks for band {band}")
@@ -915,7 +929,7 @@ def _declared(lab: dict, table: "ClassTable | None" = None, source: Any = "manif
 
 
 def _labels_from_raster(path: Path, lab: dict, table: ClassTable, grid: Grid, warns: list) -> tuple[np.ndarray, dict]:
-    with _open_raster(path) as src:
+    with open_raster(path) as src:
         if src.count != 1:
             raise StudyAreaError(path, f"a label raster must have 1 band, found {src.count}")
         if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
@@ -1202,7 +1216,7 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
                      f"px of {grid.res:g} m); the stack and the maps are made at {full.res:g} m, block by block")
     n_fine = 0
     for e in man["guide"] + man["extra"]:
-        with _open_raster(_resolve(base, e["path"])) as src:
+        with open_raster(_resolve(base, e["path"])) as src:
             n_fine += src.count
     _check_memory(grid, n_fine, len(man["coarse"]) + sum(len(e.get("columns") or []) for e in man["points"]), mpath)
 

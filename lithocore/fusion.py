@@ -42,7 +42,7 @@ import rasterio
 from rasterio.windows import Window
 from scipy import ndimage
 
-from .data import CoarseLayer, Grid, StudyArea, StudyAreaError, preview_factor
+from .data import CoarseLayer, Grid, StudyArea, StudyAreaError, open_raster, preview_factor
 from .words import count
 
 __all__ = ["FusionSettings", "FusionResult", "clr", "reduce_to_pole", "preprocess", "decompose", "fuse", "fuse_study_area",
@@ -706,8 +706,8 @@ def read_stack(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     """Read a stack written by :func:`write_stack`: (stack, names, units, normalisation stats, tags).
 
     ``max_pixels``: a larger stack is read ``k`` times coarser (the smallest ``k`` under it; averaged, from the
-    file's overviews), a preview for figures."""
-    with rasterio.open(path) as src:
+    file's overviews), a preview for figures. A damaged file is named as such (:func:`~lithocore.data.open_raster`)."""
+    with open_raster(path) as src:
         tags = src.tags()
         k = preview_factor(src.height, src.width, max_pixels)
         if k == 1:

@@ -111,9 +111,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp
         normal_mode(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_failed(exc: OSError, path: str | os.PathLike) -> OSError:
+    """An OSError of a failed write that names the file and what to do (a full disk raises ``[Errno 28]`` with no
+    path); the half-written file is gone.
+
+    >>> import errno
+    >>> str(write_failed(OSError(errno.ENOSPC, "No space left on device"), "/runs/a/stack.tif"))
+    '[Errno 28] No space left on device: could not write /runs/a/stack.tif (nothing half-written is left): free some space or give another run_dir'
+    """
+    what = {28: "free some space or give another run_dir", 30: "the folder is read-only: give another run_dir",
+            13: "no permission to write there: give another run_dir", 122: "over the disk quota: free some space"}
+    advice = what.get(exc.errno or 0, "check the disk and the folder's permissions")
+    return OSError(exc.errno, f"{exc.strerror or exc}: could not write {path} (nothing half-written is left): {advice}")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

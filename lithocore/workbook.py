@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import time
 from pathlib import Path
 
-from .runfolder import RunFolder, RunFolderBusy, run_lock, write_json
+from .runfolder import RunFolder, RunFolderBusy, normal_mode, run_lock, write_failed, write_json
 from .stages import fused_stack, model_map
 from .synthetic import SyntheticSpec, generate_study_area
 
@@ -141,9 +142,25 @@ def _execute(todo: list[Path], params: dict, out_dir: Path, kernel_name, progres
         given = {k: v for k, v in params.items() if k in declared}
         if "interactive" in declared:  # widgets need a browser; an executed notebook gets static figures
             given.setdefault("interactive", False)
-        # the kernel's own log at errors only: it warns on every start that a local kernel talks over TCP
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=given, cwd=str(nb.parent),
-                            kernel_name=kernel_name, progress_bar=bar, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        # the executed copy is written under a temporary name and renamed when complete, or when a cell failed
+        # (the copy with the error is what to read); a failed write (a full disk) leaves none half-written
+        final = out_dir / nb.name
+        partial = out_dir / f".{nb.stem}.partial.ipynb"
+        try:
+            # the kernel's own log at errors only: it warns on every start that a local kernel talks over TCP
+            pm.execute_notebook(str(nb), str(partial), parameters=given, cwd=str(nb.parent), kernel_name=kernel_name,
+                                progress_bar=bar, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        except pm.PapermillExecutionError:
+            os.replace(partial, final)
+            raise
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise write_failed(exc, final) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        normal_mode(partial)
+        os.replace(partial, final)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         if progress:
             print(f"{nb.stem}: done in {timings[nb.name]:.0f} s -> {out_dir / nb.name}", flush=True)

@@ -285,3 +285,16 @@ def test_composites_follow_the_declared_sensor_not_the_band_names(small_manifest
     man["guide"] = [dict(vnir, bands=["B1", "B2", "B3N"], wavelengths=[0.56, 0.66])]
     msg = _error(tmp_path, man)
     assert "aster_vnir_15m.tif" in msg and "'wavelengths' gives 2 values for 3 bands" in msg
+
+
+def test_a_cut_off_raster_is_named_damaged(small_manifest, tmp_path):
+    """A GeoTIFF cut off half-way (an interrupted download): its header reads, its pixels do not. The message
+    names the file and says it is damaged, not GDAL's chained traceback."""
+    man = _copy_manifest(small_manifest, tmp_path)
+    whole = _rewrite(man["extra"][0]["path"], tmp_path / "dem_whole.tif", tiled=True, blockxsize=64, blockysize=64,
+                     compress="deflate")
+    data = Path(whole).read_bytes()
+    (tmp_path / "dem_cut.tif").write_bytes(data[: len(data) // 2])
+    man["extra"][0]["path"] = str(tmp_path / "dem_cut.tif")
+    msg = _error(tmp_path, man)
+    assert msg.startswith(f"{tmp_path / 'dem_cut.tif'}: this file is damaged") and "copy or export it again" in msg

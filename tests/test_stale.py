@@ -211,6 +211,27 @@ def test_atomic_writes_leave_no_temporary_files_and_normal_modes(tmp_path, small
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"] and target.stat().st_size > 100
 
 
+def test_a_full_disk_names_the_file_and_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """A write that fails on a full disk raises ``[Errno 28]`` with no path: the workbook's error names the file
+    and what to do, and neither the temporary file nor a half-written target is left."""
+    import errno
+
+    from lithocore.runfolder import write_json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    from lithocore.runfolder import write_npz
+
+    with pytest.raises(OSError, match=r"No space left on device: could not write .*fold0\.npz .*free some space"):
+        write_npz(tmp_path / "fold0.npz", pred=np.zeros(3))
+    monkeypatch.setattr(json, "dumps", full)
+    with pytest.raises(OSError, match=r"could not write .*trust\.json \(nothing half-written is left\)"):
+        write_json(tmp_path / "trust.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_notebook_03s_sampling_options_are_followed(manifest, tmp_path, capsys):
     """Tiles notebook 03 drew with its own options (stratified) are what a later stage trains on, unless that
     stage names other options."""
