@@ -103,7 +103,7 @@ __all__ = [
     "memory_available",
     "predict_ground",
     "withhold",
-    "projected_suggestion",
+    "projected_grid",
 ]
 
 #: Value of the label raster where a pixel has no label (outside the map, or a unit not mapped).
@@ -509,7 +509,9 @@ def open_raster(path: str | os.PathLike):
                                    f"again") from None
 
 
-def _reference_grid(man: dict, base: Path) -> Grid:
+def _reference_grid(man: dict, base: Path, warns: list | None = None) -> Grid:
+    """The manifest's reference grid; a geographic one is replaced by the projected grid of
+    :func:`projected_grid` (metres), with a notice in ``warns``."""
     ref = man["reference"]
     if isinstance(ref, str):
         ref = {"path": ref}
@@ -530,18 +532,27 @@ def _reference_grid(man: dict, base: Path) -> Grid:
     if g.width < 1 or g.height < 1:
         raise StudyAreaError(ref.get("path", "reference"), "the reference grid is empty (zero pixels)")
     if g.crs.is_geographic:
-        raise StudyAreaError(ref.get("path", base), projected_suggestion(g))
+        projected, spec = projected_grid(g)
+        if warns is not None:
+            _warn(warns, ref.get("path", base),
+                  f"the reference grid is in a geographic CRS ({g.crs.to_string()}, pixels of {g.res:g} degrees), "
+                  f"and distances, pixel sizes and areas need metres: every layer is warped onto the UTM zone of its "
+                  f"centre, reference: {spec} ({projected.height} x {projected.width} px); give another projected "
+                  f"reference in the manifest to choose the grid yourself")
+        return projected
     return g
 
 
-def projected_suggestion(grid: Grid) -> str:
-    """Why a geographic reference grid is refused and the projected one to give instead: the UTM zone of its
-    centre, its bounds there (rounded outwards to whole metres) and about its pixel size in metres.
+def projected_grid(grid: Grid) -> tuple[Grid, str]:
+    """The projected grid for a geographic one: the UTM zone of its centre, its bounds there (rounded outwards to
+    whole metres) and about its pixel size in metres (two significant digits, the square of the same area); with the manifest text that gives
+    it (``{crs: ..., bounds: [...], resolution: ...}``).
 
     >>> from rasterio.transform import from_origin
     >>> g = Grid(CRS.from_epsg(4326), from_origin(-45.0, -10.0, 0.0027, 0.0027), 185, 92)
-    >>> print(projected_suggestion(g).split("; give ")[1])
-    reference: {crs: EPSG:32723, bounds: [500000, 8867080, 554744, 8894588], resolution: 300} in the manifest (every layer is then warped onto it), or reproject the reference raster
+    >>> p, spec = projected_grid(g)
+    >>> print(spec, p.shape)
+    {crs: EPSG:32723, bounds: [500000, 8867080, 554744, 8894588], resolution: 300} (92, 182)
     """
     from rasterio.warp import transform, transform_bounds
 
@@ -550,11 +561,12 @@ def projected_suggestion(grid: Grid) -> str:
     zone = int((lon + 180) // 6) + 1
     epsg = (32600 if lat >= 0 else 32700) + zone
     pl, pb, pr, pt = transform_bounds(grid.crs, f"EPSG:{epsg}", l, b, r, t)
-    res_m = float(f"{grid.res * 111_320 * math.cos(math.radians(lat)):.2g}")
-    return (f"the reference grid is in a geographic CRS ({grid.crs.to_string()}, pixels of {grid.res:g} degrees): "
-            f"distances, pixel sizes and areas need metres; give reference: {{crs: EPSG:{epsg}, bounds: "
-            f"[{math.floor(pl)}, {math.floor(pb)}, {math.ceil(pr)}, {math.ceil(pt)}], resolution: {res_m:g}}} in the "
-            f"manifest (every layer is then warped onto it), or reproject the reference raster")
+    # a square pixel of the same area: the geometric mean of a degree's length along the parallel and the meridian
+    res_m = float(f"{grid.res * math.sqrt(111_320 * math.cos(math.radians(lat)) * 110_574):.2g}")
+    left, bottom, right, top = math.floor(pl), math.floor(pb), math.ceil(pr), math.ceil(pt)
+    out = Grid(CRS.from_epsg(epsg), from_origin(left, top, res_m, res_m), max(1, round((right - left) / res_m)),
+               max(1, round((top - bottom) / res_m)))
+    return out, f"{{crs: EPSG:{epsg}, bounds: [{left}, {bottom}, {right}, {top}], resolution: {res_m:g}}}"
 
 
 def _src_bounds_in(src, crs: CRS) -> tuple:
@@ -1203,10 +1215,10 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
     mpath = Path(manifest).resolve()
     man = read_manifest(mpath)
     base = mpath.parent
-    grid = _reference_grid(man, base)
+    warns: list[str] = []
+    grid = _reference_grid(man, base, warns)
     table: list[dict] = []
     units: dict[str, str] = {}
-    warns: list[str] = []
     preview = preview_factor(grid.height, grid.width, max_pixels)
     if preview > 1:
         full = grid

@@ -246,13 +246,24 @@ def test_notebook_parameters_checked_before_any_notebook_runs(tmp_path):
         main(["--run-dir", str(tmp_path), "-p", "epoks", "3"])
 
 
-def test_geographic_reference_grid_refused_with_the_utm_zone_to_use(small_manifest, tmp_path):
-    """Degrees are not metres: a geographic reference grid is refused before any layer is read, with the
-    projected grid to give instead (the UTM zone of its centre, its bounds there, the pixel size in metres)."""
-    man = _copy_manifest(small_manifest, tmp_path)
-    man["reference"] = {"crs": "EPSG:4674", "bounds": [-45.0, -10.25, -44.5, -10.0], "resolution": 0.0027}
-    msg = _error(tmp_path, man)
-    assert "geographic CRS (EPSG:4674" in msg and "crs: EPSG:32723" in msg and "resolution: 300" in msg
+def test_geographic_reference_grid_warped_onto_its_utm_zone_with_a_notice(small_manifest, tmp_path):
+    """Degrees are not metres: a geographic reference grid is replaced by the UTM zone of its centre (its bounds
+    there, the pixel size in metres), with a notice that names it and how to choose another; the area then loads
+    in metres, so no later stage reports "pixels of 0.0027 m"."""
+    from lithocore.synthetic import geographic_copy
+
+    geo = geographic_copy(small_manifest, tmp_path / "geo")
+    with pytest.warns(DataWarning, match=r"geographic CRS \(EPSG:4326.*warped onto the UTM zone of its centre, "
+                                         r"reference: \{crs: EPSG:32646, bounds: \[\d+, \d+, \d+, \d+\], "
+                                         r"resolution: 15\}"):
+        area = load_study_area(geo)
+    assert area.grid.crs.to_epsg() == 32646 and area.grid.res == 15.0
+    flat = load_study_area(small_manifest)
+    assert abs(area.shape[0] - flat.shape[0]) <= 8 and abs(area.shape[1] - flat.shape[1]) <= 8  # a warped extent
+    inner = (slice(10, -10), slice(10, -10))  # the same geology, back in metres (edges lose a pixel or two)
+    assert area.mask[inner].mean() > 0.9
+    labelled = [(a.mask & (a.labels != NO_LABEL)).mean() for a in (area, flat)]
+    assert abs(labelled[0] - labelled[1]) < 0.05, labelled
 
 
 # ------------------------------------------------------------------------------------------ sensors
