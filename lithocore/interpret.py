@@ -134,6 +134,9 @@ def mapping_text(scores: dict, regions: list[str]) -> str:
     s, w = scores[first], scores.get("whole_map", {})
     text = [f"Outside what the model trained on (`{first}`) the map scores OA {s['overall_accuracy']:.3f} and mIoU "
             f"{s['mean_iou']:.3f}; over the whole map, as the paper scored, mIoU {w.get('mean_iou', float('nan')):.3f}."]
+    for r in regions:
+        if (scores.get(r) or {}).get("caution"):
+            text.append(f"**Read the `{r}` score with care**: {scores[r]['caution']}.")
     zero = [n for n, v in (s.get("iou") or {}).items() if v is not None and v < 0.05]
     if zero:
         text.append(f"Classes the map all but misses there (IoU below 0.05): {', '.join(zero)}.")

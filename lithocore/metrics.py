@@ -164,17 +164,37 @@ def stripe_ratio(classes: np.ndarray, valid: np.ndarray | None = None, *, period
     return (on[0] / on[1]) / (off[0] / off[1])
 
 
+#: A score from fewer labelled pixels than this, or from fewer than half the map's classes, is flagged.
+MIN_SCORED_PIXELS = 2000
+
+
+def thin_score(cm, in_map: int) -> str | None:
+    """Why a score means little (too few pixels, or fewer than half of the ``in_map`` classes of the map, scored),
+    or None.
+
+    >>> thin_score(np.diag([300, 200, 54, 0, 0, 0, 0]), 7)
+    'scored on 554 pixels and 3 of 7 classes: too few to stand for the map'
+    """
+    cm = np.asarray(cm)
+    px, present = int(cm.sum()), int((cm.sum(1) > 0).sum())
+    if px < MIN_SCORED_PIXELS or present < in_map / 2:
+        return f"scored on {px:,} pixels and {present} of {in_map} classes: too few to stand for the map"
+    return None
+
+
 def evaluate_map(classes: np.ndarray, labels: np.ndarray, mask: np.ndarray, names, *,
                  regions: dict[str, np.ndarray] | None = None, boundary_width: int = 3) -> dict:
     """Every measure of a class map against the labels, per evaluation region, never mixed.
 
     ``regions`` maps a name (e.g. ``"held_out"``, ``"whole_map"``) to a boolean map of the pixels it scores;
     default: the whole valid map. Each region gets :func:`scores` over all its labelled pixels and over its
-    boundary zone; the map gets its salt-and-pepper share and fragment counts.
+    boundary zone (and a ``caution`` when too few pixels or classes were scored, :func:`thin_score`); the map
+    gets its salt-and-pepper share and fragment counts.
     """
     n = len(names)
     regions = regions or {"whole_map": mask}
     zone = boundary_zone(labels, boundary_width)
+    in_map = int((np.bincount(labels[mask & (labels < n)], minlength=n) > 0).sum())
     out = {}
     for name, region in regions.items():
         sel = region & mask
@@ -182,5 +202,6 @@ def evaluate_map(classes: np.ndarray, labels: np.ndarray, mask: np.ndarray, name
         cmb = confusion_matrix(labels, classes, n, sel & zone)
         out[name] = scores(cm, names) | {"confusion_matrix": cm.tolist(),
                                          "boundary": scores(cmb, names) | {"width_pixels": boundary_width}}
+        out[name]["caution"] = thin_score(cm, in_map)
     out["noise"] = dict(salt_and_pepper=salt_and_pepper(classes, mask, n), **fragments(classes, mask, n))
     return out

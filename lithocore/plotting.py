@@ -269,8 +269,12 @@ def plot_history(history: dict, ax=None):
     return ax
 
 
-def plot_confusion(cm, names, ax=None, normalise: bool = True, title: str = ""):
-    """A confusion matrix (rows: reference, columns: mapped) as in the paper's Figures 8 and 11."""
+def plot_confusion(cm, classes, ax=None, normalise: bool = True, title: str = ""):
+    """A confusion matrix (rows: reference, columns: mapped) as in the paper's Figures 8 and 11, its rows and
+    columns labelled by the class table's unit ids (and names), as the maps and legends are. ``classes``: the
+    :class:`~lithocore.data.ClassTable` (or bare names, then numbered from 1)."""
+    ids = list(getattr(classes, "ids", range(1, len(classes) + 1)))
+    names = list(getattr(classes, "names", classes))
     cm = np.asarray(cm, dtype=float)
     ax = ax if ax is not None else plt.subplots(figsize=(6, 5.5))[1]
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalise else cm
@@ -282,13 +286,12 @@ def plot_confusion(cm, names, ax=None, normalise: bool = True, title: str = ""):
             if v > 0:
                 ax.text(j, i, f"{v:.2f}" if normalise else f"{int(v)}", ha="center", va="center", fontsize=7,
                         color="white" if (v > 0.5 if normalise else v > shown.max() / 2) else "black")
-    labels = [f"{i + 1}" for i in range(n)]
-    ax.set_xticks(range(n), labels)
     import textwrap
 
-    ax.set_yticks(range(n), [textwrap.fill(f"{i + 1}: {nm}", 24) for i, nm in enumerate(names)], fontsize=8)
-    ax.set_xlabel("mapped class")
-    ax.set_ylabel("reference class")
+    ax.set_xticks(range(n), [str(u) for u in ids])
+    ax.set_yticks(range(n), [textwrap.fill(f"{u}: {nm}", 24) for u, nm in zip(ids, names)], fontsize=8)
+    ax.set_xlabel("mapped class (unit id)")
+    ax.set_ylabel("reference class (unit id: name)")
     ax.set_title(title or ("row-normalised" if normalise else "pixel counts"), fontsize=10)
     return ax
 

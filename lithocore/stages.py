@@ -192,6 +192,9 @@ def training_tiles(run_dir, area, cfg, split: str = "spatial", *, stratified: bo
                       split=split, seed=cfg.seed, stratified=made["stratified"], blocks=made["blocks"],
                       n_classes=len(area.classes))
     ts.info["made_from"] = made
+    for side in ("val", "train"):  # the classes by name, as every JSON names them
+        if f"classes_missing_from_{side}" in ts.info:
+            ts.info[f"classes_missing_from_{side}"] = [area.classes.names[c] for c in ts.info[f"classes_missing_from_{side}"]]
     ts.info["tiles_key"] = key(made)
     ts.info["warnings"] = tile_warnings(ts, area, cfg.n_samples)
     for w in ts.info["warnings"]:
