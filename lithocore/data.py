@@ -242,6 +242,26 @@ class ClassTable:
             raise StudyAreaError(source, f"at most {NO_LABEL - 1} classes are supported")
         return cls(tuple(ids), tuple(names), tuple(colours), tuple(values))
 
+    def similar_colours(self, tolerance: float = 40.0) -> list[tuple[str, str, str, str]]:
+        """Pairs of classes whose colours are hard to tell apart on a map: (name, colour, name, colour) where the
+        "redmean" colour distance (a cheap perceptual one, 0-765) is under ``tolerance``.
+
+        >>> ClassTable((1, 2, 3), ("a", "b", "c"), ("#d9c27a", "#dac47c", "#1f78b4"), (1, 2, 3)).similar_colours()
+        [('a', '#d9c27a', 'b', '#dac47c')]
+        """
+        from matplotlib.colors import to_rgb
+
+        rgb = [np.array(to_rgb(c)) * 255 for c in self.colours]
+        out = []
+        for i in range(len(rgb)):
+            for j in range(i + 1, len(rgb)):
+                r = (rgb[i][0] + rgb[j][0]) / 2
+                d = rgb[i] - rgb[j]
+                dist = np.sqrt((2 + r / 256) * d[0] ** 2 + 4 * d[1] ** 2 + (2 + (255 - r) / 256) * d[2] ** 2)
+                if dist < tolerance:
+                    out.append((self.names[i], self.colours[i], self.names[j], self.colours[j]))
+        return out
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -372,6 +392,14 @@ class StudyArea:
             if c.name == name:
                 return c
         raise KeyError(f"no coarse layer named {name!r}; have {[c.name for c in self.coarse]}")
+
+    @property
+    def labels_name(self) -> str:
+        """What the labels are, in words: "geological map" when they cover at least half of the valid ground
+        outside the ground to predict, else "training polygons" (sparse labels of a field campaign)."""
+        labelled = int(((self.labels != NO_LABEL) & self.mask).sum())
+        ground = int((self.predict & self.mask).sum()) if self.predict is not None and self.predict_declared else 0
+        return "geological map" if labelled >= 0.5 * max(int(self.mask.sum()) - ground, 1) else "training polygons"
 
     def label_fractions(self) -> dict[str, float]:
         """Share of each class among the labelled, valid pixels."""
@@ -1260,6 +1288,9 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
     extra, extra_names = fine_stack("extra")
 
     coarse, points, labels, classes, lpath = _load_small_layers(man, base, grid, warns, units, table, mpath)
+    for a, ca, b, cb in classes.similar_colours():
+        _warn(warns, mpath, f"classes '{a}' ({ca}) and '{b}' ({cb}) have near-identical colours: they are hard to "
+                            f"tell apart on the maps; give one of them another 'colour' in the class table")
 
     mask = np.ones(grid.shape, dtype=bool)
     for arr in (guide, extra):

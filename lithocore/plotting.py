@@ -13,7 +13,7 @@ from matplotlib.patches import Patch
 
 from .data import NO_LABEL, Grid, StudyArea
 
-__all__ = ["extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
+__all__ = ["fold_colours", "extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
            "plot_layers", "class_colormap", "plot_tiles", "plot_folds", "plot_history", "plot_confusion", "plot_zoom",
            "class_legend_handles", "save_class_legend", "figure_check", "save_figure", "compare_maps", "plot_ground",
            "plot_matched_folds", "plot_distances", "plot_reliability", "plot_trust_map", "plot_value", "plot_accuracy_by_di"]
@@ -133,10 +133,13 @@ def class_colormap(area: StudyArea) -> tuple[ListedColormap, BoundaryNorm]:
     return cmap, BoundaryNorm(np.arange(-0.5, n + 0.5), n)
 
 
-def plot_labels(area: StudyArea, labels: np.ndarray | None = None, ax=None, title: str = "Geological map",
+def plot_labels(area: StudyArea, labels: np.ndarray | None = None, ax=None, title: str | None = None,
                 legend: bool = True):
     """A class map (default: the study area's labels) with the class table's colours and a legend;
-    unlabelled pixels are white."""
+    unlabelled pixels are white. The default title says what the labels are (:attr:`StudyArea.labels_name`:
+    a geological map or training polygons)."""
+    if title is None:
+        title = area.labels_name.capitalize() if labels is None else "Class map"
     ax = _axes(ax)
     lab = area.labels if labels is None else labels
     shown = np.ma.masked_where((lab == NO_LABEL) | ~area.mask, lab)
@@ -234,14 +237,37 @@ def plot_tiles(area: StudyArea, tiles, ax=None, title: str | None = None, max_ti
     return _finish(ax, title or f"{tiles.split} split: {len(tiles.train)} training, {len(tiles.val)} validation tiles")
 
 
+def fold_colours(k: int) -> list[tuple]:
+    """Greys for the folds, never a class colour: a class map beside a fold map cannot be misread.
+
+    >>> len(fold_colours(4)), all(r == g == b for r, g, b, _ in fold_colours(4))
+    (4, True)
+    """
+    levels = np.linspace(0.25, 0.8, max(k, 1))
+    return [(float(v), float(v), float(v), 1.0) for v in levels]
+
+
 def plot_folds(area: StudyArea, folds, ax=None, outside: bool = False):
-    """The test blocks of the cross-validation folds, a colour per fold, with a legend (beside the map when
-    ``outside``, else in its lower left corner)."""
+    """The test blocks of the cross-validation folds in greys (:func:`fold_colours`, so they are never read as
+    classes), each block numbered with its fold, with a legend (beside the map when ``outside``, else in its
+    lower left corner)."""
+    from matplotlib.colors import ListedColormap
+
     ax = _axes(ax)
-    cmap = plt.get_cmap("tab10")
-    ax.imshow(np.ma.masked_where(folds.fold < 0, folds.fold), cmap=cmap, vmin=0, vmax=9, interpolation="nearest",
-              extent=extent_km(area.grid))
-    handles = [Patch(color=cmap(i), label=f"fold {i} test blocks") for i in range(folds.k)]
+    colours = fold_colours(folds.k)
+    ax.imshow(np.ma.masked_where(folds.fold < 0, folds.fold), cmap=ListedColormap(colours), vmin=-0.5,
+              vmax=folds.k - 0.5, interpolation="nearest", extent=extent_km(area.grid))
+    if folds.block:
+        res, (left, _, _, top) = area.grid.res, area.grid.bounds
+        H, W = folds.fold.shape
+        for r in range(0, H, folds.block):
+            for c in range(0, W, folds.block):
+                f = int(folds.fold[r, c])
+                if f >= 0:
+                    rc, cc = min(r + folds.block / 2, (r + H) / 2), min(c + folds.block / 2, (c + W) / 2)
+                    ax.text((left + cc * res) / 1e3, (top - rc * res) / 1e3, str(f), ha="center", va="center",
+                            fontsize=8, color="white" if colours[f][0] < 0.5 else "black")
+    handles = [Patch(color=colours[i], label=f"fold {i} test blocks") for i in range(folds.k)]
     handles.append(Patch(facecolor="white", edgecolor="0.6", label="no test block (training side of every fold)"))
     if outside:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=LEGEND_FONTSIZE, frameon=False)
@@ -311,7 +337,7 @@ def plot_zoom(area: StudyArea, maps: dict, centre: tuple[int, int] | None = None
         centre = np.unravel_index(np.argmax(density), density.shape)
     r0 = int(np.clip(centre[0] - size // 2, 0, max(0, area.shape[0] - size)))
     c0 = int(np.clip(centre[1] - size // 2, 0, max(0, area.shape[1] - size)))
-    panels = {"geological map": area.labels, **maps}
+    panels = {area.labels_name: area.labels, **maps}
     if axes is None:
         _, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.9), layout="constrained")
     cmap, norm = class_colormap(area)
@@ -393,16 +419,17 @@ def save_figure(fig, path, dpi: int = 100) -> None:
         fig.savefig(tmp, dpi=dpi, format="png", metadata={"lithocore:figure-check": json.dumps(check)})
 
 
-def compare_maps(area: StudyArea, layers: dict, *, base: str = "geological map", interactive: bool = True,
+def compare_maps(area: StudyArea, layers: dict, *, base: str | None = None, interactive: bool = True,
                  overlay: str | None = None, opacity: float = 0.6):
     """Class maps and value maps of one area as layers to switch and fade over a base layer: in JupyterLab, a
     layer menu and an opacity slider (ipywidgets) redraw one map with its legend or colour bar; under papermill
     or in a static render (``interactive=False``), one figure of the default view, the same drawing.
 
     ``layers``: name -> class-index map (uint8, drawn in the class table's colours) or float map (drawn with
-    a colour bar, e.g. a confidence map). ``base`` must be one of them or "geological map" (the labels).
-    Returns the widget (interactive) or the figure."""
-    maps = {"geological map": area.labels, **layers}
+    a colour bar, e.g. a confidence map). ``base`` must be one of them or the labels (the default, named by
+    :attr:`StudyArea.labels_name`). Returns the widget (interactive) or the figure."""
+    base = base or area.labels_name
+    maps = {area.labels_name: area.labels, **layers}
     names = list(maps)
     overlay = overlay or next((n for n in names if n != base), base)
     cmap, norm = class_colormap(area)
@@ -471,10 +498,9 @@ def plot_ground(area: StudyArea, ax=None):
 
 
 def plot_matched_folds(area: StudyArea, fold: np.ndarray, k: int, ax=None, title: str = "matched folds"):
-    """Each labelled pixel's fold (colours of their own, not the class palette), with a legend."""
+    """Each labelled pixel's fold (greys, :func:`fold_colours`: never the class palette), with a legend."""
     ax = _axes(ax)
-    cmap = ListedColormap(["#1b1b1b", "#9e9e9e", "#e6ab02", "#66a61e", "#7570b3", "#e7298a", "#1f78b4",
-                           "#a6761d", "#b15928", "#6a3d9a"][:max(k, 1)])
+    cmap = ListedColormap(fold_colours(k))
     ax.imshow(np.ma.masked_where(fold < 0, fold), cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest",
               extent=extent_km(area.grid))
     ax.legend(handles=[Patch(color=cmap(i), label=f"fold {i}") for i in range(k)], loc="lower left",

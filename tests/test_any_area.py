@@ -78,6 +78,7 @@ def test_derived_areas_load_as_declared(areas):
     sparse = load_study_area(areas["sparse_labels"])
     labelled = (sparse.labels != 255) & sparse.mask
     assert 0.04 < labelled.mean() < 0.09  # 0 = unlabelled is no class
+    assert sparse.labels_name == "training polygons" and img.labels_name == "geological map"
 
 
 @pytest.mark.notebook

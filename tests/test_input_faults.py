@@ -309,3 +309,12 @@ def test_a_cut_off_raster_is_named_damaged(small_manifest, tmp_path):
     man["extra"][0]["path"] = str(tmp_path / "dem_cut.tif")
     msg = _error(tmp_path, man)
     assert msg.startswith(f"{tmp_path / 'dem_cut.tif'}: this file is damaged") and "copy or export it again" in msg
+
+
+def test_near_identical_class_colours_warned(small_manifest, tmp_path):
+    man = _copy_manifest(small_manifest, tmp_path)
+    classes = man["labels"]["classes"]
+    classes[1]["colour"] = classes[0]["colour"][:-1] + ("0" if classes[0]["colour"][-1] != "0" else "1")
+    with pytest.warns(DataWarning, match=rf"classes '{classes[0]['name']}' .* and '{classes[1]['name']}' .* have "
+                                         r"near-identical colours"):
+        load_study_area(_write(tmp_path, man))
