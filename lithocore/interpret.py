@@ -170,7 +170,7 @@ def comparison_text(per_fold: list[dict], coverage: list[dict], pooled: dict, na
                     f"its out-of-fold map (not a whole-map one, scored on its own training ground) for an honest "
                     f"picture of its errors.")
     else:
-        text.append(f"The lead is not established against the " +
+        text.append("The lead is not established against the " +
                     and_list(names[m] for m in other if m not in holds) + " (the intervals above include zero): no "
                     "map is shown to be the better one here; where the maps agree, the call is safer; where they "
                     "disagree, go to the field.")

@@ -89,13 +89,11 @@ class DeepCandidate:
     def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0, train=None):
         import tempfile
 
-        import keras
-
         from .fusion import normalisation_stats
         from .model import build_model
         from .runfolder import key
         from .tiles import TileBatches, candidate_windows, class_weights, sample_windows
-        from .training import compile_model, fit, window_pixels
+        from .training import compile_model, fit, seed_everything, window_pixels
 
         cfg = self.config
         mask = np.isfinite(F).all(0)
@@ -108,7 +106,7 @@ class DeepCandidate:
         stats = normalisation_stats(F, window_pixels(lab.shape, windows, cfg.tile) & mask)
         batches = TileBatches(F, lab, mask, windows, cfg.tile, cfg.batch_size, mean=stats["mean"], std=stats["std"],
                               seed=cfg.seed + seed, augment=cfg.augment)
-        keras.utils.set_random_seed(cfg.seed + seed)
+        seed_everything(cfg.seed + seed)
         net = build_model(cfg.model_config(F.shape[0], self.n_classes))
         weights = class_weights(lab, windows, cfg.tile, self.n_classes) if cfg.class_weighting else None
         compile_model(net, self.n_classes, cfg, class_weights=weights)

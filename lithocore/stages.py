@@ -232,11 +232,10 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
     metadata (``model.json``, written last: a model without it is unfinished). With ``reuse``, a finished model
     in the run folder made from the same stack, tiles, split, classes and every training setting is loaded
     instead, and said so. Returns (model, meta, history)."""
-    import keras
-
     from .model import backend_info, build_model
     from .tiles import class_weights
-    from .training import compile_model, data_parallel, evaluate_tiles, fit, load_bundle, make_batches, read_history, save_bundle
+    from .training import (compile_model, data_parallel, evaluate_tiles, fit, load_bundle, make_batches, read_history,
+                           save_bundle, seed_everything)
 
     rf = RunFolder(run_dir)
     rf.stage("04_train_model")
@@ -251,7 +250,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
             model, meta = load_bundle(rf.model_path)
             return model, meta, read_history(history_csv)
     rf.model_meta_path.unlink(missing_ok=True)  # from here on, what is in the folder is unfinished
-    keras.utils.set_random_seed(cfg.seed)
+    seed_everything(cfg.seed)
     train, val, stats = make_batches(stack, area, ts, cfg)
     with data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split between them
         if model is None:
@@ -602,13 +601,11 @@ def deep_fold_model(stack, area, cfg, out_dir):
     """A cross-validation model: the deep model of ``cfg`` (any of the registry) trained on windows wholly inside the fold's training
     region (normalised with their own statistics), then mapping the scene."""
     def run(i, train, test):
-        import keras
-
         from . import mapping
         from .fusion import normalisation_stats
         from .model import build_model
         from .tiles import TileBatches, candidate_windows, class_weights, sample_windows
-        from .training import compile_model, fit, window_pixels
+        from .training import compile_model, fit, seed_everything, window_pixels
 
         cand = candidate_windows(area.labels, area.mask, cfg.tile, cfg.stride, allowed=train)
         if len(cand) == 0:
@@ -618,7 +615,7 @@ def deep_fold_model(stack, area, cfg, out_dir):
         stats = normalisation_stats(stack, window_pixels(area.shape, windows, cfg.tile) & area.mask)
         batches = TileBatches(stack, area.labels, area.mask, windows, cfg.tile, cfg.batch_size, mean=stats["mean"],
                               std=stats["std"], seed=cfg.seed + i, augment=cfg.augment)
-        keras.utils.set_random_seed(cfg.seed + i)
+        seed_everything(cfg.seed + i)
         model = build_model(cfg.model_config(stack.shape[0], len(area.classes)))
         weights = class_weights(area.labels, windows, cfg.tile, len(area.classes)) if cfg.class_weighting else None
         compile_model(model, len(area.classes), cfg, class_weights=weights)

@@ -185,6 +185,20 @@ def _keras_callbacks():
     return SafeBackupAndRestore, AtomicCheckpoint
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and the backend (``keras.utils.set_random_seed``) and, under TensorFlow, make its ops
+    deterministic (``tf.config.experimental.enable_op_determinism``: reductions and scatters in a fixed order), so
+    the same seed trains the same model on the same machine, run after run. (Another CPU may still round
+    differently: its kernels use other instructions.)"""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
 def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingConfig, *, verbose: int | str = "auto",
         run_key: str = ""):
     """Train with checkpoints every epoch; an interrupted run called again (same ``run_key``) resumes where it

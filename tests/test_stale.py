@@ -130,6 +130,20 @@ def test_notebook_04_reuses_a_model_made_from_the_same_inputs(manifest, tmp_path
     assert "reused" not in capsys.readouterr().out and other["model_key"] != meta["model_key"]
 
 
+def test_the_same_seed_trains_the_same_model(manifest, tmp_path):
+    """Deterministic with a seed: two trainings of the same settings give the same weights and scores, bit for bit
+    (op determinism on; what differs between machines is rounding, not the order of operations)."""
+    area = load_study_area(manifest)
+    results = []
+    for run in ("a", "b"):
+        _, stack, channels, units = stages.fused_stack(tmp_path / run, manifest, area=area)
+        cfg = stages.run_config("quick", area, **(TINY | dict(epochs=2, steps_per_epoch=2)))
+        model, meta, history = stages.train_model(tmp_path / run, area, stack, channels, units, cfg, verbose=0)
+        results.append((model.get_weights(), meta["validation"]["mean_iou"], history["loss"]))
+    (wa, sa, la), (wb, sb, lb) = results
+    assert sa == sb and la == lb and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
 def test_notebook_02s_settings_are_the_fallbacks(manifest, tmp_path, capsys):
     run = tmp_path / "run"
     stages.fused_stack(run, manifest)
