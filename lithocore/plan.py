@@ -5,8 +5,8 @@ A fold is *feasible* when its test region holds labels and its training region (
 one tile from the test blocks) holds at least one tile-sized window wholly inside it that holds labels: the deep
 model of that fold has something to learn from. :func:`fit_evaluation` tries, in order, the largest tile that
 fits the scene down to 32 px (when the user gave none), the profile's folds down to two (when the user gave none)
-and blocks from the labels' autocorrelation range down to one tile (when the user gave none), and returns the
-first plan in which every fold is feasible, with what it changed and why. When none is, it raises
+and blocks as long as the labels' autocorrelation range, then longer ones (up to eight tiles), then shorter ones
+(down to one tile) (when the user gave none), and returns the first plan in which every fold is feasible, with what it changed and why. When none is, it raises
 :class:`SceneTooSmall` with the smallest scene that works and what to change: notebook 01 calls it, so a scene
 too small stops there, not after minutes of training.
 """
@@ -105,12 +105,12 @@ def fit_evaluation(labels: np.ndarray, mask: np.ndarray, *, tile: int, k: int, s
 
     Examples
     --------
-    A 95 x 228 px scene: 128-px tiles and 4 folds cannot all train, 32-px tiles in smaller blocks can.
+    A 95 x 228 px scene: 128-px tiles and 4 folds cannot all train; 32-px tiles in 3 folds of 96-px blocks can.
 
     >>> lab = np.repeat((np.arange(228) // 19 % 6).astype(np.uint8)[None], 95, 0)
     >>> p = fit_evaluation(lab, np.ones_like(lab, bool), tile=128, k=4, stride=20, range_px=40)
     >>> p.tile, p.k, p.block, min(p.windows_per_fold) > 0
-    (32, 4, 64, True)
+    (32, 3, 96, True)
     """
     from .knndm import autocorrelation_range
 
@@ -126,7 +126,9 @@ def fit_evaluation(labels: np.ndarray, mask: np.ndarray, *, tile: int, k: int, s
             if t > min(shape):
                 continue
             n0 = _range_blocks(t, range_px)
-            blocks = [block] if block != -1 else [n * t for n in range(n0, 0, -1)]
+            # the range's blocks first, then longer ones (more cautious), then shorter ones (optimistic)
+            blocks = [block] if block != -1 else [n * t for n in [n0, *range(n0 + 1, 9), *range(n0 - 1, 0, -1)]
+                                                  if n * t <= max(shape)]
             for kk in ks:
                 for b in blocks:
                     if (kk, b, t) not in tried:
@@ -146,15 +148,19 @@ def fit_evaluation(labels: np.ndarray, mask: np.ndarray, *, tile: int, k: int, s
 def _changes(tile: int, k: int, t: int, kk: int, b: int, n0: int, range_px, tile_given: bool) -> list[str]:
     out = []
     if t != tile and not tile_given:
-        out.append(f"tiles of {t} px, not the profile's {tile} px: larger ones leave some fold no training window "
+        out.append(f"tiles of {t} px, not the profile's {tile} px: larger ones leave some fold too few training windows "
                    f"(or the scene is under four of them across)")
     if kk != k:
-        out.append(f"{kk} folds, not the profile's {k}: with more, some fold has no training window or no labels")
+        out.append(f"{kk} folds, not the profile's {k}: with more, some fold has too few training windows or no "
+                   f"labels")
+    why = f"the labels' autocorrelation range ({range_px} px)" if range_px else "the usual four tiles"
     if b < n0 * t:
-        why = f"the labels' autocorrelation range ({range_px} px)" if range_px else "the usual four tiles"
-        out.append(f"blocks of {b} px, shorter than {why}: longer ones leave some fold no training window; blocks "
-                   f"shorter than the range make the block cross-validation optimistic (notebook 07's matched "
-                   f"folds measure by distance instead)")
+        out.append(f"blocks of {b} px, shorter than {why}: longer ones leave some fold too few training windows; "
+                   f"blocks shorter than the range make the block cross-validation optimistic (notebook 07's "
+                   f"matched folds measure by distance instead)")
+    elif b > n0 * t:
+        out.append(f"blocks of {b} px, longer than {why} rounded to tiles: shorter ones leave some fold too few "
+                   f"training windows (longer blocks make the block cross-validation more cautious)")
     return out
 
 
