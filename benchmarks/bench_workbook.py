@@ -28,11 +28,12 @@ def run_once(run_dir: Path, study_area: str, profile: str) -> dict:
     if study_area:
         cmd += ["--study-area", study_area]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "bench_workbook.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
     peak, peak_at = 0, ""
-    lines: list[str] = []
-    os.set_blocking(proc.stdout.fileno(), False)
     while proc.poll() is None:
         try:
             procs = [root] + root.children(recursive=True)
@@ -47,13 +48,8 @@ def run_once(run_dir: Path, study_area: str, profile: str) -> dict:
                     peak_at = running[-1].name[1:].removesuffix(".partial.ipynb") if running else "between notebooks"
         except psutil.Error:
             pass
-        chunk = proc.stdout.read()
-        if chunk:
-            lines += chunk.splitlines()
         time.sleep(0.5)
-    rest = proc.stdout.read()
-    if rest:
-        lines += rest.splitlines()
+    lines = log.read_text().splitlines()
     seconds = time.perf_counter() - t0
     timings = json.loads((run_dir / "timings.json").read_text()) if proc.returncode == 0 else {}
     return dict(rc=proc.returncode, seconds=round(seconds, 1), notebooks=timings,
