@@ -506,6 +506,22 @@ def _check_memory(grid: Grid, n_fine: int, n_coarse: int, source) -> int:
     return need
 
 
+def _check_full_stack_memory(full: Grid, n_channels: int, n_classes: int, source) -> None:
+    """For a preview: refuse, before any stack is written, a full grid whose stack notebooks 03-07 cannot hold
+    (they read the whole stack: its channels, the neighbourhood forest's five times as many, class probabilities
+    and a few maps; :func:`lithocore.recommend.memory_needed` counts notebook 07's exactly)."""
+    px = full.width * full.height
+    need = px * 4 * (7 * max(n_channels, 1) + 2 * n_classes + 3)
+    have = memory_available()
+    if need > have:
+        raise StudyAreaError(source, f"the reference grid is {full.height:,} x {full.width:,} pixels of {full.res:g} m "
+                                     f"({px / 1e6:,.1f} Mpx): notebook 01 shows a preview, and notebook 02 would write "
+                                     f"the stack block by block, but notebooks 03-07 read the whole stack of about "
+                                     f"{n_channels} channels and need about {_size(need)}, where {_size(have)} is "
+                                     f"available. Choose a coarser resolution (reference: {{crs, bounds, resolution}}), "
+                                     f"a smaller area, or a machine with more memory")
+
+
 def _resolve(base: Path, p: str) -> Path:
     q = Path(os.path.expandvars(os.path.expanduser(str(p))))
     return q if q.is_absolute() else (base / q)
@@ -1258,7 +1274,12 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
     for e in man["guide"] + man["extra"]:
         with open_raster(_resolve(base, e["path"])) as src:
             n_fine += src.count
-    _check_memory(grid, n_fine, len(man["coarse"]) + sum(len(e.get("columns") or []) for e in man["points"]), mpath)
+    n_coarse = len(man["coarse"]) + sum(len(e.get("columns") or []) for e in man["points"])
+    _check_memory(grid, n_fine, n_coarse, mpath)
+    if preview > 1:  # the stack's default channels (notebook 02's rule): coarse and extra layers, else the guide
+        n_extra = sum(1 for _ in man["extra"])
+        channels = n_coarse + n_extra if n_coarse else n_fine
+        _check_full_stack_memory(full, channels, len(man["labels"].get("classes") or []), mpath)
 
     wavelengths: dict[str, float] = {}
 

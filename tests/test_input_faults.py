@@ -234,6 +234,18 @@ def test_grid_too_big_for_memory_refused_before_allocating(small_manifest, tmp_p
     load_study_area(_write(tmp_path, man))
 
 
+def test_a_preview_whose_full_stack_cannot_be_held_is_refused_in_notebook_01(small_manifest, tmp_path, monkeypatch):
+    """A grid shown as a preview in notebook 01 loads, but when notebooks 03-07 could not hold its full stack the
+    loader says so there, before notebook 02 spends minutes writing the stack."""
+    man = _copy_manifest(small_manifest, tmp_path)
+    monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", "4M")
+    with pytest.raises(StudyAreaError, match=r"192 x 192 pixels of 15 m .* notebooks 03-07 read the whole stack .* "
+                                             r"is available"):
+        load_study_area(_write(tmp_path, man), max_pixels=5000)
+    monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", "64M")
+    assert load_study_area(_write(tmp_path, man), max_pixels=5000).preview_factor > 1
+
+
 # -------------------------------------------------------------------------------------- parameters
 def test_notebook_parameters_checked_before_any_notebook_runs(tmp_path):
     with pytest.raises(ValueError, match=r"parameter 'tile_size' must be int, got 'abc'"):
