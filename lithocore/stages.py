@@ -213,11 +213,11 @@ def _model_made_from(run_dir, area, ts, cfg, split: str) -> dict:
 def assess_model(meta: dict, history: dict | None = None) -> dict:
     """Whether a trained model's scores mean anything: ``{"trustworthy": bool, "reasons": [...]}``.
 
-    Not trustworthy when its tiles were flagged (too few training tiles, classes absent from training), or
-    when it fits its training tiles far better than the validation tiles (overfitting: training accuracy
-    more than 0.3 above validation accuracy).
+    Not trustworthy when its tiles were flagged (too few training tiles, classes absent from training or from
+    validation: those are not scored), or when it fits its training tiles far better than the validation tiles
+    (overfitting: training accuracy more than 0.3 above validation accuracy). Every reason is named.
     """
-    reasons = [w for w in meta.get("tile_warnings", []) if "validation" not in w or "absent" not in w]
+    reasons = list(meta.get("tile_warnings", []))
     history = history or {}
     tr, va = history.get("masked_accuracy"), history.get("val_masked_accuracy")
     if tr and va and tr[-1] - va[-1] > 0.3:
