@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from .data import NO_LABEL
-from .metrics import confusion_matrix, scores
+from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
 from .words import and_list, plural
 
@@ -285,14 +285,7 @@ def collapsed_folds(per_fold: list[dict], names: dict[str, str] | None = None, *
     for f in per_fold:
         kappas = {m: s.get("kappa") for m, s in f["scores"].items()}
         for m, s in f["scores"].items():
-            cm = np.asarray(s.get("confusion_matrix", []), dtype=np.float64)
-            if cm.size == 0 or cm.sum() == 0:
-                continue
-            pred, ref = cm.sum(0) / cm.sum(), cm.sum(1) / cm.sum()
-            why = []
-            if pred.max() >= dominant and ref.max() < dominant:
-                why.append(f"predicts one class for {pred.max():.0%} of the test pixels, which hold "
-                           f"{int((ref > 0).sum())} classes".replace("%", " %"))
+            why = [w for w in [one_class(s.get("confusion_matrix", []), dominant)] if w]
             kappa = kappas[m]
             best = max((v for o, v in kappas.items() if o != m and v is not None and np.isfinite(v)), default=None)
             if kappa is not None and np.isfinite(kappa) and kappa < kappa_floor and best is not None \

@@ -134,6 +134,9 @@ def mapping_text(scores: dict, regions: list[str]) -> str:
     s, w = scores[first], scores.get("whole_map", {})
     text = [f"Outside what the model trained on (`{first}`) the map scores OA {s['overall_accuracy']:.3f} and mIoU "
             f"{s['mean_iou']:.3f}; over the whole map, as the paper scored, mIoU {w.get('mean_iou', float('nan')):.3f}."]
+    trust = scores.get("trust") or {}
+    if trust and not trust.get("trustworthy", True):
+        text.append("**Do not trust this map's scores**: " + "; ".join(trust.get("reasons", [])) + ".")
     for r in regions:
         if (scores.get(r) or {}).get("caution"):
             text.append(f"**Read the `{r}` score with care**: {scores[r]['caution']}.")

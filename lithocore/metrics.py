@@ -182,6 +182,23 @@ def thin_score(cm, in_map: int) -> str | None:
     return None
 
 
+def one_class(cm, dominant: float = 0.95) -> str | None:
+    """Why a map (or fold model) has collapsed, or None: one class predicted for at least ``dominant`` of the
+    scored pixels where the reference holds several classes (its largest under ``dominant``).
+
+    >>> one_class([[50, 0], [49, 1]]), one_class([[45, 5], [10, 40]])
+    ('predicts one class for 99 % of the scored pixels, which hold 2 classes', None)
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.size == 0 or cm.sum() == 0:
+        return None
+    pred, ref = cm.sum(0) / cm.sum(), cm.sum(1) / cm.sum()
+    if pred.max() >= dominant and ref.max() < dominant:
+        return (f"predicts one class for {100 * pred.max():.0f} % of the scored pixels, which hold "
+                f"{int((ref > 0).sum())} classes")
+    return None
+
+
 def evaluate_map(classes: np.ndarray, labels: np.ndarray, mask: np.ndarray, names, *,
                  regions: dict[str, np.ndarray] | None = None, boundary_width: int = 3) -> dict:
     """Every measure of a class map against the labels, per evaluation region, never mixed.
