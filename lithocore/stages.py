@@ -29,7 +29,7 @@ from .runfolder import RunFolder, key, manifest_fingerprint, write_json
 __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "evaluation_plan", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
            "WorkbookWarning", "MIN_TRAINING_TILES", "trust_settings", "deep_map_if_current", "cv_cache_key",
-           "cached_fold_predictions", "current_map", "evaluation_plan"]
+           "cached_fold_predictions", "current_map", "evaluation_plan", "paper_forest_map"]
 
 #: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
 MIN_TRAINING_TILES = 20
@@ -416,6 +416,41 @@ def current_map(run_dir, meta: dict, settings_key: str | None = None) -> dict | 
              f"scores were written): mapping and scoring again.")
         return None
     return scores
+
+
+def paper_forest_map(run_dir, area, stack, *, n_trees: int = 200, max_features: int | str = 3,
+                     fraction: float = 0.1, cap: int = 0, seed: int = 0, cluster=None) -> dict:
+    """Notebook 06's forest by the paper's protocol: ``fraction`` of each class's labelled pixels (at most ``cap``),
+    fitted and mapped over the scene (``rf_paper_classes.tif`` and its confidence); reused, and said so, when the
+    map on disk was made from the same stack, labels and settings (``rf_paper.json`` records them and the map's
+    id). Returns ``{"map": map_geotiff's result, "pixels", "fit_seconds", "made_from"}``."""
+    import rasterio
+
+    from . import forest
+    from .mapping import map_geotiff
+
+    rf = RunFolder(run_dir)
+    path = rf.forest_map_path
+    record = path.with_name("rf_paper.json")
+    made = key([stack_provenance(rf.root).get("stack_key"), manifest_fingerprint(area.manifest_path), n_trees,
+                max_features, fraction, cap, seed])
+    if path.is_file() and record.is_file():
+        old = json.loads(record.read_text())
+        with rasterio.open(path) as src:
+            map_id = src.tags().get("map_id")
+        if old.get("made_from") == made and old["map"].get("map_id") == map_id:
+            _say(f"{path} was made from this stack and these labels with these settings: reused")
+            return old
+    pixels = forest.sample_pixels(area.labels, area.mask, fraction, seed, max_per_class=cap or None)
+    model, fit_s = forest.train_forest(stack, area.labels, pixels, n_trees=n_trees, max_features=max_features,
+                                       seed=seed, progress=True)
+    C = stack.shape[0]
+    result = map_geotiff(model, rf.stack_path, path.parent, area.classes, np.zeros(C), np.ones(C), mask=area.mask,
+                         margin=0, shifts=1, cluster=cluster or None, prefix=path.name.removesuffix("_classes.tif"),
+                         progress=False, tags=dict(protocol="paper", n_trees=n_trees, max_features=max_features))
+    out = dict(map=result, pixels=int(len(pixels)), fit_seconds=fit_s, made_from=made)
+    write_json(record, out)
+    return out
 
 
 def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | None = None,
