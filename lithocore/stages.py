@@ -57,10 +57,12 @@ def stack_provenance(run_dir) -> dict:
                 fusion_settings=json.loads(tags.get("fusion_settings", "{}")))
 
 
-def fused_stack(run_dir, manifest, area=None, settings=None):
+def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float = 256.0,
+                max_pixels: int | None = None):
     """The run's fused stack: the one notebook 02 wrote when it was made from this manifest's content (and
-    ``settings``, when given); else fused now with ``settings`` (default: :class:`FusionSettings`'s defaults,
-    notebook 02's) and written where notebook 02 writes it.
+    ``settings``, when given), said so; else fused now with ``settings`` (default: :class:`FusionSettings`'s
+    defaults, notebook 02's) and written where notebook 02 writes it (block by block, ``memory_mb`` a block).
+    ``max_pixels``: the stack returned is read coarser beyond it (a preview, :func:`~lithocore.fusion.read_stack`).
 
     Returns (area, stack, channel names, units).
     """
@@ -74,12 +76,15 @@ def fused_stack(run_dir, manifest, area=None, settings=None):
         same_area = prov["manifest_fingerprint"] == fp
         same_settings = settings is None or fusion.FusionSettings.from_dict(prov["fusion_settings"]) == settings
         if same_area and same_settings:
-            stack, names, units, _, _ = fusion.read_stack(rf.stack_path)
+            if settings is not None:  # notebook 02 asks with its settings: say that nothing is fused again
+                _say(f"{rf.stack_path} was made from this study area with these settings: reused")
+            stack, names, units, _, _ = fusion.read_stack(rf.stack_path, max_pixels=max_pixels)
             return area, stack, names, units
         why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
         _say(f"{rf.stack_path} was made from {why}: fusing again.")
     settings = settings or fusion.FusionSettings()
-    stack, names, units = write_fused_stack(rf.root, manifest, area, settings)
+    stack, names, units = write_fused_stack(rf.root, manifest, area, settings, memory_mb=memory_mb,
+                                            max_pixels=max_pixels)
     return area, stack, names, units
 
 
