@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
-from .runfolder import RunFolder, RunFolderBusy, normal_mode, run_lock, write_failed, write_json
+from .runfolder import RunFolder, RunFolderBusy, key, normal_mode, run_lock, write_failed, write_json
 from .stages import fused_stack, model_map
 from .synthetic import SyntheticSpec, generate_study_area
 
@@ -108,12 +109,15 @@ def check_parameters(parameters: dict, todo: list[Path]) -> None:
 
 def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", parameters: dict | None = None,
                  only: list[str] | None = None, notebook_dir: str | Path = NOTEBOOK_DIR,
-                 kernel_name: str | None = None, progress: bool = True) -> dict:
+                 kernel_name: str | None = None, progress: bool = True, force: bool = False) -> dict:
     """Execute the notebooks in order; returns ``{notebook: seconds}`` and writes it to ``<run_dir>/timings.json``.
 
     ``only`` keeps the notebooks whose name starts with one of the given prefixes (``["01", "02"]``).
     A notebook that fails stops the run; papermill leaves the executed copy, with the error, in the run folder.
     One run at a time in a run folder: a second stops at once (:class:`~lithocore.runfolder.RunFolderBusy`).
+    A notebook whose last run succeeded from the same notebook, parameters, ``lithocore`` code, study-area data
+    and earlier notebooks, with its outputs still in place, is not run again (0 s; said so): ``force`` runs
+    every notebook anyway.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
@@ -126,15 +130,53 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):  # one run at a time in a run folder
-        timings = _execute(todo, params, out_dir, kernel_name, progress)
+        timings = _execute(todo, params, out_dir, kernel_name, progress, force=force)
     write_json(run_dir / "timings.json", timings)
     return timings
 
 
-def _execute(todo: list[Path], params: dict, out_dir: Path, kernel_name, progress: bool) -> dict:
+def code_version() -> str:
+    """A key of the ``lithocore`` package's source: a notebook run with other code is run again."""
+    from .runfolder import file_digest
+
+    return key({p.name: file_digest(p) for p in sorted(Path(__file__).resolve().parent.glob("*.py"))})
+
+
+def data_version(params: dict) -> str | None:
+    """A key of the study area's content (:func:`~lithocore.runfolder.manifest_fingerprint`), or None while the
+    embedded area is not generated yet (then nothing can be known unchanged)."""
+    from .runfolder import manifest_fingerprint
+    from .synthetic import default_area_dir
+
+    if params.get("study_area"):
+        manifest = Path(params["study_area"]).expanduser().resolve()
+    else:
+        spec = SyntheticSpec(height=int(params.get("synthetic_height", 1611)), width=int(params.get("synthetic_width", 1650)),
+                             coarse_spacing=float(params.get("synthetic_coarse_spacing", 2000.0)),
+                             seed=int(params.get("seed", 0)))
+        manifest = default_area_dir(spec) / "manifest.yaml"
+    return manifest_fingerprint(manifest) if manifest.is_file() else None
+
+
+def _outputs(stage: Path) -> dict:
+    """What a notebook left in its stage folder: ``{relative path: [size, modification time]}``."""
+    if not stage.is_dir():
+        return {}
+    return {str(p.relative_to(stage)): [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(stage.rglob("*"))
+            if p.is_file()}
+
+
+def _execute(todo: list[Path], params: dict, out_dir: Path, kernel_name, progress: bool, force: bool = False) -> dict:
     import papermill as pm
 
     timings = {}
+    record_path = out_dir / "run_keys.json"
+    try:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    except ValueError:
+        record = {}
+    data, code = data_version(params), code_version()
+    upstream = ""
     for i, nb in enumerate(todo, start=1):
         declared = declared_parameters(nb)
         t0 = time.perf_counter()
@@ -142,6 +184,20 @@ def _execute(todo: list[Path], params: dict, out_dir: Path, kernel_name, progres
         given = {k: v for k, v in params.items() if k in declared}
         if "interactive" in declared:  # widgets need a browser; an executed notebook gets static figures
             given.setdefault("interactive", False)
+        stage = out_dir.parent / nb.stem
+        made_from = [hashlib.blake2b(nb.read_bytes(), digest_size=16).hexdigest(), given, code, upstream]
+        this = key(made_from + [data])
+        last = record.get(nb.name) or {}
+        if not force and data is not None and last.get("key") == this and (out_dir / nb.name).is_file() \
+                and last.get("outputs") == _outputs(stage):
+            timings[nb.name] = 0.0
+            upstream = key([this, last["outputs"]])
+            if progress:
+                print(f"{nb.stem}: unchanged since its last run (same notebook, parameters, code, data and earlier "
+                      f"notebooks; its outputs in place): kept {out_dir / nb.name}", flush=True)
+            continue
+        record.pop(nb.name, None)
+        write_json(record_path, record)
         # the executed copy is written under a temporary name and renamed when complete, or when a cell failed
         # (the copy with the error is what to read); a failed write (a full disk) leaves none half-written
         final = out_dir / nb.name
@@ -161,6 +217,12 @@ def _execute(todo: list[Path], params: dict, out_dir: Path, kernel_name, progres
             raise
         normal_mode(partial)
         os.replace(partial, final)
+        if data is None:  # the embedded area was generated by this notebook: its content is known from now on
+            data = data_version(params)
+            this = key(made_from + [data])
+        record[nb.name] = dict(key=this, outputs=_outputs(stage))
+        upstream = key([this, record[nb.name]["outputs"]])  # a notebook run again makes its followers run again
+        write_json(record_path, record)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         if progress:
             print(f"{nb.stem}: done in {timings[nb.name]:.0f} s -> {out_dir / nb.name}", flush=True)
@@ -183,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these prefixes")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override a notebook parameter (Python literal)")
+    ap.add_argument("--force", action="store_true",
+                    help="run every notebook, even those unchanged since their last run in this run folder")
     args = ap.parse_args(argv)
     params = {k: _value(v) for k, v in args.parameter}
     if args.study_area:
@@ -192,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     try:
-        timings = run_workbook(args.run_dir, args.profile, params, only=args.only)
+        timings = run_workbook(args.run_dir, args.profile, params, only=args.only, force=args.force)
     except RunFolderBusy as exc:
         ap.exit(2, f"error: {exc}\n")
     for nb, s in timings.items():

@@ -276,3 +276,21 @@ def test_one_run_at_a_time_in_a_run_folder(tmp_path):
     (tmp_path / ".lock").write_text(gone.stdout)
     with run_lock(tmp_path) as lock:
         assert lock.read_text().strip() == str(os.getpid())
+
+
+@pytest.mark.notebook
+def test_a_rerun_with_nothing_changed_runs_nothing(small_manifest, tmp_path, capsys):
+    """`make workbook` twice: the second run keeps every notebook whose notebook, parameters, code, data and
+    earlier notebooks are unchanged and whose outputs are in place; an output removed, or `force`, runs it again."""
+    from lithocore.workbook import run_workbook
+
+    params = dict(study_area=str(small_manifest), tile_size=32, cv_folds=2, cv_block=64)
+    first = run_workbook(tmp_path, parameters=params, only=["01"])
+    assert first["01_load_data.ipynb"] > 0
+    capsys.readouterr()
+    assert run_workbook(tmp_path, parameters=params, only=["01"]) == {"01_load_data.ipynb": 0.0}
+    assert "01_load_data: unchanged since its last run" in capsys.readouterr().out
+    (tmp_path / "01_load_data" / "study_area.json").unlink()  # an output gone: the notebook runs again
+    assert run_workbook(tmp_path, parameters=params, only=["01"])["01_load_data.ipynb"] > 0
+    assert (tmp_path / "01_load_data" / "study_area.json").is_file()
+    assert run_workbook(tmp_path, parameters=params | {"cv_folds": 3}, only=["01"])["01_load_data.ipynb"] > 0
