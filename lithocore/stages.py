@@ -495,8 +495,8 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
 #: (0: none; notebooks 06 and 07), the cap of notebook 06's paper-protocol forest (quick: 10,000 a class, about
 #: 70 k pixels against the 10 % of every class's pixels the paper used, 266 k on the default area: 35 s shorter
 #: than 20,000 on 2 cores), and notebook 07's matched folds, its estimates and whether the deep model is its
-#: candidate too. Quick: 7 epochs per fold (8 before op determinism, which costs 12 %, kept the workbook in 15 min).
-CV_PROFILES = {"quick": dict(k=4, epochs=7, forest_cap=2000, paper_forest_cap=10000, matched_k=4,
+#: candidate too. Quick: 6 epochs per fold (8 before op determinism, which costs 12 %: the workbook in 15 min).
+CV_PROFILES = {"quick": dict(k=4, epochs=6, forest_cap=2000, paper_forest_cap=10000, matched_k=4,
                              estimates=("matched", "block", "random"), matched_deep=False),
                "paper": dict(k=5, epochs=-1, forest_cap=0, paper_forest_cap=0, matched_k=5,
                              estimates=("matched", "block", "random"), matched_deep=True)}
