@@ -120,6 +120,10 @@ def evaluation_plan(profile: str, area, cfg=None, *, tile: int = -1, k: int = -1
 
     cfg = cfg or resolve_config(profile)
     base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
+    if k == 1:  # notebook 03's single spatial split instead of folds: the tile the folds would have, no blocks
+        plan = evaluation_plan(profile, area, cfg, tile=tile, blocks=blocks)
+        return replace(plan, k=1, block=0, windows_per_fold=[],
+                       changes=plan.changes + ["one fold: notebook 03's single spatial split, no blocks to deal"])
     tile_given = tile not in (None, -1)
     return fit_evaluation(area.labels, area.mask, tile=int(tile if tile_given else cfg.tile),
                           k=int(base["k"] if k in (None, -1) else k), block=int(block if block not in (None,) else -1),

@@ -63,6 +63,13 @@ def test_a_scene_too_small_stops_with_advice_that_can_work():
         fit_evaluation(lab, np.ones_like(lab, bool), tile=64, k=4, stride=20, tile_given=True, k_given=True)
 
 
+def test_one_fold_is_notebook_03s_single_split(scenes):
+    """cv_folds 1 (the single spatial split) plans the tile only: no blocks to deal, nothing refused."""
+    area = scenes["256x256"]
+    plan = stages.evaluation_plan("quick", area, k=1)
+    assert (plan.k, plan.block, plan.tile) == (1, 0, stages.evaluation_plan("quick", area).tile)
+
+
 def test_sparse_labels_are_advised_to_be_extended():
     lab = np.full((60, 60), 255, np.uint8)
     lab[5:15, 5:15], lab[40:50, 40:50] = 0, 1
