@@ -548,6 +548,8 @@ def open_raster(path: str | os.PathLike):
             yield src
     except rasterio.errors.RasterioIOError as exc:
         cause = exc.__cause__ or exc.__context__ or exc
+        if path.name not in f"{exc} {cause}":  # another file's fault (several open at once): its own context names it
+            raise
         raise StudyAreaError(path, f"this file is damaged: its header reads but its pixels do not ({cause}); it may "
                                    f"be cut off (an interrupted download, copy or write): copy or export it "
                                    f"again") from None

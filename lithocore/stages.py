@@ -8,7 +8,8 @@ map (:func:`model_map`). They use the same settings objects as the notebooks (:c
 would have made.
 
 Small scenes and sparse labels are noticed here: :func:`evaluation_plan` picks the tile, folds and CV blocks with
-which every fold can be trained (:mod:`lithocore.plan`) when the user gives none, :func:`tile_warnings` flags too few tiles and classes missing from a side of the split,
+which every fold can be trained (:mod:`lithocore.plan`) when the user gives none, :func:`tile_warnings` flags too
+few tiles and classes missing from a side of the split,
 and :func:`assess_model` writes a verdict on whether the model's scores mean anything (``trust`` in the JSON).
 """
 
@@ -29,7 +30,7 @@ from .runfolder import RunFolder, key, manifest_fingerprint, write_json
 __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "evaluation_plan", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
            "WorkbookWarning", "MIN_TRAINING_TILES", "trust_settings", "deep_map_if_current", "cv_cache_key",
-           "cached_fold_predictions", "current_map", "evaluation_plan", "paper_forest_map"]
+           "cached_fold_predictions", "current_map", "paper_forest_map"]
 
 #: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
 MIN_TRAINING_TILES = 20
@@ -126,7 +127,7 @@ def evaluation_plan(profile: str, area, cfg=None, *, tile: int = -1, k: int = -1
                        changes=plan.changes + ["one fold: notebook 03's single spatial split, no blocks to deal"])
     tile_given = tile not in (None, -1)
     return fit_evaluation(area.labels, area.mask, tile=int(tile if tile_given else cfg.tile),
-                          k=int(base["k"] if k in (None, -1) else k), block=int(block if block not in (None,) else -1),
+                          k=int(base["k"] if k in (None, -1) else k), block=-1 if block in (None, -1) else int(block),
                           stride=cfg.stride, tile_given=tile_given, k_given=k not in (None, -1), seed=cfg.seed,
                           pixel_size=area.grid.res, split_blocks=blocks)
 
