@@ -135,7 +135,7 @@ def fit_evaluation(labels: np.ndarray, mask: np.ndarray, *, tile: int, k: int, s
                         tried[kk, b, t] = fold_windows(labels, mask, kk, b, t, stride, seed)
                     windows = tried[kk, b, t]
                     if windows and min(windows) >= need:
-                        changes = _changes(tile, k, t, kk, b, n0, range_px, tile_given)
+                        changes = _changes(tile, k, t, kk, b if block == -1 else n0 * t, n0, range_px, tile_given)
                         if need < COMFORTABLE_WINDOWS:
                             changes.append(f"some fold has only {count(min(windows), 'training window')} (the "
                                            f"plan looks for {COMFORTABLE_WINDOWS} or more): its deep model learns "
