@@ -54,16 +54,20 @@ def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...] = (5, 15)) 
     """
     from scipy import ndimage
 
-    out = [np.asarray(stack, np.float32)]
-    names = [str(i) for i in range(stack.shape[0])]
+    C = stack.shape[0]
+    out = np.empty((C * (1 + 2 * len(sizes)), *stack.shape[1:]), np.float32)  # filled in place: no copies held
+    out[:C] = stack
+    names = [str(i) for i in range(C)]
+    j = C
     for i, band in enumerate(stack):
         filled = np.where(np.isfinite(band), band, np.nanmean(band)).astype(np.float32)
         for size in sizes:
             m = ndimage.uniform_filter(filled, size, mode="reflect")
-            sd = np.sqrt(np.maximum(ndimage.uniform_filter(filled * filled, size, mode="reflect") - m * m, 0))
-            out += [m[None], sd[None]]
+            out[j] = m
+            out[j + 1] = np.sqrt(np.maximum(ndimage.uniform_filter(filled * filled, size, mode="reflect") - m * m, 0))
+            j += 2
             names += [f"mean{size}({i})", f"sd{size}({i})"]
-    return np.concatenate(out).astype(np.float32), names
+    return out, names
 
 
 def pixel_features(stack: np.ndarray, pixels: np.ndarray) -> np.ndarray:
