@@ -49,11 +49,10 @@ __all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "w
 #: Context kept around every window's core, in pixels (a multiple of 32).
 DEFAULT_MARGIN = 64
 #: Memory for one window (input and every layer's output), in MB, when none is given: a quarter of the memory
-#: available when mapping starts, at most this. More only saves a few margins: windows of 1 GB already hold
-#: about a million pixels of the quick U-Net, and a larger default made mapping the largest process of the
-#: workbook (a whole-scene window of the U-Net held 5 GB); give ``memory_mb`` (notebook 05's ``map_memory_mb``)
-#: for more.
-DEFAULT_MEMORY_MB = 1024
+#: available when mapping starts, at most this. More only saves a few margins, and a larger default made mapping
+#: the workbook's largest memory (a whole-scene window of the quick U-Net held 5 GB; with 1 GB windows notebook
+#: 06 peaked at 3.1 GB); give ``memory_mb`` (notebook 05's ``map_memory_mb``) for more.
+DEFAULT_MEMORY_MB = 512
 #: Shifted passes averaged per window for a Keras model (:func:`window_predictor`): the FCN-8s's transposed
 #: convolutions leave a 4-pixel imprint (class changes on every 4th row and column 1.5-2 x as often as
 #: elsewhere, measured on the default scene); four passes shifted across the 32-px grid and every 4-px phase
