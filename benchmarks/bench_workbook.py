@@ -44,8 +44,8 @@ def run_once(run_dir: Path, study_area: str, profile: str) -> dict:
                     continue
                 if rss > peak:
                     peak = rss
-                    running = sorted((run_dir / "notebooks").glob(".*.partial.ipynb"))
-                    peak_at = running[-1].name[1:].removesuffix(".partial.ipynb") if running else "between notebooks"
+                    running = sorted((run_dir / "notebooks").glob(".tmp-*.ipynb"))  # runfolder.atomic_path's names
+                    peak_at = running[-1].name[5:].split(".ipynb")[0] if running else "between notebooks"
         except psutil.Error:
             pass
         time.sleep(0.5)

@@ -90,3 +90,5 @@ def test_notebook_01_stops_a_scene_too_small_before_any_long_work(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="too small for the spatial cross-validation"):
         run_workbook(tmp_path / "run", parameters={"study_area": str(manifest)}, only=["01", "02"], progress=False)
     assert not (tmp_path / "run" / "02_fuse_sources").exists()
+    # the executed copy with the error is kept under its own name, and nothing half-written beside it
+    assert sorted(p.name for p in (tmp_path / "run" / "notebooks").iterdir()) == ["01_load_data.ipynb", "run_keys.json"]
