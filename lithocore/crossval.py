@@ -261,7 +261,7 @@ def fold_trust(models, collapsed: list[dict], coverage: list[dict], base: dict |
                          if c["model"] == m]
         t["reasons"] += [f"fold {c['fold']}: the training side lacks {and_list(c['classes_missing_from_training'])}"
                          for c in lacking]
-        t["trustworthy"] = t["trustworthy"] and not any("collapsed" in r for r in t["reasons"])
+        t["trustworthy"] = t["trustworthy"] and not any(c["model"] == m for c in collapsed)
     return out
 
 

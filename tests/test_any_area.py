@@ -4,12 +4,12 @@ scene with sparse training polygons (0 = unlabelled). Each area is derived from 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rasterio
 import yaml
 
 from lithocore.data import load_study_area
+from lithocore.synthetic import sparse_training_polygons
 from lithocore.workbook import run_workbook
 
 from .test_data import _copy_manifest
@@ -30,28 +30,6 @@ def _write(folder: Path, name: str, man: dict) -> Path:
     return path
 
 
-def _sparse_labels(small_manifest: Path, out: Path, share: float = 0.06, seed: int = 0) -> Path:
-    """Training polygons on ~6 % of the pixels (discs), everything else a polygon of unit 0 (unlabelled)."""
-    import geopandas as gpd
-    from rasterio.features import shapes
-    from shapely.geometry import shape
-
-    with rasterio.open(small_manifest.parent / "geology_15m.tif") as src:
-        lab = src.read(1).astype(np.int32)
-        transform, crs = src.transform, src.crs
-    rng = np.random.default_rng(seed)
-    keep = np.zeros(lab.shape, bool)
-    rr, cc = np.mgrid[: lab.shape[0], : lab.shape[1]]
-    while keep.mean() < share:
-        r, c = rng.integers(0, lab.shape[0]), rng.integers(0, lab.shape[1])
-        keep |= (rr - r) ** 2 + (cc - c) ** 2 <= 6 ** 2
-    sparse = np.where(keep, lab, 0).astype(np.int32)
-    feats = [(shape(g), int(v)) for g, v in shapes(sparse, transform=transform)]
-    gdf = gpd.GeoDataFrame({"unit_id": [v for _, v in feats]}, geometry=[g for g, _ in feats], crs=crs)
-    gdf.to_file(out, driver="GPKG")
-    return out
-
-
 @pytest.fixture(scope="module")
 def areas(small_manifest, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("areas")
@@ -63,8 +41,8 @@ def areas(small_manifest, tmp_path_factory) -> dict[str, Path]:
                                                                "guide": [], "extra": [], "points": []})
     out["points_only"] = _write(folder, "points_only", {**full, "reference": _reference_spec(small_manifest),
                                                        "guide": [], "extra": [], "coarse": []})
-    labels = dict(full["labels"], path=str(_sparse_labels(small_manifest, folder / "sparse.gpkg")), unlabelled=[0])
-    out["sparse_labels"] = _write(folder, "sparse_labels", {**full, "labels": labels})
+    # training polygons on ~6 % of the pixels (discs), everything else a polygon of unit 0 (unlabelled)
+    out["sparse_labels"] = sparse_training_polygons(small_manifest, folder / "sparse", share=0.06, seed=0)
     return out
 
 
