@@ -4,68 +4,9 @@ One module per pipeline stage: :mod:`lithocore.data` (manifests, loading, alignm
 :mod:`lithocore.synthetic` (the embedded synthetic study area), :mod:`lithocore.plotting` (maps),
 :mod:`lithocore.workbook` (running the notebooks with papermill).
 
-Importing it has one side effect, on purpose: TensorFlow's start-up log is kept out of the notebooks.
-TensorFlow prints INFO lines (oneDNN, "Could not find cuda drivers") at import before its log level applies,
-and, on a machine without an NVIDIA driver, ``failed call to cuInit ... UNKNOWN ERROR (303)`` at its first
-device query, which reads as a failure on a CPU run. So, unless the user has set ``TF_CPP_MIN_LOG_LEVEL``,
-the level is warnings and above (2), or errors are hidden too (3) only where no NVIDIA driver exists (no CUDA
-error can then be real); and TensorFlow is imported here with its C++ stderr caught, and every caught line
-that is not an INFO or WARNING line is printed again. Python errors and warnings are never hidden.
+Importing it starts no deep-learning framework and changes no global state: the framework starts where a
+network is first needed (:func:`lithocore.framework.start_keras`), and a notebook asks for plain warnings with
+:func:`lithocore.errors.plain_warnings`.
 """
 
-import os
-import sys
-
 __version__ = "0.1.0"
-
-
-def _nvidia_driver() -> bool:
-    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
-
-
-def _import_tensorflow_quietly() -> None:
-    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if _nvidia_driver() else "3"
-    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return
-    import importlib.util
-    import tempfile
-
-    if importlib.util.find_spec("tensorflow") is None:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        caught.seek(0)
-        text = caught.read().decode(errors="replace")
-    quiet = ("I0000", "W0000", "WARNING: All log messages before absl::InitializeLog()", "To enable the following")
-    kept = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(quiet)
-            and "rebuild TensorFlow with the appropriate compiler flags" not in line]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)
-
-
-def _plain_workbook_warnings() -> None:
-    """The workbook's own warnings (about the user's data and settings: ``DataWarning``, ``WorkbookWarning``)
-    are messages for the reader: shown as one plain line, without the source line Python adds. Every other
-    warning keeps Python's format."""
-    import warnings
-
-    original = warnings.formatwarning
-
-    def formatwarning(message, category, filename, lineno, line=None):
-        if getattr(category, "__module__", "").startswith("lithocore"):
-            return f"{category.__name__}: {message}\n"
-        return original(message, category, filename, lineno, line)
-
-    warnings.formatwarning = formatwarning
-
-
-_import_tensorflow_quietly()
-_plain_workbook_warnings()

@@ -39,10 +39,15 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from .data import (NO_LABEL, WARP_THREADS, Grid, StudyAreaError, _area_geometries, _band_names, _check_fill,
-                   _fine_bands, _load_small_layers,
-                   _nodata, open_raster, _overlaps, _reference_grid, _resolve, _src_bounds_in, _warp_scales,
-                   predict_ground, read_manifest)
+from .area import NO_LABEL, Grid, overlaps
+from .area import WARP_THREADS
+from .sources.common import check_fill_value, declared_nodata, open_raster, resolve_path, bounds_in, warp_scales
+from .errors import StudyAreaError
+from .sources.labels import area_geometries, predict_ground
+from .sources.fine import band_names, fine_bands
+from .data import load_small_layers
+from .sources.reference import reference_grid
+from .manifest import read_manifest
 
 __all__ = ["FineLayer", "fine_layers", "read_fine_rows", "write_stack", "block_rows_for"]
 
@@ -64,17 +69,17 @@ def fine_layers(man: dict, base: Path, grid: Grid, warns: list | None = None) ->
     out = []
     for kind in ("guide", "extra"):
         for e in man[kind]:
-            p = _resolve(base, e["path"])
-            bands, expected = _fine_bands(e, p, kind)
+            p = resolve_path(base, e["path"])
+            bands, expected = fine_bands(e, p, kind)
             with open_raster(p) as src:
                 if expected is not None and src.count != expected:
                     raise StudyAreaError(p, f"expected {expected} band(s) as the manifest names, found {src.count}")
-                if not _overlaps(_src_bounds_in(src, grid.crs), grid.bounds):
+                if not overlaps(bounds_in(src, grid.crs), grid.bounds):
                     raise StudyAreaError(p, "does not overlap the reference grid")
-                names = _band_names(p, bands, src.count)
-                nodata = _nodata(e, src)
+                names = band_names(p, bands, src.count)
+                nodata = declared_nodata(e, src)
                 for b in range(src.count):
-                    _check_fill(p, src, b + 1, nodata, names[b], warns)
+                    check_fill_value(p, src, b + 1, nodata, names[b], warns)
             out.append(FineLayer(p, e, names, kind))
     return out
 
@@ -103,8 +108,8 @@ def read_fine_rows(src, entry: dict, grid: Grid, r0: int, n: int,
         return out  # the rows lie outside the source
     window = Window(c0, r0s, c1 - c0, r1s - r0s)
     data = src.read(window=window)
-    nodata = _nodata(entry, src)
-    scales = _warp_scales(src, grid)  # the whole grid's kernel scale, not this block's
+    nodata = declared_nodata(entry, src)
+    scales = warp_scales(src, grid)  # the whole grid's kernel scale, not this block's
     for b in range(src.count):
         reproject(source=data[b], destination=out[b], src_transform=src.window_transform(window), src_crs=src.crs,
                   src_nodata=nodata, dst_transform=sub.transform, dst_crs=grid.crs, dst_nodata=np.nan,
@@ -172,7 +177,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     from tqdm.auto import tqdm
 
     from . import fusion
-    from .data import write_cog
+    from .outputs import write_cog
     from .runfolder import atomic_path
 
     settings = settings or fusion.FusionSettings()
@@ -181,7 +186,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     mpath = Path(manifest).resolve()
     man = read_manifest(mpath)
     base = mpath.parent
-    grid = _reference_grid(man, base)
+    grid = reference_grid(man, base)
     warns: list[str] = []
     fine = fine_layers(man, base, grid, warns)
     if area is not None and area.grid != grid:
@@ -189,12 +194,12 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     if area is not None:
         coarse, labels = area.coarse, area.labels
     else:
-        coarse, _, labels, _, _ = _load_small_layers(man, base, grid, warns, {}, [], mpath)
+        coarse, _, labels, _, _ = load_small_layers(man, base, grid, warns, {}, [], mpath)
         ground = predict_ground(man, base, grid)  # the ground to predict's labels are withheld here too
         if ground is not None:
             labels = np.where(ground, NO_LABEL, labels).astype(np.uint8)
     units = {n: str(f.entry.get("units", "")) for f in fine for n in f.names}
-    outline = _area_geometries(_resolve(base, man["area"]), grid, man.get("crs")) if man.get("area") else None
+    outline = area_geometries(resolve_path(base, man["area"]), grid, man.get("crs")) if man.get("area") else None
     layers = fusion.preprocess(coarse, use_clr=kw["use_clr"], use_rtp=kw["use_rtp"])
     units |= {c.name: c.units for c in layers}  # after preprocessing ("clr" for log-ratios)
     guide_names = [n for f in fine if f.kind == "guide" for n in f.names]

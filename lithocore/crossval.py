@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from .data import NO_LABEL
+from .area import NO_LABEL
 from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
 from .words import and_list, plural

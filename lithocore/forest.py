@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .data import NO_LABEL
+from .area import NO_LABEL
 
 __all__ = ["sample_pixels", "train_forest", "predict_forest", "neighbourhood_features", "pixel_features"]
 

@@ -42,7 +42,10 @@ import rasterio
 from rasterio.windows import Window
 from scipy import ndimage
 
-from .data import CoarseLayer, Grid, StudyArea, StudyAreaError, open_raster, preview_factor
+from .area import CoarseLayer, Grid, StudyArea
+from .errors import StudyAreaError
+from .sources.common import open_raster
+from .data import preview_factor
 from .words import count
 
 __all__ = ["FusionSettings", "FusionResult", "clr", "reduce_to_pole", "preprocess", "decompose", "fuse", "fuse_study_area",
@@ -706,7 +709,7 @@ def read_stack(path: str | os.PathLike, *, max_pixels: int | None = None) -> tup
     """Read a stack written by :func:`write_stack`: (stack, names, units, normalisation stats, tags).
 
     ``max_pixels``: a larger stack is read ``k`` times coarser (the smallest ``k`` under it; averaged, from the
-    file's overviews), a preview for figures. A damaged file is named as such (:func:`~lithocore.data.open_raster`)."""
+    file's overviews), a preview for figures. A damaged file is named as such (:func:`~lithocore.sources.common.open_raster`)."""
     with open_raster(path) as src:
         tags = src.tags()
         k = preview_factor(src.height, src.width, max_pixels)
@@ -726,7 +729,7 @@ def write_stack(path: str | os.PathLike, stack: np.ndarray, names: list[str], un
     """Write the stack as a cloud-optimised GeoTIFF with overviews (band names, units and normalisation
     statistics in its tags), a block of ``chunk_rows`` rows at a time, into a temporary file renamed into place
     when complete."""
-    from .data import write_cog
+    from .outputs import write_cog
     from .runfolder import atomic_path
 
     path = Path(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import NO_LABEL
+from .area import NO_LABEL
 from .words import and_list, count, plural, verb
 
 __all__ = ["study_area_text", "fusion_text", "tiles_text", "training_text", "mapping_text", "comparison_text",

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .data import NO_LABEL
+from .area import NO_LABEL
 
 __all__ = ["MatchedFolds", "nearest_label_distance", "prediction_distances", "fold_distances", "knndm_folds",
            "autocorrelation_range", "wasserstein", "random_folds"]
@@ -171,7 +171,7 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     Parameters
     ----------
     labels, mask
-        Class indices (:data:`~lithocore.data.NO_LABEL` for none) and the valid-data mask.
+        Class indices (:data:`~lithocore.area.NO_LABEL` for none) and the valid-data mask.
     ground
         (H, W) bool, the ground to predict (its labels already withheld from ``labels``).
     res

@@ -8,10 +8,17 @@ dicts and lists, with the keys the user wrote (defaults are applied where the lo
 from __future__ import annotations
 
 import difflib
+import os
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
+import yaml
+
+from .sources import layer_sections
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from .errors import StudyAreaError
+from .sources.common import resolve_path
 
 __all__ = ["Manifest", "validate_manifest", "format_errors"]
 
@@ -79,6 +86,18 @@ class PointsEntry(_Entry):
     missing: list[str] = []
 
 
+class NetCDFEntry(_Entry):
+    """A variable of a NetCDF file, kept on a coarse grid (:mod:`lithocore.sources.netcdf`)."""
+
+    path: str
+    variable: str
+    name: str | None = None
+    units: str = ""
+    crs: str | None = None
+    factor: int | None = Field(default=None, ge=1)
+    nodata: NodataValue = None
+
+
 class ClassEntry(_Entry):
     id: Any
     name: str
@@ -111,6 +130,7 @@ class Manifest(_Entry):
     extra: list[FineEntry] = []
     coarse: list[CoarseEntry] = []
     points: list[PointsEntry] = []
+    netcdf: list[NetCDFEntry] = []
     labels: Labels
     #: polygons of the ground to predict (any vector file): labels inside are withheld from training, tiles and
     #: cross-validation and used only to check the workbook's promise; default every valid pixel without a label
@@ -176,10 +196,67 @@ def validate_manifest(raw: dict) -> dict:
     >>> validate_manifest({"reference": "a.tif", "guid": [], "labels": {"path": "g.tif", "classes": [{"id": 1, "name": "A"}]}})
     Traceback (most recent call last):
     ...
-    ValueError: unknown key 'guid' (did you mean 'guide'?); valid keys here: area, coarse, crs, extra, guide, labels, name, points, predict, reference, truth
+    ValueError: unknown key 'guid' (did you mean 'guide'?); valid keys here: area, coarse, crs, extra, guide, labels, name, netcdf, points, predict, reference, truth
     """
     try:
         Manifest.model_validate(raw)
     except ValidationError as exc:
         raise ValueError(format_errors(exc)) from None
     return raw
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Read a study-area manifest (YAML) and check its keys and types (:mod:`lithocore.manifest`)."""
+
+    path = Path(path)
+    if not path.is_file():
+        raise StudyAreaError(path, "manifest file not found")
+    raw = path.read_bytes()
+    if raw[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        raise StudyAreaError(path, "is a GeoTIFF, not a manifest: pass the study area's YAML manifest, which names "
+                                   "this raster under 'guide', 'extra', 'coarse' or 'labels'")
+    try:
+        text = raw.decode("utf-8")
+        if "\x00" in text:
+            raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+    except UnicodeDecodeError:
+        raise StudyAreaError(path, "is not a text file (binary content): a manifest is a YAML text file naming "
+                                   "the study area's layers") from None
+    try:
+        man = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StudyAreaError(path, f"is not valid YAML: {exc}") from None
+    if not isinstance(man, dict):
+        raise StudyAreaError(path, "a manifest must be a mapping with at least 'reference' and 'labels'")
+    try:
+        validate_manifest(man)
+    except ValueError as exc:
+        raise StudyAreaError(path, f"invalid manifest: {exc}") from None
+    sections = layer_sections()
+    for key in sections:
+        man.setdefault(key, [])
+    if not any(man[key] for key in sections):
+        raise StudyAreaError(path, "the manifest names no layer: give at least one of "
+                                   + ", ".join(f"'{key}'" for key in sections[:-1]) + f" or '{sections[-1]}'")
+    man.setdefault("name", path.stem)
+    return man
+
+
+def manifest_files(manifest: str | os.PathLike) -> list[Path]:
+    """Every file a manifest names (resolved), in the manifest's order."""
+    mpath = Path(manifest).resolve()
+    man = read_manifest(mpath)
+    base = mpath.parent
+    out = []
+    ref = man["reference"]
+    if isinstance(ref, str) or (isinstance(ref, dict) and ref.get("path")):
+        out.append(resolve_path(base, ref if isinstance(ref, str) else ref["path"]))
+    if man.get("area"):
+        out.append(resolve_path(base, man["area"]))
+    for k in layer_sections():
+        out += [resolve_path(base, e["path"]) for e in man[k]]
+    out.append(resolve_path(base, man["labels"]["path"]))
+    if man.get("predict"):
+        out.append(resolve_path(base, man["predict"]))
+    out += [resolve_path(base, v) for v in (man.get("truth") or {}).values()]
+    return list(dict.fromkeys(out))

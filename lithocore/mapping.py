@@ -40,8 +40,10 @@ from typing import Callable
 import numpy as np
 import rasterio
 
-from .data import NO_LABEL, ClassTable, Grid, write_cog, write_geotiff
+from .area import NO_LABEL, ClassTable, Grid
+from .outputs import write_cog, write_geotiff
 from .runfolder import atomic_path
+from .framework import start_keras
 
 __all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "window_predictor", "map_array",
            "map_geotiff", "write_class_map", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
@@ -239,8 +241,8 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
         predict.trim, predict.fill = 0, mean
         return predict
     try:
-        import keras
-        from keras import ops
+        keras = start_keras()
+        ops = start_keras().ops
 
         model.outputs  # a functional Keras model, else AttributeError
         inp = keras.Input((len(mean), None, None), name="raw_window")
@@ -317,7 +319,7 @@ def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core
               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Map an in-memory stack: (class index map, confidence), each exactly the scene's shape.
 
-    Class index :data:`~lithocore.data.NO_LABEL` and confidence NaN outside ``mask`` or where a channel is NaN.
+    Class index :data:`~lithocore.area.NO_LABEL` and confidence NaN outside ``mask`` or where a channel is NaN.
     ``shifts``: see :func:`window_predictor`.
     """
     from tqdm.auto import tqdm
@@ -463,7 +465,7 @@ def _worker_model(model_path: str):
 
             _WORKER_MODELS[model_path] = joblib.load(model_path)
         else:
-            import keras
+            keras = start_keras()
 
             _WORKER_MODELS[model_path] = keras.saving.load_model(model_path, compile=False)
     return _WORKER_MODELS[model_path]

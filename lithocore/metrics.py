@@ -2,14 +2,14 @@
 
 Definitions follow the paper and ``REFERENCE.md``: IoU = TP / (TP + FP + FN), mean IoU the macro average over
 the classes present in the reference, producer's accuracy = recall, user's accuracy = precision.
-Pixels without a label (:data:`lithocore.data.NO_LABEL`) never count.
+Pixels without a label (:data:`lithocore.area.NO_LABEL`) never count.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .data import NO_LABEL
+from .area import NO_LABEL
 
 __all__ = ["confusion_matrix", "scores", "boundary_zone", "salt_and_pepper", "fragments", "evaluate_map", "stripe_ratio"]
 

@@ -29,6 +29,7 @@ Inputs of any size that is a multiple of 32 work, with any number of channels an
 """
 
 from __future__ import annotations
+from .framework import start_keras
 
 import os
 
@@ -86,8 +87,8 @@ def build_fcn8s(n_channels: int, n_classes: int, *, width: float = 1.0, fc: int 
     >>> m.output_shape
     (None, 64, 64, 8)
     """
-    import keras
-    from keras import layers
+    keras = start_keras()
+    layers = start_keras().layers
 
     if tile is not None and tile % 32:
         raise ValueError(f"the tile size must be a multiple of 32 (five 2x poolings), got {tile}")
@@ -140,7 +141,7 @@ def describe_layers(model) -> list[dict]:
 
 
 def _loss_base():
-    import keras
+    keras = start_keras()
 
     return keras.losses.Loss
 
@@ -163,7 +164,7 @@ class PixelCrossEntropy(_loss_base()):
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
 
     def call(self, y_true, y_pred):
-        from keras import ops
+        ops = start_keras().ops
 
         y_pred = ops.reshape(y_pred, (-1, self.n_classes))
         y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
@@ -185,7 +186,7 @@ class PixelCrossEntropy(_loss_base()):
 
 def masked_accuracy(y_true, y_pred):
     """Pixel accuracy over labelled pixels (targets of -1 ignored)."""
-    from keras import ops
+    ops = start_keras().ops
 
     n = ops.shape(y_pred)[-1]
     y_pred = ops.reshape(y_pred, (-1, n))
@@ -197,7 +198,7 @@ def masked_accuracy(y_true, y_pred):
 
 def backend_info() -> dict:
     """Keras backend and the accelerators it sees."""
-    import keras
+    keras = start_keras()
 
     backend = keras.backend.backend()
     devices = []
@@ -236,7 +237,7 @@ def any_size(model):
 def with_input_size(model, size: int | None):
     """A new network with ``model``'s layers (fresh weights) for ``size`` x ``size`` inputs (None: any size),
     rebuilt from its configuration."""
-    import keras
+    keras = start_keras()
 
     cfg = model.get_config()
     for layer in cfg["layers"]:
@@ -266,7 +267,7 @@ def display_name(architecture: str) -> str:
 def _norm(x, kind: str, name: str):
     """Normalisation after a convolution: "none", "group" (statistics per sample: works at the paper's batch
     of 5, where batch statistics of five similar tiles do not carry over to mapping) or "batch"."""
-    from keras import layers
+    layers = start_keras().layers
 
     if kind == "none":
         return x
@@ -293,8 +294,8 @@ def build_unet(n_channels: int, n_classes: int, *, width: float = 1.0, norm: str
     >>> build_unet(9, 8, width=1 / 16, tile=64).output_shape
     (None, 64, 64, 8)
     """
-    import keras
-    from keras import layers
+    keras = start_keras()
+    layers = start_keras().layers
 
     if tile is not None and tile % 32:
         raise ValueError(f"the tile size must be a multiple of 32 (five 2x poolings), got {tile}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import NO_LABEL
+from .area import NO_LABEL
 from .words import and_list, count
 
 __all__ = ["EvaluationPlan", "SceneTooSmall", "fit_evaluation", "fit_tile_to_area", "MIN_TILE"]

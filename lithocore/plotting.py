@@ -1,6 +1,6 @@
 """Maps of a study area's layers, in map coordinates (km), ready for a notebook or a report.
 
-Every function takes a :class:`~lithocore.data.StudyArea` (and an optional matplotlib ``Axes``) and returns the
+Every function takes a :class:`~lithocore.area.StudyArea` (and an optional matplotlib ``Axes``) and returns the
 ``Axes`` it drew on; :func:`plot_layers` puts them all on one figure.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm, LightSource, ListedColormap
 from matplotlib.patches import Patch
 
-from .data import NO_LABEL, Grid, StudyArea
+from .area import NO_LABEL, Grid, StudyArea
 
 __all__ = ["fold_colours", "extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
            "plot_layers", "class_colormap", "plot_tiles", "plot_folds", "plot_history", "plot_confusion", "plot_zoom",
@@ -298,7 +298,7 @@ def plot_history(history: dict, ax=None):
 def plot_confusion(cm, classes, ax=None, normalise: bool = True, title: str = ""):
     """A confusion matrix (rows: reference, columns: mapped) as in the paper's Figures 8 and 11, its rows and
     columns labelled by the class table's unit ids (and names), as the maps and legends are. ``classes``: the
-    :class:`~lithocore.data.ClassTable` (or bare names, then numbered from 1)."""
+    :class:`~lithocore.area.ClassTable` (or bare names, then numbered from 1)."""
     ids = list(getattr(classes, "ids", range(1, len(classes) + 1)))
     names = list(getattr(classes, "names", classes))
     cm = np.asarray(cm, dtype=float)

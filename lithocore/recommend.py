@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import calibration
-from .data import NO_LABEL
+from .area import NO_LABEL
 from .forest import pixel_features
 from .knndm import random_folds
 
@@ -92,7 +92,8 @@ class DeepCandidate:
         from .fusion import normalisation_stats
         from .model import build_model
         from .runfolder import key
-        from .tiles import TileBatches, candidate_windows, class_weights, sample_windows
+        from .loaders import TileBatches
+        from .tiles import candidate_windows, class_weights, sample_windows
         from .training import compile_model, fit, seed_everything, window_pixels
 
         cfg = self.config
@@ -828,7 +829,7 @@ def _write_maps(out_dir: Path, area, best: str, cal: dict, classes, proba, ent, 
                 agreement_maps: list[str]) -> dict:
     """Step 5: the recommended map and its layers as cloud-optimised GeoTIFFs (the class map with its QGIS style
     and legend). Returns their paths."""
-    from .data import write_geotiff
+    from .outputs import write_geotiff
     from .mapping import write_class_map
 
     grid, table, mask = area.grid, area.classes, area.mask

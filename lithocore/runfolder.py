@@ -70,7 +70,7 @@ _SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".aux.xml", ".ovr", ".tfw")
 def manifest_fingerprint(manifest: str | os.PathLike) -> str:
     """Content fingerprint of a study area: the manifest's text and the content of every file it names
     (shapefile sidecars and GDAL auxiliary files included). Any edit to any of them changes it."""
-    from .data import manifest_files
+    from .manifest import manifest_files
 
     mpath = Path(manifest).resolve()
     parts = {"manifest": hashlib.blake2b(mpath.read_bytes(), digest_size=16).hexdigest()}

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import NO_LABEL, load_study_area
+from .area import NO_LABEL
+from .data import load_study_area
 from .runfolder import RunFolder, key, manifest_fingerprint, write_json
+from .errors import WorkbookWarning
 
 __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "evaluation_plan", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
@@ -34,10 +36,6 @@ __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "evaluation_p
 
 #: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
 MIN_TRAINING_TILES = 20
-
-
-class WorkbookWarning(UserWarning):
-    """A result the workbook made but does not trust (too few tiles, a class missing from training, ...)."""
 
 
 def _say(message: str) -> None:
@@ -650,7 +648,8 @@ def deep_fold_model(stack, area, cfg, out_dir):
         from . import mapping
         from .fusion import normalisation_stats
         from .model import build_model
-        from .tiles import TileBatches, candidate_windows, class_weights, sample_windows
+        from .loaders import TileBatches
+        from .tiles import candidate_windows, class_weights, sample_windows
         from .training import compile_model, fit, seed_everything, window_pixels
 
         cand = candidate_windows(area.labels, area.mask, cfg.tile, cfg.stride, allowed=train)

@@ -41,7 +41,8 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from .data import Grid, write_geotiff
+from .area import Grid
+from .outputs import write_geotiff
 
 __all__ = ["SyntheticSpec", "UNITS", "BANDS", "OXIDES", "generate_study_area", "default_area_dir",
            "sparse_training_polygons", "geographic_copy",
@@ -647,7 +648,7 @@ def rf_calibration(area, *, context: bool = False, coarse: bool = True, only: li
     unseen ground). Returns the scores of
     :func:`lithocore.metrics.scores` plus the confusion matrix.
     """
-    from .data import NO_LABEL
+    from .area import NO_LABEL
     from .forest import neighbourhood_features, sample_pixels, train_forest
     from .metrics import confusion_matrix, scores
 

@@ -41,9 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import NO_LABEL
+from .area import NO_LABEL
 from .metrics import confusion_matrix, scores
 from .runfolder import atomic_path, write_json
+from .framework import start_keras
 
 __all__ = ["TrainingConfig", "PROFILES", "compile_model", "fit", "evaluate_tiles", "resolve_config",
            "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle", "data_parallel"]
@@ -112,7 +113,7 @@ def data_parallel(batch_size: int, devices: int | None = None):
     """
     import contextlib
 
-    import keras
+    keras = start_keras()
 
     if keras.backend.backend() != "jax":
         return contextlib.nullcontext(None)
@@ -135,7 +136,7 @@ def data_parallel(batch_size: int, devices: int | None = None):
 
 def compile_model(model, n_classes: int, cfg: TrainingConfig, class_weights=None):
     """Compile with the configured optimiser and :class:`~lithocore.model.PixelCrossEntropy`."""
-    import keras
+    keras = start_keras()
 
     from .model import PixelCrossEntropy, masked_accuracy
 
@@ -152,7 +153,7 @@ def compile_model(model, n_classes: int, cfg: TrainingConfig, class_weights=None
 
 
 def _keras_callbacks():
-    import keras
+    keras = start_keras()
 
     class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         """Resume from the checkpoint when it is readable; otherwise say so and start from scratch. The history
@@ -191,7 +192,7 @@ def seed_everything(seed: int) -> None:
     deterministic (``tf.config.experimental.enable_op_determinism``: reductions and scatters in a fixed order), so
     the same seed trains the same model on the same machine, run after run. (Another CPU may still round
     differently: its kernels use other instructions.)"""
-    import keras
+    keras = start_keras()
 
     keras.utils.set_random_seed(int(seed))
     if keras.backend.backend() == "tensorflow":
@@ -208,7 +209,7 @@ def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingCon
     Writes ``model.keras`` (after every epoch), ``history.csv`` and ``training.json`` (configuration and
     seconds) into ``out_dir``. Returns the history as a dict of lists (all epochs, resumed ones included).
     """
-    import keras
+    keras = start_keras()
 
     SafeBackupAndRestore, AtomicCheckpoint = _keras_callbacks()
     out = Path(out_dir)
@@ -329,7 +330,7 @@ def make_batches(stack: np.ndarray, area, ts, cfg: TrainingConfig):
     Returns (train_batches, val_batches, stats).
     """
     from .fusion import normalisation_stats
-    from .tiles import TileBatches
+    from .loaders import TileBatches
 
     train_px = window_pixels(area.shape, ts.train, ts.size) & area.mask
     stats = normalisation_stats(stack, train_px) | {"fitted_on": "training windows"}
@@ -352,7 +353,7 @@ def save_bundle(out_dir: str | Path, model, meta: dict) -> Path:
 
 def load_bundle(model_path: str | Path):
     """A saved model and the ``model.json`` beside it; loads under any Keras backend."""
-    import keras
+    keras = start_keras()
 
     path = Path(model_path)
     meta_path = path.with_name("model.json")

@@ -12,7 +12,8 @@ from rasterio.warp import calculate_default_transform, reproject
 from shapely.geometry import box
 
 from lithocore import blockwise, fusion
-from lithocore.data import NO_LABEL, load_study_area
+from lithocore.area import NO_LABEL
+from lithocore.data import load_study_area
 
 from .test_data import _copy_manifest
 

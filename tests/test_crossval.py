@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from lithocore import crossval, forest
-from lithocore.data import NO_LABEL
+from lithocore.area import NO_LABEL
 from lithocore.tiles import candidate_windows, make_tiles
 from lithocore.training import window_pixels
 

@@ -8,7 +8,10 @@ import rasterio
 import yaml
 from rasterio.transform import from_origin
 
-from lithocore.data import NO_LABEL, StudyAreaError, load_study_area, read_manifest
+from lithocore.area import NO_LABEL
+from lithocore.errors import StudyAreaError
+from lithocore.data import load_study_area
+from lithocore.manifest import read_manifest
 from lithocore.synthetic import OXIDES
 
 
@@ -221,3 +224,29 @@ def test_load_central_lapland(lapland_manifest):
     # Gridded till geochemistry stays positive (gridded in log space) and near the sample range.
     al = a.coarse_layer("Al").values
     assert np.nanmin(al) > 0 and np.nanmax(al) < 40000
+
+
+def test_netcdf_grid_is_a_source_of_one_file(small_manifest, small_area, tmp_path):
+    """A new kind of source is one module of lithocore.sources: a NetCDF copy of the magnetic grid, named under
+    ``netcdf``, loads as the same coarse layer as the GeoTIFF; a missing variable is named with the ones there are."""
+    import shutil
+
+    import rasterio.shutil
+
+    tmp_path = tmp_path / "area"
+    shutil.copytree(small_manifest.parent, tmp_path)
+    man = yaml.safe_load((tmp_path / small_manifest.name).read_text())
+    mag = man["coarse"][0]
+    rasterio.shutil.copy(tmp_path / mag["path"], tmp_path / "mag.nc", driver="netCDF")
+    man["netcdf"] = [{"path": "mag.nc", "variable": "Band1", "name": "mag_nc", "units": "nT"}]
+    (tmp_path / "nc.yaml").write_text(yaml.safe_dump(man))
+    area = load_study_area(tmp_path / "nc.yaml")
+    tif = next(c for c in area.coarse if c.name == mag.get("name", "magnetic"))
+    nc = next(c for c in area.coarse if c.name == "mag_nc")
+    assert nc.factor == tif.factor and nc.grid == tif.grid
+    np.testing.assert_allclose(nc.values, tif.values, rtol=1e-6, equal_nan=True)
+    assert any(row["kind"] == "netcdf" for row in area.layer_table)
+    man["netcdf"][0]["variable"] = "bouguer"
+    (tmp_path / "nc.yaml").write_text(yaml.safe_dump(man))
+    with pytest.raises(StudyAreaError, match=r"mag\.nc: has no variable 'bouguer'; its gridded variables: Band1"):
+        load_study_area(tmp_path / "nc.yaml")

@@ -3,7 +3,7 @@
 import numpy as np
 
 from lithocore import forest, metrics
-from lithocore.data import NO_LABEL
+from lithocore.area import NO_LABEL
 
 
 def test_sample_pixels_per_class_and_region():

@@ -11,7 +11,9 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from lithocore import fusion
-from lithocore.data import Grid, StudyAreaError, load_study_area
+from lithocore.area import Grid
+from lithocore.errors import StudyAreaError
+from lithocore.data import load_study_area
 from lithocore.synthetic import SyntheticSpec, generate_study_area
 
 GRID = Grid(CRS.from_epsg(32646), from_origin(0, 1920, 15, 15), 128, 128)
@@ -235,7 +237,7 @@ def test_stack_is_a_cloud_optimised_geotiff_with_its_tags(tmp_path):
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
 
-    from lithocore.data import Grid
+    from lithocore.area import Grid
     from lithocore.fusion import write_stack
 
     grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), 1100, 1050)

@@ -10,7 +10,10 @@ import pytest
 import rasterio
 from shapely.geometry import Polygon, box
 
-from lithocore.data import NO_LABEL, DataWarning, StudyAreaError, load_study_area, read_manifest
+from lithocore.area import NO_LABEL
+from lithocore.errors import DataWarning, StudyAreaError
+from lithocore.data import load_study_area
+from lithocore.manifest import read_manifest
 from lithocore.workbook import check_parameters, main, notebooks, run_workbook
 
 from .test_data import _copy_manifest, _error, _rewrite, _write

@@ -7,7 +7,8 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from lithocore import mapping
-from lithocore.data import NO_LABEL, ClassTable, Grid, write_geotiff
+from lithocore.area import NO_LABEL, ClassTable, Grid
+from lithocore.outputs import write_geotiff
 
 
 def _probabilities(C, H, W, seed=0):

@@ -1,7 +1,7 @@
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix as sk_cm, jaccard_score
 
-from lithocore.data import NO_LABEL
+from lithocore.area import NO_LABEL
 from lithocore.metrics import confusion_matrix, scores
 
 

@@ -62,7 +62,7 @@ def _toy_batches(n=40, size=32, seed=0):
     """A learnable toy problem: the class is which channel is larger, in blobs."""
     from scipy import ndimage
 
-    from lithocore.tiles import TileBatches
+    from lithocore.loaders import TileBatches
 
     rng = np.random.default_rng(seed)
     H = W = 128
@@ -216,7 +216,7 @@ def test_group_normalisation_does_not_depend_on_the_batch():
 
 
 def test_augmentation_applies_the_same_symmetry_to_tile_and_targets():
-    from lithocore.tiles import _dihedral
+    from lithocore.loaders import _dihedral
 
     x = np.arange(4 * 4 * 2, dtype=np.float32).reshape(4, 4, 2)
     y = x[..., 0].astype(np.int32)

@@ -53,6 +53,24 @@ def test_notebook_skeleton(path):
     for c in nb.cells:
         if c.cell_type == "code":
             assert not c.outputs and c.execution_count is None, f"{path.name}: committed with outputs"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    late = [node for c in code[1:] for node in ast.parse(c.source).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert not late, f"{path.name}: imports after the Imports cell: {[ast.unparse(n) for n in late]}"
+    assert "plain_warnings()" in code[0].source, f"{path.name}: the Imports cell asks for plain warnings"
+
+
+def test_import_lithocore_has_no_side_effects():
+    """``import lithocore`` and the framework-free modules start no deep-learning framework and leave Python's
+    warning format alone; the framework starts on an explicit call."""
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings; f = warnings.formatwarning; import lithocore, lithocore.data, lithocore.stages, "
+            "lithocore.tiles, lithocore.crossval, lithocore.workbook, lithocore.plan, lithocore.recommend; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules), "
+            "warnings.formatwarning is f)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "True"], out
 
 
 def test_readme_commands_and_ci():

@@ -12,7 +12,8 @@ import yaml
 
 from lithocore import fusion, stages
 from lithocore import training as TR
-from lithocore.data import load_study_area, write_geotiff
+from lithocore.data import load_study_area
+from lithocore.outputs import write_geotiff
 from lithocore.runfolder import RunFolder, atomic_path, manifest_fingerprint
 
 from .test_data import _copy_manifest
@@ -181,7 +182,7 @@ def test_corrupt_resume_checkpoint_restarts_training(manifest, tmp_path, capsys)
     import keras
 
     from lithocore.model import build_fcn8s
-    from lithocore.tiles import TileBatches
+    from lithocore.loaders import TileBatches
 
     area = load_study_area(manifest)
     stack = np.nan_to_num(area.guide)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from lithocore import tiles as T
-from lithocore.data import NO_LABEL
+from lithocore.area import NO_LABEL
+from lithocore.loaders import TileBatches
 
 
 def _scene(h=200, w=240, seed=0):
@@ -59,7 +60,7 @@ def test_tiles_are_views_and_batches_cut_on_the_fly():
     stack, labels, mask = _scene()
     mask[100:110, 100:110] = False
     ts = T.make_tiles(labels, mask, size=32, stride=8, n_samples=50, split="paper", seed=0)
-    b = T.TileBatches(stack, labels, mask, ts.train, 32, 5, mean=[0, 0, 0], std=[2, 2, 2])
+    b = TileBatches(stack, labels, mask, ts.train, 32, 5, mean=[0, 0, 0], std=[2, 2, 2])
     x, y = b[0]
     assert x.shape == (5, 32, 32, 3) and y.shape == (5, 32, 32) and x.dtype == np.float32
     r, c = b.windows[b.order[0]]
@@ -75,7 +76,7 @@ def test_tiles_are_views_and_batches_cut_on_the_fly():
     first = b.order.copy()
     b.on_epoch_end()
     assert not np.array_equal(first, b.order)  # reshuffled each epoch, deterministically
-    b2 = T.TileBatches(stack, labels, mask, ts.train, 32, 5, seed=0)
+    b2 = TileBatches(stack, labels, mask, ts.train, 32, 5, seed=0)
     b2.on_epoch_end()
     assert np.array_equal(b.order, b2.order)
 

@@ -7,7 +7,9 @@ import pytest
 import yaml
 
 from lithocore import applicability, calibration, knndm
-from lithocore.data import NO_LABEL, StudyAreaError, load_study_area
+from lithocore.area import NO_LABEL
+from lithocore.errors import StudyAreaError
+from lithocore.data import load_study_area
 from lithocore.synthetic import ground_polygon, write_ground
 
 

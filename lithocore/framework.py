@@ -1,0 +1,63 @@
+"""The deep-learning framework, started by an explicit call where it is first needed.
+
+``import lithocore`` starts no framework. :func:`start_keras` imports Keras (and TensorFlow, under Keras's default
+backend) the first time a network is built, trained or loaded, and returns the ``keras`` module.
+
+TensorFlow prints INFO lines (oneDNN, "Could not find cuda drivers") at import before its log level applies, and,
+on a machine without an NVIDIA driver, ``failed call to cuInit ... UNKNOWN ERROR (303)`` at its first device
+query, which reads as a failure on a CPU run. So, unless the user has set ``TF_CPP_MIN_LOG_LEVEL``, the level is
+warnings and above (2), or errors are hidden too (3) only where no NVIDIA driver exists (no CUDA error can then be
+real); and TensorFlow is imported with its C++ stderr caught, and every caught line that is not an INFO or WARNING
+line is printed again. Python errors and warnings are never hidden.
+"""
+
+import os
+import sys
+
+__all__ = ["start_keras"]
+
+
+def _nvidia_driver() -> bool:
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
+def _import_tensorflow_quietly() -> None:
+    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if _nvidia_driver() else "3"
+    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        text = caught.read().decode(errors="replace")
+    quiet = ("I0000", "W0000", "WARNING: All log messages before absl::InitializeLog()", "To enable the following")
+    kept = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(quiet)
+            and "rebuild TensorFlow with the appropriate compiler flags" not in line]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+
+
+def start_keras():
+    """Import Keras (TensorFlow's start-up log kept out of the notebook) and return the ``keras`` module.
+
+    Examples
+    --------
+    >>> start_keras().__name__
+    'keras'
+    """
+    _import_tensorflow_quietly()
+    import keras
+
+    return keras

@@ -1,0 +1,156 @@
+"""What every reader of a source shares: resolving a manifest path, opening a raster or vector file with a
+message naming the file, a source's bounds in another CRS, the declared nodata value and the check for a
+suspicious fill value, the warper's kernel scale."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from ..area import Grid
+from ..errors import StudyAreaError, warn_data
+
+
+def resolve_path(base: Path, p: str) -> Path:
+    q = Path(os.path.expandvars(os.path.expanduser(str(p))))
+    return q if q.is_absolute() else (base / q)
+
+
+
+
+@contextlib.contextmanager
+def open_raster(path: str | os.PathLike):
+    """A raster opened for reading, with its faults named: missing, not a raster, no CRS, or *damaged* (its header
+    reads but its pixels do not: a file cut off by an interrupted download, copy or write), each a
+    :class:`StudyAreaError` naming the file, never GDAL's chained traceback."""
+    path = Path(path)
+    if not path.exists():
+        raise StudyAreaError(path, "file not found")
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise StudyAreaError(path, f"cannot be read as a raster ({exc})") from None
+    if src.crs is None:
+        src.close()
+        raise StudyAreaError(path, "has no CRS (coordinate reference system); assign one, e.g. with "
+                                   "'gdal_edit.py -a_srs EPSG:xxxx'")
+    try:
+        with src:
+            yield src
+    except rasterio.errors.RasterioIOError as exc:
+        cause = exc.__cause__ or exc.__context__ or exc
+        if path.name not in f"{exc} {cause}":  # another file's fault (several open at once): its own context names it
+            raise
+        raise StudyAreaError(path, f"this file is damaged: its header reads but its pixels do not ({cause}); it may "
+                                   f"be cut off (an interrupted download, copy or write): copy or export it "
+                                   f"again") from None
+
+
+def read_vector(path: Path, crs_hint: Any = None):
+    import geopandas as gpd
+
+    if not path.exists():
+        raise StudyAreaError(path, "file not found")
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises several types
+        raise StudyAreaError(path, f"cannot be read as a vector file ({exc})") from None
+    if gdf.crs is None:
+        if crs_hint is None:
+            raise StudyAreaError(path, "has no CRS (coordinate reference system); give 'crs' in the manifest entry")
+        gdf = gdf.set_crs(crs_hint)
+    return gdf
+
+
+def bounds_in(src, crs: CRS) -> tuple:
+    if src.crs == crs:
+        return tuple(src.bounds)
+    from rasterio.warp import transform_bounds
+
+    return transform_bounds(src.crs, crs, *src.bounds)
+
+
+#: Values that data producers use to fill cells without data (checked when a layer declares no nodata).
+_FILL_VALUES = (-9999.0, -99999.0, -999.0, -32768.0, -32767.0, 32767.0, 65535.0, 9999.0, -3.4028234663852886e38,
+                3.4028234663852886e38, -1e30, 1e30)
+
+
+def declared_nodata(entry: dict, src) -> float | None:
+    """The nodata value of a layer: the manifest entry's ``nodata`` when given (``none``/null: no nodata),
+    else the file's tag."""
+    if "nodata" not in entry:
+        return src.nodata
+    v = entry["nodata"]
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null", "")):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise StudyAreaError(src.name, f"nodata {v!r} in the manifest is not a number (or 'none', 'nan')") from None
+
+
+def check_fill_value(path: Path, src, band: int, nodata: float | None, name: str, warns: list) -> None:
+    """Warn about a constant fill value nobody declared, and about a nodata value inside the data's range."""
+    h, w = min(src.height, 1024), min(src.width, 1024)
+    a = src.read(band, out_shape=(h, w), resampling=Resampling.nearest).astype(np.float64)
+    finite = np.isfinite(a)
+    if nodata is not None and np.isfinite(nodata):
+        is_nd = a == nodata
+        vals = a[finite & ~is_nd]
+        share = float(is_nd.mean())
+        if vals.size and share > 0.01 and vals.min() < nodata < vals.max():
+            warn_data(warns, path, f"band {band} ({name}): the nodata value {nodata:g} lies inside the data's range "
+                               f"({vals.min():g} to {vals.max():g}) and removes {share:.1%} of its cells; if {nodata:g} "
+                               f"is a real value, set 'nodata: none' (or the true fill value) in its manifest entry")
+        return
+    vals = a[finite]
+    if vals.size == 0:
+        return
+    candidates = [f for f in _FILL_VALUES if np.any(vals == np.float32(f))]
+    lo, hi = vals.min(), vals.max()
+    for v in candidates + [lo, hi]:
+        same = int(np.sum(vals == v))
+        share = same / vals.size
+        known = v in candidates
+        # an unknown extreme value is suspicious when it repeats (a grid of 2 x 2 cells holds each value in 25 %)
+        if (known and share > 0.001) or (not known and share > 0.05 and same >= 3 and lo < hi):
+            warn_data(warns, path, f"band {band} ({name}) holds the constant {v:g} in {share:.1%} of its cells and "
+                               f"declares no nodata: if {v:g} fills cells without data, set 'nodata: {v:g}' in its "
+                               f"manifest entry (it is used as data now)")
+            return
+
+
+def source_band(src, band: int, entry: dict):
+    """What to reproject from: the band itself (its own nodata tag applies) or, when the manifest overrides the
+    nodata, its values as an array (so that GDAL does not fall back to the file's tag)."""
+    if "nodata" not in entry:
+        return dict(source=rasterio.band(src, band))
+    return dict(source=src.read(band), src_transform=src.transform, src_crs=src.crs)
+
+
+def warp_scales(src, grid: Grid) -> dict:
+    """GDAL's resampling scale (destination pixels per source pixel) for warping ``src`` onto the whole ``grid``.
+    GDAL otherwise derives it from each chunk's source and destination windows, so that a block warped on its
+    own (with a margin of source pixels) gets a wider or narrower kernel than the whole grid."""
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
+    left, bottom, right, top = grid.bounds
+    if src.crs != grid.crs:
+        left, bottom, right, top = transform_bounds(grid.crs, src.crs, left, bottom, right, top, densify_pts=21)
+    win = from_bounds(left, bottom, right, top, transform=src.transform)
+    return dict(XSCALE=grid.width / max(win.width, 1e-9), YSCALE=grid.height / max(win.height, 1e-9))
+
+
+def describe_source(path: Path, src) -> dict:
+    return dict(file=path.name, crs=str(src.crs.to_string()), resolution=f"{abs(src.res[0]):g} x {abs(src.res[1]):g}",
+                size=f"{src.width} x {src.height}", bands=src.count, nodata=src.nodata, dtype=src.dtypes[0])
+
+
+def coarse_factor(native_res: float, fine_res: float) -> int:
+    return max(1, int(round(native_res / fine_res)))

@@ -1,0 +1,55 @@
+"""Fine rasters (``guide`` bands and ``extra`` layers): every band read onto the reference grid (bilinear),
+with the band names the manifest gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import numpy as np
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+from ..area import Grid, overlaps
+from ..errors import StudyAreaError
+from ..area import WARP_THREADS
+from .common import bounds_in, check_fill_value, declared_nodata, describe_source, open_raster, source_band, warp_scales
+
+
+def read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Resampling, entry: dict | None = None,
+               warns: list | None = None, names: list[str] | None = None) -> tuple[np.ndarray, dict]:
+    """Reproject every band of a raster onto the fine grid; NaN where the source has no data. Coordinates are
+    transformed exactly for every pixel (``tolerance=0``; GDAL's default approximates them to 1/8 pixel, which
+    differs with the extent warped) and the kernel's scale is the whole grid's (:func:`warp_scales`), so a block
+    of the grid warped alone (:mod:`lithocore.blockwise`) gets the same values."""
+    entry = entry or {}
+    warns = [] if warns is None else warns
+    with open_raster(path) as src:
+        if expected_bands is not None and src.count != expected_bands:
+            raise StudyAreaError(path, f"expected {expected_bands} band(s) as the manifest names, found {src.count}")
+        if not overlaps(bounds_in(src, grid.crs), grid.bounds):
+            raise StudyAreaError(path, f"does not overlap the reference grid (its bounds {tuple(round(b) for b in src.bounds)} "
+                                       f"in {src.crs}, reference {tuple(round(b) for b in grid.bounds)} in {grid.crs})")
+        nodata = declared_nodata(entry, src)
+        out = np.full((src.count, *grid.shape), np.nan, dtype=np.float32)
+        for b in range(src.count):
+            check_fill_value(path, src, b + 1, nodata, (names or [])[b] if names and b < len(names) else f"band {b + 1}",
+                        warns)
+            reproject(destination=out[b], src_nodata=nodata, dst_transform=grid.transform, dst_crs=grid.crs,
+                      dst_nodata=np.nan, resampling=resampling, tolerance=0.0, num_threads=WARP_THREADS,
+                      **warp_scales(src, grid),
+                      **source_band(src, b + 1, entry))
+        info = describe_source(path, src) | dict(nodata=nodata)
+    return out, info
+
+
+def fine_bands(entry: dict, path: Path, kind: str) -> tuple[list | None, int | None]:
+    """A fine layer's manifest ``bands``: the names given (an extra layer without any is named by its ``name``
+    or file), and the band count they promise (None: any)."""
+    bands = entry.get("bands")
+    if kind == "extra" and bands is None:
+        bands = [entry.get("name", path.stem)]
+    expected = len(bands) if isinstance(bands, list) else (int(bands) if bands else None)
+    return (bands if isinstance(bands, list) else None), expected
+
+
+def band_names(path: Path, bands: list | None, count: int) -> list[str]:
+    """The names of a fine layer's bands: the manifest's, else ``<file stem>_<band number>``."""
+    return [str(b) for b in bands] if bands is not None else [f"{path.stem}_{i + 1}" for i in range(count)]
