@@ -84,7 +84,7 @@ def build_area(folder: Path, size: int, seed: int = 0) -> Path:
 
 def one(manifest: Path, out: Path, mode: str, memory_mb: float) -> dict:
     from lithocore import blockwise, fusion
-    from lithocore.data import load_study_area  # noqa: F401 (every import before the baseline)
+    from lithocore.data import load_study_area
     import rasterio.features, scipy.ndimage, sklearn.linear_model, tqdm.auto  # noqa: F401,E401
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the libraries (TensorFlow among them)

@@ -68,7 +68,7 @@ def run(stack: Path, out: Path, workers: int, memory_mb: float, reference: Path 
     import rasterio
 
     from lithocore import mapping
-    from lithocore.data import ClassTable
+    from lithocore.area import ClassTable
 
     table = ClassTable.from_list([{"id": i + 1, "name": f"unit {i + 1}"} for i in range(8)])
     model = _model(9, 8)

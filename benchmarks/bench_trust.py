@@ -32,7 +32,7 @@ def _far_labels(area_dir: Path, out: Path) -> tuple[Path, Path]:
     import rasterio
     from shapely.geometry import box
 
-    from lithocore.data import Grid
+    from lithocore.area import Grid
     from lithocore.synthetic import ground_polygon, write_ground
 
     with rasterio.open(area_dir / "aster_vnir_15m.tif") as src:

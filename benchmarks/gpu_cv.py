@@ -71,7 +71,7 @@ def run(data: Path, recipes: list[str], out: Path, work: Path) -> None:
     from lithocore import crossval
     from lithocore.model import backend_info
     from lithocore.stages import deep_fold_model
-    from lithocore.training import resolve_config
+    from lithocore.settings import resolve as resolve_config
 
     z = np.load(data)
     stack = z["stack"].astype(np.float32)

@@ -34,6 +34,7 @@ from .framework import start_keras
 import os
 
 import numpy as np
+from .registry import ARCHITECTURES, display_name
 
 __all__ = ["build_fcn8s", "build_unet", "build_model", "ARCHITECTURES", "display_name", "PixelCrossEntropy", "masked_accuracy",
            "backend_info", "describe_layers", "any_size", "with_input_size"]
@@ -221,7 +222,6 @@ def backend_info() -> dict:
                 env_backend=os.environ.get("KERAS_BACKEND", ""))
 
 
-
 def any_size(model):
     """The same network taking inputs of any size (a multiple of 32): ``model`` itself when its input size is
     free, else a copy rebuilt from its configuration with the spatial size left open and the same weights.
@@ -247,21 +247,6 @@ def with_input_size(model, size: int | None):
 
 
 # ------------------------------------------------------------------------------------------ the registry
-#: The models every stage can build, train, map and cross-validate by name.
-ARCHITECTURES = {
-    "fcn8s_paper": "the paper's FCN-8s exactly (Table 1: full VGG-19 widths, fc 4096, Table 1's decoder)",
-    "fcn8s": "FCN-8s with a width multiplier, Long et al.'s bilinear decoder and optional group normalisation",
-    "unet": "a U-Net (five levels, skips by concatenation, bilinear upsampling) with optional group normalisation",
-}
-
-
-#: How the notebooks and reports name each model.
-DISPLAY_NAMES = {"fcn8s_paper": "FCN-8s (Table 1)", "fcn8s": "FCN-8s", "unet": "U-Net"}
-
-
-def display_name(architecture: str) -> str:
-    """The name a notebook shows for an architecture ("U-Net", "FCN-8s", ...)."""
-    return DISPLAY_NAMES.get(architecture, architecture)
 
 
 def _norm(x, kind: str, name: str):

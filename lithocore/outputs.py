@@ -22,6 +22,8 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, ban
     Examples
     --------
     >>> import tempfile
+    >>> from rasterio.crs import CRS
+    >>> from rasterio.transform import from_origin
     >>> g = Grid(CRS.from_epsg(32646), from_origin(0, 30, 15, 15), 2, 2)
     >>> p = write_geotiff(Path(tempfile.mkdtemp()) / "a.tif", np.ones((2, 2)), g, band_names=["one"])
     >>> with rasterio.open(p) as s: print(s.count, s.descriptions)

@@ -162,7 +162,7 @@ def candidates_for(cfg, n_classes: int, *, deep: bool = False, epochs: int | Non
     if deep:
         from dataclasses import replace
 
-        from .model import display_name
+        from .registry import display_name
 
         name = cfg.architecture or "fcn8s"
         out[name] = DeepCandidate(name, display_name(name), replace(cfg, epochs=epochs or cfg.epochs), n_classes)

@@ -27,7 +27,10 @@ import numpy as np
 from .area import NO_LABEL
 from .data import load_study_area
 from .runfolder import RunFolder, key, manifest_fingerprint, write_json
+from .settings import given, given_only, resolve
+from .settings import profile as profile_settings
 from .errors import WorkbookWarning
+from .registry import model_name
 
 __all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "evaluation_plan", "run_config", "tiles_made_from", "training_tiles",
            "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
@@ -115,18 +118,17 @@ def evaluation_plan(profile: str, area, cfg=None, *, tile: int = -1, k: int = -1
     the profile's tile and folds unless given (-1: not given), the training configuration ``cfg``'s stride and
     seed (default: the profile's). Raises :class:`~lithocore.plan.SceneTooSmall` when no plan fits."""
     from .plan import fit_evaluation
-    from .training import resolve_config
-
-    cfg = cfg or resolve_config(profile)
-    base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
+    
+    cfg = cfg or resolve(profile)
+    base = profile_settings(profile).cv
     if k == 1:  # notebook 03's single spatial split instead of folds: the tile the folds would have, no blocks
         plan = evaluation_plan(profile, area, cfg, tile=tile, blocks=blocks)
         return replace(plan, k=1, block=0, windows_per_fold=[],
                        changes=plan.changes + ["one fold: notebook 03's single spatial split, no blocks to deal"])
-    tile_given = tile not in (None, -1)
+    tile_given = given(tile)
     return fit_evaluation(area.labels, area.mask, tile=int(tile if tile_given else cfg.tile),
-                          k=int(base["k"] if k in (None, -1) else k), block=-1 if block in (None, -1) else int(block),
-                          stride=cfg.stride, tile_given=tile_given, k_given=k not in (None, -1), seed=cfg.seed,
+                          k=int(k if given(k) else base.folds), block=int(block) if given(block) else -1,
+                          stride=cfg.stride, tile_given=tile_given, k_given=given(k), seed=cfg.seed,
                           pixel_size=area.grid.res, split_blocks=blocks)
 
 
@@ -134,10 +136,9 @@ def run_config(profile: str, area, *, tile: int = -1, blocks: int = 4, **overrid
     """The training configuration of a run: the profile's, with the overrides; a tile of -1 (not given) is the
     largest, not above the profile's, with which every fold of the profile's cross-validation has training
     windows (:func:`evaluation_plan`; the same whichever notebook asks, so every notebook finds the same tiles)."""
-    from .training import resolve_config
-
-    cfg = resolve_config(profile, tile=tile, **overrides)
-    if tile is None or tile == -1:
+    
+    cfg = resolve(profile, tile=tile, **overrides)
+    if not given(tile):
         plan = evaluation_plan(profile, area, cfg, blocks=blocks)
         if plan.tile != cfg.tile:
             _say(f"tile size: {plan.tile} px for this {area.shape[0]} x {area.shape[1]} px scene ({plan.changes[0]})")
@@ -242,8 +243,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
     instead, and said so. Returns (model, meta, history)."""
     from .model import backend_info, build_model
     from .tiles import class_weights
-    from .training import (compile_model, data_parallel, evaluate_tiles, fit, load_bundle, make_batches, read_history,
-                           save_bundle, seed_everything)
+    from .training import compile_model, data_parallel, evaluate_tiles, fit, load_bundle, make_batches, read_history, save_bundle, seed_everything
 
     rf = RunFolder(run_dir)
     rf.stage("04_train_model")
@@ -318,7 +318,7 @@ def _same_model(meta: dict, expected: dict, overrides: dict) -> bool:
     made = meta.get("made_from") or {}
     if any(made.get(k) != expected[k] for k in ("stack_key", "tiles_key", "split", "classes")):
         return False
-    named = {k: v for k, v in overrides.items() if k in expected["config"] and v is not None and v != -1 and v != ""}
+    named = {k: v for k, v in given_only(**overrides).items() if k in expected["config"]}
     return all(made.get("config", {}).get(k) == expected["config"][k] for k in named)
 
 
@@ -340,7 +340,8 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
     pixel, the paper's protocol) and ``train_region`` (where training pixels may come from). Paper split:
     ``outside_training_tiles`` replaces ``held_out`` (those pixels border training tiles: not independent).
     """
-    from .training import TrainingConfig, window_pixels
+    from .settings import TrainingConfig
+    from .training import window_pixels
 
     cfg = TrainingConfig(**{k: v for k, v in meta["config"].items() if k in TrainingConfig.__dataclass_fields__})
     ts = training_tiles(run_dir, area, cfg, meta["split"])
@@ -351,15 +352,6 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ map
-def model_name(meta_or_config: dict) -> str:
-    """The registry key of a saved model (``"unet"``, ``"fcn8s"``, ``"fcn8s_paper"``): what its files, scores and
-    results are named by. Takes a ``model.json`` or a configuration.
-
-    >>> model_name({"config": {"architecture": "unet"}}), model_name({"architecture": "fcn8s_paper"})
-    ('unet', 'fcn8s_paper')
-    """
-    config = meta_or_config.get("config", meta_or_config)
-    return config.get("architecture") or "fcn8s"  # models saved before the registry were FCN-8s
 
 
 def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial", boundary_width: int = 3,
@@ -494,17 +486,6 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
 
 
 # ------------------------------------------------------------------------------------ cross-validation
-#: Cross-validation settings per profile: folds, FCN epochs per fold, the forests' pixel cap per class in each fold
-#: (0: none; notebooks 06 and 07), the cap of notebook 06's paper-protocol forest (quick: 10,000 a class, about
-#: 70 k pixels against the 10 % of every class's pixels the paper used, 266 k on the default area: 35 s shorter
-#: than 20,000 on 2 cores), and notebook 07's matched folds, its estimates and whether the deep model is its
-#: candidate too. Quick: 6 epochs per fold (8 before op determinism, which costs 12 %: the workbook in 15 min).
-CV_PROFILES = {"quick": dict(k=4, epochs=6, forest_cap=2000, paper_forest_cap=10000, matched_k=4,
-                             estimates=("matched", "block", "random"), matched_deep=False),
-               "paper": dict(k=5, epochs=-1, forest_cap=0, paper_forest_cap=0, matched_k=5,
-                             estimates=("matched", "block", "random"), matched_deep=True)}
-
-
 def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
     """The key under which notebook 06 caches each model's fold predictions (``<cv_dir>/fold<i>_<model>.npz``): the
     stack, the cross-validation and training settings and the forests' settings. Notebook 07 reads the block
@@ -536,17 +517,17 @@ def trust_settings(profile: str, *, k: int = -1, forest_cap: int = -1, deep: int
     >>> trust_settings("quick")["k"], trust_settings("quick", forest_cap=0)["cap"], trust_settings("paper")["deep"]
     (4, 0, True)
     """
-    base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
-    return dict(k=int(base["matched_k"] if k == -1 else k),
-                cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), estimates=tuple(base["estimates"]),
-                deep=bool(base["matched_deep"] if deep == -1 else deep))
+    base = profile_settings(profile).cv
+    return dict(k=int(k if given(k) else base.matched_folds),
+                cap=int(forest_cap if given(forest_cap) else base.forest_cap), estimates=tuple(base.estimates),
+                deep=bool(deep if given(deep) else base.matched_deep))
 
 
 def deep_map_if_current(run_dir, area) -> dict[str, np.ndarray]:
     """Notebook 05's deep-model class map (class indices), keyed by the model's name, when it was mapped with this
     run's model and that model was trained on this run's stack; else {} (nothing stale is counted)."""
     from . import mapping
-    from .model import display_name
+    from .registry import display_name
 
     rf = RunFolder(run_dir)
     if not rf.model_meta_path.is_file():
@@ -581,11 +562,11 @@ def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: i
     ring of buffer with it. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks in 4 folds leave
     53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %.
     """
-    base = CV_PROFILES.get(profile, CV_PROFILES["quick"])
-    k_given = k != -1
-    k = base["k"] if k == -1 else k
-    epochs = base["epochs"] if epochs == -1 else epochs
-    epochs = cfg.epochs if epochs == -1 else epochs
+    base = profile_settings(profile).cv
+    k_given = given(k)
+    k = k if k_given else base.folds
+    epochs = epochs if given(epochs) else base.epochs
+    epochs = epochs if given(epochs) else cfg.epochs
     range_px, changes = None, []
     if labels is not None and k >= 2:  # blocks and folds with which every fold has training windows
         from .plan import fit_evaluation
@@ -593,12 +574,12 @@ def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: i
         plan = fit_evaluation(labels, mask if mask is not None else np.ones(labels.shape, bool), tile=cfg.tile, k=k,
                               block=block, stride=cfg.stride, tile_given=True, k_given=k_given, seed=cfg.seed)
         k, block, range_px, changes = plan.k, plan.block, plan.autocorrelation_range_px, plan.changes
-    elif block == -1:
+    elif not given(block):
         block = 4 * cfg.tile
         while shape is not None and block > 2 * cfg.tile and _blocks_holding(block, shape, labels, mask) < k:
             block -= cfg.tile
     return dict(k=int(k), epochs=int(epochs), block=int(block), buffer=int(cfg.tile),
-                forest_cap=int(base["forest_cap"] if forest_cap == -1 else forest_cap), seed=int(cfg.seed),
+                forest_cap=int(forest_cap if given(forest_cap) else base.forest_cap), seed=int(cfg.seed),
                 **({"autocorrelation_range_px": int(range_px)} if range_px else {}),
                 **({"fitted_to_scene": changes} if changes else {}))
 

@@ -1,6 +1,6 @@
-"""Training the FCN-8s: profiles, compilation, checkpoints that resume, history, validation scores.
+"""Training a network: compilation, checkpoints that resume, history, validation scores.
 
-Two profiles:
+The two profiles (their table: :data:`lithocore.settings.PROFILES`):
 
 * ``paper``: full width (fc 4096), 256-pixel tiles, stride 20, 1000 samples, batch 5, SGD with momentum 0.9,
   learning rate 1e-4, the loss *summed* over the training pixels as the paper describes, 7000 iterations
@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -45,61 +45,9 @@ from .area import NO_LABEL
 from .metrics import confusion_matrix, scores
 from .runfolder import atomic_path, write_json
 from .framework import start_keras
+from .settings import TrainingConfig
 
-__all__ = ["TrainingConfig", "PROFILES", "compile_model", "fit", "evaluate_tiles", "resolve_config",
-           "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle", "data_parallel"]
-
-
-@dataclass
-class TrainingConfig:
-    """Every knob of a training run (the notebook's parameters map onto these)."""
-
-    width: float = 0.125  # multiplier on the VGG-19 filters
-    fc: int = 256  # filters of Conv6-8
-    tile: int = 128  # pixels
-    stride: int = 20  # pixels between candidate windows
-    n_samples: int = 400  # windows sampled
-    batch_size: int = 5
-    epochs: int = 40
-    steps_per_epoch: int | None = None  # None: one pass over the training tiles
-    optimizer: str = "adam"  # "sgd" (with momentum) or "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    clipnorm: float | None = None  # clip each gradient's norm (needed by the summed loss at lr 1e-4)
-    loss_mode: str = "mean"  # "sum" over pixels (the paper) or "mean"
-    class_weighting: bool = True  # loss weights (1/f)^0.5 from the training tiles' class frequencies
-    dropout: float = 0.5
-    upsampling: str = "bilinear"  # "table1" (the paper's kernels) or "bilinear" (Long et al.'s, bilinear start)
-    seed: int = 0
-    architecture: str = "fcn8s"  # a model of lithocore.model.ARCHITECTURES
-    norm: str = "none"  # normalisation after each convolution: "none", "group" or "batch"
-    augment: bool = False  # random flips and quarter turns of the training tiles
-    steps_per_execution: int = 1  # training steps per compiled call: the same training, less Python per step (GPUs)
-
-    def model_config(self, n_channels: int, n_classes: int) -> dict:
-        """The configuration :func:`lithocore.model.build_model` takes."""
-        return dict(architecture=self.architecture, n_channels=n_channels, n_classes=n_classes, width=self.width,
-                    fc=self.fc, dropout=self.dropout, tile=self.tile, upsampling=self.upsampling, norm=self.norm)
-
-    @property
-    def iterations(self) -> int | None:
-        return None if self.steps_per_epoch is None else self.steps_per_epoch * self.epochs
-
-
-PROFILES = {
-    # quick: the U-Net with flips and quarter turns, chosen by nested spatial cross-validation on inner
-    # validation areas (benchmarks/select_model.py: chosen in 2 of 4 folds, the FCN-8s with and without
-    # augmentation in one each; outer test mIoU 0.319 +/- 0.019 against 0.277 +/- 0.023 for the first
-    # version's slim FCN-8s)
-    # 16 epochs (not the FCN-8s's 40): the U-Net's steps take 1.5 x as long, deterministic ops another 12 %, and
-    # the workbook must stay within 15 minutes on 2 cores from a fresh machine (25 epochs and 8 a fold, with op
-    # determinism: 15 min 47 s; 20 and 7: 14 min 47 s with the area already generated)
-    "quick": TrainingConfig(architecture="unet", augment=True, epochs=16),
-    "paper": TrainingConfig(width=1.0, fc=4096, tile=256, stride=20, n_samples=1000, batch_size=5, epochs=100,
-                            steps_per_epoch=70, optimizer="sgd", learning_rate=1e-4, momentum=0.9, loss_mode="sum",
-                            clipnorm=1.0, class_weighting=False, upsampling="table1", architecture="fcn8s_paper",
-                            steps_per_execution=10),
-}
+__all__ = ["compile_model", "fit", "evaluate_tiles", "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle", "data_parallel"]
 
 
 def data_parallel(batch_size: int, devices: int | None = None):
@@ -286,34 +234,6 @@ def evaluate_tiles(model, batches, class_names: list[str]) -> dict:
 def clear_run(out_dir: str | Path) -> None:
     """Forget a training run (its backup, model and history), to start again from scratch."""
     shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def resolve_config(profile: str = "quick", **overrides) -> TrainingConfig:
-    """The profile's configuration with the given overrides; an override of -1 (or None) keeps the profile's.
-
-    Examples
-    --------
-    >>> cfg = resolve_config("paper", epochs=2, tile=-1)
-    >>> cfg.epochs, cfg.tile, cfg.width
-    (2, 256, 1.0)
-    """
-    from dataclasses import replace
-
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    keep = {k: v for k, v in overrides.items() if v is not None and not (isinstance(v, (int, float)) and v == -1)
-            and v != ""}
-    unknown = set(keep) - set(TrainingConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown training setting(s) {sorted(unknown)}")
-    from .model import ARCHITECTURES
-
-    cfg = replace(PROFILES[profile], **keep)
-    if cfg.architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {cfg.architecture!r}; choose one of {sorted(ARCHITECTURES)}")
-    if cfg.norm not in ("none", "group", "batch"):
-        raise ValueError(f"norm must be 'none', 'group' or 'batch', got {cfg.norm!r}")
-    return cfg
 
 
 def window_pixels(shape: tuple[int, int], windows: np.ndarray, size: int) -> np.ndarray:

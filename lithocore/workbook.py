@@ -21,21 +21,15 @@ import time
 from pathlib import Path
 
 from .runfolder import RunFolder, RunFolderBusy, atomic_path, key, run_lock, write_json
+from .settings import PROFILES
+from .settings import profile as profile_settings
 from .stages import fused_stack, model_map
 from .synthetic import SyntheticSpec, generate_study_area
 
-__all__ = ["PROFILES", "NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "model_map",
+__all__ = ["NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "model_map",
            "declared_parameters", "check_parameters", "run_workbook", "main"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-
-#: Parameter sets. ``quick``: a CPU run of the whole workbook in minutes (slim model). ``paper``: the paper's
-#: settings (full-width FCN-8s, 7000 iterations), meant for a GPU.
-PROFILES: dict[str, dict] = {
-    "quick": {"profile": "quick"},
-    "paper": {"profile": "paper"},
-}
-
 
 def notebooks(directory: str | Path = NOTEBOOK_DIR) -> list[Path]:
     """The numbered notebooks (``NN_name.ipynb``), in order."""
@@ -118,14 +112,13 @@ def run_workbook(run_dir: str | Path = "runs/default", profile: str = "quick", p
     and earlier notebooks, with its outputs still in place, is not run again (0 s; said so): ``force`` runs
     every notebook anyway.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    profile_settings(profile)  # an unknown profile is an error before anything runs
     run_dir = Path(run_dir).expanduser().resolve()
-    params = {**PROFILES[profile], **(parameters or {}), "run_dir": str(run_dir)}
+    params = {"profile": profile, **(parameters or {}), "run_dir": str(run_dir)}
     todo = [nb for nb in notebooks(notebook_dir) if not only or any(nb.name.startswith(o) for o in only)]
     if not todo:
         raise FileNotFoundError(f"no notebook in {notebook_dir} matches {only}")
-    check_parameters({k: v for k, v in params.items() if k not in PROFILES[profile]}, notebooks(notebook_dir))
+    check_parameters({k: v for k, v in params.items() if k != "profile"}, notebooks(notebook_dir))
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):  # one run at a time in a run folder

@@ -16,7 +16,8 @@ SCRIPT = textwrap.dedent('''
     import json, sys
     import numpy as np, keras, jax
     from lithocore.model import build_fcn8s
-    from lithocore.training import TrainingConfig, compile_model, data_parallel
+    from lithocore.settings import TrainingConfig
+    from lithocore.training import compile_model, data_parallel
 
     cfg = TrainingConfig(tile=64, batch_size=4, epochs=1, optimizer="adam", learning_rate=1e-3, width=1 / 16, fc=16)
     rng = np.random.default_rng(0)

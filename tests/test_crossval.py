@@ -105,7 +105,7 @@ def test_single_split_and_saved_folds(small_area, tmp_path):
     """k = 1 is notebook 03's spatial split (a quick look, never called a result); k >= 2 folds are saved with
     their key and made again when the settings change."""
     from lithocore import stages
-    from lithocore.training import resolve_config
+    from lithocore.settings import resolve as resolve_config
 
     cfg = resolve_config("quick", tile=32, stride=16, n_samples=40)
     one = stages.cv_folds(tmp_path, small_area, cfg, stages.cv_settings("quick", cfg, k=1))

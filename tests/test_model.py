@@ -12,6 +12,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from lithocore.settings import PROFILES, TrainingConfig, resolve
 from lithocore import model as M
 from lithocore import training as TR
 
@@ -77,7 +78,7 @@ def _toy_batches(n=40, size=32, seed=0):
 def test_training_learns_saves_and_resumes(tmp_path):
     keras.utils.set_random_seed(0)
     batches, _ = _toy_batches()
-    cfg = TR.TrainingConfig(width=1 / 16, fc=16, tile=32, epochs=3, learning_rate=3e-3)
+    cfg = TrainingConfig(width=1 / 16, fc=16, tile=32, epochs=3, learning_rate=3e-3)
     m = M.build_fcn8s(2, 2, width=cfg.width, fc=cfg.fc, tile=32)
     TR.compile_model(m, 2, cfg)
     hist = TR.fit(m, batches, batches, tmp_path, cfg, verbose=0)
@@ -101,7 +102,7 @@ def test_interrupted_training_resumes(tmp_path):
 
     keras.utils.set_random_seed(0)
     batches, _ = _toy_batches()
-    cfg = TR.TrainingConfig(width=1 / 16, fc=16, tile=32, epochs=4)
+    cfg = TrainingConfig(width=1 / 16, fc=16, tile=32, epochs=4)
     m = M.build_fcn8s(2, 2, width=cfg.width, fc=cfg.fc, tile=32)
     TR.compile_model(m, 2, cfg)
     original_fit = m.fit
@@ -123,14 +124,14 @@ def test_interrupted_training_resumes(tmp_path):
 
 
 def test_profiles():
-    paper = TR.PROFILES["paper"]
+    paper = PROFILES["paper"].training
     assert (paper.width, paper.fc, paper.tile, paper.stride, paper.n_samples, paper.batch_size) == (1.0, 4096, 256, 20, 1000, 5)
     assert (paper.optimizer, paper.learning_rate, paper.momentum, paper.loss_mode) == ("sgd", 1e-4, 0.9, "sum")
     assert paper.iterations == 7000 and paper.upsampling == "table1"  # the paper profile is Table 1 exactly
-    assert TR.PROFILES["quick"].upsampling == "bilinear"
-    assert TR.resolve_config("quick", upsampling="", epochs=-1) == TR.PROFILES["quick"]
+    assert PROFILES["quick"].training.upsampling == "bilinear"
+    assert resolve("quick", upsampling="", epochs=-1) == PROFILES["quick"].training
     with pytest.raises(TypeError, match="unknown training setting"):
-        TR.resolve_config("quick", lr=1)
+        resolve("quick", lr=1)
 
 
 JAX_SCRIPT = textwrap.dedent('''
@@ -234,7 +235,7 @@ def test_steps_per_execution_trains_the_same_model(tmp_path):
     for k in (1, 4):
         keras.utils.set_random_seed(0)
         batches, _ = _toy_batches(n=40)  # 8 batches of 5
-        cfg = TR.TrainingConfig(width=1 / 16, fc=16, tile=32, epochs=2, learning_rate=3e-3, dropout=0.0,
+        cfg = TrainingConfig(width=1 / 16, fc=16, tile=32, epochs=2, learning_rate=3e-3, dropout=0.0,
                                 steps_per_execution=k)
         m = M.build_model(cfg.model_config(2, 2))
         TR.compile_model(m, 2, cfg)
@@ -248,5 +249,5 @@ def test_steps_per_execution_trains_the_same_model(tmp_path):
 
 def _fresh_weights():
     keras.utils.set_random_seed(0)
-    cfg = TR.TrainingConfig(width=1 / 16, fc=16, tile=32, dropout=0.0)
+    cfg = TrainingConfig(width=1 / 16, fc=16, tile=32, dropout=0.0)
     return [np.asarray(w) for w in M.build_model(cfg.model_config(2, 2)).get_weights()]

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import yaml
 
+from lithocore.settings import resolve
 from lithocore import fusion, stages
 from lithocore import training as TR
 from lithocore.data import load_study_area
@@ -60,10 +61,10 @@ def test_edited_manifest_gives_new_stack_and_new_model(manifest, tmp_path, capsy
 def test_new_tile_settings_give_new_tiles(manifest, tmp_path, capsys):
     run = tmp_path / "run"
     area = load_study_area(manifest)
-    cfg = TR.resolve_config("quick", **TINY)
+    cfg = resolve("quick", **TINY)
     a = stages.training_tiles(run, area, cfg, "paper")
     assert stages.training_tiles(run, area, cfg, "paper").info["tiles_key"] == a.info["tiles_key"]  # reused
-    b = stages.training_tiles(run, area, TR.resolve_config("quick", **(TINY | dict(n_samples=40, stride=8))), "paper")
+    b = stages.training_tiles(run, area, resolve("quick", **(TINY | dict(n_samples=40, stride=8))), "paper")
     assert len(b.train) + len(b.val) == 40 != len(a.train) + len(a.val)
     assert "sampling again" in capsys.readouterr().out
 
@@ -188,7 +189,7 @@ def test_corrupt_resume_checkpoint_restarts_training(manifest, tmp_path, capsys)
     stack = np.nan_to_num(area.guide)
     windows = np.array([[0, 0], [32, 32], [64, 64]])
     batches = TileBatches(stack, area.labels, area.mask, windows, 32, 3)
-    cfg = TR.resolve_config("quick", **TINY)
+    cfg = resolve("quick", **TINY)
     out = tmp_path / "train"
     (out / "backup").mkdir(parents=True)
     (out / "backup" / "run_key.txt").write_text("k1")
@@ -252,7 +253,7 @@ def test_notebook_03s_sampling_options_are_followed(manifest, tmp_path, capsys):
     stage names other options."""
     run = tmp_path / "run"
     area = load_study_area(manifest)
-    cfg = TR.resolve_config("quick", **TINY)
+    cfg = resolve("quick", **TINY)
     drawn = stages.training_tiles(run, area, cfg, "spatial", stratified=True, blocks=3)
     again = stages.training_tiles(run, area, cfg, "spatial")
     assert again.info["tiles_key"] == drawn.info["tiles_key"] and np.array_equal(again.train, drawn.train)

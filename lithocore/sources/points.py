@@ -143,6 +143,8 @@ def grid_points(x: np.ndarray, y: np.ndarray, values: np.ndarray, cgrid: Grid, m
 
     Examples
     --------
+    >>> from rasterio.crs import CRS
+    >>> from rasterio.transform import from_origin
     >>> g = Grid(CRS.from_epsg(32646), from_origin(0, 10000, 2000, 2000), 5, 5)
     >>> xs, ys = np.meshgrid(np.arange(1000, 10000, 2000.0), np.arange(1000, 10000, 2000.0))
     >>> z = grid_points(xs.ravel(), ys.ravel(), (xs + ys).ravel(), g)
