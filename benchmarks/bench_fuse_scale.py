@@ -83,7 +83,7 @@ def build_area(folder: Path, size: int, seed: int = 0) -> Path:
 
 
 def one(manifest: Path, out: Path, mode: str, memory_mb: float) -> dict:
-    from lithocore import blockwise, fusion
+    from lithocore import blockwise, fusion, outputs
     from lithocore.data import load_study_area
     import rasterio.features, scipy.ndimage, sklearn.linear_model, tqdm.auto  # noqa: F401,E401
 
@@ -96,7 +96,7 @@ def one(manifest: Path, out: Path, mode: str, memory_mb: float) -> dict:
         area = load_study_area(manifest)
         result = fusion.fuse_study_area(area, progress=False, **fusion.FusionSettings().fuse_kwargs())
         stack, names, units = fusion.build_stack(result, area)
-        fusion.write_stack(out, stack, names, units, area.grid)
+        outputs.write_stack_file(out, stack, names, units, area.grid)
         extra = {}
     seconds = time.perf_counter() - t0
     import rasterio

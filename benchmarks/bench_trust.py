@@ -71,7 +71,9 @@ def manifest_for(ground: str, height: int, width: int, spacing: float, seed: int
 
 def run(ground: str, height: int, width: int, spacing: float, seed: int, work: Path) -> dict:
     from lithocore.recommend import map_to_trust
-    from lithocore.stages import cv_folds, cv_settings, fused_stack, run_config, trust_settings
+    from lithocore.folds import cv_folds, cv_settings, trust_settings
+    from lithocore.stages import fused_stack
+    from lithocore.plan import run_config
 
     manifest = manifest_for(ground, height, width, spacing, seed, work)
     run_dir = work / f"run-{ground}"

@@ -6,7 +6,7 @@ pixels and metrics code of a finished workbook run, so the scores sit beside tha
 
 ``export`` writes the run's fused stack (float16, to travel), labels, valid mask, folds and class names into one
 compressed file. ``run`` trains each recipe (``name:epochs``; names in ``RECIPES``) in every fold with
-:func:`lithocore.stages.deep_fold_model` (the notebooks' fold model) and scores it with
+:func:`lithocore.folds.deep_fold_model` (the notebooks' fold model) and scores it with
 :func:`lithocore.crossval.cross_validate`; prints one JSON line per fold and recipe. ``compare`` sets the result
 beside the run's ``comparison.json`` (the forests' per-fold scores) with the workbook's verdict code.
 
@@ -52,12 +52,12 @@ def _stub_rasterio() -> None:
 
 
 def export(run_dir: Path, out: Path) -> None:
-    from lithocore import fusion
+    from lithocore import outputs
     from lithocore.data import load_study_area
     from lithocore.runfolder import RunFolder
 
     rf = RunFolder(run_dir)
-    stack, names, _, _, tags = fusion.read_stack(rf.stack_path)
+    stack, names, _, _, tags = outputs.read_stack(rf.stack_path)
     area = load_study_area(tags["manifest"])
     with np.load(rf.folds_path) as z:
         folds = {k: z[k] for k in ("k", "block", "buffer", "fold", "info")}
@@ -70,7 +70,7 @@ def export(run_dir: Path, out: Path) -> None:
 def run(data: Path, recipes: list[str], out: Path, work: Path) -> None:
     from lithocore import crossval
     from lithocore.model import backend_info
-    from lithocore.stages import deep_fold_model
+    from lithocore.folds import deep_fold_model
     from lithocore.settings import resolve as resolve_config
 
     z = np.load(data)

@@ -40,7 +40,8 @@ def main() -> int:
     from scipy import ndimage
 
     from lithocore import crossval, metrics
-    from lithocore.stages import cv_folds, cv_settings, deep_fold_model, forest_fold_model, run_config
+    from lithocore.folds import cv_folds, cv_settings, deep_fold_model, forest_fold_model
+    from lithocore.plan import run_config
     from lithocore.workbook import fused_stack, study_area_manifest
 
     manifest = study_area_manifest("", progress=False)

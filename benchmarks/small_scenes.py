@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from lithocore.synthetic import SyntheticSpec, generate_study_area, geographic_copy, sparse_training_polygons
+from lithocore.synthetic import SyntheticSpec, generate_study_area
+from lithocore.variants import geographic_copy, sparse_training_polygons
 
 SCENES = {
     "s95x228": dict(height=95, width=228, pixel_size=62.5, coarse_spacing=500.0),

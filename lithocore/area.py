@@ -11,12 +11,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
 import numpy as np
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import Affine, from_origin
 from rasterio.warp import reproject
+
 from .errors import StudyAreaError
+
+__all__ = ["WARP_THREADS", "NO_LABEL", "Grid", "overlaps", "ClassTable", "norm_value", "CoarseLayer", "StudyArea"]
 
 #: Threads of GDAL's warper (the same values with any number: it splits the output by rows).
 WARP_THREADS = min(4, os.cpu_count() or 1)

@@ -41,13 +41,13 @@ from rasterio.windows import Window, from_bounds
 
 from .area import NO_LABEL, Grid, overlaps
 from .area import WARP_THREADS
-from .sources.common import check_fill_value, declared_nodata, open_raster, resolve_path, bounds_in, warp_scales
-from .errors import StudyAreaError
-from .sources.labels import area_geometries, predict_ground
-from .sources.fine import band_names, fine_bands
 from .data import load_small_layers
-from .sources.reference import reference_grid
+from .errors import StudyAreaError
 from .manifest import read_manifest
+from .sources.common import check_fill_value, declared_nodata, open_raster, resolve_path, bounds_in, warp_scales
+from .sources.fine import band_names, fine_bands
+from .sources.labels import area_geometries, predict_ground
+from .sources.reference import reference_grid
 
 __all__ = ["FineLayer", "fine_layers", "read_fine_rows", "write_stack", "block_rows_for"]
 
@@ -163,26 +163,74 @@ def _guide_transform(bands: np.ndarray, transform: str, floor: float) -> np.ndar
     return clr(bands)
 
 
-def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=None, *, memory_mb: float = 256.0,
-                tags: dict | None = None, progress: bool = True, area=None) -> dict:
-    """Fuse a study area and write its stack (channels by ``settings``, a
-    :class:`~lithocore.fusion.FusionSettings`) to ``path`` block by block. Returns the channel names, units,
-    normalisation statistics, fusion coefficients, block size and timing.
+class _RowReader:
+    """The fine bands and the valid-data mask of a strip of rows: from the files (or from an area already loaded on
+    the same grid), the mask made once per row and reused by every later pass."""
 
-    Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points; one byte a pixel for the labels
-    and one for the valid-data mask). ``area``: the same study area already loaded on the same grid: its layers
-    are used instead of reading and warping the files again (the same values; a preview on a coarser grid,
-    ``load_study_area(..., max_pixels=...)``, is not used).
-    """
-    from tqdm.auto import tqdm
+    def __init__(self, grid: Grid, fine: list, srcs: list, coarse: list, outline, loaded):
+        self.grid, self.fine, self.srcs, self.coarse, self.outline, self.loaded = grid, fine, srcs, coarse, outline, loaded
+        self.n_guide = sum(len(f.names) for f in fine if f.kind == "guide")
+        self.valid = np.zeros(grid.shape, dtype=bool)
+        self.masked = np.zeros(grid.height, dtype=bool)
 
+    def __call__(self, r0: int, n: int):
+        """(guide bands, extra bands, valid mask) of rows r0 .. r0 + n, NaN outside the mask."""
+        grid = self.grid
+        if self.loaded is not None:  # the area's layers, already on this grid
+            allb = np.concatenate([a[:, r0:r0 + n] for a in self.loaded])  # a new array: NaN is written below
+        else:
+            arrays = [read_fine_rows(s, f.entry, grid, r0, n) for s, f in zip(self.srcs, self.fine)]
+            allb = np.concatenate(arrays) if arrays else np.zeros((0, n, grid.width), np.float32)
+        if self.masked[r0:r0 + n].all():
+            mask = self.valid[r0:r0 + n]
+        else:
+            mask = np.isfinite(allb).all(axis=0)
+            sub = _rows_grid(grid, r0, n)
+            for c in self.coarse:
+                mask &= np.isfinite(c.to_fine(sub))
+            if self.outline is not None:
+                from rasterio.features import geometry_mask
+
+                mask &= geometry_mask(self.outline, out_shape=sub.shape, transform=sub.transform, invert=True)
+            self.valid[r0:r0 + n] = mask
+            self.masked[r0:r0 + n] = True
+        allb[:, ~mask] = np.nan
+        return allb[:self.n_guide], allb[self.n_guide:], mask
+
+
+@dataclass
+class _Plan:
+    """What write_stack works from: the grid, the layers, the channels and the strips of rows."""
+
+    mpath: Path
+    grid: Grid
+    fine: list
+    layers: list  # the coarse layers, preprocessed
+    labels: np.ndarray
+    outline: list | None
+    units: dict
+    guide_names: list
+    extra_names: list
+    channels: list
+    rows: int
+    halo: int
+    warns: list
+    area: object
+
+    @property
+    def starts(self) -> list[int]:
+        return list(range(0, self.grid.height, self.rows))
+
+    def strips(self):
+        """(first row, rows) of every strip."""
+        return [(r0, min(self.rows, self.grid.height - r0)) for r0 in self.starts]
+
+
+def _plan(manifest, settings, kw: dict, memory_mb: float, area) -> _Plan:
+    """Read what stays small (coarse layers, points, labels, outline), check the fine rasters and choose the
+    channels and the strip height."""
     from . import fusion
-    from .outputs import write_cog
-    from .runfolder import atomic_path
 
-    settings = settings or fusion.FusionSettings()
-    kw = settings.fuse_kwargs()
-    t0 = time.perf_counter()
     mpath = Path(manifest).resolve()
     man = read_manifest(mpath)
     base = mpath.parent
@@ -204,166 +252,178 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     units |= {c.name: c.units for c in layers}  # after preprocessing ("clr" for log-ratios)
     guide_names = [n for f in fine if f.kind == "guide" for n in f.names]
     extra_names = [n for f in fine if f.kind == "extra" for n in f.names]
-    n_g = len(guide_names)
     fused_names = [c.name for c in layers]
     channels = list(settings.channels) or fusion.default_channels_for(fused_names, extra_names, guide_names)
     for ch in channels:
         if ch not in fused_names + extra_names + guide_names:
             raise KeyError(f"unknown channel {ch!r}; fused: {fused_names}, extra: {extra_names}, guide: {guide_names}")
-    smoothing = float(kw.get("detail_smoothing", 0.0))
+    smoothing = float(kw["detail_smoothing"])
     halo = int(4.0 * smoothing + 0.5) if smoothing > 0 else 0  # scipy's Gaussian support (truncate 4)
-    rows = block_rows_for(grid, n_g + len(extra_names), len(channels), memory_mb, halo)
-    starts = list(range(0, grid.height, rows))
-    transform = kw.get("guide_transform", "none")
-    lowpass = kw.get("lowpass", "box")
-    if n_g and lowpass != "box":
-        raise ValueError("the block-wise path offers the paper's box low-pass only (lowpass='box')")
+    rows = block_rows_for(grid, len(guide_names) + len(extra_names), len(channels), memory_mb, halo)
+    return _Plan(mpath, grid, fine, layers, labels, outline, units, guide_names, extra_names, channels, rows, halo,
+                 warns, area)
 
+
+def _log_floor(plan: _Plan, read, transform: str) -> float:
+    """Pass 0 (a log or clr guide only): the floor that keeps the logarithms finite, 1e-4 of the median absolute
+    guide value in a systematic sample of the valid pixels."""
+    if not plan.guide_names or transform == "none":
+        return 0.0
+    sample = []
+    for r0, n in plan.strips():
+        g, _, m = read(r0, n)
+        sample.append(np.abs(g[:, m][:, ::97]).ravel())
+    return 1e-4 * float(np.nanmedian(np.concatenate(sample))) or 1e-6
+
+
+def _coarse_means(plan: _Plan, read, transform: str, floor: float, bar) -> dict:
+    """Pass 1: the guide bands' means over the coarse cells of every factor, and the checks that every band and
+    the study area hold valid data."""
+    grid, n_g = plan.grid, len(plan.guide_names)
+    factors = sorted({c.factor for c in plan.layers})
+    sums = {f: np.zeros((n_g, *grid.coarsen(f).shape)) for f in factors}
+    counts = {f: np.zeros(grid.coarsen(f).shape) for f in factors}
+    valid = 0
+    finite_bands = np.zeros(n_g + len(plan.extra_names), dtype=np.int64)
+    for r0, n in plan.strips():
+        g, e, m = read(r0, n)
+        valid += int(m.sum())
+        finite_bands += np.isfinite(np.concatenate([g, e])).sum(axis=(1, 2))
+        if n_g and factors:
+            gt = _guide_transform(g, transform, floor)
+            rr, cc = np.nonzero(m)
+            for f in factors:
+                ids = ((rr + r0) // f) * grid.coarsen(f).width + cc // f
+                size = counts[f].size
+                counts[f] += np.bincount(ids, minlength=size).reshape(counts[f].shape)
+                for i in range(n_g):
+                    sums[f][i] += np.bincount(ids, weights=gt[i][m].astype(np.float64),
+                                              minlength=size).reshape(counts[f].shape)
+        bar.update(1)
+    if not valid:
+        raise StudyAreaError(plan.mpath, "the study area is empty: no pixel has valid data in every layer "
+                                         "(check nodata values, the area outline and the layers' extents)")
+    for name, k in zip(plan.guide_names + plan.extra_names, finite_bands):
+        if not k:
+            raise StudyAreaError(plan.mpath, f"band {name} has no valid data inside the reference grid")
+    return {f: np.where(counts[f] > 0, sums[f] / np.maximum(counts[f], 1), np.nan) for f in factors}
+
+
+def _fit_layers(plan: _Plan, means: dict, method: str) -> tuple[list, list]:
+    """The fit of every coarse layer (Eq. 1) on the small grids: (fits, their records)."""
+    from . import fusion
+
+    fits, infos = [], []
+    for c in plan.layers:
+        if not plan.guide_names:
+            fit, info = None, dict(f={}, detail_added=False, note="no guide bands: bilinear resampling only")
+        else:
+            try:
+                fit, info = fusion.fit_layer(means[c.factor], c.values, c.grid, method, guide_names=plan.guide_names)
+            except ValueError as exc:
+                raise StudyAreaError(c.source, f"layer '{c.name}': {exc}") from None
+        fits.append(fit)
+        infos.append(info | {"preprocessing": c.meta.get("preprocessing", "none")})
+    return fits, infos
+
+
+def _fused_strip(plan: _Plan, read, fits: list, means: dict, kw: dict, floor: float, r0: int,
+                 n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 2, one strip: every channel of rows r0 .. r0 + n (the fused layers read with a halo of rows for the
+    detail's smoothing, so a strip's pixels are the whole-scene computation's), NaN outside the valid mask, and
+    the strip's valid mask."""
+    from . import fusion
+
+    grid, n_g, halo = plan.grid, len(plan.guide_names), plan.halo
+    smoothing, gain = float(kw["detail_smoothing"]), float(kw["detail_gain"])
+    h0, h1 = max(0, r0 - halo), min(grid.height, r0 + n + halo)
+    g, e, m = read(h0, h1 - h0)
+    sub = _rows_grid(grid, h0, h1 - h0)
+    gt = _guide_transform(g, kw["guide_transform"], floor) if n_g else g
+    keep = slice(r0 - h0, r0 - h0 + n)
+    lows = {f: [fusion._to_fine(means[f][i], grid.coarsen(f), sub) for i in range(n_g)] for f in means} if n_g else {}
+    w = fusion.smoothing_weights(m, smoothing) if smoothing > 0 else None  # the NaN-aware Gaussian's, shared
+    values = {}
+    for c, fit in zip(plan.layers, fits):
+        fused = fusion._to_fine(c.values, c.grid, sub).astype(np.float64)
+        if fit is not None:
+            detail = fusion.layer_detail(fit, gt, lows[c.factor], c.grid, sub)
+            if smoothing > 0:
+                detail = fusion.smooth_detail(detail, m, smoothing, w)
+            fused = fused + gain * detail
+        fused = fused.astype(np.float32)
+        fused[~m] = np.nan
+        values[c.name] = fused[keep]
+    values |= {name: e[i][keep] for i, name in enumerate(plan.extra_names)}
+    values |= {name: g[i][keep] for i, name in enumerate(plan.guide_names)}
+    return np.stack([values[ch] for ch in plan.channels]).astype(np.float32), m[keep]
+
+
+def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=None, *, memory_mb: float = 256.0,
+                tags: dict | None = None, progress: bool = True, area=None) -> dict:
+    """Fuse a study area and write its stack (channels by ``settings``, a
+    :class:`~lithocore.fusion.FusionSettings`) to ``path`` block by block: pass 0 the logarithms' floor (a log or
+    clr guide), pass 1 the guide's means over the coarse cells, the fits on those small grids, pass 2 each strip's
+    channels and the normalisation statistics, then a COG with overviews. Returns the channel names, units,
+    normalisation statistics, fusion coefficients, block size and timing.
+
+    Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points; one byte a pixel for the labels
+    and one for the valid-data mask). ``area``: the same study area already loaded on the same grid: its layers
+    are used instead of reading and warping the files again (the same values; a preview on a coarser grid,
+    ``load_study_area(..., max_pixels=...)``, is not used).
+    """
+    from tqdm.auto import tqdm
+
+    from . import fusion
+    from .outputs import write_cog
+    from .runfolder import atomic_path
+
+    t0 = time.perf_counter()
+    settings = settings or fusion.FusionSettings()
+    kw = settings.fuse_kwargs()
+    plan = _plan(manifest, settings, kw, memory_mb, area)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         # GDAL's block cache (5 % of the memory by default) would grow with the scene read: a quarter of the budget
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(max(16, memory_mb // 4))))
-        srcs = [stack.enter_context(open_raster(f.path)) for f in fine]
-
+        srcs = [stack.enter_context(open_raster(f.path)) for f in plan.fine]
         loaded = None
-        if (area is not None and guide_names + extra_names
-                and list(area.guide_names) + list(area.extra_names) == guide_names + extra_names):
-            loaded = [a for a in (area.guide, area.extra) if a.shape[0]]
-        valid_mask = np.zeros(grid.shape, dtype=bool)  # made block by block in the first pass, then reused
-        masked_rows = np.zeros(grid.height, dtype=bool)
-
-        def read(r0: int, n: int):
-            """The fine bands (guide, extra) and the valid-data mask of rows r0 .. r0 + n."""
-            if loaded is not None:  # the area's layers, already on this grid
-                allb = np.concatenate([a[:, r0:r0 + n] for a in loaded])  # a new array: NaN is written below
-            else:
-                arrays = [read_fine_rows(s, f.entry, grid, r0, n) for s, f in zip(srcs, fine)]
-                allb = np.concatenate(arrays) if arrays else np.zeros((0, n, grid.width), np.float32)
-            if masked_rows[r0:r0 + n].all():
-                mask = valid_mask[r0:r0 + n]
-            else:
-                mask = np.isfinite(allb).all(axis=0)
-                sub = _rows_grid(grid, r0, n)
-                for c in coarse:
-                    mask &= np.isfinite(c.to_fine(sub))
-                if outline is not None:
-                    from rasterio.features import geometry_mask
-
-                    mask &= geometry_mask(outline, out_shape=sub.shape, transform=sub.transform, invert=True)
-                valid_mask[r0:r0 + n] = mask
-                masked_rows[r0:r0 + n] = True
-            allb[:, ~mask] = np.nan
-            return allb[:n_g], allb[n_g:], mask
-
-        # pass 0 (log or clr guide only): the floor of the logarithms, from a systematic sample
-        floor = 0.0
-        if n_g and transform != "none":
-            sample = []
-            for r0 in starts:
-                g, _, m = read(r0, min(rows, grid.height - r0))
-                sample.append(np.abs(g[:, m][:, ::97]).ravel())
-            floor = 1e-4 * float(np.nanmedian(np.concatenate(sample))) or 1e-6
-
-        # pass 1: the guide bands' means over the coarse cells of every factor; the valid pixels
-        factors = sorted({c.factor for c in layers})
-        sums = {f: np.zeros((n_g, *grid.coarsen(f).shape)) for f in factors}
-        counts = {f: np.zeros(grid.coarsen(f).shape) for f in factors}
-        valid = 0
-        finite_bands = np.zeros(n_g + len(extra_names), dtype=np.int64)
-        bar = tqdm(total=2 * len(starts), desc="fusing block by block", unit="block", disable=not progress)
-        for r0 in starts:
-            n = min(rows, grid.height - r0)
-            g, e, m = read(r0, n)
-            valid += int(m.sum())
-            finite_bands += np.isfinite(np.concatenate([g, e])).sum(axis=(1, 2))
-            if n_g and factors:
-                gt = _guide_transform(g, transform, floor)
-                rr, cc = np.nonzero(m)
-                for f in factors:
-                    cw = grid.coarsen(f).width
-                    ids = ((rr + r0) // f) * cw + cc // f
-                    size = counts[f].size
-                    counts[f] += np.bincount(ids, minlength=size).reshape(counts[f].shape)
-                    for i in range(n_g):
-                        sums[f][i] += np.bincount(ids, weights=gt[i][m].astype(np.float64),
-                                                  minlength=size).reshape(counts[f].shape)
-            bar.update(1)
-        if not valid:
-            raise StudyAreaError(mpath, "the study area is empty: no pixel has valid data in every layer "
-                                        "(check nodata values, the area outline and the layers' extents)")
-        for name, k in zip(guide_names + extra_names, finite_bands):
-            if not k:
-                raise StudyAreaError(mpath, f"band {name} has no valid data inside the reference grid")
-        means = {f: np.where(counts[f] > 0, sums[f] / np.maximum(counts[f], 1), np.nan) for f in factors}
-
-        # the fit of every layer (Eq. 1), on the small grids
-        fits, infos = [], []
-        for c in layers:
-            try:
-                fit, info = fusion.fit_layer(means[c.factor], c.values, c.grid, kw.get("method", "global"),
-                                             guide_names=guide_names, **{k: kw[k] for k in ("window", "ridge", "min_cv_r2")
-                                                                         if k in kw}) if n_g else (None, dict(
-                                                                             f={}, detail_added=False,
-                                                                             note="no guide bands: bilinear resampling only"))
-            except ValueError as exc:
-                raise StudyAreaError(c.source, f"layer '{c.name}': {exc}") from None
-            fits.append(fit)
-            infos.append(info | {"preprocessing": c.meta.get("preprocessing", "none")})
-
-        # pass 2: each block's channels, with a halo of rows for the smoothing
-        moments = _Moments(len(channels))
-        labelled_valid = 0
-        gain = float(kw.get("detail_gain", 1.0))
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        names = plan.guide_names + plan.extra_names
+        if plan.area is not None and names and list(plan.area.guide_names) + list(plan.area.extra_names) == names:
+            loaded = [a for a in (plan.area.guide, plan.area.extra) if a.shape[0]]
+        read = _RowReader(plan.grid, plan.fine, srcs, plan.layers, plan.outline, loaded)
+        floor = _log_floor(plan, read, kw["guide_transform"])
+        bar = tqdm(total=2 * len(plan.starts), desc="fusing block by block", unit="block", disable=not progress)
+        means = _coarse_means(plan, read, kw["guide_transform"], floor, bar)
+        fits, infos = _fit_layers(plan, means, kw["method"])
+        moments, labelled_valid = _Moments(len(plan.channels)), 0
         with atomic_path(out) as tmp:
-            with rasterio.open(tmp, "w", **grid.profile(len(channels), "float32", compress=None)) as dst:
-                for r0 in starts:
-                    n = min(rows, grid.height - r0)
-                    h0, h1 = max(0, r0 - halo), min(grid.height, r0 + n + halo)
-                    g, e, m = read(h0, h1 - h0)
-                    sub = _rows_grid(grid, h0, h1 - h0)
-                    gt = _guide_transform(g, transform, floor) if n_g else g
-                    keep = slice(r0 - h0, r0 - h0 + n)
-                    lows = {f: [fusion._to_fine(means[f][i], grid.coarsen(f), sub) for i in range(n_g)]
-                            for f in factors} if n_g else {}
-                    values = {}
-                    # the NaN-aware Gaussian's weights: one per block, shared by every layer
-                    w = fusion.smoothing_weights(m, smoothing) if smoothing > 0 else None
-                    for c, fit in zip(layers, fits):
-                        up = fusion._to_fine(c.values, c.grid, sub).astype(np.float64)
-                        if fit is None:
-                            fused = up
-                        else:
-                            detail = fusion.layer_detail(fit, gt, lows[c.factor], c.grid, sub)
-                            if smoothing > 0:
-                                detail = fusion.smooth_detail(detail, m, smoothing, w)
-                            fused = up + gain * detail
-                        fused = fused.astype(np.float32)
-                        fused[~m] = np.nan
-                        values[c.name] = fused[keep]
-                    for i, name in enumerate(extra_names):
-                        values[name] = e[i][keep]
-                    for i, name in enumerate(guide_names):
-                        values[name] = g[i][keep]
-                    lab = labels[r0:r0 + n]
-                    sel = m[keep] & (lab != NO_LABEL)
+            with rasterio.open(tmp, "w", **plan.grid.profile(len(plan.channels), "float32", compress=None)) as dst:
+                for r0, n in plan.strips():  # pass 2
+                    block, m = _fused_strip(plan, read, fits, means, kw, floor, r0, n)
+                    sel = m & (plan.labels[r0:r0 + n] != NO_LABEL)
                     labelled_valid += int(sel.sum())
-                    block = np.stack([values[ch] for ch in channels]).astype(np.float32)
-                    for i in range(len(channels)):
+                    for i in range(len(plan.channels)):
                         moments.add(i, block[i][sel])
-                    dst.write(block, window=Window(0, r0, grid.width, n))
+                    dst.write(block, window=Window(0, r0, plan.grid.width, n))
                     bar.update(1)
                 bar.close()
                 stats = moments.stats(labelled_valid) | {"fitted_on": "all labelled valid pixels"}
-                ch_units = [units.get(ch, "") for ch in channels]
-                for i, (nm, u) in enumerate(zip(channels, ch_units)):
-                    dst.set_band_description(i + 1, nm)
-                    dst.update_tags(i + 1, units=u)
-                dst.update_tags(channels=json.dumps(channels), units=json.dumps(ch_units),
-                                normalisation=json.dumps(stats), **{k: str(v) for k, v in (tags or {}).items()})
+                ch_units = [plan.units.get(ch, "") for ch in plan.channels]
+                _describe_bands(dst, plan.channels, ch_units, stats, tags)
             stack.close()
-            with rasterio.Env(GDAL_CACHEMAX=int(max(64, memory_mb))):  # the overviews need more (3 x faster)
+            with rasterio.Env(GDAL_CACHEMAX=int(max(64, memory_mb))):  # the overviews need more
                 write_cog(tmp, tmp, resampling="average")
-    return dict(path=str(out), channels=channels, units=ch_units, normalisation=stats, coefficients=infos,
-                fused_names=fused_names, block_rows=rows, blocks=len(starts), halo=halo, warnings=warns,
-                seconds=time.perf_counter() - t0)
+    return dict(path=str(out), channels=plan.channels, units=ch_units, normalisation=stats, coefficients=infos,
+                fused_names=[c.name for c in plan.layers], block_rows=plan.rows, blocks=len(plan.starts),
+                halo=plan.halo, warnings=plan.warns, seconds=time.perf_counter() - t0)
+
+
+def _describe_bands(dst, channels: list, units: list, stats: dict, tags: dict | None) -> None:
+    """Band names and units, and the stack's channels, units, normalisation and provenance tags."""
+    for i, (name, unit) in enumerate(zip(channels, units)):
+        dst.set_band_description(i + 1, name)
+        dst.update_tags(i + 1, units=unit)
+    dst.update_tags(channels=json.dumps(channels), units=json.dumps(units), normalisation=json.dumps(stats),
+                    **{k: str(v) for k, v in (tags or {}).items()})

@@ -109,7 +109,7 @@ def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, siz
     >>> leakage(lab, np.ones((10, 10), bool), np.array([[0, 0], [0, 3]]), 4, tested)  # columns 5-6 of rows 0-3
     0.16
     """
-    from .training import window_pixels
+    from .tiles import window_pixels
 
     scored = tested & mask & (labels != NO_LABEL)
     if not scored.any():
@@ -247,7 +247,7 @@ def verdict(diffs, a: str = "FCN-8s", b: str = "the forest", metric: str = "mIoU
 def fold_trust(models, collapsed: list[dict], coverage: list[dict], base: dict | None = None) -> dict:
     """``{model: {"trustworthy", "reasons"}}``: every warning that makes a model's cross-validated scores mean
     little (its collapsed fold models, folds whose training side lacks a class), merged with ``base`` (e.g. the
-    notebook-04 model's own verdict, :func:`lithocore.stages.assess_model`).
+    notebook-04 model's own verdict, :func:`lithocore.training.assess_model`).
 
     >>> fold_trust(["unet", "forest"], [dict(model="unet", fold=1, why="kappa 0.000")], [])["unet"]["reasons"]
     ['fold 1: the fold model collapsed (kappa 0.000)']

@@ -74,13 +74,13 @@ from pathlib import Path
 import numpy as np
 from rasterio.enums import Resampling
 
-from .sensors import band_wavelengths
 from .area import ClassTable, CoarseLayer, Grid, NO_LABEL, StudyArea
 from .errors import StudyAreaError, warn_data
 from .manifest import read_manifest
+from .sensors import band_wavelengths
+from .sources import grid_sources
 from .sources.common import open_raster, resolve_path
 from .sources.fine import band_names, fine_bands, read_fine
-from .sources import grid_sources
 from .sources.labels import area_mask, labels_from_raster, labels_from_vector, predict_ground, withhold
 from .sources.reference import reference_grid
 

@@ -6,13 +6,16 @@ Every function returns Markdown text; the thresholds that pick a sentence are na
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .area import NO_LABEL
+from .recommend import QUESTIONS
 from .words import and_list, count, plural, verb
 
 __all__ = ["study_area_text", "fusion_text", "tiles_text", "training_text", "mapping_text", "comparison_text",
-           "STRIPE_TOLERANCE"]
+           "STRIPE_TOLERANCE", "handover_text"]
 
 #: A map's stripe ratio counts as "no trace of the windows" up to this factor above the windowless floor.
 STRIPE_TOLERANCE = 1.15
@@ -211,3 +214,63 @@ def comparison_text(per_fold: list[dict], coverage: list[dict], pooled: dict, na
                     f"where {g[2]} is {_pct(g[3])} of the test pixels and {_pct(g[4])} of the training pixels; a "
                     f"model's score there measures how it copes with that shift as much as how good it is.")
     return " ".join(text)
+
+
+def _fmt_share(x: float) -> str:
+    """A share in percent, never rounded to 0 or 100 when it is neither.
+
+    >>> _fmt_share(0.998), _fmt_share(1.0), _fmt_share(0.5)
+    ('99.8 %', '100 %', '50 %')
+    """
+    if 0 < x < 0.01 or 0.99 < x < 1:
+        return f"{100 * x:.1f} %"
+    return f"{100 * x:.0f} %"
+
+
+def handover_text(trust: dict) -> str:
+    """The closing advice, written from ``trust.json``'s numbers."""
+    rec = trust["recommended_label"]
+    e = trust["expected"]
+    lines = [f"**Use the {rec} map** (`{Path(trust['files']['classes']).name}`): {trust['why']}."]
+    m = trust["estimates"]["matched"]
+    lines.append(f"On your ground to predict, expect overall accuracy **{e['overall_accuracy']:.2f} +/- "
+                 f"{e['oa_half_width']:.2f}** (mIoU {e['mean_iou']:.2f} over {len(e['mean_iou_classes'])} classes): the "
+                 f"map's {'calibrated ' if trust['calibration']['applied'] else ''}confidence averaged over that ground, "
+                 f"which on the {trust['settings']['k']} matched folds missed each fold's accuracy by "
+                 f"{min(abs(x) for x in e['per_fold_error']):.2f}-{max(abs(x) for x in e['per_fold_error']):.2f}. "
+                 f"The matched cross-validation itself ({trust['matched_method']} folds, whose distances to the training "
+                 f"side follow the ground's, median {trust['distances']['ground_median_m']:.0f} m) scores "
+                 f"{m['overall_accuracy']:.2f} ({m['oa_interval'][0]:.2f}-{m['oa_interval'][1]:.2f}, 95 % spatial "
+                 "bootstrap) on its own class mix, not the ground's.")
+    if trust.get("aoa_share") is not None:
+        lines.append(f"{_fmt_share(trust['aoa_share'])} of the ground to predict lies inside the area of applicability; "
+                     "outside it, the predictors differ from anything the model was trained on: go to the field there.")
+    ins, outs = trust.get("oof_accuracy_inside_aoa"), trust.get("oof_accuracy_outside_aoa")
+    if ins is not None and outs is not None:
+        word = "higher" if ins > outs else ("lower" if ins < outs else "the same")
+        lines.append(f"Out of fold, accuracy inside the area of applicability is {ins:.2f}, {word} than outside "
+                     f"({outs:.2f}).")
+    est = trust["estimates"]
+    others = [f"{k} cross-validation {est[k]['overall_accuracy']:.2f} ({QUESTIONS[k].split(':')[0]})"
+              for k in ("block", "random") if est.get(k)]
+    if others:
+        lines.append("Other questions, other answers: " + "; ".join(others) + ".")
+    c = trust["calibration"]
+    if c["applied"]:
+        lines.append(f"The class probabilities are calibrated (temperature {c['temperature']:.2f}): expected "
+                     f"calibration error {c['ece_before']:.3f} before, {c['ece_after']:.3f} after (out of fold, each "
+                     "fold scaled by a temperature fitted on the others).")
+    else:
+        lines.append(f"The class probabilities are left as the model gives them: temperature scaling raised the "
+                     f"out-of-fold calibration error from {c['ece_before']:.3f} to {c['ece_after']:.3f} (the folds "
+                     "disagree on the temperature), so none is applied.")
+    chk = trust.get("held_out_check")
+    if chk:
+        gap = chk["overall_accuracy"] - e["overall_accuracy"]
+        inside = (abs(gap) <= e["oa_half_width"])
+        lines.append(f"Checked on the {chk['pixels']:,} labelled pixels withheld inside the ground to predict: real "
+                     f"overall accuracy {chk['overall_accuracy']:.2f} ({gap:+.2f} from the promise, "
+                     + ("inside" if inside else "outside") + " its interval).")
+    for w in trust.get("warnings", []):
+        lines.append(f"*Warning:* {w}")
+    return "\n\n".join(lines)

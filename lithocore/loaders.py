@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
+
 import numpy as np
+
 from .area import NO_LABEL
 from .framework import start_keras
 from .tiles import IGNORE

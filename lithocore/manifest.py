@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-
-from .sources import layer_sections
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from .errors import StudyAreaError
+from .sources import layer_sections
 from .sources.common import resolve_path
 
-__all__ = ["Manifest", "validate_manifest", "format_errors"]
+__all__ = ["Manifest", "validate_manifest", "format_errors", "Number", "NodataValue", "ReferenceGrid",
+           "FineEntry", "CoarseEntry", "PointsEntry", "NetCDFEntry", "ClassEntry", "Labels", "read_manifest",
+           "manifest_files"]
 
 Number = Union[float, int]
 NodataValue = Union[float, int, str, None]  # a number, "nan", or "none"/null: the file has no nodata

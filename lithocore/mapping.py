@@ -41,9 +41,9 @@ import numpy as np
 import rasterio
 
 from .area import NO_LABEL, ClassTable, Grid
+from .framework import start_keras
 from .outputs import write_cog, write_geotiff
 from .runfolder import atomic_path
-from .framework import start_keras
 
 __all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "window_predictor", "map_array",
            "map_geotiff", "write_class_map", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]

@@ -29,15 +29,15 @@ Inputs of any size that is a multiple of 32 work, with any number of channels an
 """
 
 from __future__ import annotations
-from .framework import start_keras
-
 import os
 
 import numpy as np
-from .registry import ARCHITECTURES, display_name
 
-__all__ = ["build_fcn8s", "build_unet", "build_model", "ARCHITECTURES", "display_name", "PixelCrossEntropy", "masked_accuracy",
-           "backend_info", "describe_layers", "any_size", "with_input_size"]
+from .framework import start_keras
+from .registry import ARCHITECTURES
+
+__all__ = ["build_fcn8s", "build_unet", "build_model", "PixelCrossEntropy", "masked_accuracy", "backend_info",
+           "describe_layers", "any_size", "with_input_size", "bilinear_kernel"]
 
 
 def bilinear_kernel(shape: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:

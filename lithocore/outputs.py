@@ -3,12 +3,21 @@ temporary name and renamed when complete (:func:`lithocore.runfolder.atomic_path
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
+
 import numpy as np
 import rasterio
-from .runfolder import atomic_path
+from rasterio.windows import Window
+
 from .area import Grid
+from .data import preview_factor
+from .runfolder import atomic_path
+from .sources.common import open_raster
+
+__all__ = ["write_geotiff", "write_cog", "read_stack", "write_stack_file"]
 
 
 def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, band_names: list[str] | None = None,
@@ -59,3 +68,45 @@ def write_cog(src_path: str | os.PathLike, path: str | os.PathLike, *, resamplin
         rasterio.shutil.copy(str(src_path), str(tmp), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
                              OVERVIEW_RESAMPLING=resampling.upper(), NUM_THREADS="ALL_CPUS", BIGTIFF="IF_SAFER")
     return Path(path)
+
+
+def read_stack(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple[np.ndarray, list[str], list[str], dict, dict]:
+    """Read a stack written by :func:`write_stack_file`: (stack, names, units, normalisation stats, tags).
+
+    ``max_pixels``: a larger stack is read ``k`` times coarser (the smallest ``k`` under it; averaged, from the
+    file's overviews), a preview for figures. A damaged file is named as such (:func:`~lithocore.sources.common.open_raster`)."""
+    with open_raster(path) as src:
+        tags = src.tags()
+        k = preview_factor(src.height, src.width, max_pixels)
+        if k == 1:
+            stack = src.read().astype(np.float32)
+        else:
+            from rasterio.enums import Resampling
+
+            stack = src.read(out_shape=(src.count, math.ceil(src.height / k), math.ceil(src.width / k)),
+                             resampling=Resampling.average).astype(np.float32)
+    return (stack, json.loads(tags["channels"]), json.loads(tags["units"]), json.loads(tags.get("normalisation", "{}")),
+            tags)
+
+
+def write_stack_file(path: str | os.PathLike, stack: np.ndarray, names: list[str], units: list[str], grid: Grid, *,
+                stats: dict | None = None, chunk_rows: int = 256, tags: dict | None = None) -> Path:
+    """Write the stack as a cloud-optimised GeoTIFF with overviews (band names, units and normalisation
+    statistics in its tags), a block of ``chunk_rows`` rows at a time, into a temporary file renamed into place
+    when complete."""
+    from .outputs import write_cog
+    from .runfolder import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **grid.profile(stack.shape[0], "float32", compress=None)) as dst:
+            for r0 in range(0, grid.height, chunk_rows):
+                n = min(chunk_rows, grid.height - r0)
+                dst.write(np.asarray(stack[:, r0:r0 + n], dtype=np.float32), window=Window(0, r0, grid.width, n))
+            for i, (n, u) in enumerate(zip(names, units)):
+                dst.set_band_description(i + 1, n)
+                dst.update_tags(i + 1, units=u)
+            dst.update_tags(channels=json.dumps(names), units=json.dumps(units),
+                            normalisation=json.dumps(stats or {}), **{k: str(v) for k, v in (tags or {}).items()})
+        write_cog(tmp, tmp, resampling="average")
+    return path

@@ -14,14 +14,18 @@ too small stops there, not after minutes of training.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .area import NO_LABEL
+from .settings import given, resolve
+from .settings import profile as profile_settings
 from .words import and_list, count
 
-__all__ = ["EvaluationPlan", "SceneTooSmall", "fit_evaluation", "fit_tile_to_area", "MIN_TILE"]
+
+__all__ = ["EvaluationPlan", "SceneTooSmall", "fit_evaluation", "fit_tile_to_area", "MIN_TILE",
+           "COMFORTABLE_WINDOWS", "fold_windows", "evaluation_plan", "run_config"]
 
 #: The smallest tile: five poolings of the FCN-8s and four of the U-Net need a multiple of 32.
 MIN_TILE = 32
@@ -183,3 +187,36 @@ def _too_small(labels, mask, tile, k, block, pixel_size) -> str:
             f"test blocks and their one-tile buffer, or no labels to score. The smallest scene that works is about "
             f"{2 * MIN_TILE} x {4 * MIN_TILE} px with labels in each half (two folds of one {2 * MIN_TILE}-px block "
             f"each, a {MIN_TILE}-px buffer). What to change: {advice}.")
+
+
+def evaluation_plan(profile: str, area, cfg=None, *, tile: int = -1, k: int = -1, block: int = -1, blocks: int = 4):
+    """The plan of tile size, folds and CV blocks that fits this scene (:func:`lithocore.plan.fit_evaluation`):
+    the profile's tile and folds unless given (-1: not given), the training configuration ``cfg``'s stride and
+    seed (default: the profile's). Raises :class:`~lithocore.plan.SceneTooSmall` when no plan fits."""
+    from .plan import fit_evaluation
+    
+    cfg = cfg or resolve(profile)
+    base = profile_settings(profile).cv
+    if k == 1:  # notebook 03's single spatial split instead of folds: the tile the folds would have, no blocks
+        plan = evaluation_plan(profile, area, cfg, tile=tile, blocks=blocks)
+        return replace(plan, k=1, block=0, windows_per_fold=[],
+                       changes=plan.changes + ["one fold: notebook 03's single spatial split, no blocks to deal"])
+    tile_given = given(tile)
+    return fit_evaluation(area.labels, area.mask, tile=int(tile if tile_given else cfg.tile),
+                          k=int(k if given(k) else base.folds), block=int(block) if given(block) else -1,
+                          stride=cfg.stride, tile_given=tile_given, k_given=given(k), seed=cfg.seed,
+                          pixel_size=area.grid.res, split_blocks=blocks)
+
+
+def run_config(profile: str, area, *, tile: int = -1, blocks: int = 4, **overrides):
+    """The training configuration of a run: the profile's, with the overrides; a tile of -1 (not given) is the
+    largest, not above the profile's, with which every fold of the profile's cross-validation has training
+    windows (:func:`evaluation_plan`; the same whichever notebook asks, so every notebook finds the same tiles)."""
+    
+    cfg = resolve(profile, tile=tile, **overrides)
+    if not given(tile):
+        plan = evaluation_plan(profile, area, cfg, blocks=blocks)
+        if plan.tile != cfg.tile:
+            print(f"tile size: {plan.tile} px for this {area.shape[0]} x {area.shape[1]} px scene ({plan.changes[0]})")
+            cfg = replace(cfg, tile=plan.tile)
+    return cfg

@@ -17,18 +17,20 @@ folds and pixels.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import calibration
 from .area import NO_LABEL
+from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
 from .forest import pixel_features
 from .knndm import random_folds
 
-__all__ = ["ForestCandidate", "DeepCandidate", "CANDIDATES", "candidates_for", "QUESTIONS", "fold_sets", "cross_validate_proba", "estimate",
-           "choose", "fit_final", "predict_proba_map", "aoa_for", "held_out_check", "agreement", "handover_text"]
+__all__ = ["QUESTIONS", "fold_sets", "cross_validate_proba", "estimate", "choose", "fit_final",
+           "predict_proba_map", "aoa_for", "held_out_check", "agreement", "cv_distances", "confidence_errors",
+           "distance_weights", "over_valid_rows", "dissimilarity_map", "memory_needed", "check_memory",
+           "map_to_trust"]
 
 #: What each cross-validation answers (printed beside its estimate).
 QUESTIONS = {
@@ -36,147 +38,6 @@ QUESTIONS = {
     "block": "new terrane a block away: whole blocks held out with a buffer (notebook 06's folds)",
     "random": "a pixel beside a training pixel: pixels dealt at random into folds (the paper's random split)",
 }
-
-
-@dataclass(frozen=True)
-class ForestCandidate:
-    """A random forest on the stack's channels, and with ``neighbourhood`` window sizes also every channel's
-    local mean and standard deviation (:func:`lithocore.forest.neighbourhood_features`)."""
-
-    name: str
-    label: str
-    neighbourhood: tuple[int, ...] = ()
-    max_features: int | str = 3
-    n_trees: int = 200
-
-    def features(self, stack: np.ndarray) -> np.ndarray:
-        """The predictors, (F, H, W) float32, NaN where the stack has none."""
-        from .forest import neighbourhood_features
-
-        if not self.neighbourhood:
-            return np.asarray(stack, np.float32)
-        f, _ = neighbourhood_features(stack, tuple(self.neighbourhood))
-        f[:, ~np.isfinite(stack).all(0)] = np.nan
-        return f
-
-    def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0, train=None):
-        """A forest on the sampled training ``pixels`` (flat indices; ``train``, the training side, is not needed)."""
-        from .forest import train_forest
-
-        return train_forest(F, labels, pixels, n_trees=self.n_trees, max_features=self.max_features, seed=seed)[0]
-
-    def proba(self, model, F: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
-        return proba_at(model, F, idx, n_classes)
-
-
-@dataclass(frozen=True)
-class DeepCandidate:
-    """A network of the registry (``config``: a :class:`lithocore.training.TrainingConfig`) as a candidate: trained
-    on tiles of the whole scene whose labels outside the training side are removed (a matched fold is a set of
-    Voronoi cells: no tile fits wholly inside one), normalised with its tiles' statistics; its class probabilities
-    from the whole scene in windows on the network's 32-px grid, with a 32-px margin."""
-
-    name: str
-    label: str
-    config: object
-    n_classes: int
-    neighbourhood: tuple[int, ...] = ()
-    window: int = 512
-
-    def features(self, stack: np.ndarray) -> np.ndarray:
-        return np.asarray(stack, np.float32)
-
-    def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0, train=None):
-        import tempfile
-
-        from .fusion import normalisation_stats
-        from .model import build_model
-        from .runfolder import key
-        from .loaders import TileBatches
-        from .tiles import candidate_windows, class_weights, sample_windows
-        from .training import compile_model, fit, seed_everything, window_pixels
-
-        cfg = self.config
-        mask = np.isfinite(F).all(0)
-        side = mask if train is None else train & mask
-        lab = np.where(side, labels, NO_LABEL).astype(np.uint8)
-        cand = candidate_windows(lab, mask, cfg.tile, cfg.stride)
-        if not len(cand):
-            raise ValueError(f"{self.label}: no {cfg.tile}-px tile holds a training label")
-        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, seed)))
-        stats = normalisation_stats(F, window_pixels(lab.shape, windows, cfg.tile) & mask)
-        batches = TileBatches(F, lab, mask, windows, cfg.tile, cfg.batch_size, mean=stats["mean"], std=stats["std"],
-                              seed=cfg.seed + seed, augment=cfg.augment)
-        seed_everything(cfg.seed + seed)
-        net = build_model(cfg.model_config(F.shape[0], self.n_classes))
-        weights = class_weights(lab, windows, cfg.tile, self.n_classes) if cfg.class_weighting else None
-        compile_model(net, self.n_classes, cfg, class_weights=weights)
-        with tempfile.TemporaryDirectory(prefix=".deep-candidate-") as tmp:
-            fit(net, batches, None, tmp, cfg, verbose=0, run_key=key([repr(cfg), windows.tolist()]))
-        return dict(net=net, mean=np.asarray(stats["mean"], np.float32), std=np.asarray(stats["std"], np.float32))
-
-    def proba(self, model, F: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
-        scene = self.scene_proba(model, F)
-        return scene.reshape(scene.shape[0], -1)[:, idx].T.astype(np.float32)
-
-    def scene_proba(self, model, F: np.ndarray) -> np.ndarray:
-        """(K, H, W) class probabilities over the scene: windows of ``window`` px on the 32-px grid, each with a
-        32-px margin (the edge pixels repeated beyond the scene), their cores kept; invalid pixels given the mean."""
-        from .model import any_size
-
-        net = any_size(model["net"])
-        C, H, W = F.shape
-        m = 32
-        x = (np.moveaxis(F, 0, -1) - model["mean"]) / model["std"]
-        x = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
-        core = max(32, self.window // 32 * 32)
-        out = None
-        for r0 in range(0, H, core):
-            for c0 in range(0, W, core):
-                h, w = min(core, H - r0), min(core, W - c0)
-                hh, ww = -(-(h + 2 * m) // 32) * 32, -(-(w + 2 * m) // 32) * 32
-                rows = np.clip(np.arange(r0 - m, r0 - m + hh), 0, H - 1)
-                cols = np.clip(np.arange(c0 - m, c0 - m + ww), 0, W - 1)
-                p = np.asarray(net.predict_on_batch(x[rows][:, cols][None]), np.float32)[0]
-                if out is None:
-                    out = np.zeros((p.shape[-1], H, W), np.float32)
-                out[:, r0:r0 + h, c0:c0 + w] = np.moveaxis(p[m:m + h, m:m + w], -1, 0)
-        return out
-
-
-#: The registry's pixel candidates, by key (the keys notebook 06 uses for the same models).
-CANDIDATES = {
-    "forest": ForestCandidate("forest", "random forest"),
-    "forest_context": ForestCandidate("forest_context", "neighbourhood forest", (5, 15), "sqrt"),
-}
-
-
-def candidates_for(cfg, n_classes: int, *, deep: bool = False, epochs: int | None = None) -> dict:
-    """Notebook 07's candidates: the registry's forests, and with ``deep`` the network of ``cfg`` (trained
-    ``epochs`` per fit, as notebook 06's folds).
-
-    >>> list(candidates_for(None, 8))
-    ['forest', 'forest_context']
-    """
-    out = dict(CANDIDATES)
-    if deep:
-        from dataclasses import replace
-
-        from .registry import display_name
-
-        name = cfg.architecture or "fcn8s"
-        out[name] = DeepCandidate(name, display_name(name), replace(cfg, epochs=epochs or cfg.epochs), n_classes)
-    return out
-
-
-def proba_at(model, F: np.ndarray, idx: np.ndarray, n_classes: int, chunk: int = 200_000) -> np.ndarray:
-    """Class probabilities (n, K) of the pixels ``idx`` (flat indices), every class of the table a column
-    (a class the model never saw gets 0)."""
-    out = np.zeros((len(idx), n_classes), np.float32)
-    cols = np.asarray(model.classes_, np.int64)
-    for s in range(0, len(idx), chunk):
-        out[s:s + chunk][:, cols] = model.predict_proba(pixel_features(F, idx[s:s + chunk]))
-    return out
 
 
 def fold_sets(kind: str, fold: np.ndarray, k: int, mask: np.ndarray, labels: np.ndarray, buffer: int = 0):
@@ -497,66 +358,6 @@ def agreement(maps: dict[str, np.ndarray], reference: np.ndarray, mask: np.ndarr
     return np.where(mask, np.round(100 * agree), 255).astype(np.uint8)
 
 
-def _fmt_share(x: float) -> str:
-    """A share in percent, never rounded to 0 or 100 when it is neither.
-
-    >>> _fmt_share(0.998), _fmt_share(1.0), _fmt_share(0.5)
-    ('99.8 %', '100 %', '50 %')
-    """
-    if 0 < x < 0.01 or 0.99 < x < 1:
-        return f"{100 * x:.1f} %"
-    return f"{100 * x:.0f} %"
-
-
-def handover_text(trust: dict) -> str:
-    """The closing advice, written from ``trust.json``'s numbers."""
-    rec = trust["recommended_label"]
-    e = trust["expected"]
-    lines = [f"**Use the {rec} map** (`{Path(trust['files']['classes']).name}`): {trust['why']}."]
-    m = trust["estimates"]["matched"]
-    lines.append(f"On your ground to predict, expect overall accuracy **{e['overall_accuracy']:.2f} +/- "
-                 f"{e['oa_half_width']:.2f}** (mIoU {e['mean_iou']:.2f} over {len(e['mean_iou_classes'])} classes): the "
-                 f"map's {'calibrated ' if trust['calibration']['applied'] else ''}confidence averaged over that ground, "
-                 f"which on the {trust['settings']['k']} matched folds missed each fold's accuracy by "
-                 f"{min(abs(x) for x in e['per_fold_error']):.2f}-{max(abs(x) for x in e['per_fold_error']):.2f}. "
-                 f"The matched cross-validation itself ({trust['matched_method']} folds, whose distances to the training "
-                 f"side follow the ground's, median {trust['distances']['ground_median_m']:.0f} m) scores "
-                 f"{m['overall_accuracy']:.2f} ({m['oa_interval'][0]:.2f}-{m['oa_interval'][1]:.2f}, 95 % spatial "
-                 "bootstrap) on its own class mix, not the ground's.")
-    if trust.get("aoa_share") is not None:
-        lines.append(f"{_fmt_share(trust['aoa_share'])} of the ground to predict lies inside the area of applicability; "
-                     "outside it, the predictors differ from anything the model was trained on: go to the field there.")
-    ins, outs = trust.get("oof_accuracy_inside_aoa"), trust.get("oof_accuracy_outside_aoa")
-    if ins is not None and outs is not None:
-        word = "higher" if ins > outs else ("lower" if ins < outs else "the same")
-        lines.append(f"Out of fold, accuracy inside the area of applicability is {ins:.2f}, {word} than outside "
-                     f"({outs:.2f}).")
-    est = trust["estimates"]
-    others = [f"{k} cross-validation {est[k]['overall_accuracy']:.2f} ({QUESTIONS[k].split(':')[0]})"
-              for k in ("block", "random") if est.get(k)]
-    if others:
-        lines.append("Other questions, other answers: " + "; ".join(others) + ".")
-    c = trust["calibration"]
-    if c["applied"]:
-        lines.append(f"The class probabilities are calibrated (temperature {c['temperature']:.2f}): expected "
-                     f"calibration error {c['ece_before']:.3f} before, {c['ece_after']:.3f} after (out of fold, each "
-                     "fold scaled by a temperature fitted on the others).")
-    else:
-        lines.append(f"The class probabilities are left as the model gives them: temperature scaling raised the "
-                     f"out-of-fold calibration error from {c['ece_before']:.3f} to {c['ece_after']:.3f} (the folds "
-                     "disagree on the temperature), so none is applied.")
-    chk = trust.get("held_out_check")
-    if chk:
-        gap = chk["overall_accuracy"] - e["overall_accuracy"]
-        inside = (abs(gap) <= e["oa_half_width"])
-        lines.append(f"Checked on the {chk['pixels']:,} labelled pixels withheld inside the ground to predict: real "
-                     f"overall accuracy {chk['overall_accuracy']:.2f} ({gap:+.2f} from the promise, "
-                     + ("inside" if inside else "outside") + " its interval).")
-    for w in trust.get("warnings", []):
-        lines.append(f"*Warning:* {w}")
-    return "\n\n".join(lines)
-
-
 def memory_needed(shape: tuple[int, int, int], candidates: dict[str, ForestCandidate], n_classes: int) -> int:
     """Bytes notebook 07 holds for a stack of ``shape`` (C, H, W): every candidate's predictors, two probability
     maps, the DI, entropy and agreement maps and the class maps.
@@ -619,7 +420,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     extra_maps
         Other whole-area class maps (class indices) to count in the agreement, e.g. notebook 05's deep model's.
     block_predictions
-        Notebook 06's fold predictions on ``block_folds`` per candidate (:func:`lithocore.stages.cached_fold_predictions`,
+        Notebook 06's fold predictions on ``block_folds`` per candidate (:func:`lithocore.folds.cached_fold_predictions`,
         made with the same settings): the block estimate is read from them instead of fitted again.
     cache_key
         What the stack was made from (its provenance key): each fold's probabilities are then kept in
@@ -692,8 +493,28 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     if e["pixels"] < 1000 or len(e["mean_iou_classes"]) < max(2, len(trained) // 2):
         warnings_.append(f"the matched estimate rests on {e['pixels']:,} pixels and {len(e['mean_iou_classes'])} of "
                          f"{len(trained)} classes: read it as rough")
+    trust = _trust_record(
+        area, candidates, cv, folds, cal, app, ground,
+        expected=dict(overall_accuracy=conf_ground, oa_half_width=conf_half, weighted=weighted_oa),
+        rng_range=rng_range, check=check, checks_all=checks_all, others=list(others), files=files,
+        settings=dict(k=k, fraction=fraction, cap=cap, seed=seed, estimates=list(ests), max_test=max_test,
+                      aoa_pixels=aoa_pixels, block_px_bootstrap=block_px),
+        seconds=dict(cross_validation=round(cv_seconds, 1), maps=round(map_seconds, 1), aoa=round(aoa_seconds, 1)),
+        warnings=warnings_, rank_by=rank_by)
+    return dict(trust=trust, folds=folds, cv_distances=cv["distances"], classes=classes, proba=proba, entropy=ent,
+                di=app["di"], aoa=app["inside"], agreement=agree, maps=maps, oof=oof, oof_di=app["oof_di"])
+
+
+def _trust_record(area, candidates, cv: dict, folds, cal: dict, app: dict, ground: np.ndarray, *, expected: dict,
+                  rng_range: dict, check, checks_all: dict, others: list, files: dict, settings: dict, seconds: dict,
+                  warnings: list, rank_by: str) -> dict:
+    """What ``trust.json`` holds: the recommended map, the accuracy to expect on the ground to predict, every
+    estimate, the distances, the calibration, the area of applicability, the held-out check and the warnings."""
+    best, ests = cv["best"], cv["ests"]
+    e, m_oof = ests["matched"][best], cv["oof"]["matched"]
+    conf_ground, conf_half = expected["overall_accuracy"], expected["oa_half_width"]
     aoa, ins = app["aoa"], app["oof_inside"]
-    trust = dict(
+    return dict(
         recommended_model=best, recommended_label=candidates[best].label, why=cv["why"], rank_by=rank_by,
         expected=dict(overall_accuracy=conf_ground, oa_half_width=conf_half,
                       oa_interval=[conf_ground - conf_half, conf_ground + conf_half],
@@ -703,7 +524,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                       mean_iou=e["mean_iou"], mean_iou_classes=e["mean_iou_classes"],
                       iou=e["iou"], kappa=e["kappa"], pixels=e["pixels"]),
         estimates={kind: v.get(best) for kind, v in ests.items()},
-        ground_estimates=dict(matched_pooled=e["overall_accuracy"], matched_distance_weighted=weighted_oa,
+        ground_estimates=dict(matched_pooled=e["overall_accuracy"], matched_distance_weighted=expected["weighted"],
                               calibrated_confidence=conf_ground),
         candidates={m: dict(label=c.label, matched=ests["matched"][m], seconds=m_oof["seconds"][m])
                     for m, c in candidates.items()},
@@ -724,15 +545,10 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         oof_accuracy_inside_aoa=app["acc_in"], oof_accuracy_outside_aoa=app["acc_out"],
         oof_pixels_inside_aoa=int(ins.sum()), oof_pixels_outside_aoa=int((~ins).sum()), accuracy_by_di=app["curve"],
         ground=dict(pixels=int(ground.sum()), declared=bool(area.predict_declared),
-                    share_of_area=float(ground.sum() / max(mask.sum(), 1))),
-        held_out_check=check, held_out_check_all=checks_all, agreement_maps=list(others),
-        settings=dict(k=k, fraction=fraction, cap=cap, seed=seed, estimates=list(ests), max_test=max_test,
-                      aoa_pixels=aoa_pixels, block_px_bootstrap=block_px),
-        seconds=dict(cross_validation=round(cv_seconds, 1), maps=round(map_seconds, 1), aoa=round(aoa_seconds, 1)),
-        files=files, warnings=warnings_,
+                    share_of_area=float(ground.sum() / max(int(area.mask.sum()), 1))),
+        held_out_check=check, held_out_check_all=checks_all, agreement_maps=others,
+        settings=settings, seconds=seconds, files=files, warnings=warnings,
     )
-    return dict(trust=trust, folds=folds, cv_distances=cv["distances"], classes=classes, proba=proba, entropy=ent,
-                di=app["di"], aoa=app["inside"], agreement=agree, maps=maps, oof=oof, oof_di=app["oof_di"])
 
 
 def _estimates(area, features, candidates, folds, block_folds, block_predictions, *, estimates, rank_by, trained,

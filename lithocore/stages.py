@@ -1,44 +1,34 @@
-"""The workbook's stages as functions over a run folder: each result is reused only when it was made from the
-same inputs and settings (its provenance key, :mod:`lithocore.runfolder`), else made again, with a message.
+"""Making or reusing each stage's result in a run folder: each result is reused only when it was made from the same
+inputs and settings (its provenance key, :mod:`lithocore.runfolder`), else made again, with a message.
 
-A notebook run alone calls these to get what an earlier notebook would have written: the fused stack
-(:func:`fused_stack`), the tiles (:func:`training_tiles`), the model (:func:`load_or_train`), the deep model's class
-map (:func:`model_map`). They use the same settings objects as the notebooks (:class:`~lithocore.fusion.FusionSettings`,
-:class:`~lithocore.training.TrainingConfig`), so a notebook run alone trains on the stack the whole workbook
-would have made.
-
-Small scenes and sparse labels are noticed here: :func:`evaluation_plan` picks the tile, folds and CV blocks with
-which every fold can be trained (:mod:`lithocore.plan`) when the user gives none, :func:`tile_warnings` flags too
-few tiles and classes missing from a side of the split,
-and :func:`assess_model` writes a verdict on whether the model's scores mean anything (``trust`` in the JSON).
+A notebook run alone gets here what an earlier notebook would have written (through :class:`lithocore.run.Run`):
+the fused stack (:func:`fused_stack`), the tiles (:func:`training_tiles`), the model (:func:`train_model`,
+:func:`load_or_train`), the deep model's class map and scores (:func:`model_map`), notebook 06's paper-protocol
+forest map (:func:`paper_forest_map`). The settings come from :mod:`lithocore.settings` and the scene's plan
+(:mod:`lithocore.plan`); the cross-validation's folds from :mod:`lithocore.folds`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from .area import NO_LABEL
 from .data import load_study_area
-from .runfolder import RunFolder, key, manifest_fingerprint, write_json
-from .settings import given, given_only, resolve
-from .settings import profile as profile_settings
 from .errors import WorkbookWarning
-from .registry import model_name
+from .plan import run_config
+from .registry import display_name, model_name
+from .runfolder import RunFolder, key, manifest_fingerprint, write_json
+from .settings import given_only
+from .tiles import tile_warnings, tiles_made_from
+from .training import assess_model
 
-__all__ = ["fused_stack", "write_fused_stack", "stack_provenance", "evaluation_plan", "run_config", "tiles_made_from", "training_tiles",
-           "tile_warnings", "train_model", "assess_model", "load_or_train", "evaluation_regions", "model_map", "model_name",
-           "WorkbookWarning", "MIN_TRAINING_TILES", "trust_settings", "deep_map_if_current", "cv_cache_key",
-           "cached_fold_predictions", "current_map", "paper_forest_map"]
-
-#: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
-MIN_TRAINING_TILES = 20
+__all__ = ["fused_stack", "stack_provenance", "training_tiles", "train_model",
+           "load_or_train", "evaluation_regions", "model_map", "deep_map_if_current", "current_map",
+           "paper_forest_map"]
 
 
 def _say(message: str) -> None:
@@ -64,11 +54,11 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
     """The run's fused stack: the one notebook 02 wrote when it was made from this manifest's content (and
     ``settings``, when given), said so; else fused now with ``settings`` (default: :class:`FusionSettings`'s
     defaults, notebook 02's) and written where notebook 02 writes it (block by block, ``memory_mb`` a block).
-    ``max_pixels``: the stack returned is read coarser beyond it (a preview, :func:`~lithocore.fusion.read_stack`).
+    ``max_pixels``: the stack returned is read coarser beyond it (a preview, :func:`~lithocore.outputs.read_stack`).
 
     Returns (area, stack, channel names, units).
     """
-    from . import fusion
+    from . import fusion, outputs
 
     rf = RunFolder(run_dir)
     area = area if area is not None else load_study_area(manifest)
@@ -80,23 +70,23 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
         if same_area and same_settings:
             if settings is not None:  # notebook 02 asks with its settings: say that nothing is fused again
                 _say(f"{rf.stack_path} was made from this study area with these settings: reused")
-            stack, names, units, _, _ = fusion.read_stack(rf.stack_path, max_pixels=max_pixels)
+            stack, names, units, _, _ = outputs.read_stack(rf.stack_path, max_pixels=max_pixels)
             return area, stack, names, units
         why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
         _say(f"{rf.stack_path} was made from {why}: fusing again.")
     settings = settings or fusion.FusionSettings()
-    stack, names, units = write_fused_stack(rf.root, manifest, area, settings, memory_mb=memory_mb,
+    stack, names, units = _fuse_into_run(rf.root, manifest, area, settings, memory_mb=memory_mb,
                                             max_pixels=max_pixels)
     return area, stack, names, units
 
 
-def write_fused_stack(run_dir, manifest, area, settings, *, memory_mb: float = 256.0, max_pixels: int | None = None):
+def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.0, max_pixels: int | None = None):
     """Fuse the study area with ``settings`` and write its stack where notebook 02 does, block by block from the
     manifest (:func:`lithocore.blockwise.write_stack`: memory set by ``memory_mb``, not by the scene; the same
     values as :func:`~lithocore.fusion.fuse_study_area` in memory, which notebook 02 draws),
     with what it was made from in its tags. Returns (stack, channel names, units): the stack read back, at most
-    ``max_pixels`` (coarser beyond: a preview, :func:`~lithocore.fusion.read_stack`)."""
-    from . import blockwise, fusion
+    ``max_pixels`` (coarser beyond: a preview, :func:`~lithocore.outputs.read_stack`)."""
+    from . import blockwise, fusion, outputs
 
     fp = manifest_fingerprint(manifest)
     names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse], area.extra_names,
@@ -108,73 +98,11 @@ def write_fused_stack(run_dir, manifest, area, settings, *, memory_mb: float = 2
                                           stack_key=key([fp, settings.key(), names])))
     if names != out["channels"]:
         raise RuntimeError(f"the block-wise stack has channels {out['channels']}, the study area {names}")
-    stack, names, units, _, _ = fusion.read_stack(RunFolder(run_dir).stack_path, max_pixels=max_pixels)
+    stack, names, units, _, _ = outputs.read_stack(RunFolder(run_dir).stack_path, max_pixels=max_pixels)
     return stack, names, units
 
 
 # ------------------------------------------------------------------------------------------ tiles
-def evaluation_plan(profile: str, area, cfg=None, *, tile: int = -1, k: int = -1, block: int = -1, blocks: int = 4):
-    """The plan of tile size, folds and CV blocks that fits this scene (:func:`lithocore.plan.fit_evaluation`):
-    the profile's tile and folds unless given (-1: not given), the training configuration ``cfg``'s stride and
-    seed (default: the profile's). Raises :class:`~lithocore.plan.SceneTooSmall` when no plan fits."""
-    from .plan import fit_evaluation
-    
-    cfg = cfg or resolve(profile)
-    base = profile_settings(profile).cv
-    if k == 1:  # notebook 03's single spatial split instead of folds: the tile the folds would have, no blocks
-        plan = evaluation_plan(profile, area, cfg, tile=tile, blocks=blocks)
-        return replace(plan, k=1, block=0, windows_per_fold=[],
-                       changes=plan.changes + ["one fold: notebook 03's single spatial split, no blocks to deal"])
-    tile_given = given(tile)
-    return fit_evaluation(area.labels, area.mask, tile=int(tile if tile_given else cfg.tile),
-                          k=int(k if given(k) else base.folds), block=int(block) if given(block) else -1,
-                          stride=cfg.stride, tile_given=tile_given, k_given=given(k), seed=cfg.seed,
-                          pixel_size=area.grid.res, split_blocks=blocks)
-
-
-def run_config(profile: str, area, *, tile: int = -1, blocks: int = 4, **overrides):
-    """The training configuration of a run: the profile's, with the overrides; a tile of -1 (not given) is the
-    largest, not above the profile's, with which every fold of the profile's cross-validation has training
-    windows (:func:`evaluation_plan`; the same whichever notebook asks, so every notebook finds the same tiles)."""
-    
-    cfg = resolve(profile, tile=tile, **overrides)
-    if not given(tile):
-        plan = evaluation_plan(profile, area, cfg, blocks=blocks)
-        if plan.tile != cfg.tile:
-            _say(f"tile size: {plan.tile} px for this {area.shape[0]} x {area.shape[1]} px scene ({plan.changes[0]})")
-            cfg = replace(cfg, tile=plan.tile)
-    return cfg
-
-
-def tiles_made_from(fingerprint: str, cfg, split: str) -> dict:
-    """What a tile set is made from: the study area's content and the settings every notebook shares."""
-    return dict(manifest=fingerprint, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples, seed=cfg.seed,
-                split=split)
-
-
-def tile_warnings(ts, area, n_samples: int) -> list[str]:
-    """What makes a tile set unfit to train or judge a model: too few training tiles, far fewer windows than
-    asked for, classes absent from the training or the validation side."""
-    from .training import window_pixels
-
-    out = []
-    if len(ts.train) < MIN_TRAINING_TILES:
-        out.append(f"only {len(ts.train)} training tiles of {ts.size} px (at least {MIN_TRAINING_TILES} are needed "
-                   f"for scores that mean anything): use a smaller tile_size or a larger area")
-    got = len(ts.train) + len(ts.val)
-    if got < 0.5 * n_samples:
-        out.append(f"only {got} windows could be drawn where n_samples asks for {n_samples}: the labelled area is "
-                   f"small for {ts.size}-px tiles")
-    labelled = area.mask & (area.labels != NO_LABEL)
-    present = set(np.unique(area.labels[labelled]).tolist())
-    for side, windows in (("training", ts.train), ("validation", ts.val)):
-        px = window_pixels(area.shape, windows, ts.size) & labelled
-        have = set(np.unique(area.labels[px]).tolist())
-        missing = [area.classes.names[c] for c in sorted(present - have)]
-        if missing:
-            out.append(f"{len(missing)} of {len(present)} classes are absent from the {side} tiles: {', '.join(missing)}"
-                       + (" (the model cannot learn them)" if side == "training" else " (they are not scored)"))
-    return out
 
 
 def training_tiles(run_dir, area, cfg, split: str = "spatial", *, stratified: bool | None = None,
@@ -219,31 +147,14 @@ def _model_made_from(run_dir, area, ts, cfg, split: str) -> dict:
                 config=asdict(cfg), classes=area.classes.to_list())
 
 
-def assess_model(meta: dict, history: dict | None = None) -> dict:
-    """Whether a trained model's scores mean anything: ``{"trustworthy": bool, "reasons": [...]}``.
-
-    Not trustworthy when its tiles were flagged (too few training tiles, classes absent from training or from
-    validation: those are not scored), or when it fits its training tiles far better than the validation tiles
-    (overfitting: training accuracy more than 0.3 above validation accuracy). Every reason is named.
-    """
-    reasons = list(meta.get("tile_warnings", []))
-    history = history or {}
-    tr, va = history.get("masked_accuracy"), history.get("val_masked_accuracy")
-    if tr and va and tr[-1] - va[-1] > 0.3:
-        reasons.append(f"overfitting: training accuracy {tr[-1]:.2f} against validation accuracy {va[-1]:.2f} "
-                       f"in the last epoch")
-    return dict(trustworthy=not reasons, reasons=reasons)
-
-
 def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatial", *, profile: str = "quick",
                 model=None, verbose="auto", reuse: bool = False):
     """Train the FCN-8s of ``cfg`` (or ``model``, built from it) on the run's tiles and save it with its
     metadata (``model.json``, written last: a model without it is unfinished). With ``reuse``, a finished model
     in the run folder made from the same stack, tiles, split, classes and every training setting is loaded
     instead, and said so. Returns (model, meta, history)."""
-    from .model import backend_info, build_model
-    from .tiles import class_weights
-    from .training import compile_model, data_parallel, evaluate_tiles, fit, load_bundle, make_batches, read_history, save_bundle, seed_everything
+    from .model import backend_info
+    from .training import evaluate_tiles, load_bundle, read_history, save_bundle, train_on_windows
 
     rf = RunFolder(run_dir)
     rf.stage("04_train_model")
@@ -258,14 +169,10 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
             model, meta = load_bundle(rf.model_path)
             return model, meta, read_history(history_csv)
     rf.model_meta_path.unlink(missing_ok=True)  # from here on, what is in the folder is unfinished
-    seed_everything(cfg.seed)
-    train, val, stats = make_batches(stack, area, ts, cfg)
-    with data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split between them
-        if model is None:
-            model = build_model(cfg.model_config(len(channels), len(area.classes)))
-        weights = class_weights(area.labels, ts.train, ts.size, len(area.classes)) if cfg.class_weighting else None
-        compile_model(model, len(area.classes), cfg, class_weights=weights)
-        history = fit(model, train, val, rf.model_dir, cfg, verbose=verbose, run_key=key(made_from))
+    got = train_on_windows(stack, area.labels, area.mask, ts.train, cfg, len(area.classes), rf.model_dir,
+                           run_key=key(made_from), val_windows=ts.val, model=model, verbose=verbose)
+    model, history, val = got["model"], got["history"], got["val"]
+    stats = got["stats"] | {"fitted_on": "training windows"}
     meta = dict(profile=profile, split=split, channels=channels, units=units, classes=area.classes.to_list(),
                 study_area=dict(name=area.name, manifest=str(area.manifest_path)),
                 normalisation=stats, config=asdict(cfg), backend=backend_info(),
@@ -341,7 +248,7 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
     ``outside_training_tiles`` replaces ``held_out`` (those pixels border training tiles: not independent).
     """
     from .settings import TrainingConfig
-    from .training import window_pixels
+    from .tiles import window_pixels
 
     cfg = TrainingConfig(**{k: v for k, v in meta["config"].items() if k in TrainingConfig.__dataclass_fields__})
     ts = training_tiles(run_dir, area, cfg, meta["split"])
@@ -355,34 +262,64 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
 
 
 def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial", boundary_width: int = 3,
-              area=None, **overrides):
-    """This run's deep-model class map (class indices) and its scores: read from notebook 05's outputs
-    (``<model>_classes.tif``, ``<model>_metrics.json``) when they were mapped with this run's model, else
-    mapped now (training the model first when there is none that matches). The scores carry the evaluation
-    regions under ``"regions"``, the training time under ``"training_seconds"``, the model's ``"trust"`` and
-    its registry key under ``"model"``."""
-    from . import mapping, metrics
+              area=None, model_path=None, mapping: dict | None = None, **overrides):
+    """A deep model's class map of the scene (class indices) and its scores.
+
+    The model is ``model_path`` when given, else this run's (:func:`load_or_train`: notebook 04's when current,
+    else trained now). Notebook 05's outputs (``<model>_classes.tif``, ``<model>_metrics.json``) are reused when
+    they were mapped with this model (and, when ``mapping`` is given, with the same ``shifts`` and ``margin``:
+    what changes the map, not where or in how much memory it runs) and scored from that very map; else the scene
+    is mapped now (``mapping``: the ``memory_mb``, ``margin``, ``shifts`` and ``cluster`` of
+    :func:`lithocore.mapping.map_geotiff`) and scored on the evaluation regions. A map of (nearly) one class
+    makes the model untrustworthy, said so.
+
+    Returns
+    -------
+    (np.ndarray, dict)
+        The class indices and the scores, which carry ``mapping`` (the mapping's record), ``trust``, ``model``
+        (the registry key), ``stripes`` (:func:`lithocore.compare.stripe_report`), the evaluation ``regions`` and
+        ``training_seconds``.
+    """
+    from . import mapping as M
+    from . import metrics
+    from .compare import stripe_report
 
     rf = RunFolder(run_dir)
     area = area if area is not None else load_study_area(manifest)
-    model, meta = load_or_train(rf.root, manifest, profile, split, area=area, **overrides)  # makes the stack too
+    model, meta = load_or_train(rf.root, manifest, profile, split, model_path, area=area, **overrides)
     regions = evaluation_regions(rf.root, area, meta)
     name = model_name(meta)
-    classes_path, metrics_path = rf.class_map_path(name), rf.map_metrics_path(name)
-    scores = current_map(rf.root, meta)
+    settings = dict(mapping or {})
+    settings_key = (key([settings.get("shifts", M.DEFAULT_SHIFTS), settings.get("margin", M.DEFAULT_MARGIN)])
+                    if mapping is not None else None)
+    scores = None if model_path else current_map(rf.root, meta, settings_key)
     if scores is not None:
-        classes, _ = mapping.read_class_map(classes_path, area.classes)
+        classes, _ = M.read_class_map(rf.class_map_path(name), area.classes)
+        print(f"{scores['mapping']['classes']} was mapped by this model with these settings: reused")
     else:
         norm = meta["normalisation"]
-        result = mapping.map_geotiff(model, rf.stack_path, rf.stage("05_map_scene"), area.classes, norm["mean"],
-                                     norm["std"], mask=area.mask, progress=False,
-                                     tags=dict(model_key=meta.get("model_key")), prefix=name)
-        classes, _ = mapping.read_class_map(classes_path, area.classes)
-        scores = metrics.evaluate_map(classes, area.labels, area.mask, area.classes.names, boundary_width=boundary_width,
-                                      regions={k: v for k, v in regions.items() if k != "train_region"})
+        memory = settings.get("memory_mb")
+        result = M.map_geotiff(model, rf.stack_path, rf.stage("05_map_scene"), area.classes, norm["mean"],
+                               norm["std"], mask=area.mask, progress=False, prefix=name,
+                               memory_mb=memory if memory and memory > 0 else None,
+                               margin=settings.get("margin", M.DEFAULT_MARGIN), cluster=settings.get("cluster") or None,
+                               shifts=settings.get("shifts"),
+                               tags=dict(model_key=meta.get("model_key"),
+                                         **({"settings_key": settings_key} if settings_key else {})))
+        classes, _ = M.read_class_map(result["classes"], area.classes)
+        scored = {k: v for k, v in regions.items() if k != "train_region"}
+        scores = metrics.evaluate_map(classes, area.labels, area.mask, area.classes.names, regions=scored,
+                                      boundary_width=boundary_width)
         scores["mapping"] = result
-        scores["trust"] = meta.get("trust")
-        write_json(metrics_path, scores)
+        trust = meta.get("trust") or {"trustworthy": True, "reasons": []}
+        collapsed = metrics.one_class(scores[next(iter(scored))]["confusion_matrix"])  # a map of (nearly) one class
+        if collapsed:
+            trust = dict(trustworthy=False, reasons=trust["reasons"] + [f"the map collapsed: it {collapsed}"])
+            print(f"WARNING: the {display_name(name)} map collapsed: it {collapsed}")
+        scores["trust"] = trust
+        scores["model"] = name
+        scores["stripes"] = stripe_report(rf.root, area, classes, result)
+        write_json(rf.map_metrics_path(name), scores)
     training = rf.model_dir / "training.json"
     scores["training_seconds"] = json.loads(training.read_text())["seconds"] if training.is_file() else None
     scores["regions"] = regions
@@ -453,74 +390,7 @@ def paper_forest_map(run_dir, area, stack, *, n_trees: int = 200, max_features: 
     return out
 
 
-def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | None = None,
-                  others: dict[str, np.ndarray] | None = None) -> dict:
-    """Stripe ratios (:func:`lithocore.metrics.stripe_ratio`) of a window-made map on the 4-px grid of the
-    FCN-8s's upsampling, the network's 32-px grid, the first version's 64-px window step and the borders of this
-    map's windows, beside those of the geological map, of the per-pixel forest's map (notebook 06's, when it
-    exists) and of ``others``. (Out-of-fold maps do not belong here: their fold blocks meet on the same grid.)"""
-    from . import mapping, metrics
-
-    grids = {"upsampling grid (4 px)": 4, "network grid (32 px)": 32, "old window step (64 px)": 64}
-    if mapping_result and mapping_result.get("windows", 1) > 1:
-        grids["window borders"] = tuple(mapping_result["core"])
-    maps = {"this map": classes, "geological map": area.labels}
-    forest_path = RunFolder(run_dir).forest_map_path
-    if forest_path.is_file():
-        with contextlib.suppress(ValueError):  # made with another class table: not comparable
-            maps["random forest (per pixel)"] = mapping.read_class_map(forest_path, area.classes)[0]
-    maps.update(others or {})
-    ratios = {name: {g: metrics.stripe_ratio(m, area.mask, period=p) for g, p in grids.items()}
-              for name, m in maps.items()}
-    # the noise of the measure: the same ratio on the same map's lines shifted off the grid (largest of 7 shifts)
-    off = {}
-    for name, m in maps.items():
-        off[name] = {}
-        for g, p in grids.items():
-            q = p if np.isscalar(p) else min(p)
-            vals = [metrics.stripe_ratio(m, area.mask, period=p, offset=o) for o in
-                    sorted({max(1, q * k // 8) for k in range(1, 8)}) if o % q]
-            vals = [v for v in vals if v is not None]
-            off[name][g] = max(vals) if vals else None
-    return dict(ratios=ratios, off_grid_max=off, grids=grids)
-
-
 # ------------------------------------------------------------------------------------ cross-validation
-def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
-    """The key under which notebook 06 caches each model's fold predictions (``<cv_dir>/fold<i>_<model>.npz``): the
-    stack, the cross-validation and training settings and the forests' settings. Notebook 07 reads the block
-    estimate from there when it matches."""
-    return key([stack_provenance(run_dir).get("stack_key"), cv, cfg.__dict__, n_trees, max_features, pixel_fraction])
-
-
-def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str) -> list[np.ndarray] | None:
-    """Notebook 06's fold predictions of ``model`` (class indices over each fold's test region) when all ``k``
-    were made under ``cache_key``; else None."""
-    out = []
-    for i in range(k):
-        path = RunFolder(run_dir).cv_dir / f"fold{i}_{model}.npz"
-        if not path.is_file():
-            return None
-        with np.load(path) as z:
-            if str(z["key"]) != cache_key:
-                return None
-            out.append(z["pred"])
-    return out
-
-
-def trust_settings(profile: str, *, k: int = -1, forest_cap: int = -1, deep: int = -1) -> dict:
-    """Notebook 07's settings: matched folds ``k``, the forests' pixel cap per class (in every fold and the final
-    fit), whether the deep model is a candidate too (``deep``: 1 yes, 0 no; the quick profile leaves it out, its
-    cross-validation being the long part of a CPU run, and the paper profile takes it) and the estimates run for
-    the recommended candidate; -1 keeps the profile's.
-
-    >>> trust_settings("quick")["k"], trust_settings("quick", forest_cap=0)["cap"], trust_settings("paper")["deep"]
-    (4, 0, True)
-    """
-    base = profile_settings(profile).cv
-    return dict(k=int(k if given(k) else base.matched_folds),
-                cap=int(forest_cap if given(forest_cap) else base.forest_cap), estimates=tuple(base.estimates),
-                deep=bool(deep if given(deep) else base.matched_deep))
 
 
 def deep_map_if_current(run_dir, area) -> dict[str, np.ndarray]:
@@ -547,125 +417,3 @@ def deep_map_if_current(run_dir, area) -> dict[str, np.ndarray]:
     return {f"{display_name(model_name(meta))} (notebook 05)": classes}
 
 
-def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: int = -1, epochs: int = -1,
-                block: int = -1, forest_cap: int = -1, labels: np.ndarray | None = None,
-                mask: np.ndarray | None = None) -> dict:
-    """The cross-validation settings of a run: the profile's, with the overrides (-1 keeps the profile's).
-
-    Blocks not given (-1) are as long as the labels' spatial autocorrelation range (the practical range of their
-    indicator variogram, :func:`lithocore.knndm.autocorrelation_range`, as blockCV's ``cv_spatial_autocor``
-    suggests), rounded up to whole tiles and kept between two and eight tiles; four tiles when no ``labels`` are
-    given. With ``labels``, blocks (and folds, when ``k`` is not given) are made smaller only as far as every fold
-    needs to keep a training window (:func:`lithocore.plan.fit_evaluation`; what changed and why under
-    ``fitted_to_scene``); without, only when a scene of ``shape`` holds fewer than ``k`` blocks. The buffer is one
-    tile. Large blocks keep the training side large: each test block takes a one-tile
-    ring of buffer with it. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks in 4 folds leave
-    53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %.
-    """
-    base = profile_settings(profile).cv
-    k_given = given(k)
-    k = k if k_given else base.folds
-    epochs = epochs if given(epochs) else base.epochs
-    epochs = epochs if given(epochs) else cfg.epochs
-    range_px, changes = None, []
-    if labels is not None and k >= 2:  # blocks and folds with which every fold has training windows
-        from .plan import fit_evaluation
-
-        plan = fit_evaluation(labels, mask if mask is not None else np.ones(labels.shape, bool), tile=cfg.tile, k=k,
-                              block=block, stride=cfg.stride, tile_given=True, k_given=k_given, seed=cfg.seed)
-        k, block, range_px, changes = plan.k, plan.block, plan.autocorrelation_range_px, plan.changes
-    elif not given(block):
-        block = 4 * cfg.tile
-        while shape is not None and block > 2 * cfg.tile and _blocks_holding(block, shape, labels, mask) < k:
-            block -= cfg.tile
-    return dict(k=int(k), epochs=int(epochs), block=int(block), buffer=int(cfg.tile),
-                forest_cap=int(forest_cap if given(forest_cap) else base.forest_cap), seed=int(cfg.seed),
-                **({"autocorrelation_range_px": int(range_px)} if range_px else {}),
-                **({"fitted_to_scene": changes} if changes else {}))
-
-
-def _blocks_holding(block: int, shape: tuple[int, int], labels=None, mask=None) -> int:
-    """Blocks of ``block`` px on a scene of ``shape`` (that hold a label, when ``labels`` are given)."""
-    if labels is None:
-        return math.ceil(shape[0] / block) * math.ceil(shape[1] / block)
-    ok = (labels != NO_LABEL) & (mask if mask is not None else True)
-    H, W = ok.shape
-    pad = np.pad(ok, ((0, -H % block), (0, -W % block)))
-    return int(pad.reshape(pad.shape[0] // block, block, pad.shape[1] // block, block).any((1, 3)).sum())
-
-
-def cv_folds(run_dir, area, cfg, settings: dict):
-    """The run's folds (notebook 03 writes them; made now when missing or made from something else). ``k = 1``
-    is the single spatial split: its validation region is the one fold's test region."""
-    from . import crossval
-    from .runfolder import write_npz
-
-    rf = RunFolder(run_dir)
-    path = rf.folds_path
-    k = key(dict(manifest=manifest_fingerprint(area.manifest_path), **settings, tile=cfg.tile, stride=cfg.stride,
-                 n_samples=cfg.n_samples))
-    if path.is_file():
-        with np.load(path) as z:
-            if str(z["key"]) == k:
-                return crossval.Folds(int(z["k"]), int(z["block"]), int(z["buffer"]), z["fold"],
-                                      json.loads(str(z["info"])))
-        _say(f"{path} was made from another study area or other settings: making the folds again.")
-    if settings["k"] == 1:
-        ts = training_tiles(rf.root, area, cfg, "spatial")
-        folds = crossval.Folds(1, 0, settings["buffer"], np.where(ts.region == 1, 0, -1).astype(np.int8),
-                               dict(k=1, note="the single spatial split of notebook 03 (one held-out region)"))
-    else:
-        folds = crossval.make_folds(area.labels, area.mask, settings["k"], block=settings["block"],
-                                    buffer=settings["buffer"], seed=settings["seed"])
-    write_npz(path, k=folds.k, block=folds.block, buffer=folds.buffer, fold=folds.fold, info=json.dumps(folds.info),
-              key=k)
-    return folds
-
-
-def deep_fold_model(stack, area, cfg, out_dir):
-    """A cross-validation model: the deep model of ``cfg`` (any of the registry) trained on windows wholly inside the fold's training
-    region (normalised with their own statistics), then mapping the scene."""
-    def run(i, train, test):
-        from . import mapping
-        from .fusion import normalisation_stats
-        from .model import build_model
-        from .loaders import TileBatches
-        from .tiles import candidate_windows, class_weights, sample_windows
-        from .training import compile_model, fit, seed_everything, window_pixels
-
-        cand = candidate_windows(area.labels, area.mask, cfg.tile, cfg.stride, allowed=train)
-        if len(cand) == 0:
-            raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
-                             f"tile_size, larger cv_block or fewer folds")
-        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)))
-        stats = normalisation_stats(stack, window_pixels(area.shape, windows, cfg.tile) & area.mask)
-        batches = TileBatches(stack, area.labels, area.mask, windows, cfg.tile, cfg.batch_size, mean=stats["mean"],
-                              std=stats["std"], seed=cfg.seed + i, augment=cfg.augment)
-        seed_everything(cfg.seed + i)
-        model = build_model(cfg.model_config(stack.shape[0], len(area.classes)))
-        weights = class_weights(area.labels, windows, cfg.tile, len(area.classes)) if cfg.class_weighting else None
-        compile_model(model, len(area.classes), cfg, class_weights=weights)
-        fit(model, batches, None, Path(out_dir) / f"{cfg.architecture}_fold{i}", cfg, verbose=0,
-            run_key=key([i, asdict(cfg), windows.tolist()]))
-        classes, _ = mapping.map_array(model, stack, area.mask, stats["mean"], stats["std"], progress=False)
-        return classes
-    return run
-
-
-def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | str = 3, fraction: float = 0.1,
-                      cap: int = 0, seed: int = 0, neighbourhood: tuple[int, ...] = ()):
-    """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
-    training region (at most ``cap`` per class), predicting the fold's test region. With ``neighbourhood``
-    window sizes, the forest also gets every channel's local mean and standard deviation over them
-    (:func:`lithocore.forest.neighbourhood_features`; give ``max_features="sqrt"`` then, as notebook 06 does)."""
-    from . import forest
-
-    if neighbourhood:
-        stack, _ = forest.neighbourhood_features(stack, tuple(neighbourhood))
-
-    def run(i, train, test):
-        pixels = forest.sample_pixels(area.labels, train & area.mask, fraction, seed + i, max_per_class=cap or None)
-        rf, _ = forest.train_forest(stack, area.labels, pixels, n_trees=n_trees, max_features=max_features, seed=seed)
-        classes, _, _ = forest.predict_forest(rf, stack, test & area.mask, progress=False)
-        return classes
-    return run

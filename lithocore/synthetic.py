@@ -45,8 +45,8 @@ from .area import Grid
 from .outputs import write_geotiff
 
 __all__ = ["SyntheticSpec", "UNITS", "BANDS", "OXIDES", "generate_study_area", "default_area_dir",
-           "sparse_training_polygons", "geographic_copy",
-           "rf_calibration"]
+           "rf_calibration", "MATERIALS", "SPECTRA", "COMPOSITION", "SUSCEPTIBILITY", "RESISTANCE",
+           "PREDICT_GROUNDS", "ground_polygon", "write_ground"]
 
 #: (id, name, colour) of the map units, as the paper's Figure 8.
 UNITS = [
@@ -207,8 +207,9 @@ def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(a, sigma=sigma, mode="nearest") if sigma > 0 else a
 
 
-def _geology(spec: SyntheticSpec, rng: np.random.Generator):
-    """Unit map (1..8), material map, dome coordinate, alteration and the DEM."""
+def _dome(spec: SyntheticSpec, rng: np.random.Generator):
+    """The dome's coordinate ``s`` (0 at the core, 1 at the rim; folded at several scales, down to well below the
+    2 km survey cell, so smooth layers cannot follow the contacts), its radius and centre."""
     H, W = spec.height, spec.width
     R = min(H, W) / 2.0  # the dome fills the scene whatever its size
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -218,12 +219,16 @@ def _geology(spec: SyntheticSpec, rng: np.random.Generator):
     u = (dx * np.cos(theta) + dy * np.sin(theta)) / (1.0 * R)
     v = (-dx * np.sin(theta) + dy * np.cos(theta)) / (0.78 * R)
     s = np.sqrt(u**2 + v**2)
-    # Folding at several scales, down to well below the 2 km survey cell, so smooth layers cannot
-    # follow the contacts.
     s = (s + 0.07 * _smooth_noise(rng, (H, W), R / 2.5) + 0.03 * _smooth_noise(rng, (H, W), R / 10)
          + 0.03 * _smooth_noise(rng, (H, W), R / 25))
-    s_px = s * R  # dome coordinate in pixels: distance "up-section" from the core
+    return s, R, cx, cy
 
+
+def _bedrock(s: np.ndarray, R: float, cx: float, cy: float, rng: np.random.Generator):
+    """The bedrock units (1..7 without the Quaternary), which pixels of the sandstone-and-slate units are
+    sandstone beds, and the leucogranite."""
+    H, W = s.shape
+    s_px = s * R  # dome coordinate in pixels: distance "up-section" from the core
     unit = np.full((H, W), 1, dtype=np.uint8)  # Jurassic outside
     unit[s + 0.05 * _smooth_noise(rng, (H, W), R / 20) + 0.04 * _smooth_noise(rng, (H, W), R / 50) < 0.80] = 3  # Triassic, an interfingering top
     unit[s < 0.62] = 5  # schist
@@ -237,8 +242,7 @@ def _geology(spec: SyntheticSpec, rng: np.random.Generator):
     wiggle = 2.0 * _smooth_noise(rng, (H, W), 40)
     period = np.where(unit == 3, 5.0, 11.0)  # pixels: Triassic beds are thinner
     sand_share = np.where(unit == 3, 0.44, 0.56)
-    bed_phase = np.mod((s_px + wiggle) / period, 1.0)
-    sandstone_bed = bed_phase < sand_share
+    sandstone_bed = np.mod((s_px + wiggle) / period, 1.0) < sand_share
     # Leucogranite: irregular bodies in the core and schist ring, and dykes radiating outwards.
     bodies = (_smooth_noise(rng, (H, W), R / 12) > 1.15) & (s < 0.75)
     dykes = np.zeros((H, W), dtype=bool)
@@ -254,31 +258,39 @@ def _geology(spec: SyntheticSpec, rng: np.random.Generator):
     dykes = ndimage.binary_dilation(dykes, iterations=max(1, int(round(0.004 * R))))
     leuco = bodies | dykes
     unit[leuco] = 7
+    return unit, sandstone_bed, leuco
 
-    # DEM: relief follows how resistant the rocks are (as erosion leaves it: granite, gneiss and marble stand
-    # higher, slate and schist lower, the Quaternary fills the valleys), smoothed over ~100 m so that a contact
-    # is a slope, not a step; ridges and valleys are independent random fields. Nothing encodes the dome's
-    # coordinate or a unit's contact: the twin sandstone-and-slate units differ by ~8 m on average, well inside
-    # the relief's noise.
+
+def _relief(unit: np.ndarray, sandstone_bed: np.ndarray, R: float, rng: np.random.Generator):
+    """The DEM and the Quaternary valley fill (unit 6, written into ``unit``).
+
+    Relief follows how resistant the rocks are (as erosion leaves it: granite, gneiss and marble stand higher,
+    slate and schist lower, the Quaternary fills the valleys), smoothed over ~100 m so that a contact is a slope,
+    not a step; ridges and valleys are independent random fields. Nothing encodes the dome's coordinate or a
+    unit's contact: the twin sandstone-and-slate units differ by ~8 m on average, well inside the relief's noise.
+    """
+    H, W = unit.shape
     material_now = np.where((unit == 1) | (unit == 3), np.where(sandstone_bed, _M["sandstone"], _M["slate"]), 0)
     for uid, mat in ((2, "marble"), (4, "gneiss"), (5, "schist"), (7, "leucogranite")):
         material_now[unit == uid] = _M[mat]
-    resistance = RESISTANCE[material_now]
-    relief = 350.0 * (ndimage.gaussian_filter(resistance, 6.0) - 0.5)
+    relief = 350.0 * (ndimage.gaussian_filter(RESISTANCE[material_now], 6.0) - 0.5)
     ridge = _smooth_noise(rng, (H, W), R / 5)
-    valley_field = _smooth_noise(rng, (H, W), R / 4)
-    valley_dist = np.abs(valley_field)
+    valley_dist = np.abs(_smooth_noise(rng, (H, W), R / 4))
     dem = (4900.0 + relief + 450.0 * ridge + 250.0 * _smooth_noise(rng, (H, W), R / 15)
            + 60.0 * _smooth_noise(rng, (H, W), 6))
-    valley_depth = 500.0 * np.exp(-(valley_dist / 0.18) ** 2)
-    dem -= valley_depth
+    dem -= 500.0 * np.exp(-(valley_dist / 0.18) ** 2)
     # Quaternary fills the valley floors, wider where the valley is low.
     quaternary = valley_dist < (0.05 + 0.05 * np.clip((4700.0 - dem) / 600.0, 0, 1))
     unit[quaternary] = 6
     dem[quaternary] = np.minimum(dem[quaternary], ndimage.uniform_filter(dem, 15)[quaternary])
-    # Lakes dammed here and there along the valley floors (not only the lowest ones), each with a flat surface;
-    # snow patches on high ground that faces away from the sun, not every summit: neither is one elevation
-    # threshold, both are found from their spectra.
+    return dem, quaternary
+
+
+def _lakes_and_snow(unit: np.ndarray, dem: np.ndarray, quaternary: np.ndarray, R: float, rng: np.random.Generator):
+    """Lakes dammed here and there along the valley floors (not only the lowest ones), each with a flat surface
+    (written into ``dem``), and snow patches on high ground that faces away from the sun, not every summit:
+    neither is one elevation threshold, both are found from their spectra (unit 8, written into ``unit``)."""
+    H, W = unit.shape
     lake_field = _smooth_noise(rng, (H, W), R / 20)
     lakes = quaternary & (lake_field > np.quantile(lake_field[quaternary], 0.8) if quaternary.any() else False)
     lakes = ndimage.binary_opening(lakes, iterations=2)
@@ -291,17 +303,32 @@ def _geology(spec: SyntheticSpec, rng: np.random.Generator):
     snow_score = (dem - np.percentile(dem, 80)) / 200.0 + 0.02 * shade + 0.8 * _smooth_noise(rng, (H, W), R / 25)
     snow = (dem > np.percentile(dem, 80)) & (snow_score > np.percentile(snow_score, 98.8)) & ~quaternary
     unit[lakes | snow] = 8
+    return lakes, snow
 
-    # Skarn alteration: patches near the leucogranite and along the schist-marble contacts.
-    near_granite = np.exp(-ndimage.distance_transform_edt(~leuco) / (0.06 * R))
-    alteration = np.clip(0.9 * near_granite + 0.45 * _smooth_noise(rng, (H, W), R / 15) - 0.05, 0, 1)
 
-    material = np.full((H, W), _M["sandstone"], dtype=np.uint8)
-    material[(unit == 1) | (unit == 3)] = np.where(sandstone_bed, _M["sandstone"], _M["slate"])[(unit == 1) | (unit == 3)]
+def _materials(unit: np.ndarray, sandstone_bed: np.ndarray, lakes: np.ndarray, snow: np.ndarray) -> np.ndarray:
+    """The material of every pixel (what its spectrum, chemistry and susceptibility come from)."""
+    material = np.full(unit.shape, _M["sandstone"], dtype=np.uint8)
+    bedded = (unit == 1) | (unit == 3)
+    material[bedded] = np.where(sandstone_bed, _M["sandstone"], _M["slate"])[bedded]
     for uid, mat in ((2, "marble"), (4, "gneiss"), (5, "schist"), (6, "quaternary"), (7, "leucogranite")):
         material[unit == uid] = _M[mat]
     material[lakes] = _M["water"]
     material[snow & ~lakes] = _M["snow"]
+    return material
+
+
+def _geology(spec: SyntheticSpec, rng: np.random.Generator):
+    """Unit map (1..8), material map, dome coordinate, alteration, the DEM, snow and lakes (in this order of random
+    draws: the same seed gives the same area as every earlier generator of this version)."""
+    s, R, cx, cy = _dome(spec, rng)
+    unit, sandstone_bed, leuco = _bedrock(s, R, cx, cy, rng)
+    dem, quaternary = _relief(unit, sandstone_bed, R, rng)
+    lakes, snow = _lakes_and_snow(unit, dem, quaternary, R, rng)
+    # Skarn alteration: patches near the leucogranite and along the schist-marble contacts.
+    near_granite = np.exp(-ndimage.distance_transform_edt(~leuco) / (0.06 * R))
+    alteration = np.clip(0.9 * near_granite + 0.45 * _smooth_noise(rng, unit.shape, R / 15) - 0.05, 0, 1)
+    material = _materials(unit, sandstone_bed, lakes, snow)
     return unit, material, s.astype(np.float32), alteration.astype(np.float32), dem.astype(np.float32), snow, lakes
 
 
@@ -401,102 +428,28 @@ def generate_study_area(spec: SyntheticSpec | None = None, out_dir: str | os.Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         steps = tqdm(total=7, desc="synthetic area", disable=not progress)
-        rng = np.random.default_rng(spec.seed)
-        res = spec.pixel_size
-        grid = Grid(CRS.from_epsg(spec.epsg), from_origin(*spec.origin, res, res), spec.width, spec.height)
-
+        rng = np.random.default_rng(spec.seed)  # one stream, drawn in this order: the same seed, the same area
+        grid = Grid(CRS.from_epsg(spec.epsg), from_origin(*spec.origin, spec.pixel_size, spec.pixel_size), spec.width,
+                    spec.height)
         unit, material, dome, alteration, dem, snow, lakes = _geology(spec, rng)
         steps.update()
-
-        # --- multispectral image: 15 m VNIR, 30 m SWIR, mixed, shaded, noisy
         ab = _abundances(material, alteration, sigma=0.7)
-        texture = 1.0 + 0.05 * _smooth_noise(rng, unit.shape, 8) + 0.03 * _smooth_noise(rng, unit.shape, 60)
-        refl = np.einsum("mhw,mb->bhw", ab, SPECTRA) * texture
-        # per-band subtle variation (weathering, lichen) so bands are not perfectly collinear
-        for b in range(refl.shape[0]):
-            refl[b] *= 1.0 + 0.015 * _smooth_noise(rng, unit.shape, 20)
-        illum = _illumination(dem, res, spec.sun_azimuth, spec.sun_elevation)
-        snow_or_water = (material == _M["snow"]) | (material == _M["water"])
-        illum = np.where(snow_or_water, 0.5 * (illum + 1.0), illum)
-        refl *= illum
-        refl += spec.noise * rng.standard_normal(refl.shape).astype(np.float32)
-        refl = np.clip(refl, 0.001, 1.0).astype(np.float32)
-        vnir = refl[:3]
-        swir_grid = grid.coarsen(2)
-        swir = np.stack([_block_mean(refl[b], 2) for b in range(3, 9)]).astype(np.float32)
-        swir += 0.5 * spec.noise * rng.standard_normal(swir.shape).astype(np.float32)
-        swir = np.clip(swir, 0.001, 1.0)
+        image = _image(spec, rng, ab, material, dem, grid)
         steps.update()
-
-        # --- DEM written at 12.5 m like PALSAR (a different grid: the loader resamples it)
-        dres = 12.5
-        dgrid = Grid(grid.crs, from_origin(*spec.origin, dres, dres), math.ceil(spec.width * res / dres),
-                     math.ceil(spec.height * res / dres))
-        rr = (np.arange(dgrid.height) + 0.5) * dres / res - 0.5
-        cc = (np.arange(dgrid.width) + 0.5) * dres / res - 0.5
-        dem_fine = ndimage.map_coordinates(dem, np.meshgrid(rr, cc, indexing="ij"), order=1, mode="nearest")
-        dem_fine += rng.normal(0, 2.0, dem_fine.shape)
+        dem_fine, dgrid = _dem_survey(spec, rng, dem, grid)
         steps.update()
-
-        # --- geochemistry: true surface field, dispersed; Quaternary / lakes / snow take the upstream mix
-        f = spec.coarse_factor
-        comp = np.einsum("mhw,mo->ohw", ab, COMPOSITION)
-        comp *= 1.0 + 0.06 * _smooth_noise(rng, unit.shape, 25)[None]
-        bedrock = ~np.isin(material, [_M["quaternary"], _M["water"], _M["snow"]])
-        upstream_sigma = 0.25 * f
-        weight = _blur(bedrock.astype(np.float32), upstream_sigma)
-        for o in range(len(OXIDES)):
-            mix = _blur(np.where(bedrock, comp[o], 0), upstream_sigma) / np.maximum(weight, 1e-3)
-            comp[o] = np.where(bedrock, comp[o], mix)
-        true_geochem = np.stack([_blur(c, spec.dispersion / res) for c in comp]).astype(np.float32)
-        # Stream-sediment samples: one per coarse cell, jittered, each the average of its catchment.
-        catch = np.stack([_blur(c, 0.3 * f) for c in true_geochem])
-        ny, nx = math.ceil(spec.height / f), math.ceil(spec.width / f)
-        gy, gx = np.mgrid[0:ny, 0:nx]
-        py = np.clip((gy + 0.5 + rng.uniform(-0.3, 0.3, gy.shape)) * f, 0, spec.height - 1).ravel()
-        px = np.clip((gx + 0.5 + rng.uniform(-0.3, 0.3, gx.shape)) * f, 0, spec.width - 1).ravel()
-        vals = catch[:, py.astype(int), px.astype(int)].T
-        vals *= np.exp(rng.normal(0, 0.08, vals.shape))  # sampling + analytical noise (~8 % relative)
-        east = spec.origin[0] + (px + 0.5) * res
-        north = spec.origin[1] - (py + 0.5) * res
+        samples = _geochemistry(spec, rng, ab, material)
         steps.update()
-
-        # --- aeromagnetics: induced field of the susceptibility map, true at 15 m, surveyed at ~2 km
-        chi = np.einsum("mhw,m->hw", ab, SUSCEPTIBILITY) * (1 + 0.2 * _smooth_noise(rng, unit.shape, 30))
-        true_mag = _magnetic_field(chi, res, spec, spec.flight_height)
-        mag_grid = grid.coarsen(f)
-        mag_coarse = _block_mean(true_mag, f) + rng.normal(0, 5.0, (mag_grid.height, mag_grid.width))
+        true_mag, mag_coarse, mag_grid = _aeromagnetics(spec, rng, ab, grid)
         steps.update()
-
-        # --- write
         labels = unit.astype(np.uint8)
-        write_geotiff(tmp / "aster_vnir_15m.tif", vnir, grid, band_names=[b for b, _ in BANDS[:3]],
-                      tags=dict(units="reflectance", wavelengths_um=[w for _, w in BANDS[:3]]))
-        write_geotiff(tmp / "aster_swir_30m.tif", swir, swir_grid, band_names=[b for b, _ in BANDS[3:]],
-                      tags=dict(units="reflectance", wavelengths_um=[w for _, w in BANDS[3:]]))
-        write_geotiff(tmp / "dem_12p5m.tif", dem_fine.astype(np.float32), dgrid, band_names=["elevation"],
-                      tags=dict(units="m"))
-        write_geotiff(tmp / "aeromag_2km.tif", mag_coarse.astype(np.float32), mag_grid, band_names=["tmi_anomaly"],
-                      tags=dict(units="nT", inclination=spec.inclination, declination=spec.declination))
-        cmap = {uid: tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) + (255,) for uid, _, c in UNITS}
-        write_geotiff(tmp / "geology_15m.tif", labels, grid, nodata=0, colormap=cmap,
-                      tags={f"class_{uid}": name for uid, name, _ in UNITS})
-        _write_samples(tmp / "geochem_samples.csv", east, north, vals)
-        _write_polygons(tmp / "geology.gpkg", labels, grid)
-        if PREDICT_GROUNDS[spec.predict]:
-            write_ground(tmp / "predict.gpkg", ground_polygon(grid, PREDICT_GROUNDS[spec.predict]), grid.crs)
-        truth = tmp / "truth"
-        write_geotiff(truth / "geochem_true_15m.tif", true_geochem, grid, band_names=OXIDES, tags=dict(units="wt%"))
-        write_geotiff(truth / "aeromag_true_15m.tif", true_mag, grid, band_names=["tmi_anomaly"],
-                      tags=dict(units="nT", height_m=spec.flight_height))
-        write_geotiff(truth / "materials_15m.tif", material, grid, nodata=None,
-                      tags={f"material_{i}": m for i, m in enumerate(MATERIALS)})
-        write_geotiff(truth / "dome_coordinate_15m.tif", dome, grid)
+        _write_layers(tmp, spec, grid, labels, image, (dem_fine, dgrid), samples, (mag_coarse, mag_grid))
+        _write_truth(tmp / "truth", spec, grid, samples["true"], true_mag, material, dome)
         steps.update()
         (tmp / "manifest.yaml").write_text(_manifest_text(spec))
         meta = dict(spec=asdict(spec), seconds=round(time.perf_counter() - t0, 1),
                     unit_fractions={name: float((labels == uid).mean()) for uid, name, _ in UNITS},
-                    samples=int(len(east)))
+                    samples=int(len(samples["east"])))
         (tmp / "generation.json").write_text(json.dumps(meta, indent=2))
         steps.update()
         steps.close()
@@ -507,6 +460,100 @@ def generate_study_area(spec: SyntheticSpec | None = None, out_dir: str | os.Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / "manifest.yaml"
+
+
+def _image(spec: SyntheticSpec, rng: np.random.Generator, ab: np.ndarray, material: np.ndarray, dem: np.ndarray,
+           grid: Grid) -> dict:
+    """The multispectral image: 15 m VNIR and 30 m SWIR, mixed, textured, shaded and noisy."""
+    shape = material.shape
+    texture = 1.0 + 0.05 * _smooth_noise(rng, shape, 8) + 0.03 * _smooth_noise(rng, shape, 60)
+    refl = np.einsum("mhw,mb->bhw", ab, SPECTRA) * texture
+    # per-band subtle variation (weathering, lichen) so bands are not perfectly collinear
+    for b in range(refl.shape[0]):
+        refl[b] *= 1.0 + 0.015 * _smooth_noise(rng, shape, 20)
+    illum = _illumination(dem, spec.pixel_size, spec.sun_azimuth, spec.sun_elevation)
+    snow_or_water = (material == _M["snow"]) | (material == _M["water"])
+    refl *= np.where(snow_or_water, 0.5 * (illum + 1.0), illum)
+    refl += spec.noise * rng.standard_normal(refl.shape).astype(np.float32)
+    refl = np.clip(refl, 0.001, 1.0).astype(np.float32)
+    swir = np.stack([_block_mean(refl[b], 2) for b in range(3, 9)]).astype(np.float32)
+    swir += 0.5 * spec.noise * rng.standard_normal(swir.shape).astype(np.float32)
+    return dict(vnir=refl[:3], swir=np.clip(swir, 0.001, 1.0), swir_grid=grid.coarsen(2))
+
+
+def _dem_survey(spec: SyntheticSpec, rng: np.random.Generator, dem: np.ndarray, grid: Grid):
+    """The DEM as delivered: at 12.5 m like PALSAR (a different grid: the loader resamples it), with noise."""
+    res, dres = spec.pixel_size, 12.5
+    dgrid = Grid(grid.crs, from_origin(*spec.origin, dres, dres), math.ceil(spec.width * res / dres),
+                 math.ceil(spec.height * res / dres))
+    rr = (np.arange(dgrid.height) + 0.5) * dres / res - 0.5
+    cc = (np.arange(dgrid.width) + 0.5) * dres / res - 0.5
+    dem_fine = ndimage.map_coordinates(dem, np.meshgrid(rr, cc, indexing="ij"), order=1, mode="nearest")
+    dem_fine += rng.normal(0, 2.0, dem_fine.shape)
+    return dem_fine.astype(np.float32), dgrid
+
+
+def _geochemistry(spec: SyntheticSpec, rng: np.random.Generator, ab: np.ndarray, material: np.ndarray) -> dict:
+    """The true surface chemistry (dispersed; the Quaternary, lakes and snow take the upstream mix) and stream-
+    sediment samples, one per coarse cell, jittered, each the average of its catchment."""
+    f, res = spec.coarse_factor, spec.pixel_size
+    comp = np.einsum("mhw,mo->ohw", ab, COMPOSITION)
+    comp *= 1.0 + 0.06 * _smooth_noise(rng, material.shape, 25)[None]
+    bedrock = ~np.isin(material, [_M["quaternary"], _M["water"], _M["snow"]])
+    upstream_sigma = 0.25 * f
+    weight = _blur(bedrock.astype(np.float32), upstream_sigma)
+    for o in range(len(OXIDES)):
+        mix = _blur(np.where(bedrock, comp[o], 0), upstream_sigma) / np.maximum(weight, 1e-3)
+        comp[o] = np.where(bedrock, comp[o], mix)
+    true_geochem = np.stack([_blur(c, spec.dispersion / res) for c in comp]).astype(np.float32)
+    catch = np.stack([_blur(c, 0.3 * f) for c in true_geochem])
+    ny, nx = math.ceil(spec.height / f), math.ceil(spec.width / f)
+    gy, gx = np.mgrid[0:ny, 0:nx]
+    py = np.clip((gy + 0.5 + rng.uniform(-0.3, 0.3, gy.shape)) * f, 0, spec.height - 1).ravel()
+    px = np.clip((gx + 0.5 + rng.uniform(-0.3, 0.3, gx.shape)) * f, 0, spec.width - 1).ravel()
+    vals = catch[:, py.astype(int), px.astype(int)].T
+    vals *= np.exp(rng.normal(0, 0.08, vals.shape))  # sampling + analytical noise (~8 % relative)
+    return dict(true=true_geochem, east=spec.origin[0] + (px + 0.5) * res, north=spec.origin[1] - (py + 0.5) * res,
+                values=vals)
+
+
+def _aeromagnetics(spec: SyntheticSpec, rng: np.random.Generator, ab: np.ndarray, grid: Grid):
+    """The induced field of the susceptibility map, true at 15 m, and as surveyed on a ~2 km grid."""
+    chi = np.einsum("mhw,m->hw", ab, SUSCEPTIBILITY) * (1 + 0.2 * _smooth_noise(rng, ab.shape[1:], 30))
+    true_mag = _magnetic_field(chi, spec.pixel_size, spec, spec.flight_height)
+    mag_grid = grid.coarsen(spec.coarse_factor)
+    mag_coarse = _block_mean(true_mag, spec.coarse_factor) + rng.normal(0, 5.0, (mag_grid.height, mag_grid.width))
+    return true_mag, mag_coarse.astype(np.float32), mag_grid
+
+
+def _write_layers(tmp: Path, spec: SyntheticSpec, grid: Grid, labels: np.ndarray, image: dict, dem: tuple,
+                  samples: dict, mag: tuple) -> None:
+    """The files a user would have: imagery, DEM, aeromagnetic grid, samples, the geological map and polygons."""
+    write_geotiff(tmp / "aster_vnir_15m.tif", image["vnir"], grid, band_names=[b for b, _ in BANDS[:3]],
+                  tags=dict(units="reflectance", wavelengths_um=[w for _, w in BANDS[:3]]))
+    write_geotiff(tmp / "aster_swir_30m.tif", image["swir"], image["swir_grid"], band_names=[b for b, _ in BANDS[3:]],
+                  tags=dict(units="reflectance", wavelengths_um=[w for _, w in BANDS[3:]]))
+    write_geotiff(tmp / "dem_12p5m.tif", dem[0], dem[1], band_names=["elevation"], tags=dict(units="m"))
+    write_geotiff(tmp / "aeromag_2km.tif", mag[0], mag[1], band_names=["tmi_anomaly"],
+                  tags=dict(units="nT", inclination=spec.inclination, declination=spec.declination))
+    cmap = {uid: tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) + (255,) for uid, _, c in UNITS}
+    write_geotiff(tmp / "geology_15m.tif", labels, grid, nodata=0, colormap=cmap,
+                  tags={f"class_{uid}": name for uid, name, _ in UNITS})
+    _write_samples(tmp / "geochem_samples.csv", samples["east"], samples["north"], samples["values"])
+    _write_polygons(tmp / "geology.gpkg", labels, grid)
+    if PREDICT_GROUNDS[spec.predict]:
+        write_ground(tmp / "predict.gpkg", ground_polygon(grid, PREDICT_GROUNDS[spec.predict]), grid.crs)
+
+
+def _write_truth(truth: Path, spec: SyntheticSpec, grid: Grid, true_geochem: np.ndarray, true_mag: np.ndarray,
+                 material: np.ndarray, dome: np.ndarray) -> None:
+    """What no user has: the true fields everywhere, for checking fusion and the workbook's promises."""
+    write_geotiff(truth / "geochem_true_15m.tif", true_geochem, grid, band_names=OXIDES, tags=dict(units="wt%"))
+    write_geotiff(truth / "aeromag_true_15m.tif", true_mag, grid, band_names=["tmi_anomaly"],
+                  tags=dict(units="nT", height_m=spec.flight_height))
+    write_geotiff(truth / "materials_15m.tif", material, grid, nodata=None,
+                  tags={f"material_{i}": m for i, m in enumerate(MATERIALS)})
+    write_geotiff(truth / "dome_coordinate_15m.tif", dome, grid)
 
 
 def _write_samples(path: Path, east: np.ndarray, north: np.ndarray, vals: np.ndarray) -> None:
@@ -555,79 +602,6 @@ def _manifest_text(spec: SyntheticSpec) -> str:
     return head + yaml.safe_dump(man, sort_keys=False, allow_unicode=True)
 
 
-# ------------------------------------------------------------------------------ variants of an area
-def _copy_area(manifest: Path, out: Path) -> dict:
-    """Copy a generated area's files (not its truth) into ``out``; returns its manifest as a dict."""
-    out.mkdir(parents=True, exist_ok=True)
-    for f in manifest.parent.iterdir():
-        if f.is_file() and f.name != "manifest.yaml":
-            shutil.copy2(f, out / f.name)
-    man = yaml.safe_load(manifest.read_text())
-    man.pop("truth", None)
-    return man
-
-
-def sparse_training_polygons(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, share: float = 0.06,
-                             radius: int = 6, seed: int = 0) -> Path:
-    """A copy of a generated area whose labels are training polygons (discs of ``radius`` px) on about ``share``
-    of the pixels, everything else a polygon of unit 0, declared ``unlabelled: [0]``: the sparse labels of a
-    field campaign. Returns the copy's manifest."""
-    import geopandas as gpd
-    import rasterio
-    from rasterio.features import shapes
-    from shapely.geometry import shape
-
-    manifest, out = Path(manifest), Path(out_dir)
-    man = _copy_area(manifest, out)
-    with rasterio.open(manifest.parent / "geology_15m.tif") as src:
-        lab = src.read(1).astype(np.int32)
-        transform, crs = src.transform, src.crs
-    rng = np.random.default_rng(seed)
-    keep = np.zeros(lab.shape, bool)
-    rr, cc = np.mgrid[: lab.shape[0], : lab.shape[1]]
-    while keep.mean() < share:
-        r, c = rng.integers(0, lab.shape[0]), rng.integers(0, lab.shape[1])
-        keep |= (rr - r) ** 2 + (cc - c) ** 2 <= radius ** 2
-    sparse = np.where(keep, lab, 0).astype(np.int32)
-    feats = [(shape(g), int(v)) for g, v in shapes(sparse, transform=transform)]
-    gdf = gpd.GeoDataFrame({"unit_id": [v for _, v in feats]}, geometry=[g for g, _ in feats], crs=crs)
-    gdf.to_file(out / "training_polygons.gpkg", driver="GPKG")
-    man["labels"] = dict(man["labels"], path="training_polygons.gpkg", unlabelled=[0])
-    (out / "manifest.yaml").write_text(yaml.safe_dump(man, sort_keys=False, allow_unicode=True))
-    return out / "manifest.yaml"
-
-
-def geographic_copy(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, epsg: int = 4326,
-                    nodata: float = -9999.0) -> Path:
-    """A copy of a generated area with every raster reprojected to a geographic CRS (degrees, nodata
-    ``nodata``), the vectors and samples left in theirs: how many areas arrive. Returns the copy's manifest."""
-    import rasterio
-    from rasterio.warp import Resampling, calculate_default_transform, reproject
-
-    manifest, out = Path(manifest), Path(out_dir)
-    man = _copy_area(manifest, out)
-    dst_crs = CRS.from_epsg(epsg)
-    for tif in sorted(out.glob("*.tif")):
-        with rasterio.open(tif) as src:
-            transform, w, h = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds)
-            profile = src.profile | dict(crs=dst_crs, transform=transform, width=w, height=h)
-            categorical = src.dtypes[0] == "uint8"
-            if not categorical:
-                profile |= dict(dtype="float32", nodata=nodata)
-            data = np.full((src.count, h, w), profile["nodata"] or 0, dtype=profile["dtype"])
-            for b in range(src.count):
-                reproject(rasterio.band(src, b + 1), data[b], dst_transform=transform, dst_crs=dst_crs,
-                          dst_nodata=profile["nodata"],
-                          resampling=Resampling.nearest if categorical else Resampling.bilinear)
-            tags, descriptions = src.tags(), src.descriptions
-        tmp = tif.with_suffix(".tmp.tif")
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-            dst.update_tags(**tags)
-            dst.descriptions = descriptions
-        os.replace(tmp, tif)
-    (out / "manifest.yaml").write_text(yaml.safe_dump(man, sort_keys=False, allow_unicode=True))
-    return out / "manifest.yaml"
 
 
 # -------------------------------------------------------------------------------------- calibration

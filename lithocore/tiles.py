@@ -24,7 +24,8 @@ from scipy import ndimage
 from .area import NO_LABEL
 
 __all__ = ["TileSet", "candidate_windows", "sample_windows", "split_paper", "split_spatial", "make_tiles",
-           "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles"]
+           "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels",
+           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
@@ -256,3 +257,44 @@ def load_tiles(path) -> TileSet:
         return TileSet(meta["size"], z["train"], z["val"], meta["split"], region, meta["info"])
 
 
+def window_pixels(shape: tuple[int, int], windows: np.ndarray, size: int) -> np.ndarray:
+    """Boolean map of the pixels covered by the windows."""
+    covered = np.zeros(shape, dtype=bool)
+    for r, c in windows:
+        covered[r:r + size, c:c + size] = True
+    return covered
+
+
+#: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
+MIN_TRAINING_TILES = 20
+
+
+def tiles_made_from(fingerprint: str, cfg, split: str) -> dict:
+    """What a tile set is made from: the study area's content and the settings every notebook shares."""
+    return dict(manifest=fingerprint, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples, seed=cfg.seed,
+                split=split)
+
+
+def tile_warnings(ts, area, n_samples: int) -> list[str]:
+    """What makes a tile set unfit to train or judge a model: too few training tiles, far fewer windows than
+    asked for, classes absent from the training or the validation side."""
+    from .tiles import window_pixels
+
+    out = []
+    if len(ts.train) < MIN_TRAINING_TILES:
+        out.append(f"only {len(ts.train)} training tiles of {ts.size} px (at least {MIN_TRAINING_TILES} are needed "
+                   f"for scores that mean anything): use a smaller tile_size or a larger area")
+    got = len(ts.train) + len(ts.val)
+    if got < 0.5 * n_samples:
+        out.append(f"only {got} windows could be drawn where n_samples asks for {n_samples}: the labelled area is "
+                   f"small for {ts.size}-px tiles")
+    labelled = area.mask & (area.labels != NO_LABEL)
+    present = set(np.unique(area.labels[labelled]).tolist())
+    for side, windows in (("training", ts.train), ("validation", ts.val)):
+        px = window_pixels(area.shape, windows, ts.size) & labelled
+        have = set(np.unique(area.labels[px]).tolist())
+        missing = [area.classes.names[c] for c in sorted(present - have)]
+        if missing:
+            out.append(f"{len(missing)} of {len(present)} classes are absent from the {side} tiles: {', '.join(missing)}"
+                       + (" (the model cannot learn them)" if side == "training" else " (they are not scored)"))
+    return out

@@ -42,12 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from .area import NO_LABEL
+from .framework import start_keras
 from .metrics import confusion_matrix, scores
 from .runfolder import atomic_path, write_json
-from .framework import start_keras
 from .settings import TrainingConfig
+from .tiles import window_pixels
 
-__all__ = ["compile_model", "fit", "evaluate_tiles", "make_batches", "window_pixels", "read_history", "clear_run", "save_bundle", "load_bundle", "data_parallel"]
+__all__ = ["compile_model", "fit", "evaluate_tiles", "train_on_windows", "read_history", "clear_run",
+           "save_bundle", "load_bundle", "data_parallel", "seed_everything", "assess_model"]
 
 
 def data_parallel(batch_size: int, devices: int | None = None):
@@ -236,29 +238,57 @@ def clear_run(out_dir: str | Path) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def window_pixels(shape: tuple[int, int], windows: np.ndarray, size: int) -> np.ndarray:
-    """Boolean map of the pixels covered by the windows."""
-    covered = np.zeros(shape, dtype=bool)
-    for r, c in windows:
-        covered[r:r + size, c:c + size] = True
-    return covered
+def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, windows: np.ndarray,
+                     cfg: TrainingConfig, n_classes: int, out_dir: str | Path, *, run_key: str, seed: int = 0,
+                     val_windows: np.ndarray | None = None, model=None, verbose: int | str = 0) -> dict:
+    """The one training procedure (notebook 04's model, every fold model, notebook 07's deep candidates): the
+    network of ``cfg`` trained on tiles at ``windows``.
 
+    Parameters
+    ----------
+    stack, labels, mask
+        The channels (C, H, W), the class indices (:data:`~lithocore.area.NO_LABEL` where there is none: a fold's
+        test side is removed this way) and the valid-data mask.
+    windows
+        Origins (row, column) of the training tiles, ``cfg.tile`` px square.
+    cfg
+        Tiles, network and optimiser (:class:`~lithocore.settings.TrainingConfig`).
+    n_classes
+        Classes of the study area's table (the network's outputs).
+    out_dir
+        Where the checkpoints and history go (:func:`fit`: a run with the same ``run_key`` resumes there).
+    seed
+        Added to ``cfg.seed`` for this model (a fold's number), for the weights, the batch order and the flips.
+    val_windows
+        Tiles scored after every epoch (notebook 04's validation tiles); None: none.
+    model
+        A network built already (default: built from ``cfg``).
 
-def make_batches(stack: np.ndarray, area, ts, cfg: TrainingConfig):
-    """Training and validation batches, normalised with statistics fitted on the training windows only.
-
-    Returns (train_batches, val_batches, stats).
+    Returns
+    -------
+    dict
+        ``model``, ``stats`` (the channels' mean and sd over the training windows, which normalise its input),
+        ``history`` and ``val`` (the validation batches, or None).
     """
     from .fusion import normalisation_stats
     from .loaders import TileBatches
+    from .model import build_model
+    from .tiles import class_weights
 
-    train_px = window_pixels(area.shape, ts.train, ts.size) & area.mask
-    stats = normalisation_stats(stack, train_px) | {"fitted_on": "training windows"}
+    stats = normalisation_stats(stack, window_pixels(labels.shape, windows, cfg.tile) & mask)
     kw = dict(mean=stats["mean"], std=stats["std"])
-    train = TileBatches(stack, area.labels, area.mask, ts.train, ts.size, cfg.batch_size, seed=cfg.seed,
+    train = TileBatches(stack, labels, mask, windows, cfg.tile, cfg.batch_size, seed=cfg.seed + seed,
                         augment=cfg.augment, **kw)
-    val = TileBatches(stack, area.labels, area.mask, ts.val, ts.size, cfg.batch_size, shuffle=False, **kw)
-    return train, val, stats
+    val = None if val_windows is None else TileBatches(stack, labels, mask, val_windows, cfg.tile, cfg.batch_size,
+                                                       shuffle=False, **kw)
+    seed_everything(cfg.seed + seed)
+    with data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split between them
+        if model is None:
+            model = build_model(cfg.model_config(stack.shape[0], n_classes))
+        weights = class_weights(labels, windows, cfg.tile, n_classes) if cfg.class_weighting else None
+        compile_model(model, n_classes, cfg, class_weights=weights)
+        history = fit(model, train, val, out_dir, cfg, verbose=verbose, run_key=run_key)
+    return dict(model=model, stats=stats, history=history, val=val)
 
 
 def save_bundle(out_dir: str | Path, model, meta: dict) -> Path:
@@ -282,3 +312,19 @@ def load_bundle(model_path: str | Path):
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: the model's metadata (channels, normalisation, classes) is missing")
     return keras.models.load_model(path, compile=False), json.loads(meta_path.read_text())
+
+
+def assess_model(meta: dict, history: dict | None = None) -> dict:
+    """Whether a trained model's scores mean anything: ``{"trustworthy": bool, "reasons": [...]}``.
+
+    Not trustworthy when its tiles were flagged (too few training tiles, classes absent from training or from
+    validation: those are not scored), or when it fits its training tiles far better than the validation tiles
+    (overfitting: training accuracy more than 0.3 above validation accuracy). Every reason is named.
+    """
+    reasons = list(meta.get("tile_warnings", []))
+    history = history or {}
+    tr, va = history.get("masked_accuracy"), history.get("val_masked_accuracy")
+    if tr and va and tr[-1] - va[-1] > 0.3:
+        reasons.append(f"overfitting: training accuracy {tr[-1]:.2f} against validation accuracy {va[-1]:.2f} "
+                       f"in the last epoch")
+    return dict(trustworthy=not reasons, reasons=reasons)

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from .runfolder import RunFolder, RunFolderBusy, atomic_path, key, run_lock, write_json
-from .settings import PROFILES
 from .settings import profile as profile_settings
+from .settings import PROFILES
 from .stages import fused_stack, model_map
 from .synthetic import SyntheticSpec, generate_study_area
 

@@ -9,7 +9,7 @@ import rasterio
 import yaml
 
 from lithocore.data import load_study_area
-from lithocore.synthetic import sparse_training_polygons
+from lithocore.variants import sparse_training_polygons
 from lithocore.workbook import run_workbook
 
 from .test_data import _copy_manifest

@@ -11,7 +11,7 @@ import yaml
 from rasterio.warp import calculate_default_transform, reproject
 from shapely.geometry import box
 
-from lithocore import blockwise, fusion
+from lithocore import blockwise, fusion, outputs
 from lithocore.area import NO_LABEL
 from lithocore.data import load_study_area
 
@@ -29,7 +29,7 @@ def _compare(manifest, settings, tmp_path, memory_mb=2.0):
     area, stack, names, units = _in_memory(manifest, settings)
     out = blockwise.write_stack(manifest, tmp_path / "stack.tif", settings, memory_mb=memory_mb, progress=False)
     assert out["blocks"] >= 3  # the comparison is across block borders
-    got, got_names, got_units, stats, _ = fusion.read_stack(tmp_path / "stack.tif")
+    got, got_names, got_units, stats, _ = outputs.read_stack(tmp_path / "stack.tif")
     assert got_names == names and got_units == units
     assert np.array_equal(np.isnan(got), np.isnan(stack))  # the same valid-data mask
     scale = np.nanmax(np.abs(stack), axis=(1, 2), keepdims=True)
@@ -113,9 +113,9 @@ def test_a_loaded_area_is_used_and_a_preview_is_not(small_manifest, tmp_path, mo
     blockwise.write_stack(small_manifest, tmp_path / "preview.tif", settings, memory_mb=2.0, progress=False,
                           area=preview)
     assert reads  # the files, at full resolution
-    ref = fusion.read_stack(tmp_path / "files.tif")[0]
+    ref = outputs.read_stack(tmp_path / "files.tif")[0]
     for name in ("loaded", "preview"):
-        got = fusion.read_stack(tmp_path / f"{name}.tif")[0]
+        got = outputs.read_stack(tmp_path / f"{name}.tif")[0]
         assert got.shape == ref.shape and np.array_equal(np.isnan(got), np.isnan(ref))
         assert np.nanmax(np.abs(got - ref)) <= 1e-5 * np.nanmax(np.abs(ref)), name
     assert files["blocks"] >= 3

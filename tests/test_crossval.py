@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from lithocore import folds as lfolds
 from lithocore import crossval, forest
 from lithocore.area import NO_LABEL
 from lithocore.tiles import candidate_windows, make_tiles
-from lithocore.training import window_pixels
+from lithocore.tiles import window_pixels
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +109,14 @@ def test_single_split_and_saved_folds(small_area, tmp_path):
     from lithocore.settings import resolve as resolve_config
 
     cfg = resolve_config("quick", tile=32, stride=16, n_samples=40)
-    one = stages.cv_folds(tmp_path, small_area, cfg, stages.cv_settings("quick", cfg, k=1))
+    one = lfolds.cv_folds(tmp_path, small_area, cfg, lfolds.cv_settings("quick", cfg, k=1))
     ts = stages.training_tiles(tmp_path, small_area, cfg, "spatial")
     assert one.k == 1 and np.array_equal(one.fold == 0, ts.region == 1)
-    s3 = stages.cv_settings("quick", cfg, shape=small_area.shape, k=3)
+    s3 = lfolds.cv_settings("quick", cfg, shape=small_area.shape, k=3)
     assert s3["block"] == 128 and s3["buffer"] == 32  # four tiles: 2 x 2 blocks on 192 px, enough for 3 folds
-    assert stages.cv_settings("quick", cfg, shape=small_area.shape, k=5)["block"] == 64  # 5 folds need 5 blocks
+    assert lfolds.cv_settings("quick", cfg, shape=small_area.shape, k=5)["block"] == 64  # 5 folds need 5 blocks
     s3 = s3 | dict(block=64)
-    three = stages.cv_folds(tmp_path, small_area, cfg, s3)
-    assert three.k == 3 and stages.cv_folds(tmp_path, small_area, cfg, s3).info == three.info
-    four = stages.cv_folds(tmp_path, small_area, cfg, s3 | dict(k=4))
+    three = lfolds.cv_folds(tmp_path, small_area, cfg, s3)
+    assert three.k == 3 and lfolds.cv_folds(tmp_path, small_area, cfg, s3).info == three.info
+    four = lfolds.cv_folds(tmp_path, small_area, cfg, s3 | dict(k=4))
     assert four.k == 4

@@ -10,7 +10,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from lithocore import fusion
+from lithocore import fusion, fusion_quality, outputs
 from lithocore.area import Grid
 from lithocore.errors import StudyAreaError
 from lithocore.data import load_study_area
@@ -134,7 +134,7 @@ def test_area_without_guide_bands_resamples_bilinearly(small_area):
     assert np.array_equal(r.fused, r.upsampled, equal_nan=True)
     assert all(not c["detail_added"] for c in r.coefficients)
     assert fusion.build_stack(r, bare)[1] == r.names + ["dem"]
-    assert fusion.wald_protocol(bare)["layers"] == []
+    assert fusion_quality.wald_protocol(bare)["layers"] == []
 
 
 def test_fusion_settings_are_notebook_02s_defaults():
@@ -185,9 +185,9 @@ def test_positive_samples_of_a_small_scene_stay_positive_when_gridded(tmp_path):
 
 
 def test_consistency_and_wald(small_area, fused_small):
-    cons = fusion.consistency(fused_small, small_area)
+    cons = fusion_quality.consistency(fused_small, small_area)
     assert all(c["corr"] > 0.95 for c in cons), cons
-    wald = fusion.wald_protocol(small_area, 2)
+    wald = fusion_quality.wald_protocol(small_area, 2)
     assert len(wald["layers"]) == 8 and wald["positive_layers"] == 7  # the magnetic anomaly is not positive
     assert 0 < wald["ergas_fused"] < 100 and 0 <= wald["sam_fused_deg"] < 45
 
@@ -196,7 +196,7 @@ def test_stack_written_and_read_back(small_area, fused_small, tmp_path):
     stack, names, units = fusion.build_stack(fused_small, small_area)
     assert names == [*fused_small.names, "dem"] and len(names) == 9  # the paper's nine channels
     stats = fusion.normalisation_stats(stack, small_area.mask)
-    path = fusion.write_stack(tmp_path / "stack.tif", stack, names, units, small_area.grid, stats=stats, chunk_rows=50)
+    path = outputs.write_stack_file(tmp_path / "stack.tif", stack, names, units, small_area.grid, stats=stats, chunk_rows=50)
     with rasterio.open(path) as src:
         assert src.descriptions == tuple(names)
         assert src.tags(9)["units"] == "m"
@@ -217,12 +217,12 @@ def truth_area(tmp_path_factory):
 
 def test_fusion_beats_bilinear_against_truth(truth_area):
     calibrated = fusion.fuse_study_area(truth_area, detail_gain=0.3, detail_smoothing=5.0, progress=False)
-    rows = fusion.score_against_truth(calibrated, fusion.read_truth(truth_area, calibrated))
+    rows = fusion_quality.score_against_truth(calibrated, fusion_quality.read_truth(truth_area, calibrated))
     ratio = np.array([r["rmse_fused"] / r["rmse_bilinear"] for r in rows])
     assert len(rows) == 8 and ratio.mean() < 0.98 and (ratio < 1).sum() >= 6, ratio
     # The paper's Eq. 2 taken literally injects too much detail on this area (see notebook 02).
     literal = fusion.fuse_study_area(truth_area, progress=False)
-    rows = fusion.score_against_truth(literal, fusion.read_truth(truth_area, literal))
+    rows = fusion_quality.score_against_truth(literal, fusion_quality.read_truth(truth_area, literal))
     assert np.mean([r["rmse_fused"] / r["rmse_bilinear"] for r in rows]) > 1.0
 
 
@@ -238,7 +238,7 @@ def test_stack_is_a_cloud_optimised_geotiff_with_its_tags(tmp_path):
     from rasterio.transform import from_origin
 
     from lithocore.area import Grid
-    from lithocore.fusion import write_stack
+    from lithocore.outputs import write_stack_file as write_stack
 
     grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), 1100, 1050)
     stack = np.random.default_rng(0).random((2, 1050, 1100)).astype(np.float32)
@@ -257,6 +257,6 @@ def test_wald_on_a_survey_of_two_by_two_cells_says_why_it_skips(tmp_path):
     spec = SyntheticSpec(height=256, width=256, coarse_spacing=2000.0, seed=2, predict="")
     area = load_study_area(generate_study_area(spec, tmp_path / "area", progress=False))
     assert {c.grid.shape for c in area.coarse} == {(2, 2)}
-    wald = fusion.wald_protocol(area, 2)
+    wald = fusion_quality.wald_protocol(area, 2)
     assert wald["layers"] == [] and len(wald["skipped"]) == len(area.coarse)
     assert "magnetic: 1 cell once degraded 2 times" in wald["note"]

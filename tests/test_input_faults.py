@@ -265,7 +265,7 @@ def test_geographic_reference_grid_warped_onto_its_utm_zone_with_a_notice(small_
     """Degrees are not metres: a geographic reference grid is replaced by the UTM zone of its centre (its bounds
     there, the pixel size in metres), with a notice that names it and how to choose another; the area then loads
     in metres, so no later stage reports "pixels of 0.0027 m"."""
-    from lithocore.synthetic import geographic_copy
+    from lithocore.variants import geographic_copy
 
     geo = geographic_copy(small_manifest, tmp_path / "geo")
     with pytest.warns(DataWarning, match=r"geographic CRS \(EPSG:4326.*warped onto the UTM zone of its centre, "

@@ -5,7 +5,8 @@ can work."""
 import numpy as np
 import pytest
 
-from lithocore import crossval, stages
+from lithocore import plan as lplan, folds as lfolds
+from lithocore import crossval
 from lithocore.data import load_study_area
 from lithocore.plan import MIN_TILE, SceneTooSmall, fit_evaluation
 from lithocore.synthetic import SyntheticSpec, generate_study_area
@@ -29,14 +30,14 @@ def test_every_fold_of_a_small_scene_has_training_windows(scenes, name, tmp_path
     fold a training window wholly outside its test blocks and buffer: the failure that came after minutes of
     training on a 256 x 256 px scene (the profile's 128-px tiles fitted to 64 px) cannot happen."""
     area = scenes[name]
-    cfg = stages.run_config("quick", area)
-    cv = stages.cv_settings("quick", cfg, shape=area.shape, labels=area.labels, mask=area.mask)
-    folds = stages.cv_folds(tmp_path, area, cfg, cv)
+    cfg = lplan.run_config("quick", area)
+    cv = lfolds.cv_settings("quick", cfg, shape=area.shape, labels=area.labels, mask=area.mask)
+    folds = lfolds.cv_folds(tmp_path, area, cfg, cv)
     for i in range(folds.k):
         test, train = crossval.fold_regions(folds, i, area.mask)
         assert len(candidate_windows(area.labels, area.mask, cfg.tile, cfg.stride, allowed=train)) > 0, (name, i)
         assert (test & (area.labels != 255)).any()
-    assert cfg.tile == stages.evaluation_plan("quick", area).tile  # every notebook finds the same tile
+    assert cfg.tile == lplan.evaluation_plan("quick", area).tile  # every notebook finds the same tile
 
 
 def test_the_default_scene_keeps_the_profiles_settings():
@@ -66,8 +67,8 @@ def test_a_scene_too_small_stops_with_advice_that_can_work():
 def test_one_fold_is_notebook_03s_single_split(scenes):
     """cv_folds 1 (the single spatial split) plans the tile only: no blocks to deal, nothing refused."""
     area = scenes["256x256"]
-    plan = stages.evaluation_plan("quick", area, k=1)
-    assert (plan.k, plan.block, plan.tile) == (1, 0, stages.evaluation_plan("quick", area).tile)
+    plan = lplan.evaluation_plan("quick", area, k=1)
+    assert (plan.k, plan.block, plan.tile) == (1, 0, lplan.evaluation_plan("quick", area).tile)
 
 
 def test_sparse_labels_are_advised_to_be_extended():

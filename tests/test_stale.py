@@ -11,6 +11,8 @@ import rasterio
 import yaml
 
 from lithocore.settings import resolve
+from lithocore.registry import model_name
+from lithocore import plan as lplan
 from lithocore import fusion, stages
 from lithocore import training as TR
 from lithocore.data import load_study_area
@@ -85,7 +87,7 @@ def test_class_map_remade_when_the_model_changes(manifest, tmp_path, capsys):
     run = tmp_path / "run"
     rf = RunFolder(run)
     classes, scores = stages.model_map(run, manifest, **TINY)
-    assert scores["model"] == stages.model_name(json.loads(rf.model_meta_path.read_text()))
+    assert scores["model"] == model_name(json.loads(rf.model_meta_path.read_text()))
     with rasterio.open(rf.class_map_path(scores["model"])) as src:
         first = src.tags()["model_key"]
     assert scores["whole_map"]["pixels"] > 0 and scores["trust"] is not None
@@ -121,7 +123,7 @@ def test_notebook_04_reuses_a_model_made_from_the_same_inputs(manifest, tmp_path
     run = tmp_path / "run"
     area = load_study_area(manifest)
     _, stack, channels, units = stages.fused_stack(run, manifest, area=area)
-    cfg = stages.run_config("quick", area, **TINY)
+    cfg = lplan.run_config("quick", area, **TINY)
     _, meta, history = stages.train_model(run, area, stack, channels, units, cfg, reuse=True, verbose=0)
     assert "reused" not in capsys.readouterr().out
     _, again, history2 = stages.train_model(run, area, stack, channels, units, cfg, reuse=True, verbose=0)
@@ -139,7 +141,7 @@ def test_the_same_seed_trains_the_same_model(manifest, tmp_path):
     results = []
     for run in ("a", "b"):
         _, stack, channels, units = stages.fused_stack(tmp_path / run, manifest, area=area)
-        cfg = stages.run_config("quick", area, **(TINY | dict(epochs=2, steps_per_epoch=2)))
+        cfg = lplan.run_config("quick", area, **(TINY | dict(epochs=2, steps_per_epoch=2)))
         model, meta, history = stages.train_model(tmp_path / run, area, stack, channels, units, cfg, verbose=0)
         results.append((model.get_weights(), meta["validation"]["mean_iou"], history["loss"]))
     (wa, sa, la), (wb, sb, lb) = results
@@ -173,7 +175,7 @@ def test_unfinished_or_corrupt_model_is_never_used(manifest, tmp_path, capsys, m
 
     monkeypatch.setattr(TR, "fit", interrupted)
     area, stack, names, units = stages.fused_stack(run, manifest)
-    cfg = stages.run_config("quick", area, **TINY)
+    cfg = lplan.run_config("quick", area, **TINY)
     with pytest.raises(KeyboardInterrupt):
         stages.train_model(run, area, stack, names, units, cfg)
     assert rf.model_path.is_file() and not rf.model_meta_path.exists()

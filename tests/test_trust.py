@@ -210,7 +210,8 @@ def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area,
     from dataclasses import replace
 
     from lithocore import fusion
-    from lithocore.recommend import CANDIDATES, map_to_trust
+    from lithocore.candidates import CANDIDATES
+    from lithocore.recommend import map_to_trust
 
     full = np.where(small_area.labels == NO_LABEL, small_area.held_out, small_area.labels).astype(np.uint8)
     area = replace(small_area, labels=full, predict=np.zeros(full.shape, bool),
@@ -228,7 +229,8 @@ def test_cross_validation_resumes_from_kept_folds(tmp_path):
     """Fold probabilities kept under a key are reused (no fit), and refitted when the key changes."""
     from dataclasses import dataclass
 
-    from lithocore.recommend import ForestCandidate, cross_validate_proba, fold_sets
+    from lithocore.candidates import ForestCandidate
+    from lithocore.recommend import cross_validate_proba, fold_sets
 
     fits = []
 

@@ -8,12 +8,17 @@ import contextlib
 import os
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+
 from ..area import Grid
 from ..errors import StudyAreaError, warn_data
+
+__all__ = ["resolve_path", "open_raster", "read_vector", "bounds_in", "declared_nodata", "check_fill_value",
+           "source_band", "warp_scales", "describe_source", "coarse_factor"]
 
 
 def resolve_path(base: Path, p: str) -> Path:

@@ -4,13 +4,17 @@ with the band names the manifest gives."""
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
+
 from ..area import Grid, overlaps
-from ..errors import StudyAreaError
 from ..area import WARP_THREADS
+from ..errors import StudyAreaError
 from .common import bounds_in, check_fill_value, declared_nodata, describe_source, open_raster, source_band, warp_scales
+
+__all__ = ["read_fine", "fine_bands", "band_names"]
 
 
 def read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Resampling, entry: dict | None = None,

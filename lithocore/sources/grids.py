@@ -4,13 +4,17 @@ aligned with the reference grid (its cell a whole number of fine pixels) for fus
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
+
+from . import GridRead, GridSource, register
 from ..area import CoarseLayer, Grid, overlaps
 from ..errors import StudyAreaError
-from . import GridRead, GridSource, register
 from .common import bounds_in, check_fill_value, coarse_factor, declared_nodata, describe_source, open_raster, source_band
+
+__all__ = ["read_coarse", "coarse_layer", "read_grid"]
 
 
 def read_coarse(path: Path, entry: dict, grid: Grid, warns: list | None = None) -> tuple[CoarseLayer, dict]:

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.warp import reproject
+
 from ..area import ClassTable, Grid, NO_LABEL, overlaps
+from ..area import norm_value
 from ..errors import StudyAreaError, warn_data
 from .common import bounds_in, describe_source, open_raster, read_vector, resolve_path
-from ..area import norm_value
+
+__all__ = ["declared_values", "labels_from_raster", "labels_from_vector", "area_geometries", "area_mask",
+           "predict_ground", "withhold"]
 
 
 def declared_values(lab: dict, table: "ClassTable | None" = None, source: Any = "manifest") -> tuple[set, set]:

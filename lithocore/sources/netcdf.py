@@ -15,9 +15,9 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
+from . import GridRead, GridSource, register
 from ..area import Grid
 from ..errors import StudyAreaError
-from . import GridRead, GridSource, register
 from .grids import coarse_layer
 
 __all__ = ["read_netcdf", "netcdf_variables"]

@@ -6,11 +6,15 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+
 import numpy as np
+
+from . import GridRead, GridSource, register
 from ..area import Grid
 from ..errors import StudyAreaError
-from . import GridRead, GridSource, register
 from .common import read_vector
+
+__all__ = ["numeric_column", "read_points", "grid_in_logs", "grid_points", "read_samples"]
 
 
 _BDL = re.compile(r"^<\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+
 from ..area import Grid
 from ..errors import StudyAreaError, warn_data
 from .common import open_raster, resolve_path
+
+__all__ = ["reference_grid", "projected_grid"]
 
 
 def reference_grid(man: dict, base: Path, warns: list | None = None) -> Grid:

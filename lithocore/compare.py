@@ -1,0 +1,278 @@
+"""Notebook 06's comparison: the models of the registry and the forests, like for like under spatial
+cross-validation and under the paper's protocol, and the stripes of the maps they make."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import crossval
+from .registry import display_name, model_name
+from .runfolder import RunFolder
+
+__all__ = ["stripe_report", "CrossValidation", "cross_validation", "PaperProtocol", "paper_protocol",
+           "comparison_record"]
+
+
+def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | None = None,
+                  others: dict[str, np.ndarray] | None = None) -> dict:
+    """Stripe ratios (:func:`lithocore.metrics.stripe_ratio`) of a window-made map on the 4-px grid of the
+    FCN-8s's upsampling, the network's 32-px grid, the first version's 64-px window step and the borders of this
+    map's windows, beside those of the geological map, of the per-pixel forest's map (notebook 06's, when it
+    exists) and of ``others``. (Out-of-fold maps do not belong here: their fold blocks meet on the same grid.)"""
+    from . import mapping, metrics
+
+    grids = {"upsampling grid (4 px)": 4, "network grid (32 px)": 32, "old window step (64 px)": 64}
+    if mapping_result and mapping_result.get("windows", 1) > 1:
+        grids["window borders"] = tuple(mapping_result["core"])
+    maps = {"this map": classes, "geological map": area.labels}
+    forest_path = RunFolder(run_dir).forest_map_path
+    if forest_path.is_file():
+        with contextlib.suppress(ValueError):  # made with another class table: not comparable
+            maps["random forest (per pixel)"] = mapping.read_class_map(forest_path, area.classes)[0]
+    maps.update(others or {})
+    ratios = {name: {g: metrics.stripe_ratio(m, area.mask, period=p) for g, p in grids.items()}
+              for name, m in maps.items()}
+    # the noise of the measure: the same ratio on the same map's lines shifted off the grid (largest of 7 shifts)
+    off = {}
+    for name, m in maps.items():
+        off[name] = {}
+        for g, p in grids.items():
+            q = p if np.isscalar(p) else min(p)
+            vals = [metrics.stripe_ratio(m, area.mask, period=p, offset=o) for o in
+                    sorted({max(1, q * k // 8) for k in range(1, 8)}) if o % q]
+            vals = [v for v in vals if v is not None]
+            off[name][g] = max(vals) if vals else None
+    return dict(ratios=ratios, off_grid_max=off, grids=grids)
+
+
+# ------------------------------------------------------------------------------- spatial cross-validation
+@dataclass
+class CrossValidation:
+    """Notebook 06's spatial cross-validation of the profile's deep model and the forests, on the same folds and
+    pixels, scored by the same code (:func:`lithocore.crossval.cross_validate`). Its tables, verdicts and record
+    are written by the methods below from the numbers, never by hand."""
+
+    folds: object  # lithocore.crossval.Folds
+    coverage: list[dict]
+    models: list[str]  # registry keys and forest names, the deep model first
+    names: dict[str, str]  # how the notebook names each
+    results: dict  # cross_validate's: per-fold scores, pooled scores, out-of-fold maps
+    cache_key: str
+    settings: dict
+
+    @property
+    def deep(self) -> str:
+        return self.models[0]
+
+    @property
+    def summary(self) -> dict:
+        return crossval.summarise(self.results["folds"])
+
+    def coverage_table(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"fold": c["fold"], "test pixels": c["test_pixels"], "training pixels": c["train_pixels"],
+                              "classes missing from training": ", ".join(c["classes_missing_from_training"]) or "none"}
+                             for c in self.coverage]).set_index("fold")
+
+    def fold_table(self):
+        """Per fold and model: OA, mIoU, kappa, pixels and seconds; then each model's mean +/- sd."""
+        import pandas as pd
+
+        rows = [{"fold": f["fold"], "model": self.names[m], "OA": s["overall_accuracy"], "mIoU": s["mean_iou"],
+                 "kappa": s["kappa"], "pixels": s["pixels"], "seconds": f["seconds"][m]}
+                for f in self.results["folds"] for m, s in f["scores"].items()]
+        summary = self.summary
+        for m in self.models:
+            rows.append({"fold": "mean +/- sd", "model": self.names[m],
+                         **{c: f"{summary[m][k]['mean']:.3f} +/- {summary[m][k]['sd']:.3f}"
+                            for c, k in (("OA", "overall_accuracy"), ("mIoU", "mean_iou"), ("kappa", "kappa"))}})
+        return pd.DataFrame(rows).set_index(["fold", "model"])
+
+    def differences(self):
+        """Per fold, the deep model's mIoU minus each forest's on the same pixels."""
+        import pandas as pd
+
+        return pd.DataFrame({f"{self.names[self.deep]} - {self.names[m]}":
+                             crossval.paired_differences(self.results["folds"], self.deep, m) for m in self.models[1:]},
+                            index=pd.Index(range(self.folds.k), name="fold"))
+
+    def verdicts(self) -> dict[str, str]:
+        """The deep model against each forest (:func:`lithocore.crossval.verdict`, mIoU)."""
+        return {m: crossval.verdict(crossval.paired_differences(self.results["folds"], self.deep, m),
+                                    self.names[self.deep], f"the {self.names[m]}", "mIoU") for m in self.models[1:]}
+
+    def collapsed(self) -> list[dict]:
+        """Fold models that learned next to nothing (:func:`lithocore.crossval.collapsed_folds`)."""
+        return crossval.collapsed_folds(self.results["folds"], self.names)
+
+    def flagged(self) -> list[int]:
+        return [c["fold"] for c in self.coverage if c["flagged"]]
+
+    def verdict_text(self) -> str:
+        """The verdicts, the folds lacking a class and the collapsed fold models, in one paragraph (Markdown)."""
+        flagged = self.flagged()
+        return (f"**Verdicts (spatial cross-validation, {self.folds.k} folds, mIoU):** "
+                + " ".join(f"{v[0].upper()}{v[1:]}." for v in self.verdicts().values())
+                + (f" Folds {flagged} lack a class on their training side." if flagged else "")
+                + "".join(f" **The {c['label']} of fold {c['fold']} collapsed**: {c['why']}." for c in self.collapsed()))
+
+    def pooled_table(self):
+        """IoU, producer's and user's accuracy per class, pooled over the folds."""
+        import pandas as pd
+
+        pooled = self.results["pooled"]
+        return pd.DataFrame({f"{self.names[m]} {k}": pooled[m][key_] for m in self.models
+                             for k, key_ in (("IoU", "iou"), ("producer's", "producer_accuracy"),
+                                             ("user's", "user_accuracy"))})
+
+    def write_maps(self, out_dir: Path, area) -> list[Path]:
+        """Each model's out-of-fold map as a class-map GeoTIFF (``<model>_oof_classes.tif``)."""
+        from .mapping import write_class_map
+
+        return [write_class_map(Path(out_dir) / f"{m}_oof_classes.tif", self.results["oof"][m], area.grid,
+                                area.classes, tags=dict(what="out-of-fold map: each pixel predicted by the fold model "
+                                                             "that never saw it", folds=self.folds.k,
+                                                        cache_key=self.cache_key))
+                for m in self.models]
+
+    def record(self) -> dict:
+        """The cross-validation as ``comparison.json`` records it."""
+        return dict(folds=[dict(fold=f["fold"], scores=f["scores"], seconds=f["seconds"], coverage=c)
+                           for f, c in zip(self.results["folds"], self.coverage)],
+                    summary=self.summary, pooled=self.results["pooled"],
+                    paired_differences={k: crossval.paired_differences(self.results["folds"], self.deep, "forest", k)
+                                        for k in crossval.METRICS},
+                    verdict=self.verdicts()["forest"], verdicts=self.verdicts(), flagged_folds=self.flagged(),
+                    collapsed=self.collapsed(), model_names=self.names, deep_model=self.deep,
+                    settings=self.settings, folds_info=self.folds.info)
+
+
+def cross_validation(run, *, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1,
+                     neighbourhood_forest: bool = True) -> CrossValidation:
+    """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its profile's deep model, the paper's
+    forest (``n_trees``, ``max_features``, ``pixel_fraction`` of each class's training pixels) and, with
+    ``neighbourhood_forest``, a forest given every channel's local mean and sd over 5 and 15 px, trained and
+    scored on the run's folds. Each model's fold predictions are cached under the settings' key, so adding a
+    model reuses the others."""
+    from .folds import cv_cache_key, deep_fold_model, forest_fold_model
+
+    area, stack, _, _ = run.stack()
+    cfg, cv = run.training(), run.cv()
+    folds = run.folds()
+    deep = model_name(cfg.__dict__)  # results, files and scores are named by the registry key
+    models = {deep: deep_fold_model(stack, area, replace(cfg, epochs=cv["epochs"]), run.folder.cv_dir),
+              "forest": forest_fold_model(stack, area, n_trees=n_trees, max_features=max_features,
+                                          fraction=pixel_fraction, cap=cv["forest_cap"], seed=run.seed)}
+    if neighbourhood_forest:  # the context-aware baseline: same pixels, the stack plus local means and sds
+        models["forest_context"] = forest_fold_model(stack, area, n_trees=n_trees, max_features="sqrt",
+                                                     fraction=pixel_fraction, cap=cv["forest_cap"], seed=run.seed,
+                                                     neighbourhood=(5, 15))
+    cache_key = cv_cache_key(run.root, cv, cfg, n_trees, max_features, pixel_fraction)
+    results = crossval.cross_validate(area.labels, area.mask, area.classes.names, folds, models,
+                                      cache_dir=run.folder.cv_dir, cache_key=cache_key)
+    names = {deep: display_name(deep), "forest": "random forest", "forest_context": "neighbourhood forest"}
+    settings = cv | dict(tile=cfg.tile, n_samples=cfg.n_samples, n_trees=n_trees, max_features=max_features,
+                         pixel_fraction=pixel_fraction)
+    return CrossValidation(folds, crossval.fold_coverage(folds, area.labels, area.mask, area.classes.names),
+                           list(models), {m: names[m] for m in models}, results, cache_key, settings)
+
+
+# ------------------------------------------------------------------------------------- the paper's protocol
+@dataclass
+class PaperProtocol:
+    """Notebook 06's second comparison, the paper's: notebook 04's model (trained on the ``split`` tiles) and the
+    forest trained on a share of every class's pixels, each mapping the whole scene, scored on the same regions."""
+
+    deep: str  # registry key of notebook 04's model
+    names: dict[str, str]
+    deep_map: np.ndarray
+    deep_scores: dict
+    forest: dict  # paper_forest_map's record
+    forest_map: np.ndarray
+    forest_confidence: np.ndarray
+    forest_scores: dict
+    split: str
+
+    @property
+    def regions(self) -> list[str]:
+        return [k for k in self.deep_scores["regions"] if k != "train_region"]
+
+    @property
+    def trust(self) -> dict:
+        return self.deep_scores.get("trust") or {"trustworthy": True, "reasons": []}
+
+    def rows(self) -> list[dict]:
+        return [dict(model=name, scored_on=r, OA=sc[r]["overall_accuracy"], mIoU=sc[r]["mean_iou"],
+                     kappa=sc[r]["kappa"], boundary_mIoU=sc[r]["boundary"]["mean_iou"],
+                     salt_and_pepper=sc["noise"]["salt_and_pepper"], caution=sc[r].get("caution") or "")
+                for name, sc in ((self.names[self.deep], self.deep_scores), ("random forest", self.forest_scores))
+                for r in self.regions]
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+    def notices(self) -> list[str]:
+        """What the reader must see beside the table: an untrustworthy deep model, scores with a caution."""
+        out = []
+        if not self.trust["trustworthy"]:
+            out.append(f"WARNING: the {self.names[self.deep]} model's scores do not mean much:\n- "
+                       + "\n- ".join(self.trust["reasons"]))
+        out += [f"CAUTION ({r['model']}, {r['scored_on']}): {r['caution']}" for r in self.rows() if r["caution"]]
+        return out
+
+    def lesson(self, cv: CrossValidation):
+        """Each model's mean mIoU under spatial cross-validation beside its whole-map mIoU by the paper's protocol."""
+        import pandas as pd
+
+        cv_mean = {m: cv.summary[m]["mean_iou"]["mean"] for m in cv.models}
+        whole = {self.deep: self.deep_scores["whole_map"]["mean_iou"], "forest": self.forest_scores["whole_map"]["mean_iou"]}
+        table = pd.DataFrame({"spatial cross-validation (mean mIoU)": cv_mean, "paper's protocol (whole-map mIoU)": whole})
+        table.index = [{**cv.names, **self.names}[m] for m in table.index]
+        return table
+
+    def stripes(self, run) -> dict:
+        """Stripe ratios of the whole-scene maps (:func:`stripe_report`; out-of-fold maps would add their blocks)."""
+        out = stripe_report(run.root, run.area, self.deep_map, self.deep_scores.get("mapping"))
+        out["ratios"][f"{self.names[self.deep]} (notebook 05's map)"] = out["ratios"].pop("this map")
+        return out
+
+    def record(self) -> dict:
+        return {"rows": self.rows(), self.deep: self.deep_scores | {"regions": None}, "deep_model": self.deep,
+                "forest": self.forest_scores, "forest_pixels": self.forest["pixels"],
+                "forest_fit_seconds": self.forest["fit_seconds"],
+                "forest_predict_seconds": self.forest["map"]["mapping_seconds"], "split": self.split}
+
+
+def paper_protocol(run, split: str = "paper", *, n_trees: int = 200, max_features: int = 3,
+                   pixel_fraction: float = 0.1, cap: int = -1, boundary_width: int = 3,
+                   cluster: str = "") -> PaperProtocol:
+    """The paper's protocol on ``run``: notebook 05's map of notebook 04's model (mapped now when missing) and the
+    paper's forest (``cap`` pixels per class at most; -1: the profile's), scored on the same regions."""
+    from . import metrics
+    from .mapping import read_class_map, read_confidence
+
+    area = run.area
+    deep_map, deep_scores = run.class_map(split, boundary_width=boundary_width)
+    deep = deep_scores["model"]
+    forest = run.paper_forest(n_trees=n_trees, max_features=max_features, fraction=pixel_fraction, cap=cap,
+                              cluster=cluster)  # rf_paper_classes.tif
+    forest_map, _ = read_class_map(forest["map"]["classes"], area.classes)
+    regions = {k: v for k, v in deep_scores["regions"].items() if k != "train_region"}
+    forest_scores = metrics.evaluate_map(forest_map, area.labels, area.mask, area.classes.names, regions=regions,
+                                         boundary_width=boundary_width)
+    return PaperProtocol(deep, {deep: display_name(deep), "forest": "random forest"}, deep_map, deep_scores, forest,
+                         forest_map, read_confidence(forest["map"]["confidence"]), forest_scores, split)
+
+
+def comparison_record(cv: CrossValidation, paper: PaperProtocol, stripes: dict) -> dict:
+    """``comparison.json``: the cross-validation, the paper's protocol, the stripes and each model's trust."""
+    return dict(cross_validation=cv.record(), stripes=stripes, deep_model=cv.deep,
+                paper_protocol=paper.record(), comparison=paper.rows(),
+                trust=crossval.fold_trust(cv.models, cv.collapsed(), cv.coverage, base={paper.deep: paper.trust}))

@@ -1,0 +1,173 @@
+"""The run's cross-validation: its settings (the profile's, fitted to the scene), its folds (made, or reused when made
+from the same study area and settings) and the fold models that notebooks 06 and 07 train and score on them."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .area import NO_LABEL
+from .runfolder import RunFolder, key, manifest_fingerprint
+from .settings import given
+from .settings import profile as profile_settings
+from .stages import stack_provenance, training_tiles
+
+__all__ = ["cv_cache_key", "cached_fold_predictions", "trust_settings", "cv_settings", "cv_folds",
+           "deep_fold_model", "forest_fold_model"]
+
+
+def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
+    """The key under which notebook 06 caches each model's fold predictions (``<cv_dir>/fold<i>_<model>.npz``): the
+    stack, the cross-validation and training settings and the forests' settings. Notebook 07 reads the block
+    estimate from there when it matches."""
+    return key([stack_provenance(run_dir).get("stack_key"), cv, cfg.__dict__, n_trees, max_features, pixel_fraction])
+
+
+def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str) -> list[np.ndarray] | None:
+    """Notebook 06's fold predictions of ``model`` (class indices over each fold's test region) when all ``k``
+    were made under ``cache_key``; else None."""
+    out = []
+    for i in range(k):
+        path = RunFolder(run_dir).cv_dir / f"fold{i}_{model}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            if str(z["key"]) != cache_key:
+                return None
+            out.append(z["pred"])
+    return out
+
+
+def trust_settings(profile: str, *, k: int = -1, forest_cap: int = -1, deep: int = -1) -> dict:
+    """Notebook 07's settings: matched folds ``k``, the forests' pixel cap per class (in every fold and the final
+    fit), whether the deep model is a candidate too (``deep``: 1 yes, 0 no; the quick profile leaves it out, its
+    cross-validation being the long part of a CPU run, and the paper profile takes it) and the estimates run for
+    the recommended candidate; -1 keeps the profile's.
+
+    >>> trust_settings("quick")["k"], trust_settings("quick", forest_cap=0)["cap"], trust_settings("paper")["deep"]
+    (4, 0, True)
+    """
+    base = profile_settings(profile).cv
+    return dict(k=int(k if given(k) else base.matched_folds),
+                cap=int(forest_cap if given(forest_cap) else base.forest_cap), estimates=tuple(base.estimates),
+                deep=bool(deep if given(deep) else base.matched_deep))
+
+
+def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: int = -1, epochs: int = -1,
+                block: int = -1, forest_cap: int = -1, labels: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> dict:
+    """The cross-validation settings of a run: the profile's, with the overrides (-1 keeps the profile's).
+
+    Blocks not given (-1) are as long as the labels' spatial autocorrelation range (the practical range of their
+    indicator variogram, :func:`lithocore.knndm.autocorrelation_range`, as blockCV's ``cv_spatial_autocor``
+    suggests), rounded up to whole tiles and kept between two and eight tiles; four tiles when no ``labels`` are
+    given. With ``labels``, blocks (and folds, when ``k`` is not given) are made smaller only as far as every fold
+    needs to keep a training window (:func:`lithocore.plan.fit_evaluation`; what changed and why under
+    ``fitted_to_scene``); without, only when a scene of ``shape`` holds fewer than ``k`` blocks. The buffer is one
+    tile. Large blocks keep the training side large: each test block takes a one-tile
+    ring of buffer with it. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks in 4 folds leave
+    53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %.
+    """
+    base = profile_settings(profile).cv
+    k_given = given(k)
+    k = k if k_given else base.folds
+    epochs = epochs if given(epochs) else base.epochs
+    epochs = epochs if given(epochs) else cfg.epochs
+    range_px, changes = None, []
+    if labels is not None and k >= 2:  # blocks and folds with which every fold has training windows
+        from .plan import fit_evaluation
+
+        plan = fit_evaluation(labels, mask if mask is not None else np.ones(labels.shape, bool), tile=cfg.tile, k=k,
+                              block=block, stride=cfg.stride, tile_given=True, k_given=k_given, seed=cfg.seed)
+        k, block, range_px, changes = plan.k, plan.block, plan.autocorrelation_range_px, plan.changes
+    elif not given(block):
+        block = 4 * cfg.tile
+        while shape is not None and block > 2 * cfg.tile and _blocks_holding(block, shape, labels, mask) < k:
+            block -= cfg.tile
+    return dict(k=int(k), epochs=int(epochs), block=int(block), buffer=int(cfg.tile),
+                forest_cap=int(forest_cap if given(forest_cap) else base.forest_cap), seed=int(cfg.seed),
+                **({"autocorrelation_range_px": int(range_px)} if range_px else {}),
+                **({"fitted_to_scene": changes} if changes else {}))
+
+
+def _blocks_holding(block: int, shape: tuple[int, int], labels=None, mask=None) -> int:
+    """Blocks of ``block`` px on a scene of ``shape`` (that hold a label, when ``labels`` are given)."""
+    if labels is None:
+        return math.ceil(shape[0] / block) * math.ceil(shape[1] / block)
+    ok = (labels != NO_LABEL) & (mask if mask is not None else True)
+    H, W = ok.shape
+    pad = np.pad(ok, ((0, -H % block), (0, -W % block)))
+    return int(pad.reshape(pad.shape[0] // block, block, pad.shape[1] // block, block).any((1, 3)).sum())
+
+
+def cv_folds(run_dir, area, cfg, settings: dict):
+    """The run's folds (notebook 03 writes them; made now when missing or made from something else). ``k = 1``
+    is the single spatial split: its validation region is the one fold's test region."""
+    from . import crossval
+    from .runfolder import write_npz
+
+    rf = RunFolder(run_dir)
+    path = rf.folds_path
+    k = key(dict(manifest=manifest_fingerprint(area.manifest_path), **settings, tile=cfg.tile, stride=cfg.stride,
+                 n_samples=cfg.n_samples))
+    if path.is_file():
+        with np.load(path) as z:
+            if str(z["key"]) == k:
+                return crossval.Folds(int(z["k"]), int(z["block"]), int(z["buffer"]), z["fold"],
+                                      json.loads(str(z["info"])))
+        print(f"{path} was made from another study area or other settings: making the folds again.")
+    if settings["k"] == 1:
+        ts = training_tiles(rf.root, area, cfg, "spatial")
+        folds = crossval.Folds(1, 0, settings["buffer"], np.where(ts.region == 1, 0, -1).astype(np.int8),
+                               dict(k=1, note="the single spatial split of notebook 03 (one held-out region)"))
+    else:
+        folds = crossval.make_folds(area.labels, area.mask, settings["k"], block=settings["block"],
+                                    buffer=settings["buffer"], seed=settings["seed"])
+    write_npz(path, k=folds.k, block=folds.block, buffer=folds.buffer, fold=folds.fold, info=json.dumps(folds.info),
+              key=k)
+    return folds
+
+
+def deep_fold_model(stack, area, cfg, out_dir):
+    """A cross-validation model: the deep model of ``cfg`` (any of the registry) trained on windows wholly inside the fold's training
+    region (normalised with their own statistics), then mapping the scene."""
+    def run(i, train, test):
+        from . import mapping
+        from .tiles import candidate_windows, sample_windows
+        from .training import train_on_windows
+
+        cand = candidate_windows(area.labels, area.mask, cfg.tile, cfg.stride, allowed=train)
+        if len(cand) == 0:
+            raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
+                             f"tile_size, larger cv_block or fewer folds")
+        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)))
+        got = train_on_windows(stack, area.labels, area.mask, windows, cfg, len(area.classes),
+                               Path(out_dir) / f"{cfg.architecture}_fold{i}", run_key=key([i, asdict(cfg), windows.tolist()]),
+                               seed=i)
+        model, stats = got["model"], got["stats"]
+        classes, _ = mapping.map_array(model, stack, area.mask, stats["mean"], stats["std"], progress=False)
+        return classes
+    return run
+
+
+def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | str = 3, fraction: float = 0.1,
+                      cap: int = 0, seed: int = 0, neighbourhood: tuple[int, ...] = ()):
+    """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
+    training region (at most ``cap`` per class), predicting the fold's test region. With ``neighbourhood``
+    window sizes, the forest also gets every channel's local mean and standard deviation over them
+    (:func:`lithocore.forest.neighbourhood_features`; give ``max_features="sqrt"`` then, as notebook 06 does)."""
+    from . import forest
+
+    if neighbourhood:
+        stack, _ = forest.neighbourhood_features(stack, tuple(neighbourhood))
+
+    def run(i, train, test):
+        pixels = forest.sample_pixels(area.labels, train & area.mask, fraction, seed + i, max_per_class=cap or None)
+        rf, _ = forest.train_forest(stack, area.labels, pixels, n_trees=n_trees, max_features=max_features, seed=seed)
+        classes, _, _ = forest.predict_forest(rf, stack, test & area.mask, progress=False)
+        return classes
+    return run
