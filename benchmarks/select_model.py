@@ -42,7 +42,8 @@ def main() -> int:
     from lithocore import crossval, metrics
     from lithocore.folds import cv_folds, cv_settings, deep_fold_model, forest_fold_model
     from lithocore.plan import run_config
-    from lithocore.workbook import fused_stack, study_area_manifest
+    from lithocore.stages import fused_stack
+    from lithocore.workbook import study_area_manifest
 
     manifest = study_area_manifest("", progress=False)
     area, stack, channels, _ = fused_stack(a.run_dir, manifest)

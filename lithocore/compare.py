@@ -158,7 +158,22 @@ def cross_validation(run, *, n_trees: int = 200, max_features: int = 3, pixel_fr
     forest (``n_trees``, ``max_features``, ``pixel_fraction`` of each class's training pixels) and, with
     ``neighbourhood_forest``, a forest given every channel's local mean and sd over 5 and 15 px, trained and
     scored on the run's folds. Each model's fold predictions are cached under the settings' key, so adding a
-    model reuses the others."""
+    model reuses the others.
+
+    Parameters
+    ----------
+    run
+        The run (:class:`lithocore.run.Run`): its stack, settings and folds.
+    n_trees, max_features, pixel_fraction
+        The forests' trees, variables tried at each split and share of each class's training pixels.
+    neighbourhood_forest
+        Whether the neighbourhood forest is a candidate too.
+
+    Returns
+    -------
+    CrossValidation
+        The folds, their coverage, per-fold and pooled scores, out-of-fold maps; tables, verdicts and the record.
+    """
     from .folds import cv_cache_key, deep_fold_model, forest_fold_model
 
     area, stack, _, _ = run.stack()
@@ -254,7 +269,26 @@ def paper_protocol(run, split: str = "paper", *, n_trees: int = 200, max_feature
                    pixel_fraction: float = 0.1, cap: int = -1, boundary_width: int = 3,
                    cluster: str = "") -> PaperProtocol:
     """The paper's protocol on ``run``: notebook 05's map of notebook 04's model (mapped now when missing) and the
-    paper's forest (``cap`` pixels per class at most; -1: the profile's), scored on the same regions."""
+    paper's forest (``cap`` pixels per class at most; -1: the profile's), scored on the same regions.
+
+    Parameters
+    ----------
+    run
+        The run (:class:`lithocore.run.Run`).
+    split
+        The split notebook 04's model was trained on.
+    n_trees, max_features, pixel_fraction, cap
+        The paper's forest: trees, variables tried at each split, share of each class's pixels, at most ``cap``
+        pixels a class (-1: the profile's; 0: none).
+    boundary_width
+        Pixels either side of a boundary for the boundary scores.
+    cluster
+        Where the forest maps the scene: "" this process, "local:K" or a scheduler address.
+
+    Returns
+    -------
+    PaperProtocol
+    """
     from . import metrics
     from .mapping import read_class_map, read_confidence
 

@@ -145,6 +145,25 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
     (at least over the test region). Fold predictions are cached in ``cache_dir`` under ``cache_key`` (an
     interrupted run resumes at the next fold). Returns per-fold scores, pooled scores, the out-of-fold maps
     (class indices) and timings.
+
+    Parameters
+    ----------
+    labels, mask, names
+        The labels, the valid mask and the class names.
+    folds
+        The folds (:class:`Folds`).
+    models
+        Name -> ``model(i, train_region, test_region)`` returning class indices.
+    cache_dir, cache_key
+        Where each fold's predictions are kept, and the key they must carry to be reused.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``folds`` (per fold: scores and seconds per model), ``pooled`` (scores over every fold's test pixels) and
+        ``oof`` (each model's out-of-fold map).
     """
     from tqdm.auto import tqdm
 

@@ -69,8 +69,27 @@ def cv_settings(profile: str, cfg, *, shape: tuple[int, int] | None = None, k: i
     needs to keep a training window (:func:`lithocore.plan.fit_evaluation`; what changed and why under
     ``fitted_to_scene``); without, only when a scene of ``shape`` holds fewer than ``k`` blocks. The buffer is one
     tile. Large blocks keep the training side large: each test block takes a one-tile
-    ring of buffer with it. Measured on a 1611 x 1650 scene with 128-px tiles: 4-tile blocks in 4 folds leave
-    53-62 % of the scene to each fold's training side, 3-tile blocks in 3 folds only 40-44 %.
+    ring of buffer with it (``benchmarks/README.md``).
+
+    Parameters
+    ----------
+    profile
+        The profile whose cross-validation settings are the defaults.
+    cfg
+        The training settings (tile size, stride, seed, epochs).
+    shape
+        The scene's shape, for the block count when no ``labels`` are given.
+    k, epochs, block, forest_cap
+        Folds, deep-model epochs per fold, CV block side (px) and forest pixels per class per fold; -1: the
+        profile's (blocks: fitted as above).
+    labels, mask
+        The labels and the valid mask: blocks and folds are fitted to them.
+
+    Returns
+    -------
+    dict
+        ``k``, ``epochs``, ``block``, ``buffer``, ``forest_cap``, ``seed`` (and ``autocorrelation_range_px``,
+        ``fitted_to_scene`` when fitted).
     """
     base = profile_settings(profile).cv
     k_given = given(k)
@@ -106,7 +125,24 @@ def _blocks_holding(block: int, shape: tuple[int, int], labels=None, mask=None) 
 
 def cv_folds(run_dir, area, cfg, settings: dict):
     """The run's folds (notebook 03 writes them; made now when missing or made from something else). ``k = 1``
-    is the single spatial split: its validation region is the one fold's test region."""
+    is the single spatial split: its validation region is the one fold's test region.
+
+    Parameters
+    ----------
+    run_dir
+        The run folder (its folds: ``03_build_tiles/folds.npz``).
+    area
+        The study area.
+    cfg
+        The training settings (the key includes the tile settings).
+    settings
+        The cross-validation settings (:func:`cv_settings`).
+
+    Returns
+    -------
+    lithocore.crossval.Folds
+        The fold number of every pixel (-1: buffer or outside), the block size, the buffer and ``info``.
+    """
     from . import crossval
     from .runfolder import write_npz
 
@@ -134,7 +170,23 @@ def cv_folds(run_dir, area, cfg, settings: dict):
 
 def deep_fold_model(stack, area, cfg, out_dir):
     """A cross-validation model: the deep model of ``cfg`` (any of the registry) trained on windows wholly inside the fold's training
-    region (normalised with their own statistics), then mapping the scene."""
+    region (normalised with their own statistics), then mapping the scene.
+
+    Parameters
+    ----------
+    stack, area
+        The fused stack (C, H, W) and its study area.
+    cfg
+        The network and its training (:class:`~lithocore.settings.TrainingConfig`; ``epochs``: a fold's).
+    out_dir
+        Where each fold's checkpoints go (``<architecture>_fold<i>``): an interrupted fold resumes.
+
+    Returns
+    -------
+    callable
+        ``model(i, train_region, test_region) -> class indices`` over the scene, for
+        :func:`lithocore.crossval.cross_validate`.
+    """
     def run(i, train, test):
         from . import mapping
         from .tiles import candidate_windows, sample_windows
@@ -159,7 +211,26 @@ def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | st
     """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
     training region (at most ``cap`` per class), predicting the fold's test region. With ``neighbourhood``
     window sizes, the forest also gets every channel's local mean and standard deviation over them
-    (:func:`lithocore.forest.neighbourhood_features`; give ``max_features="sqrt"`` then, as notebook 06 does)."""
+    (:func:`lithocore.forest.neighbourhood_features`; give ``max_features="sqrt"`` then, as notebook 06 does).
+
+    Parameters
+    ----------
+    stack, area
+        The fused stack (C, H, W) and its study area.
+    n_trees, max_features
+        The forest's trees and variables tried at each split (the paper's ntree and mtry).
+    fraction, cap
+        Share of each class's training pixels, and at most ``cap`` of them (0: no cap).
+    seed
+        The forest's seed (plus the fold's number).
+    neighbourhood
+        Window sizes of the local means and sds added as features; empty: none.
+
+    Returns
+    -------
+    callable
+        ``model(i, train_region, test_region) -> class indices`` over the test region.
+    """
     from . import forest
 
     if neighbourhood:

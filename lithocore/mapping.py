@@ -52,13 +52,12 @@ __all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "w
 DEFAULT_MARGIN = 64
 #: Memory for one window (input and every layer's output), in MB, when none is given: a quarter of the memory
 #: available when mapping starts, at most this. More only saves a few margins, and a larger default made mapping
-#: the workbook's largest memory (a whole-scene window of the quick U-Net held 5 GB; with 1 GB windows notebook
-#: 06 peaked at 3.1 GB); give ``memory_mb`` (notebook 05's ``map_memory_mb``) for more.
+#: the workbook's largest memory (``benchmarks/README.md``); give ``memory_mb`` (notebook 05's ``map_memory_mb``)
+#: for more.
 DEFAULT_MEMORY_MB = 512
 #: Shifted passes averaged per window for a Keras model (:func:`window_predictor`): the FCN-8s's transposed
-#: convolutions leave a 4-pixel imprint (class changes on every 4th row and column 1.5-2 x as often as
-#: elsewhere, measured on the default scene); four passes shifted across the 32-px grid and every 4-px phase
-#: (0, 9, 18 and 27 px) bring its stripe ratio to the per-pixel forest's (1.01 against 0.98).
+#: convolutions leave a 4-pixel imprint; four passes shifted across the 32-px grid and every 4-px phase (0, 9, 18
+#: and 27 px) bring its stripe ratio to the per-pixel forest's (``benchmarks/README.md``).
 DEFAULT_SHIFTS = 4
 #: Confidence is stored as Byte: probability = value * CONFIDENCE_SCALE; 255 is nodata.
 CONFIDENCE_SCALE = 1 / 250
@@ -472,8 +471,7 @@ def _worker_model(model_path: str):
 
 
 #: MB of GDAL's block cache while mapping: each window is read once, so a small cache loses nothing, and GDAL's
-#: default (5 % of the memory) would grow with the scene (measured: 324 MB above the start after 12 windows of a
-#: 20000 x 20000 x 9 stack, 175 MB with this cache).
+#: default (5 % of the memory) would grow with the scene (``benchmarks/README.md``).
 GDAL_CACHE_MB = 64
 
 

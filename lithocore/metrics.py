@@ -207,6 +207,24 @@ def evaluate_map(classes: np.ndarray, labels: np.ndarray, mask: np.ndarray, name
     default: the whole valid map. Each region gets :func:`scores` over all its labelled pixels and over its
     boundary zone (and a ``caution`` when too few pixels or classes were scored, :func:`thin_score`); the map
     gets its salt-and-pepper share and fragment counts.
+
+    Parameters
+    ----------
+    classes
+        The map (class indices).
+    labels, mask
+        The labels (:data:`~lithocore.area.NO_LABEL` where none) and the valid mask.
+    names
+        Class names, in index order.
+    regions
+        Name -> boolean map of the pixels each score covers.
+    boundary_width
+        Pixels either side of a geological boundary for the boundary scores.
+
+    Returns
+    -------
+    dict
+        Per region its scores (OA, mIoU, kappa, per-class IoU, confusion matrix, ``boundary``); ``noise``.
     """
     n = len(names)
     regions = regions or {"whole_map": mask}

@@ -192,7 +192,26 @@ def _too_small(labels, mask, tile, k, block, pixel_size) -> str:
 def evaluation_plan(profile: str, area, cfg=None, *, tile: int = -1, k: int = -1, block: int = -1, blocks: int = 4):
     """The plan of tile size, folds and CV blocks that fits this scene (:func:`lithocore.plan.fit_evaluation`):
     the profile's tile and folds unless given (-1: not given), the training configuration ``cfg``'s stride and
-    seed (default: the profile's). Raises :class:`~lithocore.plan.SceneTooSmall` when no plan fits."""
+    seed (default: the profile's). Raises :class:`~lithocore.plan.SceneTooSmall` when no plan fits.
+
+    Parameters
+    ----------
+    profile
+        The profile whose tile and folds are the starting point.
+    area
+        The study area (its labels and mask).
+    cfg
+        Training settings for the stride and seed (default: the profile's).
+    tile, k, block
+        The user's tile size, folds and CV block side (px); -1: not given, chosen here.
+    blocks
+        Blocks a side of notebook 03's spatial split.
+
+    Returns
+    -------
+    lithocore.plan.EvaluationPlan
+        The tile size, folds, blocks, windows per fold and what was changed and why.
+    """
     from .plan import fit_evaluation
     
     cfg = cfg or resolve(profile)
@@ -211,7 +230,25 @@ def evaluation_plan(profile: str, area, cfg=None, *, tile: int = -1, k: int = -1
 def run_config(profile: str, area, *, tile: int = -1, blocks: int = 4, **overrides):
     """The training configuration of a run: the profile's, with the overrides; a tile of -1 (not given) is the
     largest, not above the profile's, with which every fold of the profile's cross-validation has training
-    windows (:func:`evaluation_plan`; the same whichever notebook asks, so every notebook finds the same tiles)."""
+    windows (:func:`evaluation_plan`; the same whichever notebook asks, so every notebook finds the same tiles).
+
+    Parameters
+    ----------
+    profile
+        The profile whose training settings are the defaults (:data:`lithocore.settings.PROFILES`).
+    area
+        The study area the tile size is fitted to.
+    tile
+        The user's tile size (px); -1: fitted.
+    blocks
+        Blocks a side of notebook 03's spatial split.
+    **overrides
+        Other training settings (:class:`~lithocore.settings.TrainingConfig` fields; -1 or "": the profile's).
+
+    Returns
+    -------
+    lithocore.settings.TrainingConfig
+    """
     
     cfg = resolve(profile, tile=tile, **overrides)
     if not given(tile):

@@ -7,10 +7,15 @@ workbook would have made.
 
 Examples
 --------
->>> run = Run.open("runs/example", "data/my-area.yaml", profile="quick", tile=-1)  # doctest: +SKIP
->>> area, stack, channels, units = run.stack()                                      # doctest: +SKIP
->>> run.training().tile, run.cv()["k"]                                              # doctest: +SKIP
-(128, 4)
+A run on a small synthetic area (a study area of your own: its manifest's path as ``study_area``):
+
+>>> import tempfile
+>>> run = Run.open(tempfile.mkdtemp(), synthetic=(256, 256, 300.0), profile="quick")
+>>> area, stack, channels, units = run.stack()  # fused now: no notebook 02 ran in this folder
+>>> cfg = run.training()  # the profile's, the tile size fitted to the scene  # doctest: +ELLIPSIS
+tile size: 32 px for this 256 x 256 px scene (tiles of 32 px, not the profile's 128 px: ...)
+>>> stack.shape, cfg.architecture, cfg.tile, run.cv()["k"]
+((9, 256, 256), 'unet', 32, 4)
 """
 
 from __future__ import annotations

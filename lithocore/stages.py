@@ -31,10 +31,6 @@ __all__ = ["fused_stack", "stack_provenance", "training_tiles", "train_model",
            "paper_forest_map"]
 
 
-def _say(message: str) -> None:
-    print(message)
-
-
 # ------------------------------------------------------------------------------------------ stack
 def stack_provenance(run_dir) -> dict:
     """What the run's stack was made from (its tags), or {} when there is none."""
@@ -56,7 +52,25 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
     defaults, notebook 02's) and written where notebook 02 writes it (block by block, ``memory_mb`` a block).
     ``max_pixels``: the stack returned is read coarser beyond it (a preview, :func:`~lithocore.outputs.read_stack`).
 
-    Returns (area, stack, channel names, units).
+    Parameters
+    ----------
+    run_dir
+        The run folder (its stack: ``02_fuse_sources/fused_stack.tif``).
+    manifest
+        The study area's manifest.
+    area
+        The study area loaded from ``manifest`` (default: loaded here).
+    settings
+        A :class:`~lithocore.fusion.FusionSettings`; None accepts whatever settings notebook 02 used.
+    memory_mb
+        Memory for one row strip when the stack is written.
+    max_pixels
+        Read the stack coarser beyond this many pixels (a preview).
+
+    Returns
+    -------
+    tuple
+        (area, stack (C, H, W) float32, channel names, units).
     """
     from . import fusion, outputs
 
@@ -69,11 +83,11 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
         same_settings = settings is None or fusion.FusionSettings.from_dict(prov["fusion_settings"]) == settings
         if same_area and same_settings:
             if settings is not None:  # notebook 02 asks with its settings: say that nothing is fused again
-                _say(f"{rf.stack_path} was made from this study area with these settings: reused")
+                print(f"{rf.stack_path} was made from this study area with these settings: reused")
             stack, names, units, _, _ = outputs.read_stack(rf.stack_path, max_pixels=max_pixels)
             return area, stack, names, units
         why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
-        _say(f"{rf.stack_path} was made from {why}: fusing again.")
+        print(f"{rf.stack_path} was made from {why}: fusing again.")
     settings = settings or fusion.FusionSettings()
     stack, names, units = _fuse_into_run(rf.root, manifest, area, settings, memory_mb=memory_mb,
                                             max_pixels=max_pixels)
@@ -110,7 +124,26 @@ def training_tiles(run_dir, area, cfg, split: str = "spatial", *, stratified: bo
     """The run's tiles for ``split``: read from notebook 03's file when made from the same study area and
     settings, else sampled now and written there. ``stratified`` and ``blocks`` (notebook 03's options) of
     None accept what notebook 03 chose; new tiles use False and 4. The tile set's ``info`` carries what it was
-    made from, its key and its warnings."""
+    made from, its key and its warnings.
+
+    Parameters
+    ----------
+    run_dir
+        The run folder (its tiles: ``03_build_tiles/tiles_<split>.npz``).
+    area
+        The study area.
+    cfg
+        The training settings whose ``tile``, ``stride``, ``n_samples`` and ``seed`` the tiles are drawn with.
+    split
+        ``"spatial"`` (disjoint regions) or ``"paper"`` (random 80/20).
+    stratified, blocks
+        Notebook 03's options (see above).
+
+    Returns
+    -------
+    lithocore.tiles.TileSet
+        Training and validation windows, the split's region map and ``info`` (made from, key, warnings).
+    """
     from . import tiles as T
 
     rf = RunFolder(run_dir)
@@ -123,7 +156,7 @@ def training_tiles(run_dir, area, cfg, split: str = "spatial", *, stratified: bo
                 (stratified is None or stored.get("stratified") == bool(stratified)) and \
                 (blocks is None or stored.get("blocks") == int(blocks)):
             return ts
-        _say(f"{path} was made from another study area or other tile settings: sampling again.")
+        print(f"{path} was made from another study area or other tile settings: sampling again.")
     made |= dict(stratified=bool(stratified), blocks=4 if blocks is None else int(blocks))
     ts = T.make_tiles(area.labels, area.mask, size=cfg.tile, stride=cfg.stride, n_samples=cfg.n_samples,
                       split=split, seed=cfg.seed, stratified=made["stratified"], blocks=made["blocks"],
@@ -164,7 +197,7 @@ def train_model(run_dir, area, stack, channels, units, cfg, split: str = "spatia
         meta = json.loads(rf.model_meta_path.read_text())
         history_csv = rf.model_dir / "history.csv"
         if meta.get("made_from") == json.loads(json.dumps(made_from)) and history_csv.is_file():
-            _say(f"{rf.model_path} was trained on this stack and these tiles with these settings: reused "
+            print(f"{rf.model_path} was trained on this stack and these tiles with these settings: reused "
                  f"(restart=True trains again)")
             model, meta = load_bundle(rf.model_path)
             return model, meta, read_history(history_csv)
@@ -198,7 +231,7 @@ def load_or_train(run_dir, manifest, profile: str = "quick", split: str = "spati
         _check_compatible(meta, channels, area, model_path)
         trained = meta.get("study_area") or {}
         own = (meta.get("made_from") or {}).get("stack_key") == stack_provenance(rf.root).get("stack_key")
-        _say(f"mapping with the model given as model_path, {model_path}: "
+        print(f"mapping with the model given as model_path, {model_path}: "
              + ("trained on this run's stack" if own else
                 f"trained in another run, on {trained.get('name') or 'another study area'}"
                 + (f" ({trained['manifest']})" if trained.get("manifest") else "")
@@ -211,9 +244,9 @@ def load_or_train(run_dir, manifest, profile: str = "quick", split: str = "spati
         ts = training_tiles(rf.root, area, cfg, split)
         if _same_model(meta, _model_made_from(rf.root, area, ts, cfg, split), overrides):
             return load_bundle(rf.model_path)
-        _say(f"{rf.model_path} was trained on another stack, other tiles or other settings: training again.")
+        print(f"{rf.model_path} was trained on another stack, other tiles or other settings: training again.")
     elif rf.model_path.is_file():
-        _say(f"{rf.model_path} has no model.json beside it (its training did not finish): training again.")
+        print(f"{rf.model_path} has no model.json beside it (its training did not finish): training again.")
     model, meta, _ = train_model(rf.root, area, stack, channels, units, cfg, split, profile=profile, verbose=0)
     return model, meta
 
@@ -342,14 +375,14 @@ def current_map(run_dir, meta: dict, settings_key: str | None = None) -> dict | 
     with rasterio.open(classes_path) as src:
         tags = src.tags()
     if tags.get("model_key") != meta.get("model_key"):
-        _say(f"{classes_path} was mapped with another model: mapping again.")
+        print(f"{classes_path} was mapped with another model: mapping again.")
         return None
     if settings_key is not None and tags.get("settings_key") != settings_key:
-        _say(f"{classes_path} was mapped with other mapping settings: mapping again.")
+        print(f"{classes_path} was mapped with other mapping settings: mapping again.")
         return None
     scores = json.loads(metrics_path.read_text())
     if (scores.get("mapping") or {}).get("map_id") != tags.get("map_id"):
-        _say(f"{metrics_path} was computed from another map than {classes_path.name} (a mapping stopped before its "
+        print(f"{metrics_path} was computed from another map than {classes_path.name} (a mapping stopped before its "
              f"scores were written): mapping and scoring again.")
         return None
     return scores
@@ -376,7 +409,7 @@ def paper_forest_map(run_dir, area, stack, *, n_trees: int = 200, max_features: 
         with rasterio.open(path) as src:
             map_id = src.tags().get("map_id")
         if old.get("made_from") == made and old["map"].get("map_id") == map_id:
-            _say(f"{path} was made from this stack and these labels with these settings: reused")
+            print(f"{path} was made from this stack and these labels with these settings: reused")
             return old
     pixels = forest.sample_pixels(area.labels, area.mask, fraction, seed, max_per_class=cap or None)
     model, fit_s = forest.train_forest(stack, area.labels, pixels, n_trees=n_trees, max_features=max_features,

@@ -184,6 +184,29 @@ def make_tiles(labels: np.ndarray, mask: np.ndarray, *, size: int = 256, stride:
 
     For the spatial split, training windows are drawn from the training region and validation windows from
     the validation region, in the proportions ``1 - val_fraction`` and ``val_fraction`` of ``n_samples``.
+
+    Parameters
+    ----------
+    labels, mask
+        Class indices (:data:`~lithocore.area.NO_LABEL` where none) and the valid mask.
+    size, stride
+        Tile size and the step between candidate windows (px).
+    n_samples
+        Windows sampled.
+    split
+        ``"spatial"`` (disjoint regions, buffered) or ``"paper"`` (random 80/20 of the windows).
+    val_fraction, seed
+        Share of validation windows, and the seed.
+    stratified
+        Draw windows so that every class is represented on each side.
+    blocks
+        Blocks a side of the spatial split's checkerboard.
+    n_classes
+        Classes of the table (for the classes missing from a side).
+
+    Returns
+    -------
+    TileSet
     """
     rng = np.random.default_rng(seed)
     n_classes = n_classes or int(labels[labels != NO_LABEL].max()) + 1

@@ -1,24 +1,14 @@
 """Training a network: compilation, checkpoints that resume, history, validation scores.
 
-The two profiles (their table: :data:`lithocore.settings.PROFILES`):
+The two profiles (their table: :data:`lithocore.settings.PROFILES`; the measurements that chose them:
+``benchmarks/README.md``):
 
 * ``paper``: full width (fc 4096), 256-pixel tiles, stride 20, 1000 samples, batch 5, SGD with momentum 0.9,
-  learning rate 1e-4, the loss *summed* over the training pixels as the paper describes, 7000 iterations
-  (100 epochs of 70 steps). A GPU job: 2.5 s a step on a 2-core CPU (7000 iterations = 4.8 h); on one H100
-  under JAX, 13.3 ms a step with one step per compiled call (7000 iterations in 93 s, 65 TFLOP/s) and 8.1 ms
-  with 50 (``steps_per_execution``: the Python between steps costs as much as the step), in float32
-  (``benchmarks/bench_training.py``). The profile runs 10 steps per call: progress still shows every 10 steps
-  on a CPU.
-  Measured here (slim model, 64-pixel tiles): with a pixel-*mean* loss, SGD at 1e-4 stays at chance (ln 8);
-  with the paper's *sum*, the step is the mean's times the pixels in a batch (20,480 here, 327,680 with
-  256-pixel tiles) and training diverges to NaN within 240 steps. Clipping the gradient norm to 1 keeps the
-  paper's optimiser, rate and summed loss and learns: the closest faithful setting, used by this profile.
-* ``quick``: a slim model (filters / 8, fc 256) on 128-pixel tiles, Adam at 1e-3 on the pixel-mean loss with
-  class weights, 40 epochs, and the bilinear-initialised decoder (see :func:`~lithocore.model.build_fcn8s`):
-  about 2.5 minutes on a 2-core CPU for the default area (SGD at 1e-4 does not learn in that time).
-  Measured on the default area, spatial split, one seed: with Table 1's decoder the held-out region scores
-  OA 0.556 / mIoU 0.327 and the map is speckled (0.015 of pixels disagree with their 5x5 majority); with the
-  bilinear decoder OA 0.770 / mIoU 0.398, speckle 0.006. The paper profile keeps Table 1's decoder.
+  learning rate 1e-4, the loss *summed* over the training pixels as the paper describes, with the gradient norm
+  clipped to 1 (without, the summed loss diverges), 7000 iterations (100 epochs of 70 steps), 10 steps per
+  compiled call. A GPU job.
+* ``quick``: the U-Net with flips and quarter turns, Adam at 1e-3 on the pixel-mean loss with class weights,
+  the bilinear decoder, 16 epochs: the whole workbook within 15 minutes on 2 CPU cores.
 
 The model kept is the last epoch's, not the best on validation: the validation region is also what the
 scores are reported on, and choosing on it would flatter them.

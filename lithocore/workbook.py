@@ -20,14 +20,13 @@ import json
 import time
 from pathlib import Path
 
-from .runfolder import RunFolder, RunFolderBusy, atomic_path, key, run_lock, write_json
+from .runfolder import RunFolderBusy, atomic_path, key, run_lock, write_json
 from .settings import profile as profile_settings
 from .settings import PROFILES
-from .stages import fused_stack, model_map
 from .synthetic import SyntheticSpec, generate_study_area
 
-__all__ = ["NOTEBOOK_DIR", "notebooks", "study_area_manifest", "stage_dir", "fused_stack", "model_map",
-           "declared_parameters", "check_parameters", "run_workbook", "main"]
+__all__ = ["NOTEBOOK_DIR", "notebooks", "study_area_manifest", "declared_parameters", "check_parameters",
+           "run_workbook", "main", "code_version", "data_version"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -49,11 +48,6 @@ def study_area_manifest(study_area: str = "", *, height: int = 1611, width: int 
     spec = SyntheticSpec(height=height, width=width, coarse_spacing=coarse_spacing, seed=seed)
     out = None if cache_dir is None else Path(cache_dir) / spec.key()
     return generate_study_area(spec, out, progress=progress)
-
-
-def stage_dir(run_dir: str | Path, stage: str) -> Path:
-    """``<run_dir>/<stage>``, created: where one notebook writes its figures, rasters and JSON."""
-    return RunFolder(run_dir).stage(stage)
 
 
 def declared_parameters(nb_path: Path) -> dict[str, str]:
