@@ -12,6 +12,8 @@ import numpy as np
 from . import crossval
 from .registry import display_name, model_name
 from .runfolder import RunFolder
+from .settings import ForestSettings
+from .settings import profile as profile_settings
 
 __all__ = ["stripe_report", "CrossValidation", "cross_validation", "PaperProtocol", "paper_protocol",
            "comparison_record"]
@@ -152,10 +154,9 @@ class CrossValidation:
                     settings=self.settings, folds_info=self.folds.info)
 
 
-def cross_validation(run, *, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1,
-                     neighbourhood_forest: bool = True) -> CrossValidation:
+def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood_forest: bool = True) -> CrossValidation:
     """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its profile's deep model, the paper's
-    forest (``n_trees``, ``max_features``, ``pixel_fraction`` of each class's training pixels) and, with
+    forest (``forest``; default the profile's) and, with
     ``neighbourhood_forest``, a forest given every channel's local mean and sd over 5 and 15 px, trained and
     scored on the run's folds. Each model's fold predictions are cached under the settings' key, so adding a
     model reuses the others.
@@ -164,7 +165,7 @@ def cross_validation(run, *, n_trees: int = 200, max_features: int = 3, pixel_fr
     ----------
     run
         The run (:class:`lithocore.run.Run`): its stack, settings and folds.
-    n_trees, max_features, pixel_fraction
+    forest
         The forests' trees, variables tried at each split and share of each class's training pixels.
     neighbourhood_forest
         Whether the neighbourhood forest is a candidate too.
@@ -179,6 +180,8 @@ def cross_validation(run, *, n_trees: int = 200, max_features: int = 3, pixel_fr
     area, stack, _, _ = run.stack()
     cfg, cv = run.training(), run.cv()
     folds = run.folds()
+    forest = forest or profile_settings(run.profile).forest
+    n_trees, max_features, pixel_fraction = forest.n_trees, forest.max_features, forest.pixel_fraction
     deep = model_name(cfg.__dict__)  # results, files and scores are named by the registry key
     models = {deep: deep_fold_model(stack, area, replace(cfg, epochs=cv["epochs"]), run.folder.cv_dir),
               "forest": forest_fold_model(stack, area, n_trees=n_trees, max_features=max_features,
@@ -265,9 +268,8 @@ class PaperProtocol:
                 "forest_predict_seconds": self.forest["map"]["mapping_seconds"], "split": self.split}
 
 
-def paper_protocol(run, split: str = "paper", *, n_trees: int = 200, max_features: int = 3,
-                   pixel_fraction: float = 0.1, cap: int = -1, boundary_width: int = 3,
-                   cluster: str = "") -> PaperProtocol:
+def paper_protocol(run, split: str = "paper", forest: ForestSettings | None = None, *, cap: int = -1,
+                   boundary_width: int = 3, cluster: str = "") -> PaperProtocol:
     """The paper's protocol on ``run``: notebook 05's map of notebook 04's model (mapped now when missing) and the
     paper's forest (``cap`` pixels per class at most; -1: the profile's), scored on the same regions.
 
@@ -277,9 +279,8 @@ def paper_protocol(run, split: str = "paper", *, n_trees: int = 200, max_feature
         The run (:class:`lithocore.run.Run`).
     split
         The split notebook 04's model was trained on.
-    n_trees, max_features, pixel_fraction, cap
-        The paper's forest: trees, variables tried at each split, share of each class's pixels, at most ``cap``
-        pixels a class (-1: the profile's; 0: none).
+    forest, cap
+        The paper's forest (default: the profile's), at most ``cap`` pixels a class (-1: the profile's; 0: none).
     boundary_width
         Pixels either side of a boundary for the boundary scores.
     cluster
@@ -295,8 +296,7 @@ def paper_protocol(run, split: str = "paper", *, n_trees: int = 200, max_feature
     area = run.area
     deep_map, deep_scores = run.class_map(split, boundary_width=boundary_width)
     deep = deep_scores["model"]
-    forest = run.paper_forest(n_trees=n_trees, max_features=max_features, fraction=pixel_fraction, cap=cap,
-                              cluster=cluster)  # rf_paper_classes.tif
+    forest = run.paper_forest(forest, cap=cap, cluster=cluster)  # rf_paper_classes.tif
     forest_map, _ = read_class_map(forest["map"]["classes"], area.classes)
     regions = {k: v for k, v in deep_scores["regions"].items() if k != "train_region"}
     forest_scores = metrics.evaluate_map(forest_map, area.labels, area.mask, area.classes.names, regions=regions,

@@ -43,13 +43,14 @@ import rasterio
 from .area import NO_LABEL, ClassTable, Grid
 from .framework import start_keras
 from .outputs import write_cog, write_geotiff
+from .settings import MappingSettings
 from .runfolder import atomic_path
 
 __all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "window_predictor", "map_array",
            "map_geotiff", "write_class_map", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
 
 #: Context kept around every window's core, in pixels (a multiple of 32).
-DEFAULT_MARGIN = 64
+DEFAULT_MARGIN = MappingSettings.margin  # 64
 #: Memory for one window (input and every layer's output), in MB, when none is given: a quarter of the memory
 #: available when mapping starts, at most this. More only saves a few margins, and a larger default made mapping
 #: the workbook's largest memory (``benchmarks/README.md``); give ``memory_mb`` (notebook 05's ``map_memory_mb``)
@@ -58,7 +59,7 @@ DEFAULT_MEMORY_MB = 512
 #: Shifted passes averaged per window for a Keras model (:func:`window_predictor`): the FCN-8s's transposed
 #: convolutions leave a 4-pixel imprint; four passes shifted across the 32-px grid and every 4-px phase (0, 9, 18
 #: and 27 px) bring its stripe ratio to the per-pixel forest's (``benchmarks/README.md``).
-DEFAULT_SHIFTS = 4
+DEFAULT_SHIFTS = MappingSettings.shifts  # 4
 #: Confidence is stored as Byte: probability = value * CONFIDENCE_SCALE; 255 is nodata.
 CONFIDENCE_SCALE = 1 / 250
 CONFIDENCE_NODATA = 255

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .runfolder import RunFolder
-from .settings import given, given_only
+from .settings import ForestSettings, MappingSettings, given, given_only
 from .settings import profile as profile_settings
 
 __all__ = ["Run"]
@@ -151,7 +151,7 @@ class Run:
                              **self._tile_settings())
 
     def class_map(self, split: str = "spatial", *, model_path: str = "", boundary_width: int = 3,
-                  mapping: dict | None = None):
+                  mapping: MappingSettings | None = None):
         """(class indices, scores) of the deep model's map of the scene (:func:`lithocore.stages.model_map`)."""
         from .stages import model_map
 
@@ -159,13 +159,13 @@ class Run:
                          boundary_width=boundary_width, model_path=model_path or None, mapping=mapping,
                          **self._tile_settings())
 
-    def paper_forest(self, *, n_trees: int = 200, max_features: int | str = 3, fraction: float = 0.1,
-                     cap: int = -1, cluster: str = "") -> dict:
-        """Notebook 06's forest by the paper's protocol and its map (:func:`lithocore.stages.paper_forest_map`);
-        ``cap`` of -1: the profile's."""
+    def paper_forest(self, forest: ForestSettings | None = None, *, cap: int = -1, cluster: str = "") -> dict:
+        """Notebook 06's forest by the paper's protocol and its map (:func:`lithocore.stages.paper_forest_map`):
+        ``forest`` (default: the profile's), at most ``cap`` pixels a class (-1: the profile's; 0: none)."""
         from .stages import paper_forest_map
 
         area, stack, _, _ = self.stack()
+        forest = forest or profile_settings(self.profile).forest
         cap = cap if given(cap) else profile_settings(self.profile).cv.paper_forest_cap
-        return paper_forest_map(self.root, area, stack, n_trees=n_trees, max_features=max_features,
-                                fraction=fraction, cap=cap, seed=self.seed, cluster=cluster)
+        return paper_forest_map(self.root, area, stack, n_trees=forest.n_trees, max_features=forest.max_features,
+                                fraction=forest.pixel_fraction, cap=cap, seed=self.seed, cluster=cluster)

@@ -6,8 +6,9 @@ on a GPU) and the values the user gives. A notebook parameter left at the profil
 overrides to a profile.
 
 Each concept has its settings object: :class:`TrainingConfig` (one training run: tiles, network, optimiser) and
-:class:`CrossValidationSettings` (the spatial and matched cross-validations), gathered per profile in
-:class:`Profile`. The tile size, folds and blocks that a *scene* allows are fitted on top of these by
+:class:`CrossValidationSettings` (the spatial and matched cross-validations), :class:`ForestSettings` (the
+paper's random forest), :class:`MappingSettings` (how a network maps the scene), gathered per profile in
+:class:`Profile`; the fusion's are :class:`lithocore.fusion.FusionSettings`, stored with the stack. The tile size, folds and blocks that a *scene* allows are fitted on top of these by
 :mod:`lithocore.plan` (notebook 01), never stored back here.
 """
 
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["PROFILES", "Profile", "TrainingConfig", "CrossValidationSettings", "given", "given_only", "profile",
-           "resolve"]
+__all__ = ["PROFILES", "Profile", "TrainingConfig", "CrossValidationSettings", "ForestSettings", "MappingSettings",
+           "given", "given_only", "profile", "resolve"]
 
 
 def given(value) -> bool:
@@ -109,11 +110,66 @@ class CrossValidationSettings:
 
 
 @dataclass(frozen=True)
+class ForestSettings:
+    """The paper's random forest (notebooks 06 and 07).
+
+    Parameters
+    ----------
+    n_trees
+        Trees (the paper's ntree).
+    max_features
+        Variables tried at each split (the paper's mtry); the neighbourhood forest takes ``"sqrt"`` of its many.
+    pixel_fraction
+        Share of each class's training pixels a forest is trained on (the paper: 10 %).
+    """
+
+    n_trees: int = 200
+    max_features: int | str = 3
+    pixel_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """How a network maps the scene (notebook 05).
+
+    Parameters
+    ----------
+    memory_mb
+        Memory for one mapping window (input and activations), which sets its size; -1: a quarter of the memory
+        available, at most :data:`lithocore.mapping.DEFAULT_MEMORY_MB`.
+    margin
+        Pixels of context around each window's kept core (a multiple of 32).
+    shifts
+        Passes shifted by 0, 9, 18, 27 px, their probabilities averaged; 1: one pass.
+    cluster
+        Where the windows run: "" this process, "local:K" a Dask LocalCluster, or a scheduler address.
+
+    Examples
+    --------
+    >>> MappingSettings().key() == MappingSettings(memory_mb=256, cluster="local:2").key()  # the same map
+    True
+    """
+
+    memory_mb: float = -1.0
+    margin: int = 64
+    shifts: int = 4
+    cluster: str = ""
+
+    def key(self) -> str:
+        """What changes the map (the passes and the margin), not where or in how much memory it runs."""
+        from .runfolder import key
+
+        return key([self.shifts, self.margin])
+
+
+@dataclass(frozen=True)
 class Profile:
     """A profile: the settings of every concept, before the scene and the user's values."""
 
     training: TrainingConfig
     cv: CrossValidationSettings
+    forest: ForestSettings = ForestSettings()
+    mapping: MappingSettings = MappingSettings()
 
 
 #: The profiles. ``quick``: a CPU run of the whole workbook in minutes. ``paper``: the paper's settings (full-width

@@ -22,6 +22,7 @@ from .errors import WorkbookWarning
 from .plan import run_config
 from .registry import display_name, model_name
 from .runfolder import RunFolder, key, manifest_fingerprint, write_json
+from .settings import MappingSettings
 from .settings import given_only
 from .tiles import tile_warnings, tiles_made_from
 from .training import assess_model
@@ -295,15 +296,14 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
 
 
 def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial", boundary_width: int = 3,
-              area=None, model_path=None, mapping: dict | None = None, **overrides):
+              area=None, model_path=None, mapping: MappingSettings | None = None, **overrides):
     """A deep model's class map of the scene (class indices) and its scores.
 
     The model is ``model_path`` when given, else this run's (:func:`load_or_train`: notebook 04's when current,
     else trained now). Notebook 05's outputs (``<model>_classes.tif``, ``<model>_metrics.json``) are reused when
     they were mapped with this model (and, when ``mapping`` is given, with the same ``shifts`` and ``margin``:
     what changes the map, not where or in how much memory it runs) and scored from that very map; else the scene
-    is mapped now (``mapping``: the ``memory_mb``, ``margin``, ``shifts`` and ``cluster`` of
-    :func:`lithocore.mapping.map_geotiff`) and scored on the evaluation regions. A map of (nearly) one class
+    is mapped now (``mapping``: a :class:`~lithocore.settings.MappingSettings`; default its defaults) and scored on the evaluation regions. A map of (nearly) one class
     makes the model untrustworthy, said so.
 
     Returns
@@ -322,21 +322,18 @@ def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatia
     model, meta = load_or_train(rf.root, manifest, profile, split, model_path, area=area, **overrides)
     regions = evaluation_regions(rf.root, area, meta)
     name = model_name(meta)
-    settings = dict(mapping or {})
-    settings_key = (key([settings.get("shifts", M.DEFAULT_SHIFTS), settings.get("margin", M.DEFAULT_MARGIN)])
-                    if mapping is not None else None)
+    settings_key = mapping.key() if mapping is not None else None
+    mapping = mapping or MappingSettings()
     scores = None if model_path else current_map(rf.root, meta, settings_key)
     if scores is not None:
         classes, _ = M.read_class_map(rf.class_map_path(name), area.classes)
         print(f"{scores['mapping']['classes']} was mapped by this model with these settings: reused")
     else:
         norm = meta["normalisation"]
-        memory = settings.get("memory_mb")
         result = M.map_geotiff(model, rf.stack_path, rf.stage("05_map_scene"), area.classes, norm["mean"],
                                norm["std"], mask=area.mask, progress=False, prefix=name,
-                               memory_mb=memory if memory and memory > 0 else None,
-                               margin=settings.get("margin", M.DEFAULT_MARGIN), cluster=settings.get("cluster") or None,
-                               shifts=settings.get("shifts"),
+                               memory_mb=mapping.memory_mb if mapping.memory_mb > 0 else None,
+                               margin=mapping.margin, cluster=mapping.cluster or None, shifts=mapping.shifts,
                                tags=dict(model_key=meta.get("model_key"),
                                          **({"settings_key": settings_key} if settings_key else {})))
         classes, _ = M.read_class_map(result["classes"], area.classes)
