@@ -365,7 +365,8 @@ def fuse(guide: np.ndarray, coarse_values: np.ndarray, fine: Grid, factor: int, 
          method: str = "global", window: int = 5, ridge: float = 0.1, min_cv_r2: float = 0.05,
          lowpass: str = "box", detail_gain: float = 1.0, detail_smoothing: float = 0.0,
          guide_names: list[str] | None = None, _parts=None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Sharpen one coarse layer with the guide bands (Eq. 1-2).
+    """Sharpen one coarse layer with the guide bands (Eq. 1-2; the defaults are the paper's equations taken literally,
+    the workbook's calibrated ones are :class:`FusionSettings`'s).
 
     Parameters
     ----------
@@ -452,12 +453,20 @@ def guide_bands(area: StudyArea, guide: list[str] | None = None, transform: str 
     return clr(bands), [f"clr {n}" for n in names]
 
 
-def fuse_study_area(area: StudyArea, *, use_clr: bool = True, use_rtp: bool = True, method: str = "global",
-                    guide: list[str] | None = None, guide_transform: str = "clr", progress: bool = True,
+def fuse_study_area(area: StudyArea, *, use_clr: bool = FusionSettings.use_clr, use_rtp: bool = FusionSettings.use_rtp,
+                    method: str = FusionSettings.method, guide: list[str] | None = None,
+                    guide_transform: str = FusionSettings.guide_transform,
+                    detail_gain: float = FusionSettings.detail_gain,
+                    detail_smoothing: float = FusionSettings.detail_smoothing, progress: bool = True,
                     **kwargs) -> FusionResult:
     """Fuse every coarse layer of a study area with its guide bands (all of them, or those named), prepared
     by :func:`guide_bands`. An area without coarse layers passes through (a result with no layers).
+
+    Every default is :class:`FusionSettings`'s (the workbook's calibrated fusion; ``detail_gain=1.0,
+    detail_smoothing=0.0`` is the paper's Eq. 2 taken literally, as :func:`fuse` does by default); ``kwargs`` go
+    to :func:`fuse` (``window``, ``ridge``, ``min_cv_r2`` of the local fit, ``lowpass``).
     """
+    kwargs |= dict(detail_gain=detail_gain, detail_smoothing=detail_smoothing)
     from tqdm.auto import tqdm
 
     layers = preprocess(area, use_clr=use_clr, use_rtp=use_rtp)

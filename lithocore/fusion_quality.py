@@ -10,7 +10,7 @@ import numpy as np
 import rasterio
 
 from .area import StudyArea
-from .fusion import FusionResult, _block_nanmean, clr, decompose, fuse, fuse_study_area, guide_bands, preprocess, reduce_to_pole
+from .fusion import FusionResult, FusionSettings, _block_nanmean, clr, decompose, fuse, fuse_study_area, guide_bands, preprocess, reduce_to_pole
 from .words import count
 
 __all__ = ["read_truth", "score_against_truth", "wald_protocol", "consistency", "calibrate_detail"]
@@ -63,8 +63,9 @@ def score_against_truth(result: FusionResult, truth: dict[str, np.ndarray]) -> l
     return rows
 
 
-def wald_protocol(area: StudyArea, ratio: int = 2, *, method: str = "global", guide: list[str] | None = None,
-                  guide_transform: str = "clr", **kwargs) -> dict:
+def wald_protocol(area: StudyArea, ratio: int = 2, *, method: str = FusionSettings.method,
+                  guide: list[str] | None = None, guide_transform: str = FusionSettings.guide_transform,
+                  **kwargs) -> dict:
     """Wald's protocol at the coarse scale: each coarse layer is degraded ``ratio`` times, fused back with the
     guide averaged to the coarse grid, and compared with the original (raw values, no preprocessing).
 
