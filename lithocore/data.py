@@ -31,6 +31,8 @@ relative to the manifest file. The sections are::
                                            # columns, every sample positive), so the grid stays positive
         below_detection: half              # "<0.01": error (default), half (DL / 2, the usual rule) or limit
         missing: ["n.d.", "-"]             # tokens that mean "not measured" (empty cells always do)
+    netcdf:                                # gridded surveys in NetCDF files, kept on a coarse grid like 'coarse'
+      - {path: gravity.nc, variable: bouguer, name: gravity, units: mGal}   # crs: when the file declares none
     predict: unmapped.gpkg                 # optional polygons: the ground to predict (see below)
     labels:
       path: geology.gpkg                   # vector polygons with a class field, or a label raster

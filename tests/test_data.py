@@ -250,3 +250,15 @@ def test_netcdf_grid_is_a_source_of_one_file(small_manifest, small_area, tmp_pat
     (tmp_path / "nc.yaml").write_text(yaml.safe_dump(man))
     with pytest.raises(StudyAreaError, match=r"mag\.nc: has no variable 'bouguer'; its gridded variables: Band1"):
         load_study_area(tmp_path / "nc.yaml")
+
+
+def test_grid_sources_are_all_found_in_one_order_whatever_was_imported_first():
+    """Importing one source module first must neither hide the others from the loader nor reorder them (the
+    stack's channels follow this order)."""
+    import subprocess
+    import sys
+
+    code = ("import lithocore.sources.points, lithocore.sources.netcdf; from lithocore.sources import grid_sources; "
+            "print(list(grid_sources()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['coarse', 'netcdf', 'points']", out

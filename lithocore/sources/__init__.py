@@ -67,12 +67,18 @@ def register(source: GridSource) -> GridSource:
     return source
 
 
+_SCANNED: list[str] = []  # the package's modules, imported once
+
+
 def grid_sources() -> dict[str, GridSource]:
-    """Every kind of grid source, by manifest section, in the order of the package's modules."""
-    if not _REGISTRY:
-        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+    """Every kind of grid source, by manifest section, in the order of the package's modules (whatever was
+    imported first: the stack's channels follow this order)."""
+    if not _SCANNED:
+        for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
             importlib.import_module(f"{__name__}.{info.name}")
-    return dict(_REGISTRY)
+            _SCANNED.append(f"{__name__}.{info.name}")
+    order = {name: i for i, name in enumerate(_SCANNED)}
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: (order.get(kv[1].read.__module__, len(order)), kv[0])))
 
 
 def layer_sections() -> tuple[str, ...]:
