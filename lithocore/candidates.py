@@ -46,7 +46,7 @@ class ForestCandidate:
 
 @dataclass(frozen=True)
 class DeepCandidate:
-    """A network of the registry (``config``: a :class:`lithocore.training.TrainingConfig`) as a candidate: trained
+    """A network of the registry (``config``: a :class:`lithocore.settings.TrainingConfig`) as a candidate: trained
     on tiles of the whole scene whose labels outside the training side are removed (a matched fold is a set of
     Voronoi cells: no tile fits wholly inside one), normalised with its tiles' statistics; its class probabilities
     from the whole scene in windows on the network's 32-px grid, with a 32-px margin."""

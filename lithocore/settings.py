@@ -63,7 +63,7 @@ class TrainingConfig:
     dropout: float = 0.5
     upsampling: str = "bilinear"  # "table1" (the paper's kernels) or "bilinear" (Long et al.'s, bilinear start)
     seed: int = 0
-    architecture: str = "fcn8s"  # a model of lithocore.model.ARCHITECTURES
+    architecture: str = "fcn8s"  # a model of lithocore.registry.ARCHITECTURES
     norm: str = "none"  # normalisation after each convolution: "none", "group" or "batch"
     augment: bool = False  # random flips and quarter turns of the training tiles
     steps_per_execution: int = 1  # training steps per compiled call: the same training, less Python per step (GPUs)
