@@ -59,6 +59,24 @@ def make_folds(labels: np.ndarray, mask: np.ndarray, k: int = 5, *, block: int =
     >>> f = make_folds(lab, np.ones_like(lab, bool), k=2, block=16, buffer=4)
     >>> sorted(np.unique(f.fold).tolist()), f.info["blocks_per_fold"]
     ([0, 1], [8, 8])
+
+    Parameters
+    ----------
+    labels, mask
+        Class indices (:data:`~lithocore.area.NO_LABEL` where none) and the valid pixels.
+    k
+        Folds.
+    block
+        The CV block's side (px).
+    buffer
+        Pixels around a fold's test blocks kept out of its training side.
+    seed
+        Shuffles the blocks.
+
+    Returns
+    -------
+    Folds
+        Each pixel's fold (-1: outside), the block, the buffer and ``info`` (blocks and labelled share per fold).
     """
     from sklearn.model_selection import StratifiedGroupKFold
 

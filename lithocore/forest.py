@@ -90,7 +90,26 @@ def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n
     """Fit scikit-learn's random forest on the given pixels (flat indices). Returns (forest, seconds).
 
     With ``progress``, the trees are grown in ten rounds (``warm_start``) under a progress bar; scikit-learn
-    draws each tree's seed as a single fit would, so the forest is the same tree for tree."""
+    draws each tree's seed as a single fit would, so the forest is the same tree for tree.
+
+    Parameters
+    ----------
+    stack, labels
+        The channels (C, H, W) and class indices.
+    pixels
+        Flat indices of the training pixels (:func:`sample_pixels`).
+    n_trees, max_features
+        Trees and variables tried at each split (the paper's ntree and mtry).
+    seed, n_jobs
+        The forest's seed and its processes (-1: every core).
+    progress, desc
+        A progress bar and its label.
+
+    Returns
+    -------
+    (sklearn.ensemble.RandomForestClassifier, float)
+        The forest and the seconds its fit took.
+    """
     from sklearn.ensemble import RandomForestClassifier
     from tqdm.auto import tqdm
 
@@ -117,6 +136,20 @@ def predict_forest(rf, stack: np.ndarray, mask: np.ndarray, *, chunk_rows: int =
     """Class index map and confidence (largest class probability) over the scene, ``chunk_rows`` at a time.
 
     Returns (classes, confidence, seconds); nodata (:data:`NO_LABEL`, NaN) outside ``mask``.
+
+    Parameters
+    ----------
+    rf
+        A fitted forest.
+    stack, mask
+        The channels (C, H, W) and the pixels to predict.
+    chunk_rows, progress
+        Rows predicted at a time, and a progress bar.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray, float)
+        Class indices, confidence and seconds.
     """
     from tqdm.auto import tqdm
 

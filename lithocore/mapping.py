@@ -321,6 +321,22 @@ def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core
 
     Class index :data:`~lithocore.area.NO_LABEL` and confidence NaN outside ``mask`` or where a channel is NaN.
     ``shifts``: see :func:`window_predictor`.
+
+    Parameters
+    ----------
+    model
+        A Keras model or anything with ``predict_proba``.
+    stack, mask
+        The stack (C, H, W) and the valid pixels.
+    mean, std
+        The channels' normalisation.
+    max_core, margin, memory_mb, shifts, progress
+        As :func:`map_geotiff`.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        Class indices (uint8) and confidence (float32), each (H, W).
     """
     from tqdm.auto import tqdm
 
@@ -361,7 +377,23 @@ def _class_tags(table: ClassTable) -> dict:
 def write_class_map(path, classes: np.ndarray, grid: Grid, table: ClassTable, *, tags: dict | None = None) -> Path:
     """A class map GeoTIFF for QGIS from class *indices*: the file stores the class *ids* of the class table
     (as the label raster does), with the table's colours and names; nodata where no class. A cloud-optimised
-    GeoTIFF with overviews, and a QGIS style (``.qml``) beside it."""
+    GeoTIFF with overviews, and a QGIS style (``.qml``) beside it.
+
+    Parameters
+    ----------
+    path
+        The GeoTIFF to write (the ``.qml`` goes beside it).
+    classes
+        Class indices (:data:`~lithocore.area.NO_LABEL` where none).
+    grid, table
+        The map's grid and the class table.
+    tags
+        Provenance written into the file.
+
+    Returns
+    -------
+    pathlib.Path
+    """
     dtype, nodata = table.id_dtype()
     colormap = class_map_colours(table) if dtype in ("uint8", "uint16") else None
     write_qml(Path(path).with_suffix(".qml"), table)
@@ -373,7 +405,25 @@ def write_class_map(path, classes: np.ndarray, grid: Grid, table: ClassTable, *,
 def read_class_map(path, table: ClassTable) -> tuple[np.ndarray, dict]:
     """A class map written by the workbook, as class indices (:data:`NO_LABEL` for none), and its tags.
 
-    Refuses a map written with another class table (other ids, names or order)."""
+    Refuses a map written with another class table (other ids, names or order).
+
+    Parameters
+    ----------
+    path
+        A class map the workbook wrote.
+    table
+        The class table it must have been written with.
+
+    Returns
+    -------
+    (np.ndarray, dict)
+        Class indices and the file's tags.
+
+    Raises
+    ------
+    ValueError
+        When the map was written with another class table.
+    """
     with rasterio.open(path) as src:
         ids = src.read(1)
         tags = src.tags()
@@ -501,7 +551,42 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     Pixels where any channel is NaN (or outside ``mask``) are nodata. The class map stores class ids (as the
     label raster does); ``tags`` (provenance) are written into both files. ``cluster``: None (this process),
     ``"local"``/``"local:K"``, a scheduler address or a ``distributed.Client`` (see :func:`_connect`): the
-    windows become cluster tasks, and the map is the same. Returns paths, the window plan and timings.
+    windows become cluster tasks, and the map is the same.
+
+    Parameters
+    ----------
+    model
+        A Keras model, or anything with ``predict_proba`` (a forest); on a cluster it is saved once and loaded by
+    each worker.
+    stack_path
+        The stack GeoTIFF (:func:`lithocore.outputs.read_stack`'s format).
+    out_dir
+        Where ``<prefix>_classes.tif``, its ``.qml`` and legend, and ``<prefix>_confidence.tif`` go.
+    table
+        The class table: the map stores its unit ids.
+    mean, std
+        The channels' normalisation (the model's training statistics).
+    mask
+        Valid pixels (default: where every channel is finite).
+    max_core, margin, memory_mb
+        Largest window core (px), the context kept around it (px) and the memory for one window (MB); the window's
+        size follows from them.
+    cluster
+        None (this process), ``"local"``/``"local:K"``, a scheduler address or a ``distributed.Client``.
+    shifts
+        Passes shifted across the network's grid, averaged (None: 4 for a Keras model, 1 otherwise).
+    progress
+        Show a progress bar.
+    prefix
+        The files' name (a model's registry key, ``rf_paper``).
+    tags
+        Provenance written into both files.
+
+    Returns
+    -------
+    dict
+        ``classes`` and ``confidence`` (paths), ``map_id``, the window plan (``windows``, ``window``, ``core``,
+        ``margin``, ``shifts``, ``cost_vs_one_pass``) and timings (``seconds``, ``pixels_per_second``).
     """
     from tqdm.auto import tqdm
 
