@@ -557,7 +557,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     ----------
     model
         A Keras model, or anything with ``predict_proba`` (a forest); on a cluster it is saved once and loaded by
-    each worker.
+        each worker.
     stack_path
         The stack GeoTIFF (:func:`lithocore.outputs.read_stack`'s format).
     out_dir
