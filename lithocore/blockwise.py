@@ -39,8 +39,7 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from .area import NO_LABEL, Grid, overlaps
-from .area import WARP_THREADS
+from .area import Grid, NO_LABEL, WARP_THREADS, overlaps
 from .data import load_small_layers
 from .errors import StudyAreaError
 from .manifest import read_manifest
@@ -168,7 +167,8 @@ class _RowReader:
     the same grid), the mask made once per row and reused by every later pass."""
 
     def __init__(self, grid: Grid, fine: list, srcs: list, coarse: list, outline, loaded):
-        self.grid, self.fine, self.srcs, self.coarse, self.outline, self.loaded = grid, fine, srcs, coarse, outline, loaded
+        self.grid, self.fine, self.srcs = grid, fine, srcs
+        self.coarse, self.outline, self.loaded = coarse, outline, loaded
         self.n_guide = sum(len(f.names) for f in fine if f.kind == "guide")
         self.valid = np.zeros(grid.shape, dtype=bool)
         self.masked = np.zeros(grid.height, dtype=bool)

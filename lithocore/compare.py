@@ -12,8 +12,7 @@ import numpy as np
 from . import crossval
 from .registry import display_name, model_name
 from .runfolder import RunFolder
-from .settings import ForestSettings
-from .settings import profile as profile_settings
+from .settings import ForestSettings, profile as profile_settings
 
 __all__ = ["stripe_report", "CrossValidation", "cross_validation", "PaperProtocol", "paper_protocol",
            "comparison_record"]
@@ -99,8 +98,9 @@ class CrossValidation:
         """Per fold, the deep model's mIoU minus each forest's on the same pixels."""
         import pandas as pd
 
+        per_fold = self.results["folds"]
         return pd.DataFrame({f"{self.names[self.deep]} - {self.names[m]}":
-                             crossval.paired_differences(self.results["folds"], self.deep, m) for m in self.models[1:]},
+                             crossval.paired_differences(per_fold, self.deep, m) for m in self.models[1:]},
                             index=pd.Index(range(self.folds.k), name="fold"))
 
     def verdicts(self) -> dict[str, str]:
@@ -121,7 +121,8 @@ class CrossValidation:
         return (f"**Verdicts (spatial cross-validation, {self.folds.k} folds, mIoU):** "
                 + " ".join(f"{v[0].upper()}{v[1:]}." for v in self.verdicts().values())
                 + (f" Folds {flagged} lack a class on their training side." if flagged else "")
-                + "".join(f" **The {c['label']} of fold {c['fold']} collapsed**: {c['why']}." for c in self.collapsed()))
+                + "".join(f" **The {c['label']} of fold {c['fold']} collapsed**: {c['why']}."
+                          for c in self.collapsed()))
 
     def pooled_table(self):
         """IoU, producer's and user's accuracy per class, pooled over the folds."""
@@ -144,17 +145,19 @@ class CrossValidation:
 
     def record(self) -> dict:
         """The cross-validation as ``comparison.json`` records it."""
+        per_fold, verdicts = self.results["folds"], self.verdicts()
         return dict(folds=[dict(fold=f["fold"], scores=f["scores"], seconds=f["seconds"], coverage=c)
-                           for f, c in zip(self.results["folds"], self.coverage)],
+                           for f, c in zip(per_fold, self.coverage)],
                     summary=self.summary, pooled=self.results["pooled"],
-                    paired_differences={k: crossval.paired_differences(self.results["folds"], self.deep, "forest", k)
+                    paired_differences={k: crossval.paired_differences(per_fold, self.deep, "forest", k)
                                         for k in crossval.METRICS},
-                    verdict=self.verdicts()["forest"], verdicts=self.verdicts(), flagged_folds=self.flagged(),
+                    verdict=verdicts["forest"], verdicts=verdicts, flagged_folds=self.flagged(),
                     collapsed=self.collapsed(), model_names=self.names, deep_model=self.deep,
                     settings=self.settings, folds_info=self.folds.info)
 
 
-def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood_forest: bool = True) -> CrossValidation:
+def cross_validation(run, forest: ForestSettings | None = None, *,
+                     neighbourhood_forest: bool = True) -> CrossValidation:
     """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its profile's deep model, the paper's
     forest (``forest``; default the profile's) and, with
     ``neighbourhood_forest``, a forest given every channel's local mean and sd over 5 and 15 px, trained and
@@ -250,8 +253,10 @@ class PaperProtocol:
         import pandas as pd
 
         cv_mean = {m: cv.summary[m]["mean_iou"]["mean"] for m in cv.models}
-        whole = {self.deep: self.deep_scores["whole_map"]["mean_iou"], "forest": self.forest_scores["whole_map"]["mean_iou"]}
-        table = pd.DataFrame({"spatial cross-validation (mean mIoU)": cv_mean, "paper's protocol (whole-map mIoU)": whole})
+        whole = {self.deep: self.deep_scores["whole_map"]["mean_iou"],
+                 "forest": self.forest_scores["whole_map"]["mean_iou"]}
+        table = pd.DataFrame({"spatial cross-validation (mean mIoU)": cv_mean,
+                              "paper's protocol (whole-map mIoU)": whole})
         table.index = [{**cv.names, **self.names}[m] for m in table.index]
         return table
 

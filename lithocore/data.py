@@ -74,15 +74,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-from rasterio.enums import Resampling
 
 from .area import ClassTable, CoarseLayer, Grid, NO_LABEL, StudyArea
 from .errors import StudyAreaError, warn_data
 from .manifest import read_manifest
-from .sensors import band_wavelengths
 from .sources import grid_sources
 from .sources.common import open_raster, resolve_path
-from .sources.fine import band_names, fine_bands, read_fine
+from .sources.fine import read_fine_section
 from .sources.labels import area_mask, labels_from_raster, labels_from_vector, predict_ground, withhold
 from .sources.reference import reference_grid
 
@@ -202,6 +200,34 @@ def preview_factor(height: int, width: int, max_pixels: int | None) -> int:
     return k
 
 
+def _check_scene_memory(man: dict, base: Path, grid: Grid, full: Grid | None, mpath: Path) -> None:
+    """Before anything is read: the layers on ``grid`` must fit in memory, and, for a preview of the ``full``
+    grid, so must the full stack notebooks 03-07 will hold (notebook 02's default channels: the coarse and extra
+    layers, else the guide)."""
+    n_fine = 0
+    for e in man["guide"] + man["extra"]:
+        with open_raster(resolve_path(base, e["path"])) as src:
+            n_fine += src.count
+    n_coarse = sum(src.n_layers(e) for section, src in grid_sources().items() for e in man[section])
+    check_memory(grid, n_fine, n_coarse, mpath)
+    if full is not None:
+        channels = n_coarse + len(man["extra"]) if n_coarse else n_fine
+        check_full_stack_memory(full, channels, len(man["labels"].get("classes") or []), mpath)
+
+
+def _valid_mask(grid: Grid, fine: tuple, coarse: list, man: dict, base: Path) -> np.ndarray:
+    """Pixels with valid data in every fine band and coarse layer, inside the study area's outline."""
+    mask = np.ones(grid.shape, dtype=bool)
+    for arr in fine:
+        if arr.shape[0]:
+            mask &= np.isfinite(arr).all(axis=0)
+    for c in coarse:
+        mask &= np.isfinite(c.to_fine(grid))
+    if man.get("area"):
+        mask &= area_mask(resolve_path(base, man["area"]), grid, man.get("crs"))
+    return mask
+
+
 def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = None) -> StudyArea:
     """Load every layer of a study area onto its reference grid.
 
@@ -236,64 +262,24 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
     grid = reference_grid(man, base, warns)
     table: list[dict] = []
     units: dict[str, str] = {}
-    preview = preview_factor(grid.height, grid.width, max_pixels)
+    preview, full = preview_factor(grid.height, grid.width, max_pixels), None
     if preview > 1:
         full = grid
         grid = grid.coarsen(preview)
         warns.append(f"a preview: the {full.height:,} x {full.width:,} px reference grid has more than {max_pixels:,} "
                      f"pixels, so every layer is shown on a grid {preview} x coarser ({grid.height:,} x {grid.width:,} "
                      f"px of {grid.res:g} m); the stack and the maps are made at {full.res:g} m, block by block")
-    n_fine = 0
-    for e in man["guide"] + man["extra"]:
-        with open_raster(resolve_path(base, e["path"])) as src:
-            n_fine += src.count
-    n_coarse = sum(src.n_layers(e) for section, src in grid_sources().items() for e in man[section])
-    check_memory(grid, n_fine, n_coarse, mpath)
-    if preview > 1:  # the stack's default channels (notebook 02's rule): coarse and extra layers, else the guide
-        n_extra = sum(1 for _ in man["extra"])
-        channels = n_coarse + n_extra if n_coarse else n_fine
-        check_full_stack_memory(full, channels, len(man["labels"].get("classes") or []), mpath)
-
+    _check_scene_memory(man, base, grid, full, mpath)
     wavelengths: dict[str, float] = {}
-
-    def fine_stack(key: str) -> tuple[np.ndarray, list[str]]:
-        arrays, names = [], []
-        for e in man[key]:
-            p = resolve_path(base, e["path"])
-            bands, expected = fine_bands(e, p, key)
-            arr, info = read_fine(p, grid, expected, Resampling.bilinear, e, warns, bands)
-            bnames = band_names(p, bands, arr.shape[0])
-            try:
-                wavelengths.update(band_wavelengths(bnames, sensor=e.get("sensor"), wavelengths=e.get("wavelengths")))
-            except ValueError as exc:
-                raise StudyAreaError(p, str(exc)) from None
-            for b, n in enumerate(bnames):
-                if not np.isfinite(arr[b]).any():
-                    raise StudyAreaError(p, f"band {b + 1} ({n}) has no valid data inside the reference grid")
-                units[n] = str(e.get("units", ""))
-            arrays.append(arr)
-            names += bnames
-            table.append(dict(layer=", ".join(bnames), kind=key, **info))
-        if not arrays:
-            return np.zeros((0, *grid.shape), np.float32), []
-        return np.concatenate(arrays, axis=0), names
-
-    guide, guide_names = fine_stack("guide")
-    extra, extra_names = fine_stack("extra")
+    guide, guide_names = read_fine_section(man, base, grid, "guide", warns, units, table, wavelengths)
+    extra, extra_names = read_fine_section(man, base, grid, "extra", warns, units, table, wavelengths)
 
     coarse, points, labels, classes, lpath = load_small_layers(man, base, grid, warns, units, table, mpath)
     for a, ca, b, cb in classes.similar_colours():
         warn_data(warns, mpath, f"classes '{a}' ({ca}) and '{b}' ({cb}) have near-identical colours: they are hard to "
                             f"tell apart on the maps; give one of them another 'colour' in the class table")
 
-    mask = np.ones(grid.shape, dtype=bool)
-    for arr in (guide, extra):
-        if arr.shape[0]:
-            mask &= np.isfinite(arr).all(axis=0)
-    for c in coarse:
-        mask &= np.isfinite(c.to_fine(grid))
-    if man.get("area"):
-        mask &= area_mask(resolve_path(base, man["area"]), grid, man.get("crs"))
+    mask = _valid_mask(grid, (guide, extra), coarse, man, base)
     if not mask.any():
         raise StudyAreaError(mpath, "the study area is empty: no pixel has valid data in every layer "
                                     "(check nodata values, the area outline and the layers' extents)")
@@ -310,7 +296,5 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
                      preview_factor=preview, predict=ground, held_out=held_out,
                      predict_declared=bool(man.get("predict")), wavelengths=wavelengths)
 
-
-# ------------------------------------------------------------------------------------------- writing
 
 

@@ -12,8 +12,7 @@ import numpy as np
 
 from .area import NO_LABEL
 from .runfolder import RunFolder, key, manifest_fingerprint
-from .settings import given
-from .settings import profile as profile_settings
+from .settings import given, profile as profile_settings
 from .stages import stack_provenance, training_tiles
 
 __all__ = ["cv_cache_key", "cached_fold_predictions", "trust_settings", "cv_settings", "cv_folds",

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .area import NO_LABEL
-from .settings import given, resolve
-from .settings import profile as profile_settings
+from .settings import given, profile as profile_settings, resolve
 from .words import and_list, count
 
 

@@ -444,11 +444,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     t0 = time.perf_counter()
     rng_range = knndm.autocorrelation_range(labels, mask)
     block_px = max(8, int(rng_range["range_px"] or 32))
-    ground = area.predict & mask if area.predict is not None else np.zeros_like(mask)
-    if not ground.any():  # every valid pixel is labelled: the map's ground is the labelled map (distance 0)
-        warnings_.append("every valid pixel carries a label, so there is no unlabelled ground to predict: the matched "
-                         "estimate is for the labelled map itself (declare 'predict:' polygons to hold out ground)")
-        ground = mask
+    ground = _ground_to_predict(area, warnings_)
     folds = knndm.knndm_folds(labels, mask, ground, area.grid.res, k, seed=seed)
     features = {m: c.features(stack) for m, c in candidates.items()}
     trained = _trained_classes(labels, mask)
@@ -470,8 +466,6 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                               cap=cap, seed=seed, progress=progress)
     classes, proba = maps[best], final["proba"]
     ent = np.where(mask, calibration.entropy(np.nan_to_num(proba), axis=0), np.nan).astype(np.float32)
-    conf_ground = float(np.nanmean(np.nanmax(proba[:, ground], axis=0))) if ground.any() else float("nan")
-    conf_half = float(1.96 * np.sqrt(np.mean(np.square(cal["errors"])))) if cal["errors"] else float("nan")
     map_seconds = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -483,10 +477,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
 
     others = dict(maps) | dict(extra_maps or {})  # the agreement: candidates' maps and any other whole-area map
     agree = agreement(others, classes, mask)
-    check = held_out_check(classes, area.held_out, mask, names, inside=app["inside"], trained_classes=trained) \
-        if area.held_out is not None else None
-    checks_all = {m: held_out_check(v, area.held_out, mask, names, trained_classes=trained) for m, v in maps.items()} \
-        if check else {}
+    check, checks_all = _held_out_checks(area, classes, maps, app["inside"], trained)
     files = _write_maps(out_dir, area, best, cal, classes, proba, ent, app, agree, list(others))
 
     e = ests["matched"][best]
@@ -495,7 +486,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                          f"{len(trained)} classes: read it as rough")
     trust = _trust_record(
         area, candidates, cv, folds, cal, app, ground,
-        expected=dict(overall_accuracy=conf_ground, oa_half_width=conf_half, weighted=weighted_oa),
+        expected=_expected_accuracy(proba, ground, cal) | dict(weighted=weighted_oa),
         rng_range=rng_range, check=check, checks_all=checks_all, others=list(others), files=files,
         settings=dict(k=k, fraction=fraction, cap=cap, seed=seed, estimates=list(ests), max_test=max_test,
                       aoa_pixels=aoa_pixels, block_px_bootstrap=block_px),
@@ -503,6 +494,38 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         warnings=warnings_, rank_by=rank_by)
     return dict(trust=trust, folds=folds, cv_distances=cv["distances"], classes=classes, proba=proba, entropy=ent,
                 di=app["di"], aoa=app["inside"], agreement=agree, maps=maps, oof=oof, oof_di=app["oof_di"])
+
+
+def _ground_to_predict(area, warnings_: list) -> np.ndarray:
+    """The ground the map is for (the manifest's ``predict``, else every valid unlabelled pixel); where every
+    valid pixel is labelled, the labelled map itself (distance 0), said so in ``warnings_``."""
+    mask = area.mask
+    ground = area.predict & mask if area.predict is not None else np.zeros_like(mask)
+    if not ground.any():
+        warnings_.append("every valid pixel carries a label, so there is no unlabelled ground to predict: the matched "
+                         "estimate is for the labelled map itself (declare 'predict:' polygons to hold out ground)")
+        ground = mask
+    return ground
+
+
+def _expected_accuracy(proba: np.ndarray, ground: np.ndarray, cal: dict) -> dict:
+    """The accuracy promised on the ground: the calibrated confidence averaged over it, and the half-width of its
+    band (1.96 x the RMS of the same estimate's error on each matched fold)."""
+    conf = float(np.nanmean(np.nanmax(proba[:, ground], axis=0))) if ground.any() else float("nan")
+    half = float(1.96 * np.sqrt(np.mean(np.square(cal["errors"])))) if cal["errors"] else float("nan")
+    return dict(overall_accuracy=conf, oa_half_width=half)
+
+
+def _held_out_checks(area, classes: np.ndarray, maps: dict, inside: np.ndarray, trained: list) -> tuple:
+    """The recommended map (and every candidate's) against the withheld labels, when there are any."""
+    if area.held_out is None:
+        return None, {}
+    names = area.classes.names
+    check = held_out_check(classes, area.held_out, area.mask, names, inside=inside, trained_classes=trained)
+    if not check:
+        return check, {}
+    return check, {m: held_out_check(v, area.held_out, area.mask, names, trained_classes=trained)
+                   for m, v in maps.items()}
 
 
 def _trust_record(area, candidates, cv: dict, folds, cal: dict, app: dict, ground: np.ndarray, *, expected: dict,

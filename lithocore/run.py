@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .runfolder import RunFolder
-from .settings import ForestSettings, MappingSettings, given, given_only
-from .settings import profile as profile_settings
+from .settings import ForestSettings, MappingSettings, given, profile as profile_settings
 
 __all__ = ["Run"]
 
@@ -117,7 +116,7 @@ class Run:
             from .plan import run_config
 
             self._cache["training"] = run_config(self.profile, self.area, **self._tile_settings(),
-                                                 blocks=self.split_blocks, **given_only(**self.training_overrides))
+                                                 blocks=self.split_blocks, **self.training_overrides)
         return self._cache["training"]
 
     def cv(self) -> dict:
@@ -144,11 +143,15 @@ class Run:
         return training_tiles(self.root, self.area, self.training(), split, stratified=stratified, blocks=blocks)
 
     def model(self, split: str = "spatial", model_path: str = ""):
-        """(model, meta): ``model_path`` when given, else notebook 04's model when current, else trained now."""
-        from .stages import load_or_train
+        """(model, meta): ``model_path`` when given, else notebook 04's model when current, else trained now (loaded
+        once per run object)."""
+        key = ("model", split, model_path)
+        if key not in self._cache:
+            from .stages import load_or_train
 
-        return load_or_train(self.root, self.manifest, self.profile, split, model_path or None, area=self.area,
-                             **self._tile_settings())
+            self._cache[key] = load_or_train(self.root, self.manifest, self.profile, split, model_path or None,
+                                             area=self.area, **self._tile_settings())
+        return self._cache[key]
 
     def class_map(self, split: str = "spatial", *, model_path: str = "", boundary_width: int = 3,
                   mapping: MappingSettings | None = None):
@@ -157,7 +160,7 @@ class Run:
 
         return model_map(self.root, self.manifest, profile=self.profile, split=split, area=self.area,
                          boundary_width=boundary_width, model_path=model_path or None, mapping=mapping,
-                         **self._tile_settings())
+                         loaded=self.model(split, model_path))
 
     def paper_forest(self, forest: ForestSettings | None = None, *, cap: int = -1, cluster: str = "") -> dict:
         """Notebook 06's forest by the paper's protocol and its map (:func:`lithocore.stages.paper_forest_map`):

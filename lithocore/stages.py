@@ -22,8 +22,7 @@ from .errors import WorkbookWarning
 from .plan import run_config
 from .registry import display_name, model_name
 from .runfolder import RunFolder, key, manifest_fingerprint, write_json
-from .settings import MappingSettings
-from .settings import given_only
+from .settings import MappingSettings, given_only
 from .tiles import tile_warnings, tiles_made_from
 from .training import assess_model
 
@@ -296,15 +295,17 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
 
 
 def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatial", boundary_width: int = 3,
-              area=None, model_path=None, mapping: MappingSettings | None = None, **overrides):
+              area=None, model_path=None, mapping: MappingSettings | None = None, loaded: tuple | None = None,
+              **overrides):
     """A deep model's class map of the scene (class indices) and its scores.
 
     The model is ``model_path`` when given, else this run's (:func:`load_or_train`: notebook 04's when current,
     else trained now). Notebook 05's outputs (``<model>_classes.tif``, ``<model>_metrics.json``) are reused when
     they were mapped with this model (and, when ``mapping`` is given, with the same ``shifts`` and ``margin``:
     what changes the map, not where or in how much memory it runs) and scored from that very map; else the scene
-    is mapped now (``mapping``: a :class:`~lithocore.settings.MappingSettings`; default its defaults) and scored on the evaluation regions. A map of (nearly) one class
-    makes the model untrustworthy, said so.
+    is mapped now (``mapping``: a :class:`~lithocore.settings.MappingSettings`; default its defaults) and scored
+    on the evaluation regions. A map of (nearly) one class makes the model untrustworthy, said so. ``loaded``:
+    the (model, meta) that :func:`load_or_train` returned already (not loaded again).
 
     Returns
     -------
@@ -319,7 +320,7 @@ def model_map(run_dir, manifest, *, profile: str = "quick", split: str = "spatia
 
     rf = RunFolder(run_dir)
     area = area if area is not None else load_study_area(manifest)
-    model, meta = load_or_train(rf.root, manifest, profile, split, model_path, area=area, **overrides)
+    model, meta = loaded or load_or_train(rf.root, manifest, profile, split, model_path, area=area, **overrides)
     regions = evaluation_regions(rf.root, area, meta)
     name = model_name(meta)
     settings_key = mapping.key() if mapping is not None else None

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 from .runfolder import RunFolderBusy, atomic_path, key, run_lock, write_json
-from .settings import profile as profile_settings
-from .settings import PROFILES
+from .settings import PROFILES, profile as profile_settings
 from .synthetic import SyntheticSpec, generate_study_area
 
 __all__ = ["NOTEBOOK_DIR", "notebooks", "study_area_manifest", "declared_parameters", "check_parameters",

@@ -9,12 +9,13 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from ..area import Grid, overlaps
-from ..area import WARP_THREADS
+from ..area import Grid, WARP_THREADS, overlaps
 from ..errors import StudyAreaError
-from .common import bounds_in, check_fill_value, declared_nodata, describe_source, open_raster, source_band, warp_scales
+from ..sensors import band_wavelengths
+from .common import (bounds_in, check_fill_value, declared_nodata, describe_source, open_raster, resolve_path,
+                     source_band, warp_scales)
 
-__all__ = ["read_fine", "fine_bands", "band_names"]
+__all__ = ["read_fine", "fine_bands", "band_names", "read_fine_section"]
 
 
 def read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Resampling, entry: dict | None = None,
@@ -57,3 +58,30 @@ def fine_bands(entry: dict, path: Path, kind: str) -> tuple[list | None, int | N
 def band_names(path: Path, bands: list | None, count: int) -> list[str]:
     """The names of a fine layer's bands: the manifest's, else ``<file stem>_<band number>``."""
     return [str(b) for b in bands] if bands is not None else [f"{path.stem}_{i + 1}" for i in range(count)]
+
+
+def read_fine_section(man: dict, base: Path, grid: Grid, key: str, warns: list, units: dict, table: list,
+                      wavelengths: dict) -> tuple[np.ndarray, list[str]]:
+    """Every raster of the manifest's ``key`` section (``guide`` or ``extra``) on ``grid``: the bands stacked and
+    their names; each band's units, each file's row of the layer table and the bands' wavelengths (from the
+    entry's ``sensor`` or ``wavelengths``) are added to ``units``, ``table`` and ``wavelengths``."""
+    arrays, names = [], []
+    for e in man[key]:
+        p = resolve_path(base, e["path"])
+        bands, expected = fine_bands(e, p, key)
+        arr, info = read_fine(p, grid, expected, Resampling.bilinear, e, warns, bands)
+        bnames = band_names(p, bands, arr.shape[0])
+        try:
+            wavelengths.update(band_wavelengths(bnames, sensor=e.get("sensor"), wavelengths=e.get("wavelengths")))
+        except ValueError as exc:
+            raise StudyAreaError(p, str(exc)) from None
+        for b, n in enumerate(bnames):
+            if not np.isfinite(arr[b]).any():
+                raise StudyAreaError(p, f"band {b + 1} ({n}) has no valid data inside the reference grid")
+            units[n] = str(e.get("units", ""))
+        arrays.append(arr)
+        names += bnames
+        table.append(dict(layer=", ".join(bnames), kind=key, **info))
+    if not arrays:
+        return np.zeros((0, *grid.shape), np.float32), []
+    return np.concatenate(arrays, axis=0), names

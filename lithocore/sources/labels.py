@@ -12,8 +12,7 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.warp import reproject
 
-from ..area import ClassTable, Grid, NO_LABEL, overlaps
-from ..area import norm_value
+from ..area import ClassTable, Grid, NO_LABEL, norm_value, overlaps
 from ..errors import StudyAreaError, warn_data
 from .common import bounds_in, describe_source, open_raster, read_vector, resolve_path
 
