@@ -45,6 +45,7 @@ from .errors import StudyAreaError
 from .manifest import read_manifest
 from .sources.common import check_fill_value, declared_nodata, open_raster, resolve_path, bounds_in, warp_scales
 from .sources.fine import band_names, fine_bands
+from .stackfile import Moments
 from .sources.labels import area_geometries, predict_ground
 from .sources.reference import reference_grid
 
@@ -122,33 +123,6 @@ def block_rows_for(grid: Grid, n_fine: int, n_out: int, memory_mb: float, halo: 
     per_row = grid.width * (4 * (3 * n_fine + n_out + 4) + 8 * 4)
     rows = int(memory_mb * 2**20 // max(per_row, 1)) - 2 * halo
     return int(max(32, min(grid.height, rows)))
-
-
-class _Moments:
-    """Per-channel count, mean and sum of squared deviations, merged block by block (Chan et al. 1979)."""
-
-    def __init__(self, k: int):
-        self.n = np.zeros(k)
-        self.mean = np.zeros(k)
-        self.m2 = np.zeros(k)
-
-    def add(self, i: int, values: np.ndarray) -> None:
-        values = values[np.isfinite(values)].astype(np.float64)
-        nb = values.size
-        if not nb:
-            return
-        mb = values.mean()
-        m2b = ((values - mb) ** 2).sum()
-        n = self.n[i] + nb
-        delta = mb - self.mean[i]
-        self.mean[i] += delta * nb / n
-        self.m2[i] += m2b + delta ** 2 * self.n[i] * nb / n
-        self.n[i] = n
-
-    def stats(self, pixels: int) -> dict:
-        std = np.sqrt(self.m2 / np.maximum(self.n, 1))
-        return dict(mean=self.mean.astype(float).tolist(), std=np.where(std > 0, std, 1.0).astype(float).tolist(),
-                    pixels=int(pixels))
 
 
 def _guide_transform(bands: np.ndarray, transform: str, floor: float) -> np.ndarray:
@@ -397,7 +371,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         bar = tqdm(total=2 * len(plan.starts), desc="fusing block by block", unit="block", disable=not progress)
         means = _coarse_means(plan, read, kw["guide_transform"], floor, bar)
         fits, infos = _fit_layers(plan, means, kw["method"])
-        moments, labelled_valid = _Moments(len(plan.channels)), 0
+        moments, labelled_valid = Moments(len(plan.channels)), 0
         with atomic_path(out) as tmp:
             with rasterio.open(tmp, "w", **plan.grid.profile(len(plan.channels), "float32", compress=None)) as dst:
                 for r0, n in plan.strips():  # pass 2

@@ -156,8 +156,8 @@ class CrossValidation:
                     settings=self.settings, folds_info=self.folds.info)
 
 
-def cross_validation(run, forest: ForestSettings | None = None, *,
-                     neighbourhood_forest: bool = True) -> CrossValidation:
+def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood_forest: bool = True,
+                     cluster: str = "") -> CrossValidation:
     """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its profile's deep model, the paper's
     forest (``forest``; default the profile's) and, with
     ``neighbourhood_forest``, a forest given every channel's local mean and sd over 5 and 15 px, trained and
@@ -172,6 +172,10 @@ def cross_validation(run, forest: ForestSettings | None = None, *,
         The forests' trees, variables tried at each split and share of each class's training pixels.
     neighbourhood_forest
         Whether the neighbourhood forest is a candidate too.
+    cluster
+        "" (this process), ``"local:K"`` or a scheduler address: every fold x model becomes a task of that Dask
+        cluster, which reads the stack from the run folder window by window (a shared file system); the
+        scores are those of one process.
 
     Returns
     -------
@@ -180,7 +184,11 @@ def cross_validation(run, forest: ForestSettings | None = None, *,
     """
     from .folds import cv_cache_key, deep_fold_model, forest_fold_model
 
+    from .stackfile import StackFile
+
     area, stack, _, _ = run.stack()
+    if cluster:  # the workers read their own windows of the stack file: the same values as the array
+        stack = StackFile(run.folder.stack_path)
     cfg, cv = run.training(), run.cv()
     folds = run.folds()
     forest = forest or profile_settings(run.profile).forest
@@ -195,7 +203,7 @@ def cross_validation(run, forest: ForestSettings | None = None, *,
                                                      neighbourhood=(5, 15))
     cache_key = cv_cache_key(run.root, cv, cfg, n_trees, max_features, pixel_fraction)
     results = crossval.cross_validate(area.labels, area.mask, area.classes.names, folds, models,
-                                      cache_dir=run.folder.cv_dir, cache_key=cache_key)
+                                      cache_dir=run.folder.cv_dir, cache_key=cache_key, cluster=cluster or None)
     names = {deep: display_name(deep), "forest": "random forest", "forest_context": "neighbourhood forest"}
     settings = cv | dict(tile=cfg.tile, n_samples=cfg.n_samples, n_trees=n_trees, max_features=max_features,
                          pixel_fraction=pixel_fraction)

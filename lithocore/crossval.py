@@ -31,7 +31,7 @@ from .runfolder import write_npz
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
-           "verdict", "collapsed_folds", "fold_trust", "METRICS"]
+           "verdict", "collapsed_folds", "fold_trust", "fold_task", "METRICS"]
 
 #: The headline measures summarised over folds.
 METRICS = ("mean_iou", "overall_accuracy", "kappa")
@@ -156,13 +156,19 @@ def fold_coverage(folds: Folds, labels: np.ndarray, mask: np.ndarray, names) -> 
 
 def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
                    models: dict[str, Callable[[int, np.ndarray, np.ndarray], np.ndarray]], *,
-                   cache_dir: str | Path | None = None, cache_key: str = "", progress: bool = True) -> dict:
+                   cache_dir: str | Path | None = None, cache_key: str = "", progress: bool = True,
+                   cluster=None) -> dict:
     """Train and score every model on every fold.
 
     ``models[name](i, train_region, test_region)`` trains on the training region and returns a class-index map
     (at least over the test region). Fold predictions are cached in ``cache_dir`` under ``cache_key`` (an
     interrupted run resumes at the next fold). Returns per-fold scores, pooled scores, the out-of-fold maps
     (class indices) and timings.
+
+    With ``cluster``, every fold x model not cached is a task of a Dask cluster (:func:`fold_task`: the fold's
+    regions made and the model fitted on the worker; the models must pickle, as
+    :class:`lithocore.folds.DeepFold` and :class:`~lithocore.folds.ForestFold` do, the stack as its path); the
+    predictions are scored here by the same code as in one process, so the scores are the same.
 
     Parameters
     ----------
@@ -176,6 +182,9 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
         Where each fold's predictions are kept, and the key they must carry to be reused.
     progress
         Show a progress bar.
+    cluster
+        None (this process), ``"local:K"``, a scheduler address or a ``distributed.Client``
+        (:func:`lithocore.mapping.connect`).
 
     Returns
     -------
@@ -187,36 +196,114 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
 
     n = len(names)
     oof = {m: np.full(labels.shape, NO_LABEL, np.uint8) for m in models}
-    cms = {m: np.zeros((n, n), np.int64) for m in models}
-    per_fold = []
+    cms = {(i, m): None for i in range(folds.k) for m in models}
+    secs = {}
     bar = tqdm(total=folds.k * len(models), desc="cross-validation", disable=not progress)
-    for i in range(folds.k):
-        test, train = fold_regions(folds, i, mask)
-        row = dict(fold=i, scores={}, seconds={})
-        for m, run in models.items():
-            cached = Path(cache_dir) / f"fold{i}_{m}.npz" if cache_dir else None
-            pred = None
-            if cached is not None and cached.is_file():
-                with np.load(cached) as z:
-                    if str(z["key"]) == cache_key:
-                        pred, secs = z["pred"], float(z["seconds"])
-            if pred is None:
-                t0 = time.perf_counter()
-                pred = np.asarray(run(i, train, test), dtype=np.uint8)
-                secs = time.perf_counter() - t0
-                if cached is not None:
-                    write_npz(cached, pred=np.where(test, pred, NO_LABEL).astype(np.uint8), key=cache_key,
-                              seconds=secs)
-            oof[m][test] = pred[test]
-            cm = confusion_matrix(labels, pred, n, test)
-            cms[m] += cm
-            row["scores"][m] = scores(cm, names) | {"confusion_matrix": cm.tolist()}
-            row["seconds"][m] = round(secs, 1)
-            bar.update()
-        per_fold.append(row)
+    todo = []
+    for i, m in cms:
+        cached = _cached(cache_dir, i, m, cache_key)
+        if cached is None:
+            todo.append((i, m))
+            continue
+        pred, secs[i, m] = cached
+        cms[i, m] = _score_fold(folds, i, mask, labels, pred, oof[m], n)
+        bar.update()
+    for i, m, pred, s in _fit_folds(todo, models, folds, mask, cluster):
+        secs[i, m] = s
+        test = folds.fold == i
+        if cache_dir:
+            write_npz(Path(cache_dir) / f"fold{i}_{m}.npz", pred=np.where(test, pred, NO_LABEL).astype(np.uint8),
+                      key=cache_key, seconds=s)
+        cms[i, m] = _score_fold(folds, i, mask, labels, pred, oof[m], n)
+        bar.update()
     bar.close()
-    pooled = {m: scores(cms[m], names) | {"confusion_matrix": cms[m].tolist()} for m in models}
+    per_fold = [dict(fold=i, scores={m: scores(cms[i, m], names) | {"confusion_matrix": cms[i, m].tolist()}
+                                     for m in models},
+                     seconds={m: round(secs[i, m], 1) for m in models}) for i in range(folds.k)]
+    pooled = {}
+    for m in models:
+        cm = sum(cms[i, m] for i in range(folds.k))
+        pooled[m] = scores(cm, names) | {"confusion_matrix": cm.tolist()}
     return dict(folds=per_fold, pooled=pooled, oof=oof)
+
+
+def _cached(cache_dir, i: int, m: str, cache_key: str):
+    """(prediction, seconds) of fold ``i``'s model ``m`` when cached under ``cache_key``; else None."""
+    path = Path(cache_dir) / f"fold{i}_{m}.npz" if cache_dir else None
+    if path is None or not path.is_file():
+        return None
+    with np.load(path) as z:
+        return (z["pred"], float(z["seconds"])) if str(z["key"]) == cache_key else None
+
+
+def _score_fold(folds: Folds, i: int, mask, labels, pred, oof: np.ndarray, n: int) -> np.ndarray:
+    """Fold ``i``'s confusion matrix over its test region; its predictions written into the out-of-fold map."""
+    test = (folds.fold == i) & mask
+    pred = np.asarray(pred, np.uint8)
+    oof[test] = pred[test]
+    return confusion_matrix(labels, pred, n, test)
+
+
+def fold_task(model, i: int, folds: Folds, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """One fold x model, as a Dask task runs it (and one process alike): the fold's regions, then the model fitted
+    on the training region and predicting the test region. Returns (class indices, seconds)."""
+    test, train = fold_regions(folds, i, mask)
+    t0 = time.perf_counter()
+    pred = np.asarray(model(i, train, test), dtype=np.uint8)
+    return pred, time.perf_counter() - t0
+
+
+def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np.ndarray, cluster):
+    """Yield ``(fold, model, prediction, seconds)`` for each of ``todo``: in this process, in order, or as tasks
+    of ``cluster`` as they finish (the models and the folds sent to every worker once)."""
+    if not todo:
+        return
+    if cluster is None:
+        for i, m in todo:
+            yield (i, m) + fold_task(models[m], i, folds, mask)
+        return
+    from distributed import as_completed
+
+    from .mapping import connect
+
+    with connect(cluster) as client:
+        shared = client.scatter(dict(models=models, folds=folds, mask=mask), broadcast=True)
+        futures = {client.submit(_remote_fold, shared, i, m, pure=False): (i, m) for i, m in todo}
+        for fut in as_completed(futures):
+            i, m = futures[fut]
+            pred, secs = fut.result()
+            fut.release()
+            yield i, m, pred, secs
+
+
+def _remote_fold(shared: dict, i: int, m: str):
+    """A fold x model on a worker. A model that asks for a process of its own (``own_process``: a network, whose
+    training on a worker varies with the worker's other threads) runs in a fresh Python process started by the
+    worker, as it would in one process; the others run on the worker."""
+    model, folds, mask = shared["models"][m], shared["folds"], shared["mask"]
+    if not getattr(model, "own_process", False):
+        return fold_task(model, i, folds, mask)
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lithocore-fold-") as tmp:
+        job, out = Path(tmp) / "job.pkl", Path(tmp) / "out.pkl"
+        job.write_bytes(pickle.dumps((model, i, folds, mask)))
+        done = subprocess.run([sys.executable, "-m", "lithocore.crossval", str(job), str(out)], capture_output=True,
+                              text=True)
+        if done.returncode or not out.is_file():
+            raise RuntimeError(f"fold {i} of {m} failed in its own process:\n{done.stderr[-4000:]}")
+        return pickle.loads(out.read_bytes())
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m lithocore.crossval JOB OUT``: one fold x model from a pickled (model, fold, folds, mask)."""
+    import pickle
+
+    model, i, folds, mask = pickle.loads(Path(argv[0]).read_bytes())
+    Path(argv[1]).write_bytes(pickle.dumps(fold_task(model, i, folds, mask)))
 
 
 def summarise(per_fold: list[dict], metrics=METRICS) -> dict:
@@ -331,3 +418,9 @@ def collapsed_folds(per_fold: list[dict], names: dict[str, str] | None = None, *
             if why:
                 out.append(dict(model=m, label=names.get(m, m), fold=int(f["fold"]), why="; ".join(why)))
     return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +16,20 @@ from .settings import given, profile as profile_settings
 from .stages import stack_provenance, training_tiles
 
 __all__ = ["cv_cache_key", "cached_fold_predictions", "trust_settings", "cv_settings", "cv_folds",
-           "deep_fold_model", "forest_fold_model"]
+           "deep_fold_model", "forest_fold_model", "DeepFold", "ForestFold"]
 
 
 def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
     """The key under which notebook 06 caches each model's fold predictions (``<cv_dir>/fold<i>_<model>.npz``): the
     stack, the cross-validation and training settings and the forests' settings. Notebook 07 reads the block
     estimate from there when it matches."""
-    return key([stack_provenance(run_dir).get("stack_key"), cv, cfg.__dict__, n_trees, max_features, pixel_fraction])
+    return key([stack_provenance(run_dir).get("stack_key"), cv, cfg.__dict__, n_trees, max_features, pixel_fraction,
+                FOLD_MODELS_VERSION])
+
+
+#: Changes when the fold models' results change for the same settings (2: float64 normalisation, the deep fold
+#: model's map in one pass, neighbourhood features strip by strip), so that older cached predictions are not reused.
+FOLD_MODELS_VERSION = 2
 
 
 def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str) -> list[np.ndarray] | None:
@@ -167,14 +173,48 @@ def cv_folds(run_dir, area, cfg, settings: dict):
     return folds
 
 
-def deep_fold_model(stack, area, cfg, out_dir):
-    """A cross-validation model: the deep model of ``cfg`` (any of the registry) trained on windows wholly inside the fold's training
-    region (normalised with their own statistics), then mapping the scene.
+@dataclass
+class DeepFold:
+    """A cross-validation model (:func:`deep_fold_model`): picklable, so that a fold runs as a Dask task on a
+    worker; it carries the labels and the mask, and the stack as an array or as a
+    :class:`~lithocore.stackfile.StackFile` (its path: the worker reads its own windows)."""
+
+    stack: object
+    labels: np.ndarray
+    mask: np.ndarray
+    n_classes: int
+    cfg: object
+    out_dir: Path
+    own_process = True  # on a Dask worker, trained in a fresh process (lithocore.crossval._remote_fold)
+
+    def __call__(self, i, train, test):
+        from . import mapping
+        from .tiles import candidate_windows, sample_windows
+        from .training import train_on_windows
+
+        cfg = self.cfg
+        cand = candidate_windows(self.labels, self.mask, cfg.tile, cfg.stride, allowed=train)
+        if len(cand) == 0:
+            raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
+                             f"tile_size, larger cv_block or fewer folds")
+        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)))
+        got = train_on_windows(self.stack, self.labels, self.mask, windows, cfg, self.n_classes,
+                               Path(self.out_dir) / f"{cfg.architecture}_fold{i}",
+                               run_key=key([i, asdict(cfg), windows.tolist()]), seed=i)
+        model, stats = got["model"], got["stats"]
+        classes, _ = mapping.map_array(model, self.stack, self.mask & test, stats["mean"], stats["std"],
+                                       progress=False)  # only the windows that hold the fold's test region
+        return classes
+
+
+def deep_fold_model(stack, area, cfg, out_dir) -> DeepFold:
+    """A cross-validation model: the deep model of ``cfg`` (any of the registry) trained on windows wholly inside
+    the fold's training region (normalised with their own statistics), then mapping the fold's test region.
 
     Parameters
     ----------
     stack, area
-        The fused stack (C, H, W) and its study area.
+        The fused stack (C, H, W; in memory or a :class:`~lithocore.stackfile.StackFile`) and its study area.
     cfg
         The network and its training (:class:`~lithocore.settings.TrainingConfig`; ``epochs``: a fold's).
     out_dir
@@ -182,40 +222,53 @@ def deep_fold_model(stack, area, cfg, out_dir):
 
     Returns
     -------
-    callable
-        ``model(i, train_region, test_region) -> class indices`` over the scene, for
+    DeepFold
+        ``model(i, train_region, test_region) -> class indices`` over the test region, for
         :func:`lithocore.crossval.cross_validate`.
     """
-    def run(i, train, test):
-        from . import mapping
-        from .tiles import candidate_windows, sample_windows
-        from .training import train_on_windows
+    return DeepFold(stack, area.labels, area.mask, len(area.classes), cfg, Path(out_dir))
 
-        cand = candidate_windows(area.labels, area.mask, cfg.tile, cfg.stride, allowed=train)
-        if len(cand) == 0:
-            raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
-                             f"tile_size, larger cv_block or fewer folds")
-        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)))
-        got = train_on_windows(stack, area.labels, area.mask, windows, cfg, len(area.classes),
-                               Path(out_dir) / f"{cfg.architecture}_fold{i}", run_key=key([i, asdict(cfg), windows.tolist()]),
-                               seed=i)
-        model, stats = got["model"], got["stats"]
-        classes, _ = mapping.map_array(model, stack, area.mask, stats["mean"], stats["std"], progress=False)
+
+@dataclass
+class ForestFold:
+    """A cross-validation forest (:func:`forest_fold_model`), picklable like :class:`DeepFold`."""
+
+    stack: object
+    labels: np.ndarray
+    mask: np.ndarray
+    n_trees: int = 200
+    max_features: int | str = 3
+    fraction: float = 0.1
+    cap: int = 0
+    seed: int = 0
+    neighbourhood: tuple[int, ...] = ()
+    fill: np.ndarray | None = None  # the channels' means that fill NaN before the neighbourhood filters
+
+    def __call__(self, i, train, test):
+        from . import forest
+        from .stackfile import Neighbourhood
+
+        stack = Neighbourhood(self.stack, self.neighbourhood, self.fill) if self.neighbourhood else self.stack
+        pixels = forest.sample_pixels(self.labels, train & self.mask, self.fraction, self.seed + i,
+                                      max_per_class=self.cap or None)
+        rf, _ = forest.train_forest(stack, self.labels, pixels, n_trees=self.n_trees, max_features=self.max_features,
+                                    seed=self.seed)
+        classes, _, _ = forest.predict_forest(rf, stack, test & self.mask, progress=False)
         return classes
-    return run
 
 
 def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | str = 3, fraction: float = 0.1,
-                      cap: int = 0, seed: int = 0, neighbourhood: tuple[int, ...] = ()):
+                      cap: int = 0, seed: int = 0, neighbourhood: tuple[int, ...] = ()) -> ForestFold:
     """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
     training region (at most ``cap`` per class), predicting the fold's test region. With ``neighbourhood``
-    window sizes, the forest also gets every channel's local mean and standard deviation over them
-    (:func:`lithocore.forest.neighbourhood_features`; give ``max_features="sqrt"`` then, as notebook 06 does).
+    window sizes, the forest also gets every channel's local mean and standard deviation over them, computed
+    strip by strip as they are read (:class:`lithocore.stackfile.Neighbourhood`; give ``max_features="sqrt"``
+    then, as notebook 06 does).
 
     Parameters
     ----------
     stack, area
-        The fused stack (C, H, W) and its study area.
+        The fused stack (C, H, W; in memory or a :class:`~lithocore.stackfile.StackFile`) and its study area.
     n_trees, max_features
         The forest's trees and variables tried at each split (the paper's ntree and mtry).
     fraction, cap
@@ -227,17 +280,11 @@ def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | st
 
     Returns
     -------
-    callable
+    ForestFold
         ``model(i, train_region, test_region) -> class indices`` over the test region.
     """
-    from . import forest
+    from .stackfile import Neighbourhood
 
-    if neighbourhood:
-        stack, _ = forest.neighbourhood_features(stack, tuple(neighbourhood))
-
-    def run(i, train, test):
-        pixels = forest.sample_pixels(area.labels, train & area.mask, fraction, seed + i, max_per_class=cap or None)
-        rf, _ = forest.train_forest(stack, area.labels, pixels, n_trees=n_trees, max_features=max_features, seed=seed)
-        classes, _, _ = forest.predict_forest(rf, stack, test & area.mask, progress=False)
-        return classes
-    return run
+    fill = Neighbourhood(stack, tuple(neighbourhood)).fill if neighbourhood else None  # once, not once a fold
+    return ForestFold(stack, area.labels, area.mask, n_trees, max_features, fraction, cap, seed, tuple(neighbourhood),
+                      fill)

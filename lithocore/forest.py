@@ -71,16 +71,19 @@ def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...] = (5, 15)) 
 
 
 def pixel_features(stack: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """The predictors of the pixels ``pixels`` (flat indices) as a (n, C) float32 table, NaN as 0.
+    """The predictors of the pixels ``pixels`` (flat indices) as a (n, C) float32 table, NaN as 0; the stack in
+    memory or read strip by strip from disk (:mod:`lithocore.stackfile`).
 
     >>> pixel_features(np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.array([1, 3])).tolist()
     [[1.0, 5.0], [3.0, 7.0]]
     """
-    return np.nan_to_num(stack.reshape(stack.shape[0], -1)[:, pixels].T.astype(np.float32))
+    from .stackfile import pixel_values
+
+    return np.nan_to_num(pixel_values(stack, pixels))
 
 
 def _features(stack: np.ndarray, rows: slice | None = None) -> np.ndarray:
-    part = stack if rows is None else stack[:, rows]
+    part = np.asarray(stack[:, slice(None) if rows is None else rows])
     return np.nan_to_num(part.reshape(part.shape[0], -1).T.astype(np.float32))
 
 

@@ -546,11 +546,10 @@ def build_stack(result: FusionResult, area: StudyArea, channels: list[str] | Non
 
 
 def normalisation_stats(stack: np.ndarray, pixels: np.ndarray) -> dict:
-    """Per-channel mean and standard deviation over the given pixels (the training pixels only)."""
-    sel = stack[:, pixels]
-    mean = np.nanmean(sel, axis=1)
-    std = np.nanstd(sel, axis=1)
-    return dict(mean=mean.astype(float).tolist(), std=np.where(std > 0, std, 1.0).astype(float).tolist(),
-                pixels=int(pixels.sum()))
+    """Per-channel mean and standard deviation over the given pixels (the training pixels only; ``pixels`` a
+    boolean map), in float64 strip by strip, the stack in memory or on disk (:func:`lithocore.stackfile.region_stats`)."""
+    from .stackfile import region_stats
+
+    return region_stats(stack, np.asarray(pixels, bool))
 
 

@@ -56,10 +56,11 @@ DEFAULT_MARGIN = MappingSettings.margin  # 64
 #: the workbook's largest memory (``benchmarks/README.md``); give ``memory_mb`` (notebook 05's ``map_memory_mb``)
 #: for more.
 DEFAULT_MEMORY_MB = 512
-#: Shifted passes averaged per window for a Keras model (:func:`window_predictor`): the FCN-8s's transposed
-#: convolutions leave a 4-pixel imprint; four passes shifted across the 32-px grid and every 4-px phase (0, 9, 18
-#: and 27 px) bring its stripe ratio to the per-pixel forest's (``benchmarks/README.md``).
-DEFAULT_SHIFTS = MappingSettings.shifts  # 4
+#: Shifted passes averaged per window for a network whose upsampling leaves an imprint (:func:`leaves_imprint`,
+#: :func:`window_predictor`): the FCN-8s's transposed convolutions leave a 4-pixel imprint; four passes shifted
+#: across the 32-px grid and every 4-px phase (0, 9, 18 and 27 px) bring its stripe ratio to the per-pixel
+#: forest's (``benchmarks/README.md``). Other networks map in one pass.
+DEFAULT_SHIFTS = 4
 #: Confidence is stored as Byte: probability = value * CONFIDENCE_SCALE; 255 is nodata.
 CONFIDENCE_SCALE = 1 / 250
 CONFIDENCE_NODATA = 255
@@ -302,11 +303,24 @@ def _prepare(model):
     return model
 
 
+def leaves_imprint(model) -> bool:
+    """Whether a network's upsampling leaves a grid imprint on its maps: a strided transposed convolution (the
+    FCN-8s's) does, class changes on every 4th row and column 1.5-2 x as often as elsewhere; bilinear
+    upsampling followed by a convolution (the U-Net's) does not (``benchmarks/README.md``)."""
+    if not _is_keras(model):
+        return False
+    for layer in model._flatten_layers(include_self=False) if hasattr(model, "_flatten_layers") else model.layers:
+        if "Transpose" in type(layer).__name__ and any(s > 1 for s in np.ravel(getattr(layer, "strides", 1))):
+            return True
+    return False
+
+
 def _shifts(model, shifts: int | None) -> int:
-    """``shifts``, or :data:`DEFAULT_SHIFTS` for a Keras model and 1 for anything else when None."""
-    if shifts is not None:
+    """``shifts`` when given (None or a negative: the model's); else :data:`DEFAULT_SHIFTS` for a network whose
+    upsampling leaves an imprint (:func:`leaves_imprint`) and one pass for anything else."""
+    if shifts is not None and shifts >= 1:
         return int(shifts)
-    return DEFAULT_SHIFTS if _is_keras(model) else 1
+    return DEFAULT_SHIFTS if leaves_imprint(model) else 1
 
 
 def _edge(shifts: int) -> int:
@@ -317,7 +331,9 @@ def _edge(shifts: int) -> int:
 def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core: int | None = None,
               margin: int = DEFAULT_MARGIN, memory_mb: float | None = None, shifts: int | None = None,
               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Map an in-memory stack: (class index map, confidence), each exactly the scene's shape.
+    """Map a stack (in memory, or a :class:`~lithocore.stackfile.StackFile` read window by window): (class index
+    map, confidence), each exactly the scene's shape. Windows whose core holds no pixel of ``mask`` are skipped
+    (a fold model maps only its test region); the others are the same whatever the mask.
 
     Class index :data:`~lithocore.area.NO_LABEL` and confidence NaN outside ``mask`` or where a channel is NaN.
     ``shifts``: see :func:`window_predictor`.
@@ -348,7 +364,9 @@ def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core
     classes = np.full((H, W), NO_LABEL, np.uint8)
     conf = np.full((H, W), np.nan, np.float32)
     predict = window_predictor(model, mean, std, plan=plan, shifts=shifts)
-    for r0, c0 in tqdm(plan.origins(), desc="mapping", unit="window", disable=not progress):
+    ch, cw = plan.core
+    origins = [(r0, c0) for r0, c0 in plan.origins() if mask[r0:r0 + ch, c0:c0 + cw].any()]  # nothing to map: skipped
+    for r0, c0 in tqdm(origins, desc="mapping", unit="window", disable=not progress):
         cls, p, ok = predict_window(predict, lambda a, b, c, d: stack[:, a:b, c:d], plan, r0, c0)
         h, w = cls.shape
         ok &= mask[r0:r0 + h, c0:c0 + w]
@@ -479,7 +497,7 @@ def read_confidence(path) -> np.ndarray:
     return np.where(raw.mask, np.nan, raw.data.astype(np.float32) * scale).astype(np.float32)
 
 
-def _connect(cluster):
+def connect(cluster):
     """A ``distributed.Client`` for ``cluster``: a Client (used as it is), ``"local"`` or ``"local:K"`` (a
     LocalCluster of K one-thread worker processes on this machine, 2 by default) or a scheduler address
     (``tcp://host:8786``, e.g. of a cluster started by dask-jobqueue on SLURM or by dask-kubernetes)."""
@@ -550,7 +568,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
 
     Pixels where any channel is NaN (or outside ``mask``) are nodata. The class map stores class ids (as the
     label raster does); ``tags`` (provenance) are written into both files. ``cluster``: None (this process),
-    ``"local"``/``"local:K"``, a scheduler address or a ``distributed.Client`` (see :func:`_connect`): the
+    ``"local"``/``"local:K"``, a scheduler address or a ``distributed.Client`` (see :func:`connect`): the
     windows become cluster tasks, and the map is the same.
 
     Parameters
@@ -574,7 +592,8 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     cluster
         None (this process), ``"local"``/``"local:K"``, a scheduler address or a ``distributed.Client``.
     shifts
-        Passes shifted across the network's grid, averaged (None: 4 for a Keras model, 1 otherwise).
+        Passes shifted across the network's grid, averaged (None or -1: :data:`DEFAULT_SHIFTS` for a network that
+        leaves an imprint, :func:`leaves_imprint`; 1 otherwise).
     progress
         Show a progress bar.
     prefix
@@ -659,7 +678,7 @@ def _run_windows(model, stack_path, plan: WindowPlan, mean, std, cluster, work: 
     else:
         model_path = str(work / "model.keras")
         model.save(model_path)
-    with _connect(cluster) as client:
+    with connect(cluster) as client:
         futures = [client.submit(_remote_window, model_path, str(Path(stack_path).resolve()), plan, r0, c0, mean,
                                  std, shifts, pure=False) for r0, c0 in plan.origins()]
         for fut in as_completed(futures):

@@ -140,7 +140,9 @@ class MappingSettings:
     margin
         Pixels of context around each window's kept core (a multiple of 32).
     shifts
-        Passes shifted by 0, 9, 18, 27 px, their probabilities averaged; 1: one pass.
+        Passes shifted by 0, 9, 18, 27 px, their probabilities averaged; 1: one pass; -1: the model's (four for a
+        network whose upsampling leaves a 4-px imprint, the FCN-8s; one for the others,
+        :func:`lithocore.mapping.leaves_imprint`).
     cluster
         Where the windows run: "" this process, "local:K" a Dask LocalCluster, or a scheduler address.
 
@@ -152,7 +154,7 @@ class MappingSettings:
 
     memory_mb: float = -1.0
     margin: int = 64
-    shifts: int = 4
+    shifts: int = -1
     cluster: str = ""
 
     def key(self) -> str:

@@ -23,7 +23,9 @@ it is unfinished and never used for mapping.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import shutil
 import time
 from dataclasses import asdict
@@ -39,7 +41,7 @@ from .settings import TrainingConfig
 from .tiles import window_pixels
 
 __all__ = ["compile_model", "fit", "evaluate_tiles", "train_on_windows", "read_history", "clear_run",
-           "save_bundle", "load_bundle", "data_parallel", "seed_everything", "assess_model"]
+           "save_bundle", "load_bundle", "data_parallel", "seed_everything", "assess_model", "private_python_random"]
 
 
 def data_parallel(batch_size: int, devices: int | None = None):
@@ -139,6 +141,26 @@ def seed_everything(seed: int) -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def private_python_random(seed: int):
+    """Keras draws the seeds of initialisers and dropout layers created without one from Python's *global*
+    ``random`` (``keras.src.random.seed_generator.make_default_seed``). On a Dask worker other threads (the
+    event loop's heartbeats and retries) draw from it too, at moments that vary from run to run, so the same seed
+    built another network. Inside this context Keras draws from a ``random.Random(seed)`` of its own: the same
+    numbers the seeded global generator gives when nothing else draws from it, whatever other threads do."""
+    try:
+        from keras.src.random import seed_generator
+    except ImportError:  # another Keras layout: nothing to isolate
+        yield
+        return
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(int(seed))
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
 
 
 def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingConfig, *, verbose: int | str = "auto",
@@ -272,7 +294,7 @@ def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, wi
     val = None if val_windows is None else TileBatches(stack, labels, mask, val_windows, cfg.tile, cfg.batch_size,
                                                        shuffle=False, **kw)
     seed_everything(cfg.seed + seed)
-    with data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split between them
+    with private_python_random(cfg.seed + seed), data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split
         if model is None:
             model = build_model(cfg.model_config(stack.shape[0], n_classes))
         weights = class_weights(labels, windows, cfg.tile, n_classes) if cfg.class_weighting else None

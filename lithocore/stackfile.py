@@ -1,0 +1,283 @@
+"""The fused stack as the later stages read it: whole when it fits the memory budget, else window by window from
+its cloud-optimised GeoTIFF (:class:`StackFile`), the same values either way.
+
+Every stage after notebook 02 reads the stack through the few operations defined here, so that a province-sized
+stack is never held whole:
+
+* ``stack[:, r0:r1, c0:c1]``: a window (a training tile, a mapping window, a strip of rows);
+* :func:`pixel_values`: the values at scattered pixels (a forest's training pixels), read strip by strip;
+* :func:`region_stats`: per-channel mean and sd over a region (a model's normalisation), merged strip by strip;
+* :class:`Neighbourhood`: a stack plus every channel's local mean and sd, computed strip by strip with a halo.
+
+Each works alike on an in-memory array (C, H, W) and on a :class:`StackFile`, over the same strips of
+:data:`STRIP_ROWS` rows, so a result does not depend on whether the stack was held whole or read in windows.
+A :class:`StackFile` pickles as its path: a Dask task given one reads its own windows on the worker.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "STRIP_ROWS",
+           "STACK_IN_MEMORY_MB", "strips"]
+
+#: Rows per strip when a stack is read, or its statistics computed, strip by strip.
+STRIP_ROWS = 64
+
+#: A stack up to this size (MB of float32) is read whole; a larger one is read window by window.
+STACK_IN_MEMORY_MB = 2048
+
+#: MB of GDAL's block cache for windowed reads: tiles overlap, so a cache saves decompressing blocks twice, and
+#: GDAL's default (5 % of the memory) would grow with the scene.
+GDAL_CACHE_MB = 256
+
+
+class StackFile:
+    """A stack GeoTIFF (C, H, W) read window by window: ``stack[:, r0:r1, c0:c1]`` reads that window (float32;
+    steps of 1 only), ``stack[c]`` one channel, ``stack[:, r0:r1]`` a strip. Pickles as its path.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from rasterio.crs import CRS
+    >>> from rasterio.transform import from_origin
+    >>> from lithocore.area import Grid
+    >>> from lithocore.outputs import write_stack_file
+    >>> g = Grid(CRS.from_epsg(32646), from_origin(0, 300, 15, 15), 20, 10)
+    >>> a = np.arange(2 * 10 * 20, dtype=np.float32).reshape(2, 10, 20)
+    >>> s = StackFile(write_stack_file(Path(tempfile.mkdtemp()) / "s.tif", a, ["a", "b"], ["", ""], g))
+    >>> s.shape, np.array_equal(s[:, 2:5, 3:9], a[:, 2:5, 3:9]), np.array_equal(s[1], a[1])
+    ((2, 10, 20), True, True)
+    """
+
+    ndim = 3
+    dtype = np.dtype("float32")
+
+    def __init__(self, path: str | Path):
+        from .sources.common import open_raster
+
+        self.path = str(Path(path).resolve())
+        with open_raster(self.path) as src:
+            self.shape = (src.count, src.height, src.width)
+        self._src = None
+
+    def __getstate__(self):
+        return {"path": self.path, "shape": self.shape, "_src": None}
+
+    def __repr__(self) -> str:
+        return f"StackFile({self.path!r}, shape={self.shape})"
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+    def _dataset(self):
+        if self._src is None:
+            import rasterio
+
+            self._src = rasterio.open(self.path)
+        return self._src
+
+    def read(self, rows: tuple[int, int], cols: tuple[int, int], channels: list[int] | None = None) -> np.ndarray:
+        """Channels (all by default) of rows ``r0:r1`` and columns ``c0:c1`` (clipped to the scene), float32."""
+        import rasterio
+        from rasterio.windows import Window
+
+        (r0, r1), (c0, c1) = rows, cols
+        idx = [c + 1 for c in (range(self.shape[0]) if channels is None else channels)]
+        if r1 <= r0 or c1 <= c0 or not idx:
+            return np.zeros((len(idx), max(r1 - r0, 0), max(c1 - c0, 0)), np.float32)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return self._dataset().read(idx, window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32, copy=False)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 3 or any(k is Ellipsis for k in key):
+            raise IndexError(f"a StackFile takes [channels, rows, columns] indices, got {key!r}")
+        key = key + (slice(None),) * (3 - len(key))
+        spans, squeeze = [], []
+        for axis, k in enumerate(key):
+            n = self.shape[axis]
+            if isinstance(k, (int, np.integer)):
+                k = int(k) + n if k < 0 else int(k)
+                if not 0 <= k < n:
+                    raise IndexError(f"index {k} is out of range for axis {axis} of size {n}")
+                spans.append((k, k + 1))
+                squeeze.append(axis)
+            elif isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step != 1:
+                    raise IndexError("a StackFile reads windows: steps other than 1 are not supported")
+                spans.append((start, max(start, stop)))
+            else:
+                raise IndexError(f"a StackFile takes integers and slices, got {type(k).__name__}")
+        out = self.read(spans[1], spans[2], list(range(*spans[0])))
+        return out.squeeze(tuple(squeeze)) if squeeze else out
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(f"{self.path}: a stack of {self.nbytes / 2**20:,.0f} MB is read window by window, never whole "
+                        f"(more than the {STACK_IN_MEMORY_MB} MB budget of lithocore.stackfile.STACK_IN_MEMORY_MB); "
+                        f"this step needs it whole")
+
+
+def open_stack(path: str | Path, *, memory_mb: float | None = None):
+    """The stack of ``path``: an in-memory array (C, H, W) float32 when it is at most ``memory_mb`` (default
+    :data:`STACK_IN_MEMORY_MB`), else a :class:`StackFile` read window by window."""
+    from .outputs import read_stack
+
+    s = StackFile(path)
+    budget = STACK_IN_MEMORY_MB if memory_mb is None else memory_mb
+    if s.nbytes <= budget * 2**20:
+        return read_stack(path)[0]
+    return s
+
+
+def strips(rows: np.ndarray | None, height: int, strip: int = STRIP_ROWS):
+    """Start rows of the ``strip``-row strips (aligned on multiples of ``strip``) that hold any of ``rows`` (all
+    strips when None)."""
+    if rows is None:
+        return range(0, height, strip)
+    return (np.unique(np.asarray(rows) // strip) * strip).tolist()
+
+
+def pixel_values(stack, pixels: np.ndarray) -> np.ndarray:
+    """The values (n, C) float32 of the pixels ``pixels`` (flat indices, in any order), read strip by strip.
+
+    >>> pixel_values(np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.array([3, 1])).tolist()
+    [[3.0, 7.0], [1.0, 5.0]]
+    """
+    C, H, W = stack.shape
+    pixels = np.asarray(pixels, np.int64)
+    out = np.empty((len(pixels), C), np.float32)
+    rows, cols = pixels // W, pixels % W
+    for r0 in strips(rows, H):
+        sel = np.flatnonzero((rows >= r0) & (rows < r0 + STRIP_ROWS))
+        part = stack[:, r0:min(H, r0 + STRIP_ROWS)]
+        out[sel] = part[:, rows[sel] - r0, cols[sel]].T
+    return out
+
+
+class Moments:
+    """Per-channel count, mean and sum of squared deviations, merged block by block (Chan et al. 1979), in
+    float64: the same statistics whatever the blocks."""
+
+    def __init__(self, k: int):
+        self.n = np.zeros(k)
+        self.mean = np.zeros(k)
+        self.m2 = np.zeros(k)
+
+    def add(self, i: int, values: np.ndarray) -> None:
+        values = values[np.isfinite(values)].astype(np.float64)
+        nb = values.size
+        if not nb:
+            return
+        mb = values.mean()
+        m2b = ((values - mb) ** 2).sum()
+        n = self.n[i] + nb
+        delta = mb - self.mean[i]
+        self.mean[i] += delta * nb / n
+        self.m2[i] += m2b + delta ** 2 * self.n[i] * nb / n
+        self.n[i] = n
+
+    def stats(self, pixels: int) -> dict:
+        std = np.sqrt(self.m2 / np.maximum(self.n, 1))
+        return dict(mean=self.mean.astype(float).tolist(), std=np.where(std > 0, std, 1.0).astype(float).tolist(),
+                    pixels=int(pixels))
+
+
+def region_stats(stack, region: np.ndarray) -> dict:
+    """Per-channel mean and standard deviation over the finite values of the pixels of ``region`` (H, W) bool,
+    merged strip by strip (:class:`Moments`): ``{"mean", "std", "pixels"}`` (a zero sd is given as 1)."""
+    C, H, _ = stack.shape
+    m = Moments(C)
+    for r0 in strips(np.flatnonzero(region.any(axis=1)), H):
+        sel = region[r0:r0 + STRIP_ROWS]
+        part = stack[:, r0:r0 + sel.shape[0]]
+        for c in range(C):
+            m.add(c, part[c][sel])
+    return m.stats(int(region.sum()))
+
+
+class Neighbourhood:
+    """A stack plus, for every channel, its local mean and standard deviation over ``size`` x ``size`` windows
+    (:func:`lithocore.forest.neighbourhood_features`), computed strip by strip with a halo of rows as they are
+    read: indexable and readable like the stack, never held whole. Not-finite pixels count as the channel's
+    mean over the scene (``fill``; default: computed in one pass over the stack).
+
+    Rows are always computed in the same aligned strips, so a pixel's features do not depend on what was read
+    before (a forest trained in one process and on a cluster sees the same values).
+    """
+
+    ndim = 3
+    dtype = np.dtype("float32")
+
+    def __init__(self, base, sizes: tuple[int, ...] = (5, 15), fill: np.ndarray | None = None):
+        self.base, self.sizes = base, tuple(int(s) for s in sizes)
+        C, H, W = base.shape
+        self.shape = (C * (1 + 2 * len(self.sizes)), H, W)
+        self.halo = max(self.sizes) // 2 + 1
+        self.fill = np.asarray(fill if fill is not None else _channel_means(base), np.float32)
+        self._strip: tuple[int, np.ndarray] | None = None
+
+    def __getstate__(self):
+        return self.__dict__ | {"_strip": None}
+
+    def names(self) -> list[str]:
+        C = self.base.shape[0]
+        return [str(i) for i in range(C)] + [f"{k}{s}({i})" for i in range(C) for s in self.sizes for k in ("mean", "sd")]
+
+    def _compute(self, r0: int) -> np.ndarray:
+        if self._strip is not None and self._strip[0] == r0:
+            return self._strip[1]
+        from .forest import neighbourhood_features
+
+        H = self.shape[1]
+        a, b = max(0, r0 - self.halo), min(H, r0 + STRIP_ROWS + self.halo)
+        raw = np.asarray(self.base[:, a:b], np.float32)
+        n = min(STRIP_ROWS, H - r0)
+        feats = neighbourhood_features(np.where(np.isfinite(raw), raw, self.fill[:, None, None]),
+                                       self.sizes)[0][:, r0 - a:r0 - a + n]
+        feats[:raw.shape[0]] = raw[:, r0 - a:r0 - a + n]  # the channels themselves as they are (NaN kept)
+        self._strip = (r0, feats)
+        return feats
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        ch = key[0] if key else slice(None)
+        rows = key[1] if len(key) > 1 else slice(None)
+        cols = key[2] if len(key) > 2 else slice(None)
+        if not isinstance(rows, slice):
+            raise IndexError("a Neighbourhood stack is read by slices of rows")
+        start, stop, step = rows.indices(self.shape[1])
+        if step != 1:
+            raise IndexError("a Neighbourhood stack is read by slices of rows with a step of 1")
+        parts = []
+        for s0 in range(start // STRIP_ROWS * STRIP_ROWS, max(stop, start), STRIP_ROWS):
+            f = self._compute(s0)
+            parts.append(f[:, max(start, s0) - s0:min(stop, s0 + STRIP_ROWS) - s0])
+        out = np.concatenate(parts, axis=1) if parts else np.zeros((self.shape[0], 0, self.shape[2]), np.float32)
+        return out[ch][..., cols] if not isinstance(ch, (int, np.integer)) else out[ch][:, cols]
+
+
+def _channel_means(stack) -> np.ndarray:
+    """Each channel's mean over its finite values, strip by strip."""
+    C, H, _ = stack.shape
+    m = Moments(C)
+    for r0 in strips(None, H):
+        part = stack[:, r0:r0 + STRIP_ROWS]
+        for c in range(C):
+            m.add(c, part[c])
+    return m.mean.astype(np.float32)
+
+
+def preview_stack(stack, max_pixels: int) -> np.ndarray:
+    """A coarser copy (C, h, w) of a stack for figures: every ``k``-th pixel, ``k`` the smallest under
+    ``max_pixels``."""
+    _, H, W = stack.shape
+    k = max(1, math.ceil(math.sqrt(H * W / max_pixels)))
+    if isinstance(stack, np.ndarray):
+        return stack[:, ::k, ::k]
+    return np.concatenate([stack[:, r:r + 1][:, :, ::k] for r in range(0, H, k)], axis=1)

@@ -1,0 +1,109 @@
+"""The stack read window by window from its file gives the later stages what the stack in memory gives them: the
+same tiles, forest pixels, statistics and neighbourhood features, and the same cross-validation, in one process
+and as tasks of a two-worker Dask cluster."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from lithocore import crossval, forest, fusion, outputs
+from lithocore.area import NO_LABEL
+from lithocore.folds import deep_fold_model, forest_fold_model
+from lithocore.settings import TrainingConfig
+from lithocore.stackfile import STRIP_ROWS, Neighbourhood, StackFile, open_stack, pixel_values, region_stats
+from lithocore.tiles import make_tiles, window_pixels
+
+
+@pytest.fixture(scope="module")
+def stack_pair(small_area, tmp_path_factory):
+    """The small area's stack in memory and the same stack on disk (a COG with NaN outside the valid mask)."""
+    res = fusion.fuse_study_area(small_area, progress=False)
+    stack, names, units = fusion.build_stack(res, small_area)
+    path = outputs.write_stack_file(tmp_path_factory.mktemp("stack") / "stack.tif", stack, names, units,
+                                    small_area.grid, chunk_rows=50)
+    return stack.astype(np.float32), StackFile(path)
+
+
+def test_windows_strips_and_channels_read_as_the_array(stack_pair):
+    arr, sf = stack_pair
+    assert sf.shape == arr.shape
+    for key in [(slice(None), slice(10, 74), slice(3, 99)), (slice(None), slice(150, 400)), (2,),
+                (slice(1, 4), slice(0, 5), slice(180, 192)), (0, 5, 7)]:
+        np.testing.assert_array_equal(sf[key], arr[key])
+    with pytest.raises(IndexError, match="steps"):
+        sf[:, ::2]
+    with pytest.raises(TypeError, match="window by window"):
+        np.asarray(sf)  # never read whole by accident
+    assert pickle.loads(pickle.dumps(sf)).path == sf.path  # a task gets its path, not its pixels
+
+
+def test_open_stack_holds_it_whole_only_under_the_budget(stack_pair):
+    arr, sf = stack_pair
+    assert isinstance(open_stack(sf.path), np.ndarray)
+    assert isinstance(open_stack(sf.path, memory_mb=0.1), StackFile)
+
+
+def test_same_tiles_pixels_and_statistics_from_the_file(small_area, stack_pair):
+    from lithocore.loaders import TileBatches
+
+    arr, sf = stack_pair
+    ts = make_tiles(small_area.labels, small_area.mask, size=32, stride=8, n_samples=40, seed=5)
+    region = window_pixels(small_area.shape, ts.train, 32) & small_area.mask
+    s_arr, s_file = region_stats(arr, region), region_stats(sf, region)
+    assert s_arr == s_file and s_arr["pixels"] == int(region.sum())
+    sel = arr[:, region].astype(np.float64)  # against numpy over the same pixels
+    np.testing.assert_allclose(s_arr["mean"], np.nanmean(sel, 1), rtol=1e-9)
+    np.testing.assert_allclose(s_arr["std"], np.nanstd(sel, 1), rtol=1e-9)
+    kw = dict(mean=s_arr["mean"], std=s_arr["std"], seed=3, augment=True)
+    a = TileBatches(arr, small_area.labels, small_area.mask, ts.train, 32, 4, **kw)
+    b = TileBatches(sf, small_area.labels, small_area.mask, ts.train, 32, 4, **kw)
+    for i in range(len(a)):
+        (xa, ya), (xb, yb) = a[i], b[i]
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    pixels = forest.sample_pixels(small_area.labels, small_area.mask, 0.2, seed=2)
+    rng = np.random.default_rng(0).permutation(len(pixels))  # any order, across every strip
+    np.testing.assert_array_equal(pixel_values(sf, pixels[rng]), arr.reshape(arr.shape[0], -1)[:, pixels[rng]].T)
+
+
+def test_neighbourhood_strips_match_the_whole_scene_filters(small_area, stack_pair):
+    arr, sf = stack_pair
+    whole, names = forest.neighbourhood_features(arr, (5, 15))
+    lazy = Neighbourhood(arr, (5, 15))
+    assert lazy.shape == whole.shape and lazy.names() == names
+    got = lazy[:, :, :]
+    ok = small_area.mask
+    # the same filters: equal to float rounding (running sums start at other rows)
+    np.testing.assert_allclose(got[:, ok], whole[:, ok], rtol=1e-4, atol=1e-4 * np.nanstd(arr))
+    # and from the file, bit for bit the same as from the array: a pixel's features do not depend on the reader
+    from_file = Neighbourhood(sf, (5, 15), lazy.fill)
+    r0 = STRIP_ROWS - 3
+    np.testing.assert_array_equal(from_file[:, r0:r0 + 10, 4:40], got[:, r0:r0 + 10, 4:40])
+    pixels = np.flatnonzero(ok)[::37]
+    np.testing.assert_array_equal(pixel_values(from_file, pixels), pixel_values(lazy, pixels))
+
+
+def _small_cv(small_area, stack, tmp, cluster=None, deep=True):
+    folds = crossval.make_folds(small_area.labels, small_area.mask, k=2, block=96, buffer=32, seed=0)
+    models = {"forest": forest_fold_model(stack, small_area, n_trees=20, fraction=0.2, seed=1),
+              "forest_context": forest_fold_model(stack, small_area, n_trees=20, max_features="sqrt", fraction=0.2,
+                                                  seed=1, neighbourhood=(5,))}
+    if deep:
+        cfg = TrainingConfig(architecture="unet", width=1 / 16, tile=32, stride=16, n_samples=12, epochs=1,
+                             batch_size=4, optimizer="adam", learning_rate=1e-3, seed=0)
+        models["unet"] = deep_fold_model(stack, small_area, cfg, tmp / "deep")
+    return crossval.cross_validate(small_area.labels, small_area.mask, small_area.classes.names, folds, models,
+                                   progress=False, cluster=cluster, cache_dir=tmp / "cache", cache_key="k")
+
+
+def test_cross_validation_on_a_two_worker_cluster_is_that_of_one_process(small_area, stack_pair, tmp_path):
+    arr, sf = stack_pair
+    one = _small_cv(small_area, arr, tmp_path / "one")
+    two = _small_cv(small_area, sf, tmp_path / "two", cluster="local:2")
+    for name in one["oof"]:
+        np.testing.assert_array_equal(one["oof"][name], two["oof"][name], err_msg=name)
+        assert one["pooled"][name] == two["pooled"][name]
+    assert [f["scores"] for f in one["folds"]] == [f["scores"] for f in two["folds"]]
+    labelled = small_area.mask & (small_area.labels != NO_LABEL)
+    assert (one["oof"]["forest"][labelled] != NO_LABEL).all()  # every labelled pixel was predicted by a fold model
