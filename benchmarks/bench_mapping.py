@@ -1,5 +1,5 @@
-"""Mapping against one bare forward pass of the same model over the same scene, in one process (slim and full
-FCN-8s), and the random forest's fit / predict times, on the default-size synthetic area (1611 x 1650 pixels,
+"""Mapping against one bare forward pass of the same model over the same scene, in one process (the quick
+profile's U-Net, the slim and the full FCN-8s), and the random forest's fit / predict times, on the default-size synthetic area (1611 x 1650 pixels,
 9 channels).
 
     python benchmarks/bench_mapping.py [--models slim full rf] [--memory-mb MB] [--out runs/bench/mapping.json]
@@ -7,8 +7,9 @@ FCN-8s), and the random forest's fit / predict times, on the default-size synthe
 Prints one JSON line per model. For an FCN: ``bare_pass_seconds`` (one ``predict_on_batch`` over the whole scene
 padded to the 32-pixel grid, the least any mapping can cost), ``mapping_seconds`` (``lithocore.mapping.map_array``:
 windows, margins, normalisation, class and confidence maps, one pass) and ``ratio_to_bare_pass``, and the same
-with the workbook's default of four shifted passes averaged (``ratio_to_bare_pass_4_shifts``: the price of a map
-without the network's 4-px imprint); medians of ``--repeats`` runs after a first that traces the network, same
+with four shifted passes averaged (``ratio_to_bare_pass_4_shifts``: the price of a map without the FCN-8s's
+4-px imprint) and as the workbook maps by default (``ratio_to_bare_pass_default``: one pass for a network that
+leaves no imprint, the quick profile's U-Net; four for the FCN-8s; ``default_shifts``); medians of ``--repeats`` runs after a first that traces the network, same
 process, same threads. Models are untrained (speed does not depend on
 the weights). Each model runs in its own process so that peak memory (``peak_rss_mb``) is its own.
 """
@@ -44,13 +45,16 @@ def fcn(name: str, memory_mb: float, margin: int, repeats: int) -> dict:
     import numpy as np
 
     from lithocore import mapping
-    from lithocore.model import any_size, build_fcn8s
+    from lithocore.model import any_size, build_fcn8s, build_unet
 
     area, stack = _stack()
     mean, std = np.nanmean(stack, (1, 2)), np.nanstd(stack, (1, 2))
     keras.utils.set_random_seed(0)
-    kw = dict(width=0.125, fc=256) if name == "slim" else dict(width=1.0, fc=4096)
-    model = any_size(build_fcn8s(stack.shape[0], len(area.classes), tile=128, upsampling="bilinear", **kw))
+    if name == "unet":  # the quick profile's network
+        model = any_size(build_unet(stack.shape[0], len(area.classes), tile=128))
+    else:
+        kw = dict(width=0.125, fc=256) if name == "slim" else dict(width=1.0, fc=4096)
+        model = any_size(build_fcn8s(stack.shape[0], len(area.classes), tile=128, upsampling="bilinear", **kw))
     H, W = area.shape
     ph, pw = -(-H // 32) * 32, -(-W // 32) * 32
     x = np.zeros((1, ph, pw, stack.shape[0]), np.float32)
@@ -60,7 +64,9 @@ def fcn(name: str, memory_mb: float, margin: int, repeats: int) -> dict:
             ("mapping", lambda: mapping.map_array(model, stack, area.mask, mean, std, memory_mb=memory_mb,
                                                   margin=margin, shifts=1, progress=False)),
             ("mapping_4_shifts", lambda: mapping.map_array(model, stack, area.mask, mean, std, memory_mb=memory_mb,
-                                                           margin=margin, shifts=4, progress=False)))
+                                                           margin=margin, shifts=4, progress=False)),
+            ("mapping_default", lambda: mapping.map_array(model, stack, area.mask, mean, std, memory_mb=memory_mb,
+                                                          margin=margin, progress=False)))
     for _, fn in runs:  # trace both first
         fn()
     samples = {label: [] for label, _ in runs}
@@ -77,6 +83,8 @@ def fcn(name: str, memory_mb: float, margin: int, repeats: int) -> dict:
                 ratio_to_bare_pass=round(times["mapping"] / times["bare"], 3),
                 mapping_4_shifts_seconds=round(times["mapping_4_shifts"], 3),
                 ratio_to_bare_pass_4_shifts=round(times["mapping_4_shifts"] / times["bare"], 3),
+                default_shifts=mapping._shifts(model, None),
+                ratio_to_bare_pass_default=round(times["mapping_default"] / times["bare"], 3),
                 pixels_per_second=round(H * W / times["mapping"]), windows=len(plan.origins()),
                 window=list(plan.window), margin=margin, planned_cost=round(plan.cost(), 3), memory_mb=memory_mb,
                 repeats=repeats,
@@ -97,7 +105,7 @@ def rf() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=["slim", "full", "rf"])
+    ap.add_argument("--models", nargs="*", default=["unet", "slim", "full", "rf"])
     ap.add_argument("--memory-mb", type=float, default=None, help="mapping memory budget (default: the workbook's)")
     ap.add_argument("--margin", type=int, default=None, help="context around each window (default: the workbook's)")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs of each (the median is reported)")

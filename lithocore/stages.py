@@ -70,9 +70,10 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
     Returns
     -------
     tuple
-        (area, stack (C, H, W) float32, channel names, units).
+        (area, stack (C, H, W) float32, channel names, units); the stack in memory, or read window by window when
+        larger than :data:`lithocore.stackfile.STACK_IN_MEMORY_MB` (:func:`lithocore.stackfile.open_stack`).
     """
-    from . import fusion, outputs
+    from . import fusion
 
     rf = RunFolder(run_dir)
     area = area if area is not None else load_study_area(manifest)
@@ -84,8 +85,7 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
         if same_area and same_settings:
             if settings is not None:  # notebook 02 asks with its settings: say that nothing is fused again
                 print(f"{rf.stack_path} was made from this study area with these settings: reused")
-            stack, names, units, _, _ = outputs.read_stack(rf.stack_path, max_pixels=max_pixels)
-            return area, stack, names, units
+            return (area, *_stack_from_file(rf.stack_path, max_pixels))
         why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
         print(f"{rf.stack_path} was made from {why}: fusing again.")
     settings = settings or fusion.FusionSettings()
@@ -100,7 +100,7 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
     values as :func:`~lithocore.fusion.fuse_study_area` in memory, which notebook 02 draws),
     with what it was made from in its tags. Returns (stack, channel names, units): the stack read back, at most
     ``max_pixels`` (coarser beyond: a preview, :func:`~lithocore.outputs.read_stack`)."""
-    from . import blockwise, fusion, outputs
+    from . import blockwise, fusion
 
     fp = manifest_fingerprint(manifest)
     names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse], area.extra_names,
@@ -112,8 +112,25 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
                                           stack_key=key([fp, settings.key(), names])))
     if names != out["channels"]:
         raise RuntimeError(f"the block-wise stack has channels {out['channels']}, the study area {names}")
-    stack, names, units, _, _ = outputs.read_stack(RunFolder(run_dir).stack_path, max_pixels=max_pixels)
-    return stack, names, units
+    return _stack_from_file(RunFolder(run_dir).stack_path, max_pixels)
+
+
+def _stack_from_file(path, max_pixels: int | None = None):
+    """(stack, channel names, units) of the stack file: a preview of at most ``max_pixels``; else the stack in memory
+    when it fits :data:`lithocore.stackfile.STACK_IN_MEMORY_MB`, or a :class:`~lithocore.stackfile.StackFile` read
+    window by window (the tiles, the forests' pixels, the cross-validation and the mapping read only what they
+    need)."""
+    import rasterio
+
+    from . import outputs
+    from .stackfile import open_stack
+
+    if max_pixels is not None:
+        stack, names, units, _, _ = outputs.read_stack(path, max_pixels=max_pixels)
+        return stack, names, units
+    with rasterio.open(path) as src:
+        tags = src.tags()
+    return open_stack(path), json.loads(tags["channels"]), json.loads(tags["units"])
 
 
 # ------------------------------------------------------------------------------------------ tiles
