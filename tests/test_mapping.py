@@ -300,3 +300,35 @@ def test_keras_head_matches_argmax_with_ties_and_leaves_the_stack_alone():
     assert np.array_equal(x, before, equal_nan=True)
     assert np.array_equal(classes[ok], np.argmax(before, axis=0)[ok]) and np.allclose(conf[ok], before.max(0)[ok])
     assert (classes[~ok] == NO_LABEL).all() and np.isnan(conf[~ok]).all()
+
+
+def test_one_pass_by_default_unless_the_upsampling_leaves_an_imprint():
+    from lithocore.model import build_fcn8s, build_unet
+
+    unet = build_unet(3, 4, width=1 / 16, tile=64)
+    fcn = build_fcn8s(3, 4, width=1 / 16, fc=16, tile=64)
+    assert not mapping.leaves_imprint(unet) and mapping.leaves_imprint(fcn)
+    assert mapping._shifts(unet, None) == 1 and mapping._shifts(unet, -1) == 1
+    assert mapping._shifts(fcn, None) == mapping.DEFAULT_SHIFTS == 4 and mapping._shifts(fcn, 2) == 2
+
+
+def test_map_array_skips_windows_with_nothing_to_map_and_keeps_the_others():
+    class Counting:
+        """A pixel-wise model that counts the pixels it was asked to predict."""
+        classes_ = np.arange(3)
+        seen = 0
+
+        def predict_proba(self, x):
+            Counting.seen += len(x)
+            return np.eye(3)[(x[:, 0] > 0).astype(int)]
+
+    rng = np.random.default_rng(0)
+    stack = rng.normal(size=(2, 256, 256)).astype(np.float32)
+    part = np.zeros((256, 256), bool)
+    part[10:40, 20:60] = True
+    kw = dict(max_core=64, margin=0, shifts=1, progress=False)
+    whole, _ = mapping.map_array(Counting(), stack, np.ones_like(part), [0, 0], [1, 1], **kw)
+    n_whole, Counting.seen = Counting.seen, 0
+    some, _ = mapping.map_array(Counting(), stack, part, [0, 0], [1, 1], **kw)
+    assert np.array_equal(some[part], whole[part]) and (some[~part] == NO_LABEL).all()
+    assert Counting.seen < n_whole / 4  # only the windows that hold the region were predicted
