@@ -50,8 +50,11 @@ def fcn(name: str, memory_mb: float, margin: int, repeats: int) -> dict:
     area, stack = _stack()
     mean, std = np.nanmean(stack, (1, 2)), np.nanstd(stack, (1, 2))
     keras.utils.set_random_seed(0)
-    if name == "unet":  # the quick profile's network
-        model = any_size(build_unet(stack.shape[0], len(area.classes), tile=128))
+    if name == "unet":  # the quick profile's network, at its width
+        from lithocore.settings import PROFILES
+
+        q = PROFILES["quick"].training
+        model = any_size(build_unet(stack.shape[0], len(area.classes), width=q.width, norm=q.norm, tile=q.tile))
     else:
         kw = dict(width=0.125, fc=256) if name == "slim" else dict(width=1.0, fc=4096)
         model = any_size(build_fcn8s(stack.shape[0], len(area.classes), tile=128, upsampling="bilinear", **kw))
