@@ -124,12 +124,16 @@ class StackFile:
 
 
 def open_stack(path: str | Path, *, memory_mb: float | None = None):
-    """The stack of ``path``: an in-memory array (C, H, W) float32 when it is at most ``memory_mb`` (default
-    :data:`STACK_IN_MEMORY_MB`), else a :class:`StackFile` read window by window."""
+    """The stack of ``path``: an in-memory array (C, H, W) float32 when it is at most ``memory_mb`` (default: the
+    environment's ``LITHOCORE_STACK_IN_MEMORY_MB``, else :data:`STACK_IN_MEMORY_MB`), else a :class:`StackFile`
+    read window by window."""
     from .outputs import read_stack
 
+    import os
+
     s = StackFile(path)
-    budget = STACK_IN_MEMORY_MB if memory_mb is None else memory_mb
+    budget = memory_mb if memory_mb is not None else float(os.environ.get("LITHOCORE_STACK_IN_MEMORY_MB",
+                                                                           STACK_IN_MEMORY_MB))
     if s.nbytes <= budget * 2**20:
         return read_stack(path)[0]
     return s

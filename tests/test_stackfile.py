@@ -38,10 +38,12 @@ def test_windows_strips_and_channels_read_as_the_array(stack_pair):
     assert pickle.loads(pickle.dumps(sf)).path == sf.path  # a task gets its path, not its pixels
 
 
-def test_open_stack_holds_it_whole_only_under_the_budget(stack_pair):
+def test_open_stack_holds_it_whole_only_under_the_budget(stack_pair, monkeypatch):
     arr, sf = stack_pair
     assert isinstance(open_stack(sf.path), np.ndarray)
     assert isinstance(open_stack(sf.path, memory_mb=0.1), StackFile)
+    monkeypatch.setenv("LITHOCORE_STACK_IN_MEMORY_MB", "0")  # the budget a user or a benchmark sets
+    assert isinstance(open_stack(sf.path), StackFile)
 
 
 def test_same_tiles_pixels_and_statistics_from_the_file(small_area, stack_pair):
