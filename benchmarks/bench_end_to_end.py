@@ -67,13 +67,13 @@ def stage(name: str, folder: Path, manifest: Path, epochs: int, workers: int) ->
         if name == "stack":
             run.stack()
         elif name == "tiles":
-            run.tiles("spatial"), run.folds()
+            run.tiles("spatial")
+            run.folds()
         elif name == "training":
             run.model("spatial")
         elif name == "cv":
             cv = compare.cross_validation(run, forest, cluster=cluster)
             out["cv_summary"] = {m: v["mean_iou"]["per_fold"] for m, v in cv.summary.items()}
-            out["cv_oof"] = str(folder / "oof.npz")
             import numpy as np
 
             np.savez_compressed(folder / ("oof_cluster.npz" if cluster else "oof.npz"), **cv.results["oof"])

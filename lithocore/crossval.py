@@ -244,10 +244,11 @@ def _score_fold(folds: Folds, i: int, mask, labels, pred, oof: np.ndarray, n: in
     return confusion_matrix(labels, pred, n, test)
 
 
-def fold_task(model, i: int, folds: Folds, mask: np.ndarray) -> tuple[np.ndarray, float]:
-    """One fold x model, as a Dask task runs it (and one process alike): the fold's regions, then the model fitted
-    on the training region and predicting the test region. Returns (class indices, seconds)."""
-    test, train = fold_regions(folds, i, mask)
+def fold_task(model, i: int, folds: Folds, mask: np.ndarray, regions=None) -> tuple[np.ndarray, float]:
+    """One fold x model, as a Dask task runs it (and one process alike): the fold's regions (``regions``: the
+    (test, train) of :func:`fold_regions` made already), then the model fitted on the training region and
+    predicting the test region. Returns (class indices, seconds)."""
+    test, train = regions if regions is not None else fold_regions(folds, i, mask)
     t0 = time.perf_counter()
     pred = np.asarray(model(i, train, test), dtype=np.uint8)
     return pred, time.perf_counter() - t0
@@ -259,8 +260,11 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
     if not todo:
         return
     if cluster is None:
-        for i, m in todo:
-            yield (i, m) + fold_task(models[m], i, folds, mask)
+        regions = {}
+        for i, m in todo:  # in fold order: each fold's regions (a distance transform of the scene) made once
+            if i not in regions:
+                regions = {i: fold_regions(folds, i, mask)}
+            yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
         return
     from distributed import as_completed
 

@@ -16,7 +16,6 @@ A :class:`StackFile` pickles as its path: a Dask task given one reads its own wi
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -192,17 +191,18 @@ class Moments:
                     pixels=int(pixels))
 
 
-def region_stats(stack, region: np.ndarray) -> dict:
-    """Per-channel mean and standard deviation over the finite values of the pixels of ``region`` (H, W) bool,
-    merged strip by strip (:class:`Moments`): ``{"mean", "std", "pixels"}`` (a zero sd is given as 1)."""
-    C, H, _ = stack.shape
+def region_stats(stack, region: np.ndarray | None = None) -> dict:
+    """Per-channel mean and standard deviation over the finite values of the pixels of ``region`` (H, W) bool
+    (None: every pixel), merged strip by strip (:class:`Moments`): ``{"mean", "std", "pixels"}`` (a zero sd is
+    given as 1)."""
+    C, H, W = stack.shape
     m = Moments(C)
-    for r0 in strips(np.flatnonzero(region.any(axis=1)), H):
-        sel = region[r0:r0 + STRIP_ROWS]
-        part = stack[:, r0:r0 + sel.shape[0]]
+    for r0 in strips(None if region is None else np.flatnonzero(region.any(axis=1)), H):
+        part = stack[:, r0:r0 + STRIP_ROWS]
+        sel = slice(None) if region is None else region[r0:r0 + part.shape[1]]
         for c in range(C):
             m.add(c, part[c][sel])
-    return m.stats(int(region.sum()))
+    return m.stats(H * W if region is None else int(region.sum()))
 
 
 class Neighbourhood:
@@ -223,7 +223,7 @@ class Neighbourhood:
         C, H, W = base.shape
         self.shape = (C * (1 + 2 * len(self.sizes)), H, W)
         self.halo = max(self.sizes) // 2 + 1
-        self.fill = np.asarray(fill if fill is not None else _channel_means(base), np.float32)
+        self.fill = np.asarray(fill if fill is not None else region_stats(base)["mean"], np.float32)
         self._strip: tuple[int, np.ndarray] | None = None
 
     def __getstate__(self):
@@ -266,22 +266,3 @@ class Neighbourhood:
         return out[ch][..., cols] if not isinstance(ch, (int, np.integer)) else out[ch][:, cols]
 
 
-def _channel_means(stack) -> np.ndarray:
-    """Each channel's mean over its finite values, strip by strip."""
-    C, H, _ = stack.shape
-    m = Moments(C)
-    for r0 in strips(None, H):
-        part = stack[:, r0:r0 + STRIP_ROWS]
-        for c in range(C):
-            m.add(c, part[c])
-    return m.mean.astype(np.float32)
-
-
-def preview_stack(stack, max_pixels: int) -> np.ndarray:
-    """A coarser copy (C, h, w) of a stack for figures: every ``k``-th pixel, ``k`` the smallest under
-    ``max_pixels``."""
-    _, H, W = stack.shape
-    k = max(1, math.ceil(math.sqrt(H * W / max_pixels)))
-    if isinstance(stack, np.ndarray):
-        return stack[:, ::k, ::k]
-    return np.concatenate([stack[:, r:r + 1][:, :, ::k] for r in range(0, H, k)], axis=1)
