@@ -49,14 +49,13 @@ class DeepCandidate:
     """A network of the registry (``config``: a :class:`lithocore.settings.TrainingConfig`) as a candidate: trained
     on tiles of the whole scene whose labels outside the training side are removed (a matched fold is a set of
     Voronoi cells: no tile fits wholly inside one), normalised with its tiles' statistics; its class probabilities
-    from the whole scene in windows on the network's 32-px grid, with a 32-px margin."""
+    from the whole scene in the windows a map is made in."""
 
     name: str
     label: str
     config: object
     n_classes: int
     neighbourhood: tuple[int, ...] = ()
-    window: int = 512
 
     def features(self, stack: np.ndarray) -> np.ndarray:
         return np.asarray(stack, np.float32)
@@ -75,7 +74,8 @@ class DeepCandidate:
         cand = candidate_windows(lab, mask, cfg.tile, cfg.stride)
         if not len(cand):
             raise ValueError(f"{self.label}: no {cfg.tile}-px tile holds a training label")
-        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, seed)))
+        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, seed)), labels=lab,
+                                 size=cfg.tile, n_classes=self.n_classes, stratified=cfg.balanced_tiles)
         with tempfile.TemporaryDirectory(prefix=".deep-candidate-") as tmp:
             got = train_on_windows(F, lab, mask, windows, cfg, self.n_classes, tmp,
                                    run_key=key([repr(cfg), windows.tolist()]), seed=seed)
@@ -87,28 +87,11 @@ class DeepCandidate:
         return scene.reshape(scene.shape[0], -1)[:, idx].T.astype(np.float32)
 
     def scene_proba(self, model, F: np.ndarray) -> np.ndarray:
-        """(K, H, W) class probabilities over the scene: windows of ``window`` px on the 32-px grid, each with a
-        32-px margin (the edge pixels repeated beyond the scene), their cores kept; invalid pixels given the mean."""
-        from .model import any_size
+        """(K, H, W) class probabilities over the scene, from the windows a map is made in
+        (:func:`lithocore.mapping.scene_outputs`)."""
+        from .mapping import scene_outputs
 
-        net = any_size(model["net"])
-        C, H, W = F.shape
-        m = 32
-        x = (np.moveaxis(F, 0, -1) - model["mean"]) / model["std"]
-        x = np.where(np.isfinite(x), x, 0.0).astype(np.float32)
-        core = max(32, self.window // 32 * 32)
-        out = None
-        for r0 in range(0, H, core):
-            for c0 in range(0, W, core):
-                h, w = min(core, H - r0), min(core, W - c0)
-                hh, ww = -(-(h + 2 * m) // 32) * 32, -(-(w + 2 * m) // 32) * 32
-                rows = np.clip(np.arange(r0 - m, r0 - m + hh), 0, H - 1)
-                cols = np.clip(np.arange(c0 - m, c0 - m + ww), 0, W - 1)
-                p = np.asarray(net.predict_on_batch(x[rows][:, cols][None]), np.float32)[0]
-                if out is None:
-                    out = np.zeros((p.shape[-1], H, W), np.float32)
-                out[:, r0:r0 + h, c0:c0 + w] = np.moveaxis(p[m:m + h, m:m + w], -1, 0)
-        return out
+        return scene_outputs(model["net"], F, model["mean"], model["std"])
 
 
 #: The registry's pixel candidates, by key (the keys notebook 06 uses for the same models).

@@ -16,7 +16,7 @@ from .settings import given, profile as profile_settings
 from .stages import stack_provenance, training_tiles
 
 __all__ = ["cv_cache_key", "cached_fold_predictions", "trust_settings", "cv_settings", "cv_folds",
-           "deep_fold_model", "forest_fold_model", "DeepFold", "ForestFold"]
+           "deep_fold_model", "forest_fold_model", "DeepFold", "ForestFold", "HybridFold"]
 
 
 def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
@@ -185,10 +185,11 @@ class DeepFold:
     n_classes: int
     cfg: object
     out_dir: Path
+    pretrained: str = ""  # a masked autoencoder (lithocore.embedding) whose layers start the network
     own_process = True  # on a Dask worker, trained in a fresh process (lithocore.crossval._remote_fold)
 
-    def __call__(self, i, train, test):
-        from . import mapping
+    def fit(self, i, train):
+        """The fold's network trained on windows wholly inside ``train``: ``(network, normalisation stats)``."""
         from .tiles import candidate_windows, sample_windows
         from .training import train_on_windows
 
@@ -197,11 +198,31 @@ class DeepFold:
         if len(cand) == 0:
             raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
                              f"tile_size, larger cv_block or fewer folds")
-        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)))
+        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)), labels=self.labels,
+                                 size=cfg.tile, n_classes=self.n_classes, stratified=cfg.balanced_tiles)
+        start, name = None, cfg.architecture
+        if self.pretrained:
+            from .embedding import pretrained_network
+
+            start, name = pretrained_network(self.pretrained, cfg, self.stack.shape[0], self.n_classes, seed=i), \
+                f"{cfg.architecture}_pretrained"
         got = train_on_windows(self.stack, self.labels, self.mask, windows, cfg, self.n_classes,
-                               Path(self.out_dir) / f"{cfg.architecture}_fold{i}",
-                               run_key=key([i, asdict(cfg), windows.tolist()]), seed=i)
-        model, stats = got["model"], got["stats"]
+                               Path(self.out_dir) / f"{name}_fold{i}", model=start,
+                               run_key=key([i, asdict(cfg), windows.tolist(), self.pretrained]), seed=i)
+        return got["model"], got["stats"]
+
+    def proba(self, fitted, test) -> np.ndarray:
+        """(n, K) class probabilities of the ``test`` pixels (in ``np.flatnonzero(test)`` order), from the windows
+        the fold's map is made in (their argmax is its class)."""
+        from .mapping import scene_outputs
+
+        net, stats = fitted
+        return scene_outputs(net, self.stack, stats["mean"], stats["std"], region=test)[:, test].T
+
+    def __call__(self, i, train, test):
+        from . import mapping
+
+        model, stats = self.fit(i, train)
         classes, _ = mapping.map_array(model, self.stack, self.mask & test, stats["mean"], stats["std"],
                                        progress=False)  # only the windows that hold the fold's test region
         return classes
@@ -243,22 +264,58 @@ class ForestFold:
     seed: int = 0
     neighbourhood: tuple[int, ...] = ()
     fill: np.ndarray | None = None  # the channels' means that fill NaN before the neighbourhood filters
+    extra: object = None  # more predictors (an embedding, lithocore.embedding), (D, H, W), taken as they are
+
+    def features(self):
+        """The forest's predictors: the stack, its neighbourhood features and the extra channels, read by rows."""
+        from .stackfile import Channels, Neighbourhood
+
+        stack = Neighbourhood(self.stack, self.neighbourhood, self.fill) if self.neighbourhood else self.stack
+        return stack if self.extra is None else Channels(stack, self.extra)
+
+    def fit(self, i, train):
+        from . import forest
+
+        pixels = forest.sample_pixels(self.labels, train & self.mask, self.fraction, self.seed + i,
+                                      max_per_class=self.cap or None)
+        return forest.train_forest(self.features(), self.labels, pixels, n_trees=self.n_trees,
+                                   max_features=self.max_features, seed=self.seed)[0]
+
+    def proba(self, rf, test, n_classes: int) -> np.ndarray:
+        """(n, K) class probabilities of the ``test`` pixels (every class of the table a column)."""
+        from .candidates import proba_at
+
+        return proba_at(rf, self.features(), np.flatnonzero(test), n_classes)
 
     def __call__(self, i, train, test):
         from . import forest
-        from .stackfile import Neighbourhood
 
-        stack = Neighbourhood(self.stack, self.neighbourhood, self.fill) if self.neighbourhood else self.stack
-        pixels = forest.sample_pixels(self.labels, train & self.mask, self.fraction, self.seed + i,
-                                      max_per_class=self.cap or None)
-        rf, _ = forest.train_forest(stack, self.labels, pixels, n_trees=self.n_trees, max_features=self.max_features,
-                                    seed=self.seed)
-        classes, _, _ = forest.predict_forest(rf, stack, test & self.mask, progress=False)
+        classes, _, _ = forest.predict_forest(self.fit(i, train), self.features(), test & self.mask, progress=False)
         return classes
 
 
+@dataclass
+class HybridFold:
+    """The network and the forest of a fold, trained on the same training side, their class probabilities
+    averaged over the test pixels (``weight``: the network's share). Neither sees the other's outputs, so nothing
+    needs nesting; picklable like the others (the network's part runs in its own process on a worker)."""
+
+    deep: DeepFold
+    forest: ForestFold
+    weight: float = 0.5
+    own_process = True
+
+    def __call__(self, i, train, test):
+        test = test & self.forest.mask
+        p = self.weight * self.deep.proba(self.deep.fit(i, train), test)
+        p += (1 - self.weight) * self.forest.proba(self.forest.fit(i, train), test, self.deep.n_classes)
+        out = np.full(test.shape, NO_LABEL, np.uint8)
+        out[test] = np.argmax(p, axis=1)
+        return out
+
+
 def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | str = 3, fraction: float = 0.1,
-                      cap: int = 0, seed: int = 0, neighbourhood: tuple[int, ...] = ()) -> ForestFold:
+                      cap: int = 0, seed: int = 0, neighbourhood: tuple[int, ...] = (), extra=None) -> ForestFold:
     """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
     training region (at most ``cap`` per class), predicting the fold's test region. With ``neighbourhood``
     window sizes, the forest also gets every channel's local mean and standard deviation over them, computed
@@ -277,6 +334,9 @@ def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | st
         The forest's seed (plus the fold's number).
     neighbourhood
         Window sizes of the local means and sds added as features; empty: none.
+    extra
+        More predictors of every pixel, (D, H, W), added as they are (the scene's self-supervised embedding,
+        :func:`lithocore.embedding.scene_embedding`: learnt without a label, so no fold's labels are in it).
 
     Returns
     -------
@@ -287,4 +347,4 @@ def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | st
 
     fill = Neighbourhood(stack, tuple(neighbourhood)).fill if neighbourhood else None  # once, not once a fold
     return ForestFold(stack, area.labels, area.mask, n_trees, max_features, fraction, cap, seed, tuple(neighbourhood),
-                      fill)
+                      fill, extra)

@@ -46,7 +46,8 @@ from .outputs import write_cog, write_geotiff
 from .settings import MappingSettings
 from .runfolder import atomic_path
 
-__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "window_predictor", "map_array",
+__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "read_window", "scene_outputs",
+           "window_predictor", "map_array",
            "map_geotiff", "write_class_map", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
 
 #: Context kept around every window's core, in pixels (a multiple of 32).
@@ -182,6 +183,17 @@ def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]
     others are given ``predict.fill`` (the mean, 0 once normalised, as in training). ``predict`` maps a raw
     (1, C, h, w) window to (h, w) class indices and largest probabilities (:func:`window_predictor`).
     """
+    raw, ok, (i, j, h, w) = read_window(read, plan, r0, c0, getattr(predict, "fill", 0.0))
+    cls, conf = predict(raw[None])
+    t = getattr(predict, "trim", 0)  # a predictor that averages shifts returns the window less 32 px a side
+    sl = (slice(i - t, i - t + h), slice(j - t, j - t + w))
+    return np.asarray(cls)[sl].astype(np.uint8, copy=False), np.asarray(conf, np.float32)[sl], ok[i:i + h, j:j + w]
+
+
+def read_window(read: Callable[[int, int, int, int], np.ndarray], plan: WindowPlan, r0: int, c0: int, fill=0.0):
+    """The window of the core at ``(r0, c0)``: ``(raw (C, rows, cols) float32, valid, (i, j, h, w))``, the core
+    being ``raw[:, i:i + h, j:j + w]``. The scene's edges are reflected (edge pixels not repeated); a pixel is
+    valid where every channel is finite, the others are given ``fill`` (the mean, 0 once normalised)."""
     H, W = plan.shape
     (ch, cw), (wh, ww) = plan.core, plan.window
     sr, sc = plan.start(r0, c0)
@@ -194,13 +206,35 @@ def predict_window(predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]
     if not ok.all():  # fed as the predictor's fill (0 once normalised, as in training), never written back
         bad = ~ok
         raw = raw.copy() if raw.base is not None else raw  # a view of the caller's stack
-        raw[:, bad] = np.asarray(getattr(predict, "fill", 0.0), np.float32).reshape(-1, 1)
-    cls, conf = predict(raw[None])
-    h, w = min(ch, H - r0), min(cw, W - c0)
-    i, j = r0 - sr, c0 - sc  # the core in the window
-    t = getattr(predict, "trim", 0)  # a predictor that averages shifts returns the window less 32 px a side
-    sl = (slice(i - t, i - t + h), slice(j - t, j - t + w))
-    return np.asarray(cls)[sl].astype(np.uint8, copy=False), np.asarray(conf, np.float32)[sl], ok[i:i + h, j:j + w]
+        raw[:, bad] = np.asarray(fill, np.float32).reshape(-1, 1)
+    return raw, ok, (r0 - sr, c0 - sc, min(ch, H - r0), min(cw, W - c0))
+
+
+def scene_outputs(net, stack, mean, std, *, region: np.ndarray | None = None, margin: int = DEFAULT_MARGIN,
+                  memory_mb: float | None = None) -> np.ndarray:
+    """(K, H, W) float32: a network's outputs (class probabilities, an embedding) over the scene, in the windows a
+    map is made in (:func:`plan_windows`, :func:`read_window`: the same margins and reflected edges, so its argmax
+    is the map's class), one pass. With ``region``, only the windows whose core holds some of it (0 elsewhere).
+    Not-finite inputs count as the mean."""
+    from .model import any_size
+
+    net = any_size(net)
+    C, H, W = stack.shape
+    mean, std = np.asarray(mean, np.float32).ravel(), np.asarray(std, np.float32).ravel()
+    plan = plan_windows((H, W), margin=margin, bytes_per_px=bytes_per_pixel(net),
+                        memory_mb=memory_budget_mb(memory_mb))
+    ch, cw = plan.core
+    out = None
+    for r0, c0 in plan.origins():
+        if region is not None and not region[r0:r0 + ch, c0:c0 + cw].any():
+            continue
+        raw, _, (i, j, h, w) = read_window(lambda a, b, c, d: stack[:, a:b, c:d], plan, r0, c0, mean)
+        x = ((np.moveaxis(raw, 0, -1) - mean) / std).astype(np.float32)
+        p = np.asarray(net.predict_on_batch(x[None]), np.float32)[0]
+        if out is None:
+            out = np.zeros((p.shape[-1], H, W), np.float32)
+        out[:, r0:r0 + h, c0:c0 + w] = np.moveaxis(p[i:i + h, j:j + w], -1, 0)
+    return out
 
 
 _HEADS: dict = {}

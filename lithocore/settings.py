@@ -59,7 +59,9 @@ class TrainingConfig:
     momentum: float = 0.9
     clipnorm: float | None = None  # clip each gradient's norm (needed by the summed loss at lr 1e-4)
     loss_mode: str = "mean"  # "sum" over pixels (the paper) or "mean"
-    class_weighting: bool = True  # loss weights (1/f)^0.5 from the training tiles' class frequencies
+    class_weighting: bool = True  # loss weights (1/f)^power from the training tiles' class frequencies
+    class_weight_power: float = 0.5  # 0.5: the square root of the inverse frequency; 1: fully balanced
+    balanced_tiles: bool = False  # a fold's or candidate's tiles drawn favouring those that hold rare classes
     dropout: float = 0.5
     upsampling: str = "bilinear"  # "table1" (the paper's kernels) or "bilinear" (Long et al.'s, bilinear start)
     seed: int = 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "STRIP_ROWS",
+__all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "Channels", "STRIP_ROWS",
            "STACK_IN_MEMORY_MB", "strips"]
 
 #: Rows per strip when a stack is read, or its statistics computed, strip by strip.
@@ -203,6 +203,33 @@ def region_stats(stack, region: np.ndarray | None = None) -> dict:
         for c in range(C):
             m.add(c, part[c][sel])
     return m.stats(H * W if region is None else int(region.sum()))
+
+
+class Channels:
+    """Stacks side by side (the channels of each in turn, all of one grid): read like one stack, each part by its
+    own rows, never copied whole. A forest's predictors from the stack (or its :class:`Neighbourhood`) and an
+    embedding (:mod:`lithocore.embedding`).
+
+    >>> a, b = np.zeros((2, 3, 4), np.float32), np.ones((1, 3, 4), np.float32)
+    >>> Channels(a, b).shape, Channels(a, b)[:, 1:2, :2][:, 0].tolist()
+    ((3, 3, 4), [[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    """
+
+    ndim = 3
+    dtype = np.dtype("float32")
+
+    def __init__(self, *parts):
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"channels of different grids cannot be read as one stack: {sorted(shapes)}")
+        self.parts = parts
+        self.shape = (sum(p.shape[0] for p in parts), *shapes.pop())
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        ch, rest = (key[0] if key else slice(None)), key[1:]
+        out = np.concatenate([np.asarray(p[(slice(None), *rest)], np.float32) for p in self.parts])
+        return out[ch]
 
 
 class Neighbourhood:

@@ -297,7 +297,8 @@ def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, wi
     with private_python_random(cfg.seed + seed), data_parallel(cfg.batch_size):  # several devices (JAX): one model, each batch split
         if model is None:
             model = build_model(cfg.model_config(stack.shape[0], n_classes))
-        weights = class_weights(labels, windows, cfg.tile, n_classes) if cfg.class_weighting else None
+        weights = class_weights(labels, windows, cfg.tile, n_classes, power=cfg.class_weight_power) \
+            if cfg.class_weighting else None
         compile_model(model, n_classes, cfg, class_weights=weights)
         history = fit(model, train, val, out_dir, cfg, verbose=verbose, run_key=run_key)
     return dict(model=model, stats=stats, history=history, val=val)
