@@ -64,14 +64,14 @@ class DeepCandidate:
         import tempfile
 
         from .runfolder import key
-        from .tiles import candidate_windows, sample_windows
+        from .tiles import fold_windows, sample_windows
         from .training import train_on_windows
 
         cfg = self.config
         mask = np.isfinite(F).all(0)
         side = mask if train is None else train & mask
         lab = np.where(side, labels, NO_LABEL).astype(np.uint8)
-        cand = candidate_windows(lab, mask, cfg.tile, cfg.stride)
+        cand = fold_windows(lab, mask, cfg.tile, cfg.stride, cfg.n_samples)
         if not len(cand):
             raise ValueError(f"{self.label}: no {cfg.tile}-px tile holds a training label")
         windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, seed)), labels=lab,

@@ -14,7 +14,7 @@ from .registry import display_name, model_name
 from .runfolder import RunFolder
 from .settings import ForestSettings, profile as profile_settings
 
-__all__ = ["stripe_report", "CrossValidation", "cross_validation", "PaperProtocol", "paper_protocol",
+__all__ = ["stripe_report", "CrossValidation", "cross_validation", "DEEP_PARTS", "deep_parts", "PaperProtocol", "paper_protocol",
            "comparison_record"]
 
 
@@ -94,19 +94,35 @@ class CrossValidation:
                             for c, k in (("OA", "overall_accuracy"), ("mIoU", "mean_iou"), ("kappa", "kappa"))}})
         return pd.DataFrame(rows).set_index(["fold", "model"])
 
+    @property
+    def forests(self) -> list[str]:
+        """The forests among the models (the baselines every deep candidate is judged against)."""
+        return [m for m in self.models if m in ("forest", "forest_context")]
+
+    @property
+    def parts(self) -> list[str]:
+        """The deep parts added as candidates (:data:`DEEP_PARTS`), after the profile's deep model."""
+        return [m for m in self.models[1:] if m not in self.forests]
+
     def differences(self):
-        """Per fold, the deep model's mIoU minus each forest's on the same pixels."""
+        """Per fold, the mIoU of the deep model (and of each deep part) minus each forest's on the same pixels."""
         import pandas as pd
 
         per_fold = self.results["folds"]
-        return pd.DataFrame({f"{self.names[self.deep]} - {self.names[m]}":
-                             crossval.paired_differences(per_fold, self.deep, m) for m in self.models[1:]},
+        return pd.DataFrame({f"{self.names[d]} - {self.names[m]}": crossval.paired_differences(per_fold, d, m)
+                             for d in [self.deep, *self.parts] for m in self.forests},
                             index=pd.Index(range(self.folds.k), name="fold"))
 
     def verdicts(self) -> dict[str, str]:
         """The deep model against each forest (:func:`lithocore.crossval.verdict`, mIoU)."""
         return {m: crossval.verdict(crossval.paired_differences(self.results["folds"], self.deep, m),
-                                    self.names[self.deep], f"the {self.names[m]}", "mIoU") for m in self.models[1:]}
+                                    self.names[self.deep], f"the {self.names[m]}", "mIoU") for m in self.forests}
+
+    def part_verdicts(self) -> dict[str, str]:
+        """Each deep part against the strongest baseline there is, the neighbourhood forest (else the forest)."""
+        base = self.forests[-1]
+        return {p: crossval.verdict(crossval.paired_differences(self.results["folds"], p, base), self.names[p],
+                                    f"the {self.names[base]}", "mIoU") for p in self.parts}
 
     def collapsed(self) -> list[dict]:
         """Fold models that learned next to nothing (:func:`lithocore.crossval.collapsed_folds`)."""
@@ -119,7 +135,8 @@ class CrossValidation:
         """The verdicts, the folds lacking a class and the collapsed fold models, in one paragraph (Markdown)."""
         flagged = self.flagged()
         return (f"**Verdicts (spatial cross-validation, {self.folds.k} folds, mIoU):** "
-                + " ".join(f"{v[0].upper()}{v[1:]}." for v in self.verdicts().values())
+                + " ".join(f"{v[0].upper()}{v[1:]}." for v in [*self.verdicts().values(),
+                                                                *self.part_verdicts().values()])
                 + (f" Folds {flagged} lack a class on their training side." if flagged else "")
                 + "".join(f" **The {c['label']} of fold {c['fold']} collapsed**: {c['why']}."
                           for c in self.collapsed()))
@@ -151,13 +168,38 @@ class CrossValidation:
                     summary=self.summary, pooled=self.results["pooled"],
                     paired_differences={k: crossval.paired_differences(per_fold, self.deep, "forest", k)
                                         for k in crossval.METRICS},
-                    verdict=verdicts["forest"], verdicts=verdicts, flagged_folds=self.flagged(),
+                    verdict=verdicts["forest"], verdicts=verdicts, part_verdicts=self.part_verdicts(),
+                    flagged_folds=self.flagged(),
                     collapsed=self.collapsed(), model_names=self.names, deep_model=self.deep,
                     settings=self.settings, folds_info=self.folds.info)
 
 
+#: The deep parts notebook 06 can add to its candidates (``deep_parts``), and how it names them (issue 23).
+DEEP_PARTS = {
+    "pretrained": "U-Net started from the scene's masked autoencoder (self-supervised on every valid pixel)",
+    "embedding_forest": "neighbourhood forest given the autoencoder's per-pixel embedding",
+    "hybrid": "U-Net and neighbourhood forest of the fold, class probabilities averaged",
+}
+
+
+def deep_parts(text: str) -> tuple[str, ...]:
+    """The deep parts named in ``text`` (comma-separated keys of :data:`DEEP_PARTS`; "all"; "" none); an unknown
+    name is an error that lists them.
+
+    >>> deep_parts("hybrid, pretrained"), deep_parts(""), len(deep_parts("all"))
+    (('hybrid', 'pretrained'), (), 3)
+    """
+    names = [t.strip() for t in str(text or "").split(",") if t.strip()]
+    if names == ["all"]:
+        return tuple(DEEP_PARTS)
+    bad = [n for n in names if n not in DEEP_PARTS]
+    if bad:
+        raise ValueError(f"unknown deep part(s) {bad}: choose among {sorted(DEEP_PARTS)} or 'all'")
+    return tuple(names)
+
+
 def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood_forest: bool = True,
-                     cluster: str = "") -> CrossValidation:
+                     cluster: str = "", parts: tuple[str, ...] = ()) -> CrossValidation:
     """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its profile's deep model, the paper's
     forest (``forest``; default the profile's) and, with
     ``neighbourhood_forest``, a forest given every channel's local mean and sd over 5 and 15 px, trained and
@@ -176,6 +218,11 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
         "" (this process), ``"local:K"`` or a scheduler address: every fold x model becomes a task of that Dask
         cluster, which reads the stack from the run folder window by window (a shared file system); the
         scores are those of one process.
+    parts
+        Deep parts added as candidates (:data:`DEEP_PARTS`): ``"pretrained"`` (the U-Net fine-tuned from the
+        masked autoencoder), ``"embedding_forest"`` (the neighbourhood forest plus the embedding), ``"hybrid"``
+        (the fold's U-Net and neighbourhood forest averaged). The autoencoder is trained once on the whole scene
+        (no label read: :meth:`lithocore.run.Run.embedding`).
 
     Returns
     -------
@@ -198,17 +245,37 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
               "forest": forest_fold_model(stack, area, n_trees=n_trees, max_features=max_features,
                                           fraction=pixel_fraction, cap=cv["forest_cap"], seed=run.seed)}
     if neighbourhood_forest:  # the context-aware baseline: same pixels, the stack plus local means and sds
-        models["forest_context"] = forest_fold_model(stack, area, n_trees=n_trees, max_features="sqrt",
-                                                     fraction=pixel_fraction, cap=cv["forest_cap"], seed=run.seed,
-                                                     neighbourhood=(5, 15))
+        models["forest_context"] = forest_fold_model(stack, area, **_context(cv, forest, run.seed))
+    ctx = _context(cv, forest, run.seed)
+    if parts:
+        from .embedding import read_embedding
+        from .folds import HybridFold
+
+        npy = run.embedding()
+        if "pretrained" in parts:
+            models[f"{deep}_pretrained"] = replace(models[deep], pretrained=str(npy.with_name("autoencoder.keras")))
+        if "embedding_forest" in parts:
+            models["forest_context_embedding"] = forest_fold_model(stack, area, extra=read_embedding(npy), **ctx)
+        if "hybrid" in parts:
+            models["hybrid"] = HybridFold(models[deep], forest_fold_model(stack, area, **ctx))
     cache_key = cv_cache_key(run.root, cv, cfg, n_trees, max_features, pixel_fraction)
     results = crossval.cross_validate(area.labels, area.mask, area.classes.names, folds, models,
                                       cache_dir=run.folder.cv_dir, cache_key=cache_key, cluster=cluster or None)
-    names = {deep: display_name(deep), "forest": "random forest", "forest_context": "neighbourhood forest"}
+    names = {deep: display_name(deep), "forest": "random forest", "forest_context": "neighbourhood forest",
+             f"{deep}_pretrained": f"{display_name(deep)} (pretrained)",
+             "forest_context_embedding": "neighbourhood forest + embedding",
+             "hybrid": f"{display_name(deep)} + neighbourhood forest"}
     settings = cv | dict(tile=cfg.tile, n_samples=cfg.n_samples, n_trees=n_trees, max_features=max_features,
                          pixel_fraction=pixel_fraction)
     return CrossValidation(folds, crossval.fold_coverage(folds, area.labels, area.mask, area.classes.names),
                            list(models), {m: names[m] for m in models}, results, cache_key, settings)
+
+
+def _context(cv: dict, forest: ForestSettings, seed: int) -> dict:
+    """The neighbourhood forest's settings: the paper's forest on the stack plus local means and sds over 5 and 15
+    px, ``sqrt`` of its many variables tried at each split."""
+    return dict(n_trees=forest.n_trees, max_features="sqrt", fraction=forest.pixel_fraction, cap=cv["forest_cap"],
+                seed=seed, neighbourhood=(5, 15))
 
 
 # ------------------------------------------------------------------------------------- the paper's protocol

@@ -28,8 +28,9 @@ def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int =
 
 
 #: Changes when the fold models' results change for the same settings (2: float64 normalisation, the deep fold
-#: model's map in one pass, neighbourhood features strip by strip), so that older cached predictions are not reused.
-FOLD_MODELS_VERSION = 2
+#: model's map in one pass, neighbourhood features strip by strip; 3: a network's fold tiles on a finer grid and
+#: repeated up to the profile's tiles an epoch where a fold has few), so that older cached predictions are not reused.
+FOLD_MODELS_VERSION = 3
 
 
 def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str) -> list[np.ndarray] | None:
@@ -190,11 +191,11 @@ class DeepFold:
 
     def fit(self, i, train):
         """The fold's network trained on windows wholly inside ``train``: ``(network, normalisation stats)``."""
-        from .tiles import candidate_windows, sample_windows
+        from .tiles import fold_windows, sample_windows
         from .training import train_on_windows
 
         cfg = self.cfg
-        cand = candidate_windows(self.labels, self.mask, cfg.tile, cfg.stride, allowed=train)
+        cand = fold_windows(self.labels, self.mask, cfg.tile, cfg.stride, cfg.n_samples, allowed=train)
         if len(cand) == 0:
             raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
                              f"tile_size, larger cv_block or fewer folds")

@@ -162,6 +162,18 @@ class Run:
                          boundary_width=boundary_width, model_path=model_path or None, mapping=mapping,
                          loaded=self.model(split, model_path))
 
+    def embedding(self, settings=None):
+        """The scene's self-supervised embedding (:func:`lithocore.embedding.scene_embedding`, its settings by
+        default those whose network starts the profile's U-Net): made once per stack and settings, in
+        ``<run>/embedding``; returns its ``.npy`` path."""
+        from .embedding import EmbeddingSettings, scene_embedding
+        from .stages import stack_provenance
+
+        area, stack, _, _ = self.stack()
+        settings = settings or EmbeddingSettings.for_network(self.training())
+        return scene_embedding(self.root, stack, area.mask, settings,
+                               stack_key=stack_provenance(self.root).get("stack_key") or "")
+
     def paper_forest(self, forest: ForestSettings | None = None, *, cap: int = -1, cluster: str = "") -> dict:
         """Notebook 06's forest by the paper's protocol and its map (:func:`lithocore.stages.paper_forest_map`):
         ``forest`` (default: the profile's), at most ``cap`` pixels a class (-1: the profile's; 0: none)."""

@@ -41,7 +41,8 @@ from .settings import TrainingConfig
 from .tiles import window_pixels
 
 __all__ = ["compile_model", "fit", "evaluate_tiles", "train_on_windows", "read_history", "clear_run",
-           "save_bundle", "load_bundle", "data_parallel", "seed_everything", "assess_model", "private_python_random"]
+           "save_bundle", "load_bundle", "data_parallel", "seed_everything", "assess_model", "private_python_random",
+           "epoch_windows"]
 
 
 def data_parallel(batch_size: int, devices: int | None = None):
@@ -289,8 +290,8 @@ def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, wi
 
     stats = normalisation_stats(stack, window_pixels(labels.shape, windows, cfg.tile) & mask)
     kw = dict(mean=stats["mean"], std=stats["std"])
-    train = TileBatches(stack, labels, mask, windows, cfg.tile, cfg.batch_size, seed=cfg.seed + seed,
-                        augment=cfg.augment, **kw)
+    train = TileBatches(stack, labels, mask, epoch_windows(windows, cfg.n_samples), cfg.tile, cfg.batch_size,
+                        seed=cfg.seed + seed, augment=cfg.augment, **kw)
     val = None if val_windows is None else TileBatches(stack, labels, mask, val_windows, cfg.tile, cfg.batch_size,
                                                        shuffle=False, **kw)
     seed_everything(cfg.seed + seed)
@@ -302,6 +303,21 @@ def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, wi
         compile_model(model, n_classes, cfg, class_weights=weights)
         history = fit(model, train, val, out_dir, cfg, verbose=verbose, run_key=run_key)
     return dict(model=model, stats=stats, history=history, val=val)
+
+
+def epoch_windows(windows: np.ndarray, n_samples: int) -> np.ndarray:
+    """The windows one epoch goes through: all of them, repeated up to ``n_samples`` where there are fewer (a small
+    or sparsely labelled scene), so that a network gets as many steps as the profile gives it rather than a
+    handful (measured: 4-14 windows a fold on a 257 x 289 px scene with 6 % labelled gave 6-18 steps in 6 epochs
+    and fold models that predicted one class). With augmentation each repeat is flipped or turned anew.
+
+    >>> epoch_windows(np.array([[0, 0], [5, 5]]), 5).tolist()
+    [[0, 0], [5, 5], [0, 0], [5, 5], [0, 0]]
+    """
+    windows = np.asarray(windows)
+    if 0 < len(windows) < n_samples:
+        return np.resize(windows, (int(n_samples), windows.shape[1]))
+    return windows
 
 
 def save_bundle(out_dir: str | Path, model, meta: dict) -> Path:
