@@ -122,10 +122,16 @@ def _check_outputs(run_dir: Path, notebook: str, manifest, params: dict | None =
         dk = cv["deep_model"]  # scores named by the model's registry key, e.g. "unet"
         assert dk == json.loads((stage.parent / "04_train_model" / "model.json").read_text())["config"]["architecture"]
         assert len(cv["folds"]) == cv["settings"]["k"] >= 2
+        parts = {"all": {f"{dk}_pretrained", "forest_context_embedding", "hybrid"}, "": set()}[
+            (params or PARAMS["synthetic"]).get("deep_parts", "")]
         for fold in cv["folds"]:
-            assert set(fold["scores"]) == {dk, "forest", "forest_context"}
-            assert fold["scores"][dk]["pixels"] == fold["scores"]["forest"]["pixels"] \
-                == fold["scores"]["forest_context"]["pixels"] > 0  # like for like
+            assert set(fold["scores"]) == {dk, "forest", "forest_context"} | parts
+            assert len({s["pixels"] for s in fold["scores"].values()}) == 1  # like for like: the same pixels
+            assert fold["scores"]["forest"]["pixels"] > 0
+        assert set(cv["part_verdicts"]) == parts  # each deep part judged against the neighbourhood forest
+        for p in parts:
+            d = cv["summary"][p]["mean_iou"]["mean"] - cv["summary"]["forest_context"]["mean_iou"]["mean"]
+            assert f"{abs(d):.3f}" in cv["part_verdicts"][p]
         for model in (dk, "forest"):
             for metric in ("mean_iou", "overall_accuracy", "kappa"):
                 assert set(cv["summary"][model][metric]) >= {"mean", "sd"}
