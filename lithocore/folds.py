@@ -16,7 +16,8 @@ from .settings import given, profile as profile_settings
 from .stages import stack_provenance, training_tiles
 
 __all__ = ["cv_cache_key", "cached_fold_predictions", "trust_settings", "cv_settings", "cv_folds",
-           "deep_fold_model", "forest_fold_model", "DeepFold", "ForestFold", "HybridFold"]
+           "deep_fold_model", "forest_fold_model", "DeepFold", "ForestFold", "HybridFold",
+           "match_confidence"]
 
 
 def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
@@ -299,7 +300,11 @@ class ForestFold:
 class HybridFold:
     """The network and the forest of a fold, trained on the same training side, their class probabilities
     averaged over the test pixels (``weight``: the network's share). Neither sees the other's outputs, so nothing
-    needs nesting; picklable like the others (the network's part runs in its own process on a worker)."""
+    needs nesting; picklable like the others (the network's part runs in its own process on a worker).
+
+    A softmax is far surer of itself than a forest's share of votes (measured on a small scene: the average
+    followed the network wherever they disagreed), so the network's probabilities are first softened to the
+    forest's mean confidence over the same pixels (:func:`match_confidence`; no label is read)."""
 
     deep: DeepFold
     forest: ForestFold
@@ -308,11 +313,37 @@ class HybridFold:
 
     def __call__(self, i, train, test):
         test = test & self.forest.mask
-        p = self.weight * self.deep.proba(self.deep.fit(i, train), test)
-        p += (1 - self.weight) * self.forest.proba(self.forest.fit(i, train), test, self.deep.n_classes)
+        q = self.forest.proba(self.forest.fit(i, train), test, self.deep.n_classes)
+        p = match_confidence(self.deep.proba(self.deep.fit(i, train), test), float(q.max(1).mean()))
+        p = self.weight * p + (1 - self.weight) * q
         out = np.full(test.shape, NO_LABEL, np.uint8)
         out[test] = np.argmax(p, axis=1)
         return out
+
+
+def match_confidence(p: np.ndarray, target: float, *, steps: int = 40) -> np.ndarray:
+    """Probabilities ``p`` (n, K) tempered (``p ** (1 / T)``, renormalised; the order of the classes unchanged) so
+    that their mean largest probability is ``target`` (as near as ``T`` in [1, 1000] allows; never sharpened).
+
+    >>> p = np.array([[0.98, 0.01, 0.01], [0.01, 0.97, 0.02]])
+    >>> q = match_confidence(p, 0.6)
+    >>> round(float(q.max(1).mean()), 3), q.argmax(1).tolist()
+    (0.6, [0, 1])
+    """
+    logp = np.log(np.clip(np.asarray(p, np.float64), 1e-12, 1.0))
+
+    def temper(t):
+        z = logp / t
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    if len(p) == 0 or temper(1.0).max(1).mean() <= target:
+        return np.asarray(p, np.float32)
+    lo, hi = 0.0, 3.0  # log10 of the temperature
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if temper(10 ** mid).max(1).mean() > target else (lo, mid)
+    return temper(10 ** hi).astype(np.float32)
 
 
 def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | str = 3, fraction: float = 0.1,
