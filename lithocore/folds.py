@@ -302,9 +302,10 @@ class HybridFold:
     averaged over the test pixels (``weight``: the network's share). Neither sees the other's outputs, so nothing
     needs nesting; picklable like the others (the network's part runs in its own process on a worker).
 
-    A softmax is far surer of itself than a forest's share of votes (measured on a small scene: the average
-    followed the network wherever they disagreed), so the network's probabilities are first softened to the
-    forest's mean confidence over the same pixels (:func:`match_confidence`; no label is read)."""
+    A softmax is surer of itself than a forest's share of votes (mean top probability 0.90 against 0.78 on a
+    sparse scene's fold), so the network's probabilities are first softened to the forest's mean confidence over
+    the same pixels (:func:`match_confidence`; no label is read): 0.412 against a plain average's 0.402 mean
+    mIoU on the default area (``benchmarks/README.md``)."""
 
     deep: DeepFold
     forest: ForestFold
