@@ -313,9 +313,13 @@ class HybridFold:
     own_process = True
 
     def __call__(self, i, train, test):
+        from dataclasses import replace
+
         test = test & self.forest.mask
+        deep = replace(self.deep, out_dir=Path(self.deep.out_dir) / "hybrid")  # on a cluster the network's own fold
+        # may train at the same time: its checkpoints go elsewhere
         q = self.forest.proba(self.forest.fit(i, train), test, self.deep.n_classes)
-        p = match_confidence(self.deep.proba(self.deep.fit(i, train), test), float(q.max(1).mean()))
+        p = match_confidence(deep.proba(deep.fit(i, train), test), float(q.max(1).mean()))
         p = self.weight * p + (1 - self.weight) * q
         out = np.full(test.shape, NO_LABEL, np.uint8)
         out[test] = np.argmax(p, axis=1)
