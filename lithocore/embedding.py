@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .framework import start_keras
 from .loaders import _keras_pydataset
 
 __all__ = ["EmbeddingSettings", "EMBEDDING_LAYER", "build_autoencoder", "MaskedTiles", "pretrain",
@@ -91,19 +92,14 @@ def build_autoencoder(n_channels: int, settings: EmbeddingSettings):
     return keras.Model(unet.inputs, out, name="masked_autoencoder")
 
 
-def start_keras():
-    from .framework import start_keras as start
-
-    return start()
-
-
 def _loss():
     keras = start_keras()
     ops = keras.ops
 
     def masked_mse(y_true, y_pred):
-        """Squared error over the valid pixels (the target's last channel: 0 invalid, 1 shown, 4 hidden): the
-        hidden ones count four times, so the network must use the context, not only copy what it sees."""
+        """Squared error over the valid pixels, weighted by the target's second half of channels (per pixel and
+        channel: 0 invalid, 1 shown, 4 hidden): hidden values count four times, so the network must use the
+        context, not only copy what it sees."""
         c = ops.shape(y_pred)[-1]
         w = y_true[..., c:]
         err = ops.square(y_true[..., :c] - y_pred) * w
@@ -216,6 +212,7 @@ def scene_embedding(run_dir, stack, mask: np.ndarray, settings: EmbeddingSetting
         if json.loads(meta_path.read_text()).get("key") == want:
             return npy
         print(f"{npy} was made from another stack or other settings: pretraining again.")
+    _check_memory(stack.shape, settings.dims, npy)
     out.mkdir(parents=True, exist_ok=True)
     import time
 
@@ -237,6 +234,19 @@ def scene_embedding(run_dir, stack, mask: np.ndarray, settings: EmbeddingSetting
     return npy
 
 
+def _check_memory(shape, dims: int, path) -> None:
+    """Refuse, before pretraining, an embedding the machine cannot hold (it is made and kept whole: ``dims``
+    float32 channels of the scene, twice while it is made)."""
+    from .data import _size, memory_available
+
+    need = 2 * 4 * int(dims) * int(shape[1]) * int(shape[2])
+    have = memory_available()
+    if need > have:
+        raise MemoryError(f"{path}: the scene's embedding ({dims} channels of {shape[1]:,} x {shape[2]:,} px) needs "
+                          f"about {_size(need)} while it is made, where {_size(have)} is available: leave the "
+                          f"embedding forest out of deep_parts, or fewer dims (EmbeddingSettings.dims)")
+
+
 def read_embedding(path) -> np.ndarray:
     """The embedding (dims, H, W) written by :func:`scene_embedding`, memory-mapped (read as it is used)."""
     return np.load(path, mmap_mode="r")
@@ -246,11 +256,10 @@ def pretrained_network(path, cfg, n_channels: int, n_classes: int, seed: int = 0
     """The network of ``cfg`` (a U-Net) built as training builds it, its layers copied from the masked autoencoder
     saved at ``path`` (:func:`warm_start`); an error names the file when nothing could be copied (another width or
     architecture)."""
-    from .framework import start_keras as start
     from .model import build_model
     from .training import private_python_random, seed_everything
 
-    keras = start()
+    keras = start_keras()
     auto = keras.models.load_model(path, compile=False, custom_objects={"masked_mse": _loss()})
     seed_everything(cfg.seed + seed)
     with private_python_random(cfg.seed + seed):

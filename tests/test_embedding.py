@@ -112,3 +112,10 @@ def test_hybrid_is_its_forest_at_weight_zero_and_its_network_at_one(small_area, 
     assert (hybrid[~test] == NO_LABEL).all()
     half = HybridFold(deep, rf)(0, train, test)
     assert set(np.unique(half[test])) <= set(range(len(small_area.classes)))
+
+
+def test_an_embedding_too_big_for_memory_is_refused_before_pretraining(small_area, stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", "100K")  # the 192 x 192 px, 4-channel embedding needs 1.1 MiB
+    with pytest.raises(MemoryError, match="needs about 1.1 MiB while it is made, where 0.1 MiB is available"):
+        scene_embedding(tmp_path, stack, small_area.mask, SMALL, stack_key="s1", progress=False)
+    assert not (tmp_path / "embedding").exists()  # nothing begun
