@@ -14,8 +14,8 @@ from .registry import display_name, model_name
 from .runfolder import RunFolder
 from .settings import ForestSettings, profile as profile_settings
 
-__all__ = ["stripe_report", "CrossValidation", "cross_validation", "DEEP_PARTS", "deep_parts", "PaperProtocol", "paper_protocol",
-           "comparison_record"]
+__all__ = ["stripe_report", "CrossValidation", "cross_validation", "DEEP_PARTS", "deep_parts", "PaperProtocol",
+           "paper_protocol", "comparison_record"]
 
 
 def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | None = None,
@@ -247,6 +247,9 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
     if neighbourhood_forest:  # the context-aware baseline: same pixels, the stack plus local means and sds
         models["forest_context"] = forest_fold_model(stack, area, **_context(cv, forest, run.seed))
     ctx = _context(cv, forest, run.seed)
+    if "pretrained" in parts and deep != "unet":  # said before the pretraining, not at the first fold
+        raise ValueError(f"deep_parts 'pretrained' starts a U-Net from the autoencoder; this run's network is "
+                         f"{display_name(deep)}: leave 'pretrained' out, or train a U-Net (architecture 'unet')")
     if parts:
         from .embedding import read_embedding
         from .folds import HybridFold

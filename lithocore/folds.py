@@ -305,7 +305,8 @@ class HybridFold:
     A softmax is surer of itself than a forest's share of votes (mean top probability 0.90 against 0.78 on a
     sparse scene's fold), so the network's probabilities are first softened to the forest's mean confidence over
     the same pixels (:func:`match_confidence`; no label is read): 0.412 against a plain average's 0.402 mean
-    mIoU on the default area (``benchmarks/README.md``)."""
+    mIoU on the default area (``benchmarks/README.md``). The network's probabilities come from one pass in the
+    map's windows (an FCN-8s's shifted passes are its map's, not the hybrid's)."""
 
     deep: DeepFold
     forest: ForestFold
