@@ -149,8 +149,8 @@ class MaskedTiles(_keras_pydataset()):
 
 
 def pretrain(stack, mask: np.ndarray, settings: EmbeddingSettings = EmbeddingSettings(), *, progress: bool = False):
-    """The masked autoencoder trained on ``settings.n_tiles`` tiles drawn over the valid scene (every tile at least
-    half valid; no label is read). Returns ``(model, stats)``: the network and the channels' mean and sd over the
+    """The masked autoencoder trained on ``settings.n_tiles`` tiles (fewer on a small scene: :func:`scene_tiles`)
+    drawn over the valid scene (every tile at least half valid; no label is read). Returns ``(model, stats)``: the network and the channels' mean and sd over the
     valid pixels, which normalise its input."""
     from .stackfile import region_stats
     from .training import private_python_random, seed_everything
@@ -167,7 +167,7 @@ def pretrain(stack, mask: np.ndarray, settings: EmbeddingSettings = EmbeddingSet
     stats = region_stats(stack, mask)
     std = np.asarray(stats["std"], np.float32)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
-    origins = _origins(mask, T, settings.n_tiles, settings.seed)
+    origins = _origins(mask, T, scene_tiles(settings.n_tiles, int(mask.sum()), T), settings.seed)
     data = MaskedTiles(stack, mask, origins, settings, stats["mean"], std)
     seed_everything(settings.seed)
     with private_python_random(settings.seed):
@@ -176,6 +176,16 @@ def pretrain(stack, mask: np.ndarray, settings: EmbeddingSettings = EmbeddingSet
         history = net.fit(data, epochs=settings.epochs, verbose=2 if progress else 0)
     return net, dict(mean=np.asarray(stats["mean"], np.float32), std=np.asarray(std, np.float32),
                      loss=[float(v) for v in history.history["loss"]])
+
+
+def scene_tiles(n_tiles: int, valid_pixels: int, tile: int) -> int:
+    """Tiles an epoch of pretraining draws: ``n_tiles``, or fewer on a small scene, as many as cover its valid
+    pixels eight times over (a 192 x 192 px scene is not drawn 600 times an epoch).
+
+    >>> scene_tiles(600, 1611 * 1650, 64), scene_tiles(600, 192 * 192, 64), scene_tiles(600, 10, 64)
+    (600, 72, 16)
+    """
+    return int(max(16, min(n_tiles, -(-8 * valid_pixels // tile ** 2))))
 
 
 def _origins(mask: np.ndarray, tile: int, n: int, seed: int) -> np.ndarray:
@@ -207,7 +217,8 @@ def scene_embedding(run_dir, stack, mask: np.ndarray, settings: EmbeddingSetting
 
     out = Path(run_dir) / "embedding"
     meta_path, npy = out / "embedding.json", out / "embedding.npy"
-    want = key([stack_key, settings.key(), list(stack.shape)])
+    tile = min(settings.tile, stack.shape[1] // 32 * 32, stack.shape[2] // 32 * 32)
+    want = key([stack_key, settings.key(), list(stack.shape), scene_tiles(settings.n_tiles, int(mask.sum()), tile)])
     if meta_path.is_file() and npy.is_file():
         if json.loads(meta_path.read_text()).get("key") == want:
             return npy
