@@ -202,6 +202,10 @@ class DeepFold:
                              f"tile_size, larger cv_block or fewer folds")
         windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)), labels=self.labels,
                                  size=cfg.tile, n_classes=self.n_classes, stratified=cfg.balanced_tiles)
+        run_key = key([i, asdict(cfg), windows.tolist(), self.pretrained])
+        for held in _FITTED:  # the same network trained a moment ago in this process (the hybrid's after the U-Net's)
+            if held[0] is self.stack and held[1] is self.labels and held[2] == run_key:
+                return held[3]
         start, name = None, cfg.architecture
         if self.pretrained:
             from .embedding import pretrained_network
@@ -209,8 +213,9 @@ class DeepFold:
             start, name = pretrained_network(self.pretrained, cfg, self.stack.shape[0], self.n_classes, seed=i), \
                 f"{cfg.architecture}_pretrained"
         got = train_on_windows(self.stack, self.labels, self.mask, windows, cfg, self.n_classes,
-                               Path(self.out_dir) / f"{name}_fold{i}", model=start,
-                               run_key=key([i, asdict(cfg), windows.tolist(), self.pretrained]), seed=i)
+                               Path(self.out_dir) / f"{name}_fold{i}", model=start, run_key=run_key, seed=i)
+        _FITTED.append((self.stack, self.labels, run_key, (got["model"], got["stats"])))
+        del _FITTED[:-2]
         return got["model"], got["stats"]
 
     def proba(self, fitted, test) -> np.ndarray:
@@ -228,6 +233,12 @@ class DeepFold:
         classes, _ = mapping.map_array(model, self.stack, self.mask & test, stats["mean"], stats["std"],
                                        progress=False)  # only the windows that hold the fold's test region
         return classes
+
+
+#: The last two fold networks this process trained, with the stack and labels they were trained on (held, so
+#: compared by identity) and their training's key: a hybrid's network is its fold's U-Net, trained with the same
+#: seed on the same windows (deterministic), so it is taken from here rather than trained twice.
+_FITTED: list = []
 
 
 def deep_fold_model(stack, area, cfg, out_dir) -> DeepFold:
@@ -318,7 +329,7 @@ class HybridFold:
 
         test = test & self.forest.mask
         deep = replace(self.deep, out_dir=Path(self.deep.out_dir) / "hybrid")  # on a cluster the network's own fold
-        # may train at the same time: its checkpoints go elsewhere
+        # may train at the same time: its checkpoints go elsewhere (in one process the network is reused, _FITTED)
         q = self.forest.proba(self.forest.fit(i, train), test, self.deep.n_classes)
         p = match_confidence(deep.proba(deep.fit(i, train), test), float(q.max(1).mean()))
         p = self.weight * p + (1 - self.weight) * q
