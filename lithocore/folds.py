@@ -202,7 +202,10 @@ class DeepFold:
                              f"tile_size, larger cv_block or fewer folds")
         windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)), labels=self.labels,
                                  size=cfg.tile, n_classes=self.n_classes, stratified=cfg.balanced_tiles)
-        run_key = key([i, asdict(cfg), windows.tolist(), self.pretrained])
+        from .runfolder import file_digest
+
+        start_from = [self.pretrained, file_digest(self.pretrained)] if self.pretrained else ""  # its content too
+        run_key = key([i, asdict(cfg), windows.tolist(), start_from])
         for held in _FITTED:  # the same network trained a moment ago in this process (the hybrid's after the U-Net's)
             if held[0] is self.stack and held[1] is self.labels and held[2] == run_key:
                 return held[3]
