@@ -10,8 +10,8 @@ the ground to predict included; no label is read, so nothing a fold tests on lea
 Two uses (issue 23):
 
 * the **embedding**: a 1x1 convolution (:data:`EMBEDDING_LAYER`, ``dims`` channels) through which every
-  reconstruction must pass, computed over the scene in the windows a map is made in (:func:`lithocore.mapping.scene_outputs`) and written beside the
-  stack (:func:`scene_embedding`, keyed by the stack and these settings); the forests take it as extra channels
+  reconstruction must pass, computed over the scene in the windows a map is made in
+  (:func:`lithocore.mapping.scene_outputs`) and written beside the stack (:func:`scene_embedding`, keyed by the stack and these settings); the forests take it as extra channels
   (:class:`lithocore.stackfile.Channels`);
 * the **start of a network**: :func:`warm_start` copies the pretrained layers into a U-Net of the same width
   before it is fine-tuned on the labels.
@@ -150,8 +150,8 @@ class MaskedTiles(_keras_pydataset()):
 
 def pretrain(stack, mask: np.ndarray, settings: EmbeddingSettings = EmbeddingSettings(), *, progress: bool = False):
     """The masked autoencoder trained on ``settings.n_tiles`` tiles (fewer on a small scene: :func:`scene_tiles`)
-    drawn over the valid scene (every tile at least half valid; no label is read). Returns ``(model, stats)``: the network and the channels' mean and sd over the
-    valid pixels, which normalise its input."""
+    drawn over the valid scene (every tile at least half valid; no label is read). Returns ``(model, stats)``:
+    the network and the channels' mean and sd over the valid pixels, which normalise its input."""
     from .stackfile import region_stats
     from .training import private_python_random, seed_everything
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "Channels", "STRIP_ROWS",
-           "STACK_IN_MEMORY_MB", "strips"]
+__all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "Channels",
+           "STRIP_ROWS", "STACK_IN_MEMORY_MB", "strips"]
 
 #: Rows per strip when a stack is read, or its statistics computed, strip by strip.
 STRIP_ROWS = 64

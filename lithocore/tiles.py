@@ -23,8 +23,8 @@ from scipy import ndimage
 
 from .area import NO_LABEL
 
-__all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial", "make_tiles",
-           "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels",
+__all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
+           "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels",
            "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
@@ -77,8 +77,8 @@ def fold_windows(labels: np.ndarray, mask: np.ndarray, size: int, stride: int, n
     ``n`` (a small or sparsely labelled scene, a fold's training side cut into small blocks), on a finer one
     (the stride halved, down to 4 px): more distinct tiles rather than a network trained on a handful.
 
-    >>> lab = np.zeros((40, 40), np.uint8)
-    >>> len(candidate_windows(lab, np.ones((40, 40), bool), 32, 20)), len(fold_windows(lab, np.ones((40, 40), bool), 32, 20, 50))
+    >>> lab, ok = np.zeros((40, 40), np.uint8), np.ones((40, 40), bool)
+    >>> len(candidate_windows(lab, ok, 32, 20)), len(fold_windows(lab, ok, 32, 20, 50))
     (1, 9)
     """
     cand = candidate_windows(labels, mask, size, stride, allowed)
