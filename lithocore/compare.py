@@ -244,9 +244,9 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
     models = {deep: deep_fold_model(stack, area, replace(cfg, epochs=cv["epochs"]), run.folder.cv_dir),
               "forest": forest_fold_model(stack, area, n_trees=n_trees, max_features=max_features,
                                           fraction=pixel_fraction, cap=cv["forest_cap"], seed=run.seed)}
-    if neighbourhood_forest:  # the context-aware baseline: same pixels, the stack plus local means and sds
-        models["forest_context"] = forest_fold_model(stack, area, **_context(cv, forest, run.seed))
     ctx = _context(cv, forest, run.seed)
+    if neighbourhood_forest:  # the context-aware baseline: same pixels, the stack plus local means and sds
+        models["forest_context"] = forest_fold_model(stack, area, **ctx)
     if "pretrained" in parts and deep != "unet":  # said before the pretraining, not at the first fold
         raise ValueError(f"deep_parts 'pretrained' starts a U-Net from the autoencoder; this run's network is "
                          f"{display_name(deep)}: leave 'pretrained' out, or train a U-Net (architecture 'unet')")

@@ -156,17 +156,11 @@ def pretrain(stack, mask: np.ndarray, settings: EmbeddingSettings = EmbeddingSet
     from .training import private_python_random, seed_everything
 
     keras = start_keras()
-    C, H, W = stack.shape
-    T = min(settings.tile, H // 32 * 32, W // 32 * 32)
-    if T < 32:
-        raise ValueError(f"the scene ({H} x {W} px) is smaller than the 32-px tile the pretraining needs")
-    if T != settings.tile:
-        from dataclasses import replace
-
-        settings = replace(settings, tile=T, patch=min(settings.patch, T // 4))
-    stats = region_stats(stack, mask)
+    C = stack.shape[0]
+    settings = fitted_to_scene(settings, stack.shape)
+    T = settings.tile
+    stats = region_stats(stack, mask)  # a zero sd given as 1
     std = np.asarray(stats["std"], np.float32)
-    std = np.where(std > 0, std, 1.0).astype(np.float32)
     origins = _origins(mask, T, scene_tiles(settings.n_tiles, int(mask.sum()), T), settings.seed)
     data = MaskedTiles(stack, mask, origins, settings, stats["mean"], std)
     seed_everything(settings.seed)
@@ -176,6 +170,18 @@ def pretrain(stack, mask: np.ndarray, settings: EmbeddingSettings = EmbeddingSet
         history = net.fit(data, epochs=settings.epochs, verbose=2 if progress else 0)
     return net, dict(mean=np.asarray(stats["mean"], np.float32), std=np.asarray(std, np.float32),
                      loss=[float(v) for v in history.history["loss"]])
+
+
+def fitted_to_scene(settings: EmbeddingSettings, shape) -> EmbeddingSettings:
+    """``settings`` with the tile no larger than the scene allows on the 32-px grid (and the hidden squares at most
+    a quarter of it); an error when the scene is under 32 px."""
+    from dataclasses import replace
+
+    H, W = shape[-2:]
+    T = min(settings.tile, H // 32 * 32, W // 32 * 32)
+    if T < 32:
+        raise ValueError(f"the scene ({H} x {W} px) is smaller than the 32-px tile the pretraining needs")
+    return settings if T == settings.tile else replace(settings, tile=T, patch=min(settings.patch, T // 4))
 
 
 def scene_tiles(n_tiles: int, valid_pixels: int, tile: int) -> int:
@@ -217,7 +223,7 @@ def scene_embedding(run_dir, stack, mask: np.ndarray, settings: EmbeddingSetting
 
     out = Path(run_dir) / "embedding"
     meta_path, npy = out / "embedding.json", out / "embedding.npy"
-    tile = min(settings.tile, stack.shape[1] // 32 * 32, stack.shape[2] // 32 * 32)
+    tile = fitted_to_scene(settings, stack.shape).tile
     want = key([stack_key, settings.key(), list(stack.shape), scene_tiles(settings.n_tiles, int(mask.sum()), tile)])
     if meta_path.is_file() and npy.is_file():
         if json.loads(meta_path.read_text()).get("key") == want:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .area import NO_LABEL
-from .runfolder import RunFolder, key, manifest_fingerprint
+from .runfolder import RunFolder, file_digest, key, manifest_fingerprint
 from .settings import given, profile as profile_settings
 from .stages import stack_provenance, training_tiles
 
@@ -202,8 +202,6 @@ class DeepFold:
                              f"tile_size, larger cv_block or fewer folds")
         windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)), labels=self.labels,
                                  size=cfg.tile, n_classes=self.n_classes, stratified=cfg.balanced_tiles)
-        from .runfolder import file_digest
-
         start_from = [self.pretrained, file_digest(self.pretrained)] if self.pretrained else ""  # its content too
         run_key = key([i, asdict(cfg), windows.tolist(), start_from])
         for held in _FITTED:  # the same network trained a moment ago in this process (the hybrid's after the U-Net's)
