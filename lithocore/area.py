@@ -277,6 +277,15 @@ class StudyArea:
     predict_declared: bool = False
     #: guide band name -> centre wavelength (micrometres), from the manifest's ``sensor`` or ``wavelengths``
     wavelengths: dict = field(default_factory=dict)
+    #: False: loaded without its fine bands (``guide`` and ``extra`` hold no channel; their names are kept), for
+    #: the stages that work from the fused stack (:func:`lithocore.data.load_study_area`'s ``valid``)
+    fine_loaded: bool = True
+
+    def require_fine(self, what: str) -> None:
+        """Stop with a clear message where ``what`` needs the fine bands of an area loaded without them."""
+        if not self.fine_loaded:
+            raise ValueError(f"{what} needs the fine bands of {self.name}, which were not loaded (the run's stack is "
+                             f"made already): load the area with lithocore.data.load_study_area(manifest)")
 
     @property
     def shape(self) -> tuple[int, int]:

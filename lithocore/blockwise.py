@@ -339,7 +339,8 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     :class:`~lithocore.fusion.FusionSettings`) to ``path`` block by block: pass 0 the logarithms' floor (a log or
     clr guide), pass 1 the guide's means over the coarse cells, the fits on those small grids, pass 2 each strip's
     channels and the normalisation statistics, then a COG with overviews. Returns the channel names, units,
-    normalisation statistics, fusion coefficients, block size and timing.
+    normalisation statistics, fusion coefficients, block size, timing and ``valid``, the valid-data mask (H, W)
+    made on the way.
 
     Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points; one byte a pixel for the labels
     and one for the valid-data mask). ``area``: the same study area already loaded on the same grid: its layers
@@ -364,7 +365,8 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         srcs = [stack.enter_context(open_raster(f.path)) for f in plan.fine]
         loaded = None
         names = plan.guide_names + plan.extra_names
-        if plan.area is not None and names and list(plan.area.guide_names) + list(plan.area.extra_names) == names:
+        if plan.area is not None and plan.area.fine_loaded and names \
+                and list(plan.area.guide_names) + list(plan.area.extra_names) == names:
             loaded = [a for a in (plan.area.guide, plan.area.extra) if a.shape[0]]
         read = _RowReader(plan.grid, plan.fine, srcs, plan.layers, plan.outline, loaded)
         floor = _log_floor(plan, read, kw["guide_transform"])
@@ -391,7 +393,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                 write_cog(tmp, tmp, resampling="average")
     return dict(path=str(out), channels=plan.channels, units=ch_units, normalisation=stats, coefficients=infos,
                 fused_names=[c.name for c in plan.layers], block_rows=plan.rows, blocks=len(plan.starts),
-                halo=plan.halo, warnings=plan.warns, seconds=time.perf_counter() - t0)
+                halo=plan.halo, warnings=plan.warns, seconds=time.perf_counter() - t0, valid=read.valid)
 
 
 def _describe_bands(dst, channels: list, units: list, stats: dict, tags: dict | None) -> None:

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from .area import NO_LABEL
 from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
+from .tiles import block_map, window_pixels, within
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
@@ -84,12 +84,12 @@ def make_folds(labels: np.ndarray, mask: np.ndarray, k: int = 5, *, block: int =
     if k < 2:
         raise ValueError("k-fold cross-validation needs k >= 2 (k = 1 is the single spatial split of notebook 03)")
     nby, nbx = math.ceil(H / block), math.ceil(W / block)
-    block_id = (np.arange(H)[:, None] // block) * nbx + (np.arange(W)[None, :] // block)
+    block_id = np.arange(nby * nbx).reshape(nby, nbx)
     labelled = (labels != NO_LABEL) & mask
     step = max(1, int(math.sqrt(labelled.sum() / 200_000)))  # a sample of pixels is enough to weigh the blocks
     sub = labelled[::step, ::step]
     y = labels[::step, ::step][sub]
-    groups = block_id[::step, ::step][sub]
+    groups = block_map(block_id, (block, block), (H, W), step)[sub]
     n_groups = len(np.unique(groups))
     if n_groups < k:
         raise ValueError(f"only {n_groups} blocks of {block} px hold labels: too few for {k} folds; use smaller "
@@ -100,7 +100,7 @@ def make_folds(labels: np.ndarray, mask: np.ndarray, k: int = 5, *, block: int =
         warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only n members"
         for i, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
             fold_of_block[np.unique(groups[test])] = i
-    fold = fold_of_block[block_id].astype(np.int8)
+    fold = block_map(fold_of_block.astype(np.int8).reshape(nby, nbx), (block, block), (H, W))
     info = dict(k=k, block=block, buffer=buffer, seed=seed, blocks=int(nby * nbx), blocks_with_labels=int(n_groups),
                 blocks_per_fold=[int((fold_of_block == i).sum()) for i in range(k)],
                 labelled_share_per_fold=[float((labelled & (fold == i)).sum() / max(labelled.sum(), 1))
@@ -112,8 +112,7 @@ def fold_regions(folds: Folds, i: int, mask: np.ndarray) -> tuple[np.ndarray, np
     """(test region, training region) of fold ``i``: its blocks, and the valid pixels farther than the buffer
     from them."""
     test = folds.fold == i
-    near = ndimage.distance_transform_edt(~test) <= folds.buffer
-    return test & mask, mask & ~near
+    return test & mask, mask & ~within(test, folds.buffer)
 
 
 def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, size: int,
@@ -127,8 +126,6 @@ def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, siz
     >>> leakage(lab, np.ones((10, 10), bool), np.array([[0, 0], [0, 3]]), 4, tested)  # columns 5-6 of rows 0-3
     0.16
     """
-    from .tiles import window_pixels
-
     scored = tested & mask & (labels != NO_LABEL)
     if not scored.any():
         return 0.0

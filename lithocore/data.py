@@ -80,7 +80,7 @@ from .errors import StudyAreaError, warn_data
 from .manifest import read_manifest
 from .sources import grid_sources
 from .sources.common import open_raster, resolve_path
-from .sources.fine import read_fine_section
+from .sources.fine import fine_section_names, read_fine_section
 from .sources.labels import area_mask, labels_from_raster, labels_from_vector, predict_ground, withhold
 from .sources.reference import reference_grid
 
@@ -123,12 +123,14 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def check_memory(grid: Grid, n_fine: int, n_coarse: int, source) -> int:
-    """Refuse a grid whose layers would not fit in memory, before allocating anything."""
+def check_memory(grid: Grid, n_fine: int, n_coarse: int, source, *, labels_only: bool = False) -> int:
+    """Refuse a grid whose layers would not fit in memory, before allocating anything (``labels_only``: the
+    one-byte-a-pixel maps of a study area loaded without its fine bands)."""
     px = grid.width * grid.height
     # loading: the fine bands, the coarse layers brought to the fine grid for the mask, labels and mask;
-    # fusion and the stack then hold about as much again.
-    need = px * (4 * (n_fine + 2 * max(n_coarse, 1) + 2) + 2) * 2
+    # fusion and the stack then hold about as much again. Without the fine bands: the labels, the valid mask, the
+    # ground to predict and the labels withheld there, and as much again while they are made.
+    need = px * 4 * 2 if labels_only else px * (4 * (n_fine + 2 * max(n_coarse, 1) + 2) + 2) * 2
     have = memory_available()
     if need > have:
         raise StudyAreaError(source, f"the reference grid is {grid.height:,} x {grid.width:,} pixels of {grid.res:g} m "
@@ -228,7 +230,8 @@ def _valid_mask(grid: Grid, fine: tuple, coarse: list, man: dict, base: Path) ->
     return mask
 
 
-def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = None) -> StudyArea:
+def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = None,
+                    valid: np.ndarray | None = None) -> StudyArea:
     """Load every layer of a study area onto its reference grid.
 
     Parameters
@@ -241,6 +244,11 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
         the new cells), ``preview_factor = k`` and a warning saying so. For figures and summaries of an area too
         large to hold: the stack and the maps are made from the files at full resolution, block by block
         (:mod:`lithocore.blockwise`, :mod:`lithocore.mapping`). None: always the full grid.
+    valid
+        The valid-data mask on the reference grid, known already (the one :func:`lithocore.blockwise.write_stack`
+        made with the stack): the fine bands are then not read (``fine_loaded`` False, ``guide`` and ``extra``
+        without channels, their names and units from the files' headers); the labels, the ground to predict and
+        the coarse layers are loaded as always. What notebooks 03-07 need of a province, without its fine bands.
 
     Returns
     -------
@@ -269,17 +277,26 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
         warns.append(f"a preview: the {full.height:,} x {full.width:,} px reference grid has more than {max_pixels:,} "
                      f"pixels, so every layer is shown on a grid {preview} x coarser ({grid.height:,} x {grid.width:,} "
                      f"px of {grid.res:g} m); the stack and the maps are made at {full.res:g} m, block by block")
-    _check_scene_memory(man, base, grid, full, mpath)
     wavelengths: dict[str, float] = {}
-    guide, guide_names = read_fine_section(man, base, grid, "guide", warns, units, table, wavelengths)
-    extra, extra_names = read_fine_section(man, base, grid, "extra", warns, units, table, wavelengths)
+    if valid is not None:
+        if preview > 1 or valid.shape != grid.shape:
+            raise ValueError(f"a valid-data mask of {valid.shape} for a {grid.shape} reference grid"
+                             + (" (a preview cannot take one)" if preview > 1 else ""))
+        check_memory(grid, 0, 0, mpath, labels_only=True)
+        guide_names = fine_section_names(man, base, "guide", units, wavelengths)
+        extra_names = fine_section_names(man, base, "extra", units, wavelengths)
+        guide, extra = (np.zeros((0, *grid.shape), np.float32) for _ in range(2))
+    else:
+        _check_scene_memory(man, base, grid, full, mpath)
+        guide, guide_names = read_fine_section(man, base, grid, "guide", warns, units, table, wavelengths)
+        extra, extra_names = read_fine_section(man, base, grid, "extra", warns, units, table, wavelengths)
 
     coarse, points, labels, classes, lpath = load_small_layers(man, base, grid, warns, units, table, mpath)
     for a, ca, b, cb in classes.similar_colours():
         warn_data(warns, mpath, f"classes '{a}' ({ca}) and '{b}' ({cb}) have near-identical colours: they are hard to "
                             f"tell apart on the maps; give one of them another 'colour' in the class table")
 
-    mask = _valid_mask(grid, (guide, extra), coarse, man, base)
+    mask = _valid_mask(grid, (guide, extra), coarse, man, base) if valid is None else np.asarray(valid, bool)
     if not mask.any():
         raise StudyAreaError(mpath, "the study area is empty: no pixel has valid data in every layer "
                                     "(check nodata values, the area outline and the layers' extents)")
@@ -294,7 +311,7 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
                      extra_names=extra_names, coarse=coarse, labels=labels, classes=classes, mask=mask,
                      layer_table=table, points=points, units=units, manifest_path=str(mpath), warnings=warns,
                      preview_factor=preview, predict=ground, held_out=held_out,
-                     predict_declared=bool(man.get("predict")), wavelengths=wavelengths)
+                     predict_declared=bool(man.get("predict")), wavelengths=wavelengths, fine_loaded=valid is None)
 
 
 

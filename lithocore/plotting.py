@@ -56,6 +56,7 @@ def plot_composite(area: StudyArea, bands: tuple[str, str, str] | None = None, a
     with what it is."""
     from .sensors import composite
 
+    area.require_fine("a colour composite")
     ax = _axes(ax)
     names = area.guide_names or area.extra_names
     stack = area.guide if area.guide_names else area.extra
@@ -72,6 +73,7 @@ def plot_composite(area: StudyArea, bands: tuple[str, str, str] | None = None, a
 
 def plot_hillshade(area: StudyArea, layer: str = "dem", ax=None, cmap: str = "terrain"):
     """A fine layer (by default the DEM) as colour over its hillshade."""
+    area.require_fine("a hillshade")
     ax = _axes(ax)
     names = area.extra_names + area.guide_names
     if layer not in names:

@@ -260,6 +260,11 @@ class RunFolder:
     def stack_path(self) -> Path:
         return self.root / "02_fuse_sources" / "fused_stack.tif"
 
+    @property
+    def valid_mask_path(self) -> Path:
+        """The stack's valid-data mask (one bit a pixel), so that later notebooks need not read the fine bands."""
+        return self.root / "02_fuse_sources" / "valid_mask.npz"
+
     # --- 03
     def tiles_path(self, split: str) -> Path:
         return self.root / "03_build_tiles" / f"tiles_{split}.npz"

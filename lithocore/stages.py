@@ -21,12 +21,12 @@ from .data import load_study_area
 from .errors import WorkbookWarning
 from .plan import run_config
 from .registry import display_name, model_name
-from .runfolder import RunFolder, key, manifest_fingerprint, write_json
+from .runfolder import RunFolder, key, manifest_fingerprint, write_json, write_npz
 from .settings import MappingSettings, given_only
 from .tiles import tile_warnings, tiles_made_from
 from .training import assess_model
 
-__all__ = ["fused_stack", "stack_provenance", "training_tiles", "train_model",
+__all__ = ["fused_stack", "stack_provenance", "stack_valid_mask", "training_tiles", "train_model",
            "load_or_train", "evaluation_regions", "model_map", "deep_map_if_current", "current_map",
            "paper_forest_map"]
 
@@ -76,7 +76,6 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
     from . import fusion
 
     rf = RunFolder(run_dir)
-    area = area if area is not None else load_study_area(manifest)
     fp = manifest_fingerprint(manifest)
     prov = stack_provenance(rf.root)
     if prov:
@@ -85,9 +84,13 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
         if same_area and same_settings:
             if settings is not None:  # notebook 02 asks with its settings: say that nothing is fused again
                 print(f"{rf.stack_path} was made from this study area with these settings: reused")
+            if area is None:  # the fine bands are in the stack: not read again when its valid-data mask is at hand
+                valid = stack_valid_mask(rf.root, prov["stack_key"]) if max_pixels is None else None
+                area = load_study_area(manifest, valid=valid)
             return (area, *_stack_from_file(rf.stack_path, max_pixels))
         why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
         print(f"{rf.stack_path} was made from {why}: fusing again.")
+    area = area if area is not None else load_study_area(manifest)
     settings = settings or fusion.FusionSettings()
     stack, names, units = _fuse_into_run(rf.root, manifest, area, settings, memory_mb=memory_mb,
                                             max_pixels=max_pixels)
@@ -105,14 +108,30 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
     fp = manifest_fingerprint(manifest)
     names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse], area.extra_names,
                                                                    area.guide_names)
+    stack_key = key([fp, settings.key(), names])
     out = blockwise.write_stack(manifest, RunFolder(run_dir).stack_path, settings, memory_mb=memory_mb, progress=False,
                                 area=area,
                                 tags=dict(manifest=str(Path(manifest).resolve()), manifest_fingerprint=fp,
-                                          fusion_settings=json.dumps(settings.to_dict()),
-                                          stack_key=key([fp, settings.key(), names])))
+                                          fusion_settings=json.dumps(settings.to_dict()), stack_key=stack_key))
     if names != out["channels"]:
         raise RuntimeError(f"the block-wise stack has channels {out['channels']}, the study area {names}")
+    valid = out["valid"]
+    write_npz(RunFolder(run_dir).valid_mask_path, bits=np.packbits(valid), shape=np.array(valid.shape),
+              stack_key=stack_key)
     return _stack_from_file(RunFolder(run_dir).stack_path, max_pixels)
+
+
+def stack_valid_mask(run_dir, stack_key: str) -> np.ndarray | None:
+    """The valid-data mask written with the run's stack of key ``stack_key`` (:func:`fused_stack`), or None when
+    there is none or it was written with another stack."""
+    path = RunFolder(run_dir).valid_mask_path
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        if str(z["stack_key"]) != stack_key:
+            return None
+        shape = tuple(int(v) for v in z["shape"])
+        return np.unpackbits(z["bits"], count=shape[0] * shape[1]).reshape(shape).view(bool)  # 0/1 bytes: no copy
 
 
 def _stack_from_file(path, max_pixels: int | None = None):

@@ -1,7 +1,10 @@
 """Training tiles: sliding windows over the stack and the labels, and honest train/validation splits.
 
 Tiles are *windows into the scene* (their top-left corners), never copies: memory stays the size of the scene
-whatever the number of tiles, and :class:`TileBatches` cuts each batch on the fly.
+whatever the number of tiles, and :class:`TileBatches` cuts each batch on the fly. The scene-wide computations on
+the labels (which windows hold labels, which pixels lie near a region) go strip by strip of rows
+(:func:`window_sums`, :func:`within`): their working memory is :data:`STRIP_MB`, not a multiple of the scene, so a
+province's one-byte-a-pixel maps are all that grows with it.
 
 Two splits are offered:
 
@@ -25,10 +28,80 @@ from .area import NO_LABEL
 
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
            "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels",
-           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings"]
+           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map", "STRIP_MB"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
+
+#: Working memory (MB) of one strip of rows in the scene-wide computations on the labels.
+STRIP_MB = 128.0
+
+
+def _strip_rows(width: int, bytes_per_pixel: int, halo: int = 0) -> int:
+    """Rows a strip of ``width`` px may hold within :data:`STRIP_MB` (at ``bytes_per_pixel``), its halo of
+    ``halo`` rows above and below apart; never fewer than twice the halo (nor 16)."""
+    rows = int(STRIP_MB * 2**20 // max(width * bytes_per_pixel, 1)) - 2 * halo
+    return max(rows, 2 * halo, 16)
+
+
+def window_sums(flags: np.ndarray, size: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(len(rows), len(cols)) int64: the True pixels of ``flags`` in the ``size`` x ``size`` window at each
+    (row, column) of the grid ``rows`` x ``cols`` (ascending, evenly spaced); from an integral image of one strip
+    of rows at a time, never of the whole scene.
+
+    >>> window_sums(np.eye(6, dtype=bool), 2, np.arange(0, 5, 2), np.arange(0, 5, 2)).tolist()
+    [[2, 0, 0], [0, 2, 0], [0, 0, 2]]
+    """
+    W = flags.shape[1]
+    out = np.empty((len(rows), len(cols)), np.int64)
+    if not len(rows) or not len(cols):
+        return out
+    stride = max(1, int(rows[1] - rows[0])) if len(rows) > 1 else 1
+    span = max(size, _strip_rows(W, 8))  # the strip's integral image: int32, and the slice it sums
+    per_strip = max(1, (span - size) // stride + 1)  # window rows a strip serves
+    cols = np.asarray(cols)[None, :]
+    for j in range(0, len(rows), per_strip):
+        rr = np.asarray(rows[j:j + per_strip])
+        a, b = int(rr[0]), int(rr[-1]) + size
+        ii = np.zeros((b - a + 1, W + 1), np.int32)
+        np.cumsum(flags[a:b], axis=0, dtype=np.int32, out=ii[1:, 1:])
+        np.cumsum(ii[1:, 1:], axis=1, out=ii[1:, 1:])
+        r = (rr - a)[:, None]
+        out[j:j + per_strip] = ii[r + size, cols + size] - ii[r, cols + size] - ii[r + size, cols] + ii[r, cols]
+    return out
+
+
+def within(region: np.ndarray, distance: float) -> np.ndarray:
+    """(H, W) bool: the pixels within ``distance`` px (Euclidean) of a True pixel of ``region``, those included.
+    Exactly ``scipy.ndimage.distance_transform_edt(~region) <= distance``, computed strip by strip with a halo of
+    ``distance`` rows (a pixel's nearest region pixel, when that near, lies within it).
+
+    >>> r = np.zeros((5, 5), bool); r[2, 2] = True
+    >>> int(within(r, 1).sum()), int(within(r, 1.5).sum())
+    (5, 9)
+    """
+    H, W = region.shape
+    out = np.zeros((H, W), dtype=bool)
+    halo = int(math.ceil(max(distance, 0))) + 1
+    rows = _strip_rows(W, 18, halo)  # the transform's distances (float64) and feature indices (2 x int32)
+    for r0 in range(0, H, rows):
+        a, b = max(0, r0 - halo), min(H, r0 + rows + halo)
+        sub = region[a:b]
+        if sub.any():
+            out[r0:r0 + rows] = ndimage.distance_transform_edt(~sub)[r0 - a:r0 - a + rows] <= distance
+    return out
+
+
+def block_map(values: np.ndarray, block: tuple[int, int], shape: tuple[int, int], step: int = 1) -> np.ndarray:
+    """(H, W) map of per-block ``values`` (nby, nbx): each pixel takes its ``block`` = (rows, columns) block's
+    value, in ``values``'s dtype (no scene-sized index array); ``step`` > 1: every ``step``-th row and column only
+    (the map subsampled as ``[::step, ::step]``).
+
+    >>> block_map(np.array([[1, 2]], np.int8), (2, 2), (2, 3)).tolist()
+    [[1, 1, 2], [1, 1, 2]]
+    """
+    H, W = shape
+    return values[np.arange(0, H, step) // block[0]][:, np.arange(0, W, step) // block[1]]
 
 
 @dataclass
@@ -57,18 +130,13 @@ def candidate_windows(labels: np.ndarray, mask: np.ndarray, size: int, stride: i
     H, W = labels.shape
     if size > H or size > W:
         raise ValueError(f"tile size {size} is larger than the scene ({H} x {W}); choose a smaller tile_size")
-    labelled = ((labels != NO_LABEL) & mask).astype(np.int64)
-    ii = np.pad(labelled.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     rows = np.arange(0, H - size + 1, stride)
     cols = np.arange(0, W - size + 1, stride)
-    r, c = np.meshgrid(rows, cols, indexing="ij")
-    count = ii[r + size, c + size] - ii[r, c + size] - ii[r + size, c] + ii[r, c]
-    keep = count > 0
+    keep = window_sums((labels != NO_LABEL) & mask, size, rows, cols) > 0
     if allowed is not None:
-        bad = (~allowed).astype(np.int64)
-        jj = np.pad(bad.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        keep &= (jj[r + size, c + size] - jj[r, c + size] - jj[r + size, c] + jj[r, c]) == 0
-    return np.stack([r[keep], c[keep]], axis=1)
+        keep &= window_sums(~allowed, size, rows, cols) == 0
+    r, c = np.nonzero(keep)
+    return np.stack([rows[r], cols[c]], axis=1)
 
 
 def fold_windows(labels: np.ndarray, mask: np.ndarray, size: int, stride: int, n: int,
@@ -120,13 +188,16 @@ def split_paper(windows: np.ndarray, rng: np.random.Generator, val_fraction: flo
     return windows[np.sort(order[n_val:])], windows[np.sort(order[:n_val])]
 
 
-def _regions(val_blocks: np.ndarray, block_id: np.ndarray, buffer: float) -> np.ndarray:
-    """Region map: 1 validation blocks, -1 within ``buffer`` pixels of them, 0 the rest (training)."""
-    val = np.isin(block_id, val_blocks)
-    region = val.astype(np.int8)
+def _regions(val_blocks: np.ndarray, blocks: int, block: tuple[int, int], shape: tuple[int, int],
+             buffer: float, step: int = 1) -> np.ndarray:
+    """Region map: 1 the validation blocks (numbered row by row on a ``blocks`` x ``blocks`` grid of ``block``
+    = (rows, columns) px), -1 within ``buffer`` pixels of them, 0 the rest (training); ``step``: the map
+    subsampled (:func:`block_map`), ``buffer`` in its pixels."""
+    chosen = np.zeros(blocks * blocks, np.int8)
+    chosen[val_blocks] = 1
+    region = block_map(chosen.reshape(blocks, blocks), block, shape, step)
     if buffer > 0:
-        near = (ndimage.distance_transform_edt(~val) <= buffer) & ~val
-        region[near] = -1
+        region[within(region == 1, buffer) & (region == 0)] = -1
     return region
 
 
@@ -157,9 +228,8 @@ def split_spatial(labels: np.ndarray, mask: np.ndarray, size: int, rng: np.rando
     labelled = (labels != NO_LABEL) & mask
     classes = np.unique(labels[labelled]).astype(int)
     bh, bw = math.ceil(H / blocks), math.ceil(W / blocks)
-    block_id = (np.arange(H)[:, None] // bh) * blocks + (np.arange(W)[None, :] // bw)
     step = max(1, min(H, W) // 256)  # scoring resolution
-    lab_s, ok_s, bid_s = labels[::step, ::step], labelled[::step, ::step], block_id[::step, ::step]
+    lab_s, ok_s = labels[::step, ::step], labelled[::step, ::step]
     totals = np.array([(ok_s & (lab_s == c)).sum() for c in classes], dtype=np.float64)
     best, best_key = None, None
     rects = [(i0, i1, j0, j1) for i0 in range(blocks) for i1 in range(i0 + 1, blocks + 1)
@@ -168,7 +238,7 @@ def split_spatial(labels: np.ndarray, mask: np.ndarray, size: int, rng: np.rando
     rng.shuffle(rects)  # ties are broken by the seed
     for i0, i1, j0, j1 in rects:
         chosen = np.array([i * blocks + j for i in range(i0, i1) for j in range(j0, j1)])
-        region = _regions(chosen, bid_s, buffer / step)
+        region = _regions(chosen, blocks, (bh, bw), (H, W), buffer / step, step)
         on_val = np.array([(ok_s & (lab_s == c) & (region == 1)).sum() for c in classes]) / np.maximum(totals, 1)
         on_train = np.array([(ok_s & (lab_s == c) & (region == 0)).sum() for c in classes]) / np.maximum(totals, 1)
         both = int(((on_val >= min_share) & (on_train >= min_share)).sum())
@@ -182,7 +252,7 @@ def split_spatial(labels: np.ndarray, mask: np.ndarray, size: int, rng: np.rando
     if not best_key[0]:
         raise ValueError(f"no rectangle of the {blocks} x {blocks} blocks leaves room for a {size}-pixel tile on both "
                          f"sides of a {buffer}-pixel buffer in this {H} x {W} scene: use a smaller tile_size")
-    region = _regions(best, block_id, buffer)
+    region = _regions(best, blocks, (bh, bw), (H, W), buffer)
     train_cls = np.unique(labels[labelled & (region == 0)])
     val_cls = np.unique(labels[labelled & (region == 1)])
     info = dict(blocks=blocks, val_blocks=sorted(int(b) for b in best), buffer=int(buffer),

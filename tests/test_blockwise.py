@@ -29,6 +29,7 @@ def _compare(manifest, settings, tmp_path, memory_mb=2.0):
     area, stack, names, units = _in_memory(manifest, settings)
     out = blockwise.write_stack(manifest, tmp_path / "stack.tif", settings, memory_mb=memory_mb, progress=False)
     assert out["blocks"] >= 3  # the comparison is across block borders
+    assert np.array_equal(out["valid"], area.mask)  # the mask made block by block, which later notebooks load
     got, got_names, got_units, stats, _ = outputs.read_stack(tmp_path / "stack.tif")
     assert got_names == names and got_units == units
     assert np.array_equal(np.isnan(got), np.isnan(stack))  # the same valid-data mask
@@ -119,3 +120,29 @@ def test_a_loaded_area_is_used_and_a_preview_is_not(small_manifest, tmp_path, mo
         assert got.shape == ref.shape and np.array_equal(np.isnan(got), np.isnan(ref))
         assert np.nanmax(np.abs(got - ref)) <= 1e-5 * np.nanmax(np.abs(ref)), name
     assert files["blocks"] >= 3
+
+
+def test_later_notebooks_load_the_area_without_its_fine_bands(small_manifest, small_area, tmp_path):
+    """Once the run's stack is made, a run opened again loads the labels, the mask and the ground to predict as
+    the whole-scene loader does, but not the fine bands (the stack holds them); a mask written with another
+    stack is never used, and what needs the fine bands says so."""
+    from lithocore import plotting
+    from lithocore.run import Run
+    from lithocore.runfolder import RunFolder
+    from lithocore.stages import stack_valid_mask
+
+    Run.open(tmp_path, str(small_manifest)).stack()
+    area = Run.open(tmp_path, str(small_manifest)).area
+    assert not area.fine_loaded and area.guide.shape[0] == 0 and small_area.guide.shape[0] > 0
+    assert area.guide_names == small_area.guide_names and area.extra_names == small_area.extra_names
+    assert area.units == small_area.units and area.wavelengths == small_area.wavelengths
+    for name in ("mask", "labels", "predict", "held_out"):
+        assert np.array_equal(getattr(area, name), getattr(small_area, name)), name
+    assert small_area.predict.any() and (small_area.held_out != NO_LABEL).any()  # the withholding was exercised
+    with pytest.raises(ValueError, match="fine bands"):
+        plotting.plot_composite(area)
+    assert stack_valid_mask(tmp_path, "another stack's key") is None
+    with np.load(RunFolder(tmp_path).valid_mask_path) as z:
+        stale = dict(z) | {"stack_key": np.array("made from something else")}
+    np.savez(RunFolder(tmp_path).valid_mask_path, **stale)
+    assert Run.open(tmp_path, str(small_manifest)).area.fine_loaded  # the files read again, not the stale mask

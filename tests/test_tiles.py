@@ -109,3 +109,37 @@ def test_stratified_sampling_draws_more_rare_tiles():
     plain = T.sample_windows(cand, 100, rng)
     strat = T.sample_windows(cand, 100, np.random.default_rng(0), labels=labels, size=32, n_classes=2, stratified=True)
     assert holds(strat) > 2 * holds(plain)
+
+
+def test_strip_by_strip_equals_the_whole_scene_computation(monkeypatch, small_area):
+    """The label-side computations made strip by strip (a province's memory) give exactly what the whole-scene
+    ones give: distances against scipy's transform of the whole scene, window counts against one integral image,
+    and the folds and the spatial split unchanged when the strips are made tiny."""
+    from scipy import ndimage
+
+    from lithocore import crossval
+
+    rng = np.random.default_rng(3)
+    labels, mask = small_area.labels, small_area.mask
+    before = (crossval.make_folds(labels, mask, 3, block=48, buffer=20, seed=1).fold,
+              T.split_spatial(labels, mask, 32, np.random.default_rng(0), blocks=3)[0],
+              T.candidate_windows(labels, mask, 32, 8, allowed=labels != 0))
+    monkeypatch.setattr(T, "STRIP_MB", 0.02)  # strips of a few rows: many seams
+    for _ in range(12):
+        H, W = rng.integers(30, 200, 2)
+        region = rng.random((H, W)) < 0.003
+        region[rng.integers(H), rng.integers(W)] = True
+        d = float(rng.uniform(0, 40))
+        assert np.array_equal(T.within(region, d), ndimage.distance_transform_edt(~region) <= d)
+        flags, size, stride = rng.random((H, W)) < 0.2, int(rng.integers(1, min(H, W))), int(rng.integers(1, 12))
+        rows, cols = np.arange(0, H - size + 1, stride), np.arange(0, W - size + 1, stride)
+        ii = np.pad(flags.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        r, c = np.meshgrid(rows, cols, indexing="ij")
+        whole = ii[r + size, c + size] - ii[r, c + size] - ii[r + size, c] + ii[r, c]
+        assert np.array_equal(T.window_sums(flags, size, rows, cols), whole)
+    after = (crossval.make_folds(labels, mask, 3, block=48, buffer=20, seed=1).fold,
+             T.split_spatial(labels, mask, 32, np.random.default_rng(0), blocks=3)[0],
+             T.candidate_windows(labels, mask, 32, 8, allowed=labels != 0))
+    for a, b in zip(before, after):
+        assert np.array_equal(a, b)
+    assert (before[1] == -1).any() and len(before[2]) > 0  # a buffer was drawn and windows found

@@ -15,7 +15,7 @@ from ..sensors import band_wavelengths
 from .common import (bounds_in, check_fill_value, declared_nodata, describe_source, open_raster, resolve_path,
                      source_band, warp_scales)
 
-__all__ = ["read_fine", "fine_bands", "band_names", "read_fine_section"]
+__all__ = ["read_fine", "fine_bands", "band_names", "read_fine_section", "fine_section_names"]
 
 
 def read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Resampling, entry: dict | None = None,
@@ -70,18 +70,37 @@ def read_fine_section(man: dict, base: Path, grid: Grid, key: str, warns: list, 
         p = resolve_path(base, e["path"])
         bands, expected = fine_bands(e, p, key)
         arr, info = read_fine(p, grid, expected, Resampling.bilinear, e, warns, bands)
-        bnames = band_names(p, bands, arr.shape[0])
-        try:
-            wavelengths.update(band_wavelengths(bnames, sensor=e.get("sensor"), wavelengths=e.get("wavelengths")))
-        except ValueError as exc:
-            raise StudyAreaError(p, str(exc)) from None
+        bnames = _described(p, e, band_names(p, bands, arr.shape[0]), units, wavelengths)
         for b, n in enumerate(bnames):
             if not np.isfinite(arr[b]).any():
                 raise StudyAreaError(p, f"band {b + 1} ({n}) has no valid data inside the reference grid")
-            units[n] = str(e.get("units", ""))
         arrays.append(arr)
         names += bnames
         table.append(dict(layer=", ".join(bnames), kind=key, **info))
     if not arrays:
         return np.zeros((0, *grid.shape), np.float32), []
     return np.concatenate(arrays, axis=0), names
+
+
+def _described(path: Path, entry: dict, names: list[str], units: dict, wavelengths: dict) -> list[str]:
+    """Add a fine layer's bands' units and wavelengths (its ``sensor`` or ``wavelengths``) to ``units`` and
+    ``wavelengths``; returns ``names``."""
+    try:
+        wavelengths.update(band_wavelengths(names, sensor=entry.get("sensor"), wavelengths=entry.get("wavelengths")))
+    except ValueError as exc:
+        raise StudyAreaError(path, str(exc)) from None
+    units.update({n: str(entry.get("units", "")) for n in names})
+    return names
+
+
+def fine_section_names(man: dict, base: Path, key: str, units: dict, wavelengths: dict) -> list[str]:
+    """The band names of the manifest's ``key`` section (``guide`` or ``extra``), their units and wavelengths added
+    to ``units`` and ``wavelengths``, as :func:`read_fine_section` names them, from the files' headers: no pixel
+    is read (a study area whose stack is made already, :func:`lithocore.data.load_study_area`'s ``valid``)."""
+    names = []
+    for e in man[key]:
+        p = resolve_path(base, e["path"])
+        bands, _ = fine_bands(e, p, key)
+        with open_raster(p) as src:
+            names += _described(p, e, band_names(p, bands, src.count), units, wavelengths)
+    return names
