@@ -1,5 +1,5 @@
 """What each deep part adds (issue 23), per fold, on a run's own folds: the forests, the U-Net as the quick profile
-trains it, with balanced classes and tiles, started from the masked autoencoder (self-supervised on the whole
+trains it, with balanced classes and tiles, with its epoch chosen on an inner validation area, started from the masked autoencoder (self-supervised on the whole
 scene), the neighbourhood forest given the autoencoder's embedding, and the network and the neighbourhood forest
 averaged (the hybrid). Every candidate on the same folds and pixels, scored by the same code (``cross_validate``).
 
@@ -26,7 +26,7 @@ from lithocore.run import Run
 from lithocore.stages import stack_provenance
 
 CANDIDATES = ["forest", "forest_context", "unet", "unet_balanced", "unet_pretrained", "forest_context_embedding",
-              "hybrid", "hybrid_balanced"]
+              "hybrid", "hybrid_balanced", "unet_inner"]
 
 
 def main(argv=None) -> int:
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
         "forest_context_embedding": lambda: forest_fold_model(stack, area, **kw, **ctx, extra=emb),
         "unet": lambda: deep_fold_model(stack, area, fcfg, out / "cv"),
         "unet_balanced": lambda: deep_fold_model(stack, area, bal, out / "cv"),
+        "unet_inner": lambda: deep_fold_model(stack, area, replace(fcfg, inner_validation=0.2), out / "cv_inner"),
         "unet_pretrained": lambda: replace(deep_fold_model(stack, area, fcfg, out / "cv"), pretrained=auto),
         "hybrid": lambda: HybridFold(deep_fold_model(stack, area, fcfg, out / "cv"),
                                      forest_fold_model(stack, area, **kw, **ctx)),

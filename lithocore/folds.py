@@ -196,14 +196,18 @@ class DeepFold:
         from .training import train_on_windows
 
         cfg = self.cfg
-        cand = fold_windows(self.labels, self.mask, cfg.tile, cfg.stride, cfg.n_samples, allowed=train)
+        rng = np.random.default_rng((cfg.seed, i))
+        inner, val_windows = self._inner_validation(i, train, rng) if cfg.inner_validation > 0 else (train, None)
+        cand = fold_windows(self.labels, self.mask, cfg.tile, cfg.stride, cfg.n_samples, allowed=inner)
         if len(cand) == 0:
             raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
                              f"tile_size, larger cv_block or fewer folds")
-        windows = sample_windows(cand, cfg.n_samples, np.random.default_rng((cfg.seed, i)), labels=self.labels,
-                                 size=cfg.tile, n_classes=self.n_classes, stratified=cfg.balanced_tiles)
+        n_train = cfg.n_samples - (0 if val_windows is None else len(val_windows))
+        windows = sample_windows(cand, n_train, rng, labels=self.labels, size=cfg.tile, n_classes=self.n_classes,
+                                 stratified=cfg.balanced_tiles)
         start_from = [self.pretrained, file_digest(self.pretrained)] if self.pretrained else ""  # its content too
-        run_key = key([i, asdict(cfg), windows.tolist(), start_from])
+        chosen_on = None if val_windows is None else val_windows.tolist()
+        run_key = key([i, asdict(cfg), windows.tolist(), start_from] + ([chosen_on] if chosen_on else []))
         for held in _FITTED:  # the same network trained a moment ago in this process (the hybrid's after the U-Net's)
             if held[0] is self.stack and held[1] is self.labels and held[2] == run_key:
                 return held[3]
@@ -214,10 +218,34 @@ class DeepFold:
             start, name = pretrained_network(self.pretrained, cfg, self.stack.shape[0], self.n_classes, seed=i), \
                 f"{cfg.architecture}_pretrained"
         got = train_on_windows(self.stack, self.labels, self.mask, windows, cfg, self.n_classes,
-                               Path(self.out_dir) / f"{name}_fold{i}", model=start, run_key=run_key, seed=i)
+                               Path(self.out_dir) / f"{name}_fold{i}", model=start, run_key=run_key, seed=i,
+                               val_windows=val_windows, choose_best=val_windows is not None)
         _FITTED.append((self.stack, self.labels, run_key, (got["model"], got["stats"])))
         del _FITTED[:-2]
         return got["model"], got["stats"]
+
+    def _inner_validation(self, i, train, rng):
+        """(inner training region, validation windows): the fold's training side split as notebook 03 splits the
+        scene (:func:`lithocore.tiles.split_spatial`: a rectangle of blocks with the classes on both sides, a
+        tile-wide buffer), ``cfg.inner_validation`` of its windows on the held-out part, which chooses the epoch
+        kept. Where the training side cannot be split so, the fold trains on all of it (its last epoch), said."""
+        from .tiles import fold_windows, sample_windows, split_spatial
+
+        cfg = self.cfg
+        side = self.mask & train
+        try:
+            region, _ = split_spatial(np.where(side, self.labels, NO_LABEL).astype(np.uint8), side, cfg.tile, rng,
+                                      val_fraction=cfg.inner_validation, stride=cfg.stride)
+        except ValueError as exc:
+            print(f"fold {i}: no inner validation area ({exc}); the last epoch is kept")
+            return train, None
+        n_val = max(1, int(round(cfg.inner_validation * cfg.n_samples)))
+        cand = fold_windows(self.labels, self.mask, cfg.tile, cfg.stride, n_val, allowed=train & (region == 1))
+        if len(cand) == 0:
+            print(f"fold {i}: no window fits the inner validation area; the last epoch is kept")
+            return train, None
+        val = sample_windows(cand, n_val, rng, labels=self.labels, size=cfg.tile, n_classes=self.n_classes)
+        return train & (region == 0), val
 
     def proba(self, fitted, test) -> np.ndarray:
         """(n, K) class probabilities of the ``test`` pixels (in ``np.flatnonzero(test)`` order), from the windows

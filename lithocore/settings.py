@@ -62,6 +62,7 @@ class TrainingConfig:
     class_weighting: bool = True  # loss weights (1/f)^power from the training tiles' class frequencies
     class_weight_power: float = 0.5  # 0.5: the square root of the inverse frequency; 1: fully balanced
     balanced_tiles: bool = False  # a fold's or candidate's tiles drawn favouring those that hold rare classes
+    inner_validation: float = 0.0  # > 0: that share of a fold's training side held out to choose its best epoch
     dropout: float = 0.5
     upsampling: str = "bilinear"  # "table1" (the paper's kernels) or "bilinear" (Long et al.'s, bilinear start)
     seed: int = 0

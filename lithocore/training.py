@@ -165,9 +165,11 @@ def private_python_random(seed: int):
 
 
 def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingConfig, *, verbose: int | str = "auto",
-        run_key: str = ""):
+        run_key: str = "", choose_best: bool = False):
     """Train with checkpoints every epoch; an interrupted run called again (same ``run_key``) resumes where it
-    stopped. A checkpoint left by a run with another key is discarded.
+    stopped. A checkpoint left by a run with another key is discarded. ``choose_best``: the weights of the epoch
+    with the lowest validation loss are kept (and saved), not the last epoch's (after a resume: the best of the
+    epochs run since).
 
     Writes ``model.keras`` (after every epoch), ``history.csv`` and ``training.json`` (configuration and
     seconds) into ``out_dir``. Returns the history as a dict of lists (all epochs, resumed ones included).
@@ -193,14 +195,23 @@ def fit(model, train_batches, val_batches, out_dir: str | Path, cfg: TrainingCon
         keras.callbacks.CSVLogger(str(csv), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
+    best = None
+    if choose_best and val_batches is not None:
+        best = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.epochs, restore_best_weights=True)
+        callbacks.append(best)
     t0 = time.perf_counter()
     model.fit(train_batches, validation_data=val_batches, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
               callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - t0
+    chosen = None
+    if best is not None and best.best_weights is not None:  # restored at the end of training: the file says so too
+        chosen = int(best.best_epoch)  # counted as history.csv counts (from 0; a resumed run's epochs included)
+        with atomic_path(out / "model.keras") as tmp:
+            model.save(tmp)
     shutil.rmtree(backup, ignore_errors=True)
     history = read_history(csv)
     write_json(out / "training.json", dict(config=asdict(cfg), seconds=round(seconds, 1),
-                                           epochs_run=len(history.get("epoch", []))))
+                                           epochs_run=len(history.get("epoch", [])), epoch_kept=chosen))
     return history
 
 
@@ -253,7 +264,8 @@ def clear_run(out_dir: str | Path) -> None:
 
 def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, windows: np.ndarray,
                      cfg: TrainingConfig, n_classes: int, out_dir: str | Path, *, run_key: str, seed: int = 0,
-                     val_windows: np.ndarray | None = None, model=None, verbose: int | str = 0) -> dict:
+                     val_windows: np.ndarray | None = None, model=None, verbose: int | str = 0,
+                     choose_best: bool = False) -> dict:
     """The one training procedure (notebook 04's model, every fold model, notebook 07's deep candidates): the
     network of ``cfg`` trained on tiles at ``windows``.
 
@@ -276,6 +288,8 @@ def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, wi
         Tiles scored after every epoch (notebook 04's validation tiles); None: none.
     model
         A network built already (default: built from ``cfg``).
+    choose_best
+        Keep the epoch with the lowest loss on ``val_windows`` (:func:`fit`), not the last.
 
     Returns
     -------
@@ -301,7 +315,7 @@ def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, wi
         weights = class_weights(labels, windows, cfg.tile, n_classes, power=cfg.class_weight_power) \
             if cfg.class_weighting else None
         compile_model(model, n_classes, cfg, class_weights=weights)
-        history = fit(model, train, val, out_dir, cfg, verbose=verbose, run_key=run_key)
+        history = fit(model, train, val, out_dir, cfg, verbose=verbose, run_key=run_key, choose_best=choose_best)
     return dict(model=model, stats=stats, history=history, val=val)
 
 

@@ -117,3 +117,31 @@ def test_an_embedding_too_big_for_memory_is_refused_before_pretraining(small_are
     with pytest.raises(MemoryError, match="needs about 1.1 MiB while it is made, where 0.1 MiB is available"):
         scene_embedding(tmp_path, stack, small_area.mask, SMALL, stack_key="s1", progress=False)
     assert not (tmp_path / "embedding").exists()  # nothing begun
+
+
+def test_inner_validation_keeps_the_best_epoch_chosen_away_from_the_test_fold(small_area, stack, tmp_path):
+    """With ``inner_validation`` a fold network holds part of its own training side out (never the fold's test
+    region), scores every epoch there and keeps the epoch of lowest validation loss: the network returned is the
+    one saved, and its epoch is the history's minimum."""
+    import keras
+
+    from lithocore.training import read_history
+
+    folds = crossval.make_folds(small_area.labels, small_area.mask, k=2, block=64, buffer=16, seed=0)
+    cfg = TrainingConfig(architecture="unet", width=1 / 16, tile=32, stride=8, n_samples=20, epochs=4, batch_size=4,
+                         seed=0, inner_validation=0.25)
+    deep = deep_fold_model(stack, small_area, cfg, tmp_path)
+    train, test = crossval.fold_regions(folds, 0, small_area.mask)
+    inner, val = deep._inner_validation(0, train, np.random.default_rng((0, 0)))
+    assert val is not None and len(val) == 5
+    assert not (inner & ~train).any() and inner.sum() < train.sum()
+    for r, c in val:  # every validation tile wholly on the training side, off the inner training region
+        assert train[r:r + 32, c:c + 32].all() and not inner[r:r + 32, c:c + 32].any()
+    net, _ = deep.fit(0, train)
+    run = tmp_path / "unet_fold0"
+    record = json.loads((run / "training.json").read_text())
+    losses = read_history(run / "history.csv")["val_loss"]
+    assert len(losses) == 4 and record["epoch_kept"] == int(np.argmin(losses))
+    saved = keras.models.load_model(run / "model.keras", compile=False)
+    for a, b in zip(net.get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(a, b)
