@@ -101,10 +101,11 @@ def make_folds(labels: np.ndarray, mask: np.ndarray, k: int = 5, *, block: int =
         for i, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
             fold_of_block[np.unique(groups[test])] = i
     fold = block_map(fold_of_block.astype(np.int8).reshape(nby, nbx), (block, block), (H, W))
+    of_labelled = fold[labelled]  # one byte a labelled pixel
+    n_labelled = max(len(of_labelled), 1)
     info = dict(k=k, block=block, buffer=buffer, seed=seed, blocks=int(nby * nbx), blocks_with_labels=int(n_groups),
                 blocks_per_fold=[int((fold_of_block == i).sum()) for i in range(k)],
-                labelled_share_per_fold=[float((labelled & (fold == i)).sum() / max(labelled.sum(), 1))
-                                         for i in range(k)])
+                labelled_share_per_fold=[float(np.count_nonzero(of_labelled == i) / n_labelled) for i in range(k)])
     return Folds(k, block, buffer, fold, info)
 
 
@@ -112,7 +113,11 @@ def fold_regions(folds: Folds, i: int, mask: np.ndarray) -> tuple[np.ndarray, np
     """(test region, training region) of fold ``i``: its blocks, and the valid pixels farther than the buffer
     from them."""
     test = folds.fold == i
-    return test & mask, mask & ~within(test, folds.buffer)
+    train = within(test, folds.buffer)
+    np.logical_not(train, out=train)  # in place: two maps of the scene, not four
+    train &= mask
+    test &= mask
+    return test, train
 
 
 def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, size: int,
@@ -141,8 +146,11 @@ def fold_coverage(folds: Folds, labels: np.ndarray, mask: np.ndarray, names) -> 
     labelled = (labels != NO_LABEL) & mask
     for i in range(folds.k):
         test, train = fold_regions(folds, i, mask)
-        t = np.bincount(labels[labelled & test], minlength=n)[:n]
-        r = np.bincount(labels[labelled & train], minlength=n)[:n]
+        test &= labelled
+        train &= labelled
+        t = np.bincount(labels[test], minlength=n)[:n]
+        r = np.bincount(labels[train], minlength=n)[:n]
+        del test, train
         lacking = [names[c] for c in range(n) if t[c] > 0 and r[c] == 0]
         out.append(dict(fold=i, test_pixels=int(t.sum()), train_pixels=int(r.sum()),
                         test_per_class={names[c]: int(t[c]) for c in range(n)},

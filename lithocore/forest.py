@@ -7,13 +7,46 @@ Prediction runs over the scene in chunks of rows, with bounded memory and a prog
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 
 import numpy as np
+from sklearn.ensemble import RandomForestClassifier
 
 from .area import NO_LABEL
 
-__all__ = ["sample_pixels", "train_forest", "predict_forest", "neighbourhood_features", "pixel_features"]
+__all__ = ["sample_pixels", "train_forest", "predict_forest", "neighbourhood_features", "pixel_features", "Forest"]
+
+
+@contextlib.contextmanager
+def warning_filters_kept():
+    """Leave Python's warning filters as they were. scikit-learn's threaded workers each enter
+    ``warnings.catch_warnings`` and reset the filters, which is not thread-safe: when two of them interleave (seen on
+    a busy 2-core machine) the process is left with no filter at all, and every later scikit-learn parallel call
+    warns that its ``delayed`` lacks a ``Parallel``, hundreds of times in a notebook."""
+    filters = warnings.filters
+    kept = filters[:]
+    try:
+        yield
+    finally:
+        if warnings.filters is not filters or filters != kept:
+            filters[:] = kept
+            warnings.filters = filters
+            warnings._filters_mutated()
+
+
+class Forest(RandomForestClassifier):
+    """scikit-learn's random forest, fitted and applied with the warning filters kept (:func:`warning_filters_kept`);
+    otherwise the same estimator, tree for tree."""
+
+    def fit(self, X, y, sample_weight=None):
+        with warning_filters_kept():
+            return super().fit(X, y, sample_weight=sample_weight)
+
+    def predict_proba(self, X):
+        with warning_filters_kept():
+            return super().predict_proba(X)
 
 
 def sample_pixels(labels: np.ndarray, allowed: np.ndarray, fraction: float = 0.1, seed: int = 0,
@@ -110,16 +143,15 @@ def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n
 
     Returns
     -------
-    (sklearn.ensemble.RandomForestClassifier, float)
-        The forest and the seconds its fit took.
+    (Forest, float)
+        The forest (scikit-learn's, :class:`Forest`) and the seconds its fit took.
     """
-    from sklearn.ensemble import RandomForestClassifier
     from tqdm.auto import tqdm
 
     X = pixel_features(stack, pixels)
     y = labels.ravel()[pixels]
     mtry = min(max_features, X.shape[1]) if isinstance(max_features, int) else max_features
-    rf = RandomForestClassifier(n_estimators=n_trees, max_features=mtry, n_jobs=n_jobs,
+    rf = Forest(n_estimators=n_trees, max_features=mtry, n_jobs=n_jobs,
                                 random_state=seed, warm_start=progress)
     t0 = time.perf_counter()
     if not progress:

@@ -74,3 +74,28 @@ def test_forest_grown_under_a_progress_bar_is_the_same_forest():
     X = stack.reshape(4, -1).T
     assert len(rounds.estimators_) == 25
     assert np.array_equal(one.predict_proba(X), rounds.predict_proba(X))
+
+
+def test_forest_leaves_the_warning_filters_as_they_were(monkeypatch):
+    """scikit-learn's threaded workers can leave the process without warning filters when two of them interleave
+    (then every later parallel call warns); the workbook's forest puts them back after fitting and predicting."""
+    import warnings
+
+    from sklearn.ensemble import RandomForestClassifier
+
+    from lithocore.forest import Forest
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((200, 3)), rng.integers(0, 3, 200)
+    before = warnings.filters[:]
+    assert before  # pytest and Python install some
+
+    def racy(self, X):
+        warnings.resetwarnings()  # what the interleaved workers leave behind
+        warnings.filters = []
+        return np.zeros((len(X), 3))
+
+    rf = Forest(n_estimators=5, random_state=0, n_jobs=2).fit(X, y)
+    monkeypatch.setattr(RandomForestClassifier, "predict_proba", racy)
+    assert rf.predict(X).shape == (200,)
+    assert warnings.filters == before
