@@ -27,7 +27,7 @@ import numpy as np
 from .area import NO_LABEL
 from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
-from .tiles import block_map, window_pixels, within
+from .tiles import block_map, value_counts, window_pixels, within
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
@@ -101,11 +101,10 @@ def make_folds(labels: np.ndarray, mask: np.ndarray, k: int = 5, *, block: int =
         for i, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
             fold_of_block[np.unique(groups[test])] = i
     fold = block_map(fold_of_block.astype(np.int8).reshape(nby, nbx), (block, block), (H, W))
-    of_labelled = fold[labelled]  # one byte a labelled pixel
-    n_labelled = max(len(of_labelled), 1)
+    per_fold = value_counts(fold, labelled, k + 1, offset=1)  # labelled pixels outside any fold, in each fold
     info = dict(k=k, block=block, buffer=buffer, seed=seed, blocks=int(nby * nbx), blocks_with_labels=int(n_groups),
                 blocks_per_fold=[int((fold_of_block == i).sum()) for i in range(k)],
-                labelled_share_per_fold=[float(np.count_nonzero(of_labelled == i) / n_labelled) for i in range(k)])
+                labelled_share_per_fold=[float(per_fold[i + 1] / max(per_fold.sum(), 1)) for i in range(k)])
     return Folds(k, block, buffer, fold, info)
 
 
@@ -146,10 +145,7 @@ def fold_coverage(folds: Folds, labels: np.ndarray, mask: np.ndarray, names) -> 
     labelled = (labels != NO_LABEL) & mask
     for i in range(folds.k):
         test, train = fold_regions(folds, i, mask)
-        test &= labelled
-        train &= labelled
-        t = np.bincount(labels[test], minlength=n)[:n]
-        r = np.bincount(labels[train], minlength=n)[:n]
+        t, r = value_counts(labels, test & labelled, n), value_counts(labels, train & labelled, n)
         del test, train
         lacking = [names[c] for c in range(n) if t[c] > 0 and r[c] == 0]
         out.append(dict(fold=i, test_pixels=int(t.sum()), train_pixels=int(r.sum()),

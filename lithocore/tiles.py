@@ -28,7 +28,7 @@ from .area import NO_LABEL
 
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
            "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels",
-           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map", "STRIP_MB"]
+           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map", "value_counts", "STRIP_MB"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
@@ -89,6 +89,22 @@ def within(region: np.ndarray, distance: float) -> np.ndarray:
         sub = region[a:b]
         if sub.any():
             out[r0:r0 + rows] = ndimage.distance_transform_edt(~sub)[r0 - a:r0 - a + rows] <= distance
+    return out
+
+
+def value_counts(values: np.ndarray, where: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
+    """(n,) int64: the pixels of ``where`` whose ``values`` + ``offset`` is 0, 1, ... n - 1 (others not counted),
+    strip by strip (``np.bincount`` of a whole scene's selection would widen it to eight bytes a pixel).
+
+    >>> value_counts(np.array([[0, 1, 1], [2, 9, 1]], np.uint8), np.ones((2, 3), bool), 3).tolist()
+    [1, 3, 1]
+    """
+    H, W = values.shape
+    rows = _strip_rows(W, 10)
+    out = np.zeros(n, np.int64)
+    for r0 in range(0, H, rows):
+        v = values[r0:r0 + rows][where[r0:r0 + rows]].astype(np.int64) + offset
+        out += np.bincount(v[(v >= 0) & (v < n)], minlength=n)
     return out
 
 
