@@ -334,7 +334,7 @@ def _fused_strip(plan: _Plan, read, fits: list, means: dict, kw: dict, floor: fl
 
 
 def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=None, *, memory_mb: float = 256.0,
-                tags: dict | None = None, progress: bool = True, area=None) -> dict:
+                tags=None, progress: bool = True, area=None) -> dict:
     """Fuse a study area and write its stack (channels by ``settings``, a
     :class:`~lithocore.fusion.FusionSettings`) to ``path`` block by block: pass 0 the logarithms' floor (a log or
     clr guide), pass 1 the guide's means over the coarse cells, the fits on those small grids, pass 2 each strip's
@@ -343,7 +343,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     made on the way.
 
     Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points; one byte a pixel for the labels
-    and one for the valid-data mask). ``area``: the same study area already loaded on the same grid: its layers
+    and one for the valid-data mask). ``tags``: a dict, or a function of the channel names that returns one. ``area``: the same study area already loaded on the same grid: its layers
     are used instead of reading and warping the files again (the same values; a preview on a coarser grid,
     ``load_study_area(..., max_pixels=...)``, is not used).
     """
@@ -387,7 +387,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                 bar.close()
                 stats = moments.stats(labelled_valid) | {"fitted_on": "all labelled valid pixels"}
                 ch_units = [plan.units.get(ch, "") for ch in plan.channels]
-                _describe_bands(dst, plan.channels, ch_units, stats, tags)
+                _describe_bands(dst, plan.channels, ch_units, stats, tags(plan.channels) if callable(tags) else tags)
             stack.close()
             with rasterio.Env(GDAL_CACHEMAX=int(max(64, memory_mb))):  # the overviews need more
                 write_cog(tmp, tmp, resampling="average")

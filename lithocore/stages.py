@@ -90,10 +90,11 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
             return (area, *_stack_from_file(rf.stack_path, max_pixels))
         why = "another study area (or the manifest or its files changed)" if not same_area else "other fusion settings"
         print(f"{rf.stack_path} was made from {why}: fusing again.")
-    area = area if area is not None else load_study_area(manifest)
     settings = settings or fusion.FusionSettings()
-    stack, names, units = _fuse_into_run(rf.root, manifest, area, settings, memory_mb=memory_mb,
-                                            max_pixels=max_pixels)
+    stack, names, units, valid = _fuse_into_run(rf.root, manifest, area, settings, memory_mb=memory_mb,
+                                                max_pixels=max_pixels)
+    if area is None:  # fused from the files strip by strip; the area loaded after it, without the fine bands
+        area = load_study_area(manifest, valid=valid)
     return area, stack, names, units
 
 
@@ -101,24 +102,28 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
     """Fuse the study area with ``settings`` and write its stack where notebook 02 does, block by block from the
     manifest (:func:`lithocore.blockwise.write_stack`: memory set by ``memory_mb``, not by the scene; the same
     values as :func:`~lithocore.fusion.fuse_study_area` in memory, which notebook 02 draws),
-    with what it was made from in its tags. Returns (stack, channel names, units): the stack read back, at most
-    ``max_pixels`` (coarser beyond: a preview, :func:`~lithocore.outputs.read_stack`)."""
+    with what it was made from in its tags. ``area`` None: every layer read from the files. Returns (stack, channel
+    names, units, valid-data mask): the stack read back, at most ``max_pixels`` (coarser beyond: a preview,
+    :func:`~lithocore.outputs.read_stack`)."""
     from . import blockwise, fusion
 
     fp = manifest_fingerprint(manifest)
-    names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse], area.extra_names,
-                                                                   area.guide_names)
-    stack_key = key([fp, settings.key(), names])
+
+    def tags(channels: list[str]) -> dict:  # the channels the stack's plan chose (the settings', else the default)
+        return dict(manifest=str(Path(manifest).resolve()), manifest_fingerprint=fp,
+                    fusion_settings=json.dumps(settings.to_dict()), stack_key=key([fp, settings.key(), channels]))
+
     out = blockwise.write_stack(manifest, RunFolder(run_dir).stack_path, settings, memory_mb=memory_mb, progress=False,
-                                area=area,
-                                tags=dict(manifest=str(Path(manifest).resolve()), manifest_fingerprint=fp,
-                                          fusion_settings=json.dumps(settings.to_dict()), stack_key=stack_key))
-    if names != out["channels"]:
-        raise RuntimeError(f"the block-wise stack has channels {out['channels']}, the study area {names}")
+                                area=area, tags=tags)
+    if area is not None:  # the in-memory fusion's default channels (notebook 02 draws them) are the stack's
+        names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse],
+                                                                       area.extra_names, area.guide_names)
+        if names != out["channels"]:
+            raise RuntimeError(f"the block-wise stack has channels {out['channels']}, the study area {names}")
     valid = out["valid"]
     write_npz(RunFolder(run_dir).valid_mask_path, bits=np.packbits(valid), shape=np.array(valid.shape),
-              stack_key=stack_key)
-    return _stack_from_file(RunFolder(run_dir).stack_path, max_pixels)
+              stack_key=tags(out["channels"])["stack_key"])
+    return (*_stack_from_file(RunFolder(run_dir).stack_path, max_pixels), valid)
 
 
 def stack_valid_mask(run_dir, stack_key: str) -> np.ndarray | None:

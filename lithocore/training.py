@@ -11,7 +11,9 @@ The two profiles (their table: :data:`lithocore.settings.PROFILES`; the measurem
   the bilinear decoder, 16 epochs: the whole workbook within 15 minutes on 2 CPU cores.
 
 The model kept is the last epoch's, not the best on validation: the validation region is also what the
-scores are reported on, and choosing on it would flatter them.
+scores are reported on, and choosing on it would flatter them. A cross-validation fold's network may instead keep
+the epoch of lowest loss on an inner validation area of its own training side (``TrainingConfig.inner_validation``;
+measured worse on every area tried, so off: ``benchmarks/README.md``).
 
 Training resumes after an interruption with nothing lost (``keras.callbacks.BackupAndRestore``, two
 checkpoints kept), writes the model after every epoch (to a temporary file renamed into place) and appends the

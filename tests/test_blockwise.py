@@ -123,16 +123,17 @@ def test_a_loaded_area_is_used_and_a_preview_is_not(small_manifest, tmp_path, mo
 
 
 def test_later_notebooks_load_the_area_without_its_fine_bands(small_manifest, small_area, tmp_path):
-    """Once the run's stack is made, a run opened again loads the labels, the mask and the ground to predict as
-    the whole-scene loader does, but not the fine bands (the stack holds them); a mask written with another
-    stack is never used, and what needs the fine bands says so."""
+    """A run fuses its stack from the files strip by strip and, as every run opened again, loads the labels, the mask
+    and the ground to predict as the whole-scene loader does, but not the fine bands (the stack holds them); a mask
+    written with another stack is never used, and what needs the fine bands says so."""
     from lithocore import plotting
     from lithocore.run import Run
     from lithocore.runfolder import RunFolder
     from lithocore.stages import stack_valid_mask
 
-    Run.open(tmp_path, str(small_manifest)).stack()
-    area = Run.open(tmp_path, str(small_manifest)).area
+    fused_now = Run.open(tmp_path, str(small_manifest)).area  # fused from the files, then loaded without the bands
+    area = Run.open(tmp_path, str(small_manifest)).area  # the stack reused
+    assert not fused_now.fine_loaded and np.array_equal(fused_now.labels, small_area.labels)
     assert not area.fine_loaded and area.guide.shape[0] == 0 and small_area.guide.shape[0] > 0
     assert area.guide_names == small_area.guide_names and area.extra_names == small_area.extra_names
     assert area.units == small_area.units and area.wavelengths == small_area.wavelengths
