@@ -1,7 +1,8 @@
 """What each deep part adds (issue 23), per fold, on a run's own folds: the forests, the U-Net as the quick profile
-trains it, with balanced classes and tiles, with its epoch chosen on an inner validation area, started from the masked autoencoder (self-supervised on the whole
-scene), the neighbourhood forest given the autoencoder's embedding, and the network and the neighbourhood forest
-averaged (the hybrid). Every candidate on the same folds and pixels, scored by the same code (``cross_validate``).
+trains it, with balanced classes and tiles, with its epoch chosen on an inner validation area, started from the
+masked autoencoder (self-supervised on the whole scene), the neighbourhood forest given the autoencoder's
+embedding, and the network and the neighbourhood forest averaged (the hybrid). Every candidate on the same folds
+and pixels, scored by the same code (``cross_validate``).
 
     python benchmarks/deep_ablation.py --run-dir runs/default [--study-area data/central-lapland.yaml]
         [--only forest forest_context ...] [--out benchmarks/results/cpu2_deep_ablation.jsonl]

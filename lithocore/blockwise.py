@@ -343,9 +343,10 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     made on the way.
 
     Peak memory is about ``memory_mb`` plus the small layers (coarse grids, points; one byte a pixel for the labels
-    and one for the valid-data mask). ``tags``: a dict, or a function of the channel names that returns one. ``area``: the same study area already loaded on the same grid: its layers
-    are used instead of reading and warping the files again (the same values; a preview on a coarser grid,
-    ``load_study_area(..., max_pixels=...)``, is not used).
+    and one for the valid-data mask). ``tags``: a dict, or a function of the channel names that returns one.
+    ``area``: the same study area already loaded on the same grid: its layers are used instead of reading and
+    warping the files again (the same values; a preview on a coarser grid, ``load_study_area(..., max_pixels=...)``,
+    or an area loaded without its fine bands, is not used).
     """
     from tqdm.auto import tqdm
 

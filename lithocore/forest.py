@@ -33,7 +33,7 @@ def warning_filters_kept():
         if warnings.filters is not filters or filters != kept:
             filters[:] = kept
             warnings.filters = filters
-            warnings._filters_mutated()
+            getattr(warnings, "_filters_mutated", lambda: None)()  # Python's own cache of them, where it has one
 
 
 class Forest(RandomForestClassifier):
@@ -151,8 +151,7 @@ def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n
     X = pixel_features(stack, pixels)
     y = labels.ravel()[pixels]
     mtry = min(max_features, X.shape[1]) if isinstance(max_features, int) else max_features
-    rf = Forest(n_estimators=n_trees, max_features=mtry, n_jobs=n_jobs,
-                                random_state=seed, warm_start=progress)
+    rf = Forest(n_estimators=n_trees, max_features=mtry, n_jobs=n_jobs, random_state=seed, warm_start=progress)
     t0 = time.perf_counter()
     if not progress:
         rf.fit(X, y)

@@ -28,7 +28,8 @@ from .area import NO_LABEL
 
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
            "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels",
-           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map", "value_counts", "STRIP_MB"]
+           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map",
+           "value_counts", "STRIP_MB"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
