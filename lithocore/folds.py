@@ -199,6 +199,10 @@ class DeepFold:
         rng = np.random.default_rng((cfg.seed, i))
         inner, val_windows = self._inner_validation(i, train, rng) if cfg.inner_validation > 0 else (train, None)
         cand = fold_windows(self.labels, self.mask, cfg.tile, cfg.stride, cfg.n_samples, allowed=inner)
+        if len(cand) == 0 and val_windows is not None:  # the inner area took the room of every training tile
+            print(f"fold {i}: no {cfg.tile}-px window fits beside the inner validation area; the last epoch is kept")
+            val_windows = None
+            cand = fold_windows(self.labels, self.mask, cfg.tile, cfg.stride, cfg.n_samples, allowed=train)
         if len(cand) == 0:
             raise ValueError(f"fold {i}: no {cfg.tile}-px window fits wholly in the training region; use a smaller "
                              f"tile_size, larger cv_block or fewer folds")

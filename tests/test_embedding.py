@@ -145,3 +145,8 @@ def test_inner_validation_keeps_the_best_epoch_chosen_away_from_the_test_fold(sm
     saved = keras.models.load_model(run / "model.keras", compile=False)
     for a, b in zip(net.get_weights(), saved.get_weights()):
         np.testing.assert_array_equal(a, b)
+    # where the inner area leaves no room for a training tile (a 128-px tile on Central Lapland's folds), the fold
+    # trains on its whole training side and keeps its last epoch, rather than failing
+    deep._inner_validation = lambda i, train, rng: (np.zeros_like(train), val)
+    deep.fit(1, crossval.fold_regions(folds, 1, small_area.mask)[1])
+    assert json.loads((tmp_path / "unet_fold1" / "training.json").read_text())["epoch_kept"] is None
