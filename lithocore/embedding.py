@@ -11,8 +11,8 @@ Two uses (issue 23):
 
 * the **embedding**: a 1x1 convolution (:data:`EMBEDDING_LAYER`, ``dims`` channels) through which every
   reconstruction must pass, computed over the scene in the windows a map is made in
-  (:func:`lithocore.mapping.scene_outputs`) and written beside the stack (:func:`scene_embedding`, keyed by the stack and these settings); the forests take it as extra channels
-  (:class:`lithocore.stackfile.Channels`);
+  (:func:`lithocore.mapping.scene_outputs`) and written beside the stack (:func:`scene_embedding`, keyed by the
+  stack and these settings); the forests take it as extra channels (:class:`lithocore.stackfile.Channels`);
 * the **start of a network**: :func:`warm_start` copies the pretrained layers into a U-Net of the same width
   before it is fine-tuned on the labels.
 """

@@ -210,8 +210,8 @@ class DeepFold:
         windows = sample_windows(cand, n_train, rng, labels=self.labels, size=cfg.tile, n_classes=self.n_classes,
                                  stratified=cfg.balanced_tiles)
         start_from = [self.pretrained, file_digest(self.pretrained)] if self.pretrained else ""  # its content too
-        chosen_on = None if val_windows is None else val_windows.tolist()
-        run_key = key([i, asdict(cfg), windows.tolist(), start_from] + ([chosen_on] if chosen_on else []))
+        chosen_on = [] if val_windows is None else [val_windows.tolist()]  # the tiles that choose the epoch kept
+        run_key = key([i, asdict(cfg), windows.tolist(), start_from] + chosen_on)
         for held in _FITTED:  # the same network trained a moment ago in this process (the hybrid's after the U-Net's)
             if held[0] is self.stack and held[1] is self.labels and held[2] == run_key:
                 return held[3]

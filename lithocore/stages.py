@@ -109,9 +109,12 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
 
     fp = manifest_fingerprint(manifest)
 
-    def tags(channels: list[str]) -> dict:  # the channels the stack's plan chose (the settings', else the default)
+    def stack_key(channels: list[str]) -> str:  # the channels the stack's plan chose (the settings', else the default)
+        return key([fp, settings.key(), channels])
+
+    def tags(channels: list[str]) -> dict:
         return dict(manifest=str(Path(manifest).resolve()), manifest_fingerprint=fp,
-                    fusion_settings=json.dumps(settings.to_dict()), stack_key=key([fp, settings.key(), channels]))
+                    fusion_settings=json.dumps(settings.to_dict()), stack_key=stack_key(channels))
 
     out = blockwise.write_stack(manifest, RunFolder(run_dir).stack_path, settings, memory_mb=memory_mb, progress=False,
                                 area=area, tags=tags)
@@ -122,7 +125,7 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
             raise RuntimeError(f"the block-wise stack has channels {out['channels']}, the study area {names}")
     valid = out["valid"]
     write_npz(RunFolder(run_dir).valid_mask_path, bits=np.packbits(valid), shape=np.array(valid.shape),
-              stack_key=tags(out["channels"])["stack_key"])
+              stack_key=stack_key(out["channels"]))
     return (*_stack_from_file(RunFolder(run_dir).stack_path, max_pixels), valid)
 
 
