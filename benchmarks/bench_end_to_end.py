@@ -1,7 +1,7 @@
 """The workbook end to end on a large synthetic area: manifest -> stack -> tiles -> training -> cross-validation ->
 maps, each stage in a fresh process, in one process and on a Dask ``LocalCluster`` of ``--workers`` workers.
 
-    python benchmarks/bench_end_to_end.py --size 4000 --workers 2 [--epochs 2] [--out runs/bench/e2e]
+    python benchmarks/bench_end_to_end.py --size 4000 --workers 2 [--epochs 2] [--out runs/bench/e2e] [--resume]
 
 The area (N x N pixels of 15 m: nine guide bands, eight coarse layers, four classes; ``bench_fuse_scale.build_area``)
 is built once and reused. Each stage runs through the notebooks' own API (:class:`lithocore.run.Run`) in a fresh
@@ -10,7 +10,9 @@ Python process: ``stack`` (the fused stack, block by block), ``tiles`` (the spat
 deep model, the forest and the neighbourhood forest) and ``maps`` (the deep model's map and the paper's forest's,
 window by window). With ``--workers`` K > 0 the cross-validation's fold x model fits and the maps' windows run on
 a LocalCluster of K one-thread workers (the stack read from the run folder); the cross-validation runs again in one
-process, and ``identical_to_one_process`` says whether the two give the same scores and out-of-fold maps.
+process, and ``identical_to_one_process`` says whether the two give the same scores and out-of-fold maps
+(``--no-one-process-check``: not run, null). Each stage's row is kept in the run folder (``bench_stages.json``,
+each row also printed to stderr as it ends); ``--resume`` goes on from the first stage not finished.
 
 Prints one JSON line: ``pixels``, ``seconds`` per stage and in all, ``peak_rss_mb`` per stage (the largest of the
 client, the workers and the processes they started), ``peak_rss_mb_max_process`` and ``identical_to_one_process``.
@@ -104,6 +106,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--out", default="runs/bench/e2e")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the stages this folder's last run finished (bench_stages.json), run the rest")
+    ap.add_argument("--no-one-process-check", dest="one_process_check", action="store_false",
+                    help="skip the cross-validation's second run in one process (identical_to_one_process: null)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--manifest", help=argparse.SUPPRESS)
@@ -119,9 +125,16 @@ def main() -> int:
     manifest = build_area(out / f"area_{a.size}", a.size)
     area_s = time.perf_counter() - t0
     folder = out / f"run_{a.size}"
-    rows = {name: _fresh(name, a, folder, manifest, a.workers) for name in STAGES}
+    folder.mkdir(parents=True, exist_ok=True)
+    done_path = folder / "bench_stages.json"  # each finished stage's row: --resume goes on from the first missing
+    rows = json.loads(done_path.read_text()) if a.resume and done_path.is_file() else {}
+    for name in STAGES:
+        if name not in rows:
+            rows[name] = _fresh(name, a, folder, manifest, a.workers)
+            done_path.write_text(json.dumps(rows))
+        print(json.dumps(rows[name]), file=sys.stderr, flush=True)
     identical = None
-    if a.workers:
+    if a.workers and a.one_process_check:
         import numpy as np
 
         one_folder = out / f"run_{a.size}_one_process"

@@ -20,11 +20,19 @@ from rasterio.warp import reproject
 
 from .errors import StudyAreaError
 
-__all__ = ["WARP_THREADS", "NO_LABEL", "Grid", "overlaps", "ClassTable", "norm_value", "CoarseLayer", "StudyArea"]
+__all__ = ["WARP_THREADS", "gdal_cache", "NO_LABEL", "Grid", "overlaps", "ClassTable", "norm_value", "CoarseLayer", "StudyArea"]
 
 #: Threads of GDAL's warper (the same values with any number: it splits the output by rows).
 WARP_THREADS = min(4, os.cpu_count() or 1)
 
+
+def gdal_cache(mb: float):
+    """A ``rasterio.Env`` whose GDAL block cache holds ``mb`` megabytes. rasterio hands an integer
+    ``GDAL_CACHEMAX`` to GDAL as bytes (GDAL's own "MB below 100000" rule applies only to the environment
+    variable), so ``Env(GDAL_CACHEMAX=256)`` is a 256-byte cache that holds no block at all."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=int(mb * 2**20))
 
 
 #: Value of the label raster where a pixel has no label (outside the map, or a unit not mapped).

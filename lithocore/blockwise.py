@@ -39,11 +39,12 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from .area import Grid, NO_LABEL, WARP_THREADS, overlaps
+from .area import Grid, NO_LABEL, WARP_THREADS, gdal_cache, overlaps
 from .data import load_small_layers
 from .errors import StudyAreaError
 from .manifest import read_manifest
-from .sources.common import check_fill_value, declared_nodata, open_raster, resolve_path, bounds_in, warp_scales
+from .sources.common import (bounds_in, check_fill_value, declared_nodata, grid_offset, open_raster, read_on_grid,
+                             resolve_path, warp_scales)
 from .sources.fine import band_names, fine_bands
 from .stackfile import Moments
 from .sources.labels import area_geometries, predict_ground
@@ -93,6 +94,8 @@ def read_fine_rows(src, entry: dict, grid: Grid, r0: int, n: int,
     """Rows ``r0 .. r0 + n`` of every band of an open raster, brought onto the reference grid (float32, NaN
     where the source has no data). Only the source window under the rows (with a margin for the resampling
     kernel) is read."""
+    if resampling in (Resampling.bilinear, Resampling.nearest) and (offset := grid_offset(src, grid)) is not None:
+        return read_on_grid(src, entry, offset, r0, n, grid.width)  # the grid's own pixels: read, not warped
     sub = _rows_grid(grid, r0, n)
     out = np.full((src.count, n, grid.width), np.nan, dtype=np.float32)
     left, bottom, right, top = sub.bounds
@@ -123,6 +126,17 @@ def block_rows_for(grid: Grid, n_fine: int, n_out: int, memory_mb: float, halo: 
     per_row = grid.width * (4 * (3 * n_fine + n_out + 4) + 8 * 4)
     rows = int(memory_mb * 2**20 // max(per_row, 1)) - 2 * halo
     return int(max(32, min(grid.height, rows)))
+
+
+def cache_mb(srcs: list, memory_mb: float) -> float:
+    """MB of GDAL's block cache for reading the fine rasters strip by strip: a quarter of the budget, or two rows
+    of every source's blocks and a margin where that is more (at most 1 GB). A strip is usually lower than a
+    source's block (a 20000-px-wide scene of nine bands gets strips of some 50 rows, its file blocks 512) and a
+    strip with its halo can cross a row of blocks: with two rows held, each block is decompressed once a pass, not
+    once for every strip that crosses it (ten times there). GDAL's default (5 % of the machine's memory) would
+    grow with the scene instead."""
+    row = sum(s.width * s.block_shapes[0][0] * s.count * np.dtype(s.dtypes[0]).itemsize for s in srcs) / 2**20
+    return max(16.0, memory_mb / 4, min(1024.0, 2.5 * row))
 
 
 def _guide_transform(bands: np.ndarray, transform: str, floor: float) -> np.ndarray:
@@ -361,9 +375,8 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        # GDAL's block cache (5 % of the memory by default) would grow with the scene read: a quarter of the budget
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(max(16, memory_mb // 4))))
         srcs = [stack.enter_context(open_raster(f.path)) for f in plan.fine]
+        stack.enter_context(gdal_cache(cache_mb(srcs, memory_mb)))
         loaded = None
         names = plan.guide_names + plan.extra_names
         if plan.area is not None and plan.area.fine_loaded and names \
@@ -390,7 +403,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                 ch_units = [plan.units.get(ch, "") for ch in plan.channels]
                 _describe_bands(dst, plan.channels, ch_units, stats, tags(plan.channels) if callable(tags) else tags)
             stack.close()
-            with rasterio.Env(GDAL_CACHEMAX=int(max(64, memory_mb))):  # the overviews need more
+            with gdal_cache(max(64, memory_mb)):  # the overviews need more
                 write_cog(tmp, tmp, resampling="average")
     return dict(path=str(out), channels=plan.channels, units=ch_units, normalisation=stats, coefficients=infos,
                 fused_names=[c.name for c in plan.layers], block_rows=plan.rows, blocks=len(plan.starts),

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 import rasterio
 
-from .area import NO_LABEL, ClassTable, Grid
+from .area import NO_LABEL, ClassTable, Grid, gdal_cache
 from .framework import start_keras
 from .outputs import write_cog, write_geotiff
 from .settings import MappingSettings
@@ -580,7 +580,7 @@ GDAL_CACHE_MB = 64
 
 def _read_stack(stack_path: str):
     def read(a, b, c, d):
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(stack_path) as src:
+        with gdal_cache(GDAL_CACHE_MB), rasterio.open(stack_path) as src:
             return src.read(window=rasterio.windows.Window(c, a, d - c, b - a)).astype(np.float32)
     return read
 
@@ -661,7 +661,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
         work = Path(work)
         prof_c = grid.profile(1, dtype, nodata, compress=None) | dict(tiled=True, blockxsize=256, blockysize=256)
         prof_p = grid.profile(1, "uint8", CONFIDENCE_NODATA, compress=None) | dict(tiled=True, blockxsize=256, blockysize=256)
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(work / "classes.tif", "w", **prof_c) as dc, \
+        with gdal_cache(GDAL_CACHE_MB), rasterio.open(work / "classes.tif", "w", **prof_c) as dc, \
                 rasterio.open(work / "confidence.tif", "w", **prof_p) as dp:
             bar = tqdm(total=len(plan.origins()), desc=f"mapping ({prefix})", unit="window", disable=not progress)
             for r0, c0, cls, p, ok in _run_windows(model, stack_path, plan, mean, std, cluster, work, shifts):

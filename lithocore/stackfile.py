@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .area import gdal_cache
+
 __all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "Channels",
            "STRIP_ROWS", "STACK_IN_MEMORY_MB", "strips"]
 
@@ -89,7 +91,7 @@ class StackFile:
         idx = [c + 1 for c in (range(self.shape[0]) if channels is None else channels)]
         if r1 <= r0 or c1 <= c0 or not idx:
             return np.zeros((len(idx), max(r1 - r0, 0), max(c1 - c0, 0)), np.float32)
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with gdal_cache(GDAL_CACHE_MB):
             return self._dataset().read(idx, window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32, copy=False)
 
     def __getitem__(self, key):

@@ -147,3 +147,51 @@ def test_later_notebooks_load_the_area_without_its_fine_bands(small_manifest, sm
         stale = dict(z) | {"stack_key": np.array("made from something else")}
     np.savez(RunFolder(tmp_path).valid_mask_path, **stale)
     assert Run.open(tmp_path, str(small_manifest)).area.fine_loaded  # the files read again, not the stale mask
+
+
+@pytest.mark.parametrize("case", ["float_nan", "uint16_tag", "uint16_declared", "offset_partial"])
+def test_a_source_on_the_grid_is_read_as_the_warp_would_give_it(tmp_path, case):
+    """A raster whose pixels are the reference grid's own is read, not warped: the values, the nodata and the
+    pixels it does not reach are those of GDAL's bilinear warp onto the grid (the computation it replaces), for the
+    whole scene and for strips of rows."""
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+
+    from lithocore.area import Grid
+    from lithocore.sources.common import grid_offset, source_band, warp_scales
+    from lithocore.sources.fine import read_fine
+
+    rng = np.random.default_rng(3)
+    grid = Grid("EPSG:32635", from_origin(500000, 7000000, 30, 30), 70, 45)
+    dtype, entry, tag, shift = "float32", {}, None, (0, 0)
+    if case.startswith("uint16"):
+        dtype, tag = "uint16", 0
+    if case == "uint16_declared":
+        entry, tag = {"nodata": 7}, 0  # the manifest's value wins over the file's tag
+    if case == "offset_partial":
+        shift = (-12, 9)  # the source starts 12 rows above the grid and 9 columns inside it: the rest is NaN
+    data = (rng.uniform(1, 500, (3, 45, 60))).astype(dtype)
+    data[:, 5:9, 10:20] = {"float32": np.nan, "uint16": 0}[dtype]
+    data[:, 30, :] = 7
+    transform = from_origin(500000 + 30 * shift[1], 7000000 - 30 * shift[0], 30, 30)
+    path = tmp_path / "on_grid.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=60, height=45, count=3, dtype=dtype, crs=grid.crs,
+                       transform=transform, nodata=tag, tiled=True, blockxsize=16, blockysize=16) as dst:
+        dst.write(data)
+    with rasterio.open(path) as src:
+        assert grid_offset(src, grid) == (-shift[0], -shift[1])
+        nodata = blockwise.declared_nodata(entry, src)
+        warped = np.full((3, *grid.shape), np.nan, np.float32)
+        for b in range(3):
+            reproject(destination=warped[b], src_nodata=nodata, dst_transform=grid.transform, dst_crs=grid.crs,
+                      dst_nodata=np.nan, resampling=Resampling.bilinear, tolerance=0.0, **warp_scales(src, grid),
+                      **source_band(src, b + 1, entry))
+        rows = np.concatenate([blockwise.read_fine_rows(src, entry, grid, r0, min(8, grid.height - r0))
+                               for r0 in range(0, grid.height, 8)], axis=1)
+    whole, _ = read_fine(path, grid, 3, Resampling.bilinear, entry)
+    assert np.isnan(warped).any() and np.isfinite(warped).any()
+    np.testing.assert_array_equal(whole, warped)
+    np.testing.assert_array_equal(rows, warped)
+    half = Grid(grid.crs, from_origin(500000 + 15, 7000000, 30, 30), 70, 45)  # half a pixel off: warped
+    with rasterio.open(path) as src:
+        assert grid_offset(src, half) is None

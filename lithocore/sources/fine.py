@@ -12,8 +12,8 @@ from rasterio.warp import reproject
 from ..area import Grid, WARP_THREADS, overlaps
 from ..errors import StudyAreaError
 from ..sensors import band_wavelengths
-from .common import (bounds_in, check_fill_value, declared_nodata, describe_source, open_raster, resolve_path,
-                     source_band, warp_scales)
+from .common import (bounds_in, check_fill_value, declared_nodata, describe_source, grid_offset, open_raster,
+                     read_on_grid, resolve_path, source_band, warp_scales)
 
 __all__ = ["read_fine", "fine_bands", "band_names", "read_fine_section", "fine_section_names"]
 
@@ -33,15 +33,19 @@ def read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Re
             raise StudyAreaError(path, f"does not overlap the reference grid (its bounds {tuple(round(b) for b in src.bounds)} "
                                        f"in {src.crs}, reference {tuple(round(b) for b in grid.bounds)} in {grid.crs})")
         nodata = declared_nodata(entry, src)
-        out = np.full((src.count, *grid.shape), np.nan, dtype=np.float32)
         for b in range(src.count):
             check_fill_value(path, src, b + 1, nodata, (names or [])[b] if names and b < len(names) else f"band {b + 1}",
-                        warns)
+                             warns)
+        info = describe_source(path, src) | dict(nodata=nodata)
+        offset = grid_offset(src, grid) if resampling in (Resampling.bilinear, Resampling.nearest) else None
+        if offset is not None:  # the grid's own pixels: read, not warped
+            return read_on_grid(src, entry, offset, 0, grid.height, grid.width), info
+        out = np.full((src.count, *grid.shape), np.nan, dtype=np.float32)
+        for b in range(src.count):
             reproject(destination=out[b], src_nodata=nodata, dst_transform=grid.transform, dst_crs=grid.crs,
                       dst_nodata=np.nan, resampling=resampling, tolerance=0.0, num_threads=WARP_THREADS,
                       **warp_scales(src, grid),
                       **source_band(src, b + 1, entry))
-        info = describe_source(path, src) | dict(nodata=nodata)
     return out, info
 
 
