@@ -46,7 +46,7 @@ from .outputs import write_cog, write_geotiff
 from .settings import MappingSettings
 from .runfolder import atomic_path
 
-__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "predict_window", "read_window", "scene_outputs",
+__all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "live_floats", "predict_window", "read_window", "scene_outputs",
            "window_predictor", "map_array",
            "map_geotiff", "write_class_map", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
 
@@ -147,9 +147,37 @@ def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin:
     return WindowPlan(tuple(int(s) for s in shape), (core[0], core[1]), int(margin), int(edge))
 
 
+#: What a forward pass held, measured, over the largest set of layer outputs alive at once (:func:`live_floats`):
+#: 1.3-1.5 for the quick profile's U-Net and 1.15-1.4 for the slim FCN-8s on 800-1632 px windows (TensorFlow, CPU;
+#: ``benchmarks/README.md``). Twice is the margin the window plan keeps.
+LIVE_MEMORY_FACTOR = 2.0
+
+
+def live_floats(model) -> int:
+    """The most float values a functional Keras model's forward pass holds at once: layer by layer in the graph's
+    order, each output kept until its last consumer has run (the skip connections of a U-Net or FCN-8s stay
+    alive across the network). Summing every layer's output instead overstates it three-fold."""
+    def tensors(x):
+        return list(x) if isinstance(x, (list, tuple)) else [x]
+
+    layers = [l for l in model.layers if getattr(l, "output", None) is not None]
+    inputs = {l.name: ([] if l.__class__.__name__ == "InputLayer" else tensors(l.input)) for l in layers}
+    last = {id(t): i for i, l in enumerate(layers) for t in inputs[l.name]}
+    alive, now, peak = {}, 0, 0
+    for i, l in enumerate(layers):
+        for o in tensors(l.output):
+            alive[id(o)] = int(np.prod(o.shape[1:]))
+            now += alive[id(o)]
+        peak = max(peak, now)
+        for t in inputs[l.name]:
+            if last.get(id(t)) == i and id(t) in alive:
+                now -= alive.pop(id(t))
+    return peak
+
+
 def bytes_per_pixel(model) -> float:
-    """Memory of one forward pass per input pixel: the input and every layer's output (float32), summed (an
-    upper bound: a backend frees most of them on the way). 400 bytes for a model that is not a Keras model."""
+    """Memory of one forward pass per input pixel: the layer outputs alive at once (float32, :func:`live_floats`)
+    times :data:`LIVE_MEMORY_FACTOR`. 400 bytes for a model that is not a Keras model."""
     if _is_forest(model):  # the features, and the class probabilities summed over trees (float64, a few copies)
         return 4.0 * int(getattr(model, "n_features_in_", 9)) + 32.0 * len(model.classes_) + 16.0
     if not _is_keras(model):  # a plain callable (tests)
@@ -160,9 +188,7 @@ def bytes_per_pixel(model) -> float:
         from .model import with_input_size
 
         probe = 64
-        fixed = with_input_size(model, probe)
-        floats = sum(int(np.prod(l.output.shape[1:])) for l in fixed.layers if getattr(l, "output", None) is not None)
-        value = 4.0 * floats / probe ** 2
+        value = LIVE_MEMORY_FACTOR * 4.0 * live_floats(with_input_size(model, probe)) / probe ** 2
     except Exception:  # a subclassed model, whose configuration cannot be rebuilt
         value = 400.0
     _BYTES_PER_PX.clear()
@@ -299,7 +325,12 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
         first = ops.min(ops.where(ops.equal(p, ops.expand_dims(top, -1)), ops.arange(n, dtype="int32"), n), axis=-1)
         head = keras.Model(inp, [ops.cast(first, "uint8"), top])
 
+        traced = {}
+
         def predict(raw):
+            if traced.get("shape") != raw.shape:  # traced again for each window size: a trace for any size (what
+                head.predict_function = None  # Keras falls back to at the second size) fails in bilinear upsampling
+                traced["shape"] = raw.shape
             cls, conf = head.predict_on_batch(raw)
             return np.asarray(cls)[0], np.asarray(conf)[0]
     except AttributeError:  # not a functional Keras model

@@ -332,3 +332,38 @@ def test_map_array_skips_windows_with_nothing_to_map_and_keeps_the_others():
     some, _ = mapping.map_array(Counting(), stack, part, [0, 0], [1, 1], **kw)
     assert np.array_equal(some[part], whole[part]) and (some[~part] == NO_LABEL).all()
     assert Counting.seen < n_whole / 4  # only the windows that hold the region were predicted
+
+
+def test_a_unet_maps_scenes_of_two_sizes_with_one_head():
+    """The quick profile's network (bilinear upsampling) maps a second scene of another size with the head cached
+    for the first: Keras would trace the head again for any size, which fails in its bilinear upsampling."""
+    keras = pytest.importorskip("keras")
+    from lithocore.model import any_size, build_unet
+
+    keras.utils.set_random_seed(0)
+    model = any_size(build_unet(3, 4, width=1 / 16, tile=64))
+    rng = np.random.default_rng(0)
+    for shape in ((64, 64), (96, 128)):
+        stack = rng.standard_normal((3, *shape)).astype(np.float32)
+        classes, _ = mapping.map_array(model, stack, np.ones(shape, bool), [0] * 3, [1] * 3, margin=0,
+                                       memory_mb=1e6, progress=False)
+        assert classes.shape == shape and classes.max() < 4
+
+
+def test_window_memory_counts_the_layer_outputs_alive_at_once():
+    """A chain of 4-channel convolutions on a 2-channel input holds two outputs at a time (8 floats a pixel); a
+    skip from the first to a final concatenation keeps the first alive to the end (16 at the concatenation)."""
+    keras = pytest.importorskip("keras")
+    layers = keras.layers
+
+    def net(skip: bool):
+        x = keras.Input((8, 8, 2))
+        c1 = layers.Conv2D(4, 3, padding="same")(x)
+        c = c1
+        for _ in range(3):
+            c = layers.Conv2D(4, 3, padding="same")(c)
+        return keras.Model(x, layers.Concatenate()([c1, c]) if skip else c)
+
+    assert mapping.live_floats(net(False)) == 8 * 64
+    assert mapping.live_floats(net(True)) == 16 * 64  # every output summed would be 26 a pixel
+    assert mapping.bytes_per_pixel(net(True)) == mapping.LIVE_MEMORY_FACTOR * 4 * 16
