@@ -147,9 +147,9 @@ def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin:
     return WindowPlan(tuple(int(s) for s in shape), (core[0], core[1]), int(margin), int(edge))
 
 
-#: What a forward pass held, measured, over the largest set of layer outputs alive at once (:func:`live_floats`):
-#: 1.3-1.5 for the quick profile's U-Net and 1.15-1.4 for the slim FCN-8s on 800-1632 px windows (TensorFlow, CPU;
-#: ``benchmarks/README.md``). Twice is the margin the window plan keeps.
+#: What a mapping window held, measured, over the largest set of layer outputs alive at once (:func:`live_floats`):
+#: 1.3-1.5 times for the quick profile's U-Net and the slim FCN-8s on 800-1632 px windows (TensorFlow, CPU;
+#: ``benchmarks/bench_window_memory.py``). Twice is the margin the window plan keeps.
 LIVE_MEMORY_FACTOR = 2.0
 
 
