@@ -333,3 +333,31 @@ def test_near_identical_class_colours_warned(small_manifest, tmp_path):
     with pytest.warns(DataWarning, match=rf"classes '{classes[0]['name']}' .* and '{classes[1]['name']}' .* have "
                                          r"near-identical colours"):
         load_study_area(_write(tmp_path, man))
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_fill_value_found_on_a_sample_of_blocks_of_a_large_raster(tmp_path, monkeypatch, tiled):
+    """A band too large for a decimated read of its whole extent (no overviews) is checked on 8 x 8 of its file
+    blocks (64 strips of a striped file), edges included: a fill collar along its left edge is still found, and a
+    band without one is not flagged."""
+    from rasterio.transform import from_origin
+
+    from lithocore.sources import common
+
+    monkeypatch.setattr(common, "FILL_CHECK_WHOLE_PX", 0)
+    rng = np.random.default_rng(0)
+    data = rng.uniform(100, 900, (2, 640, 640)).astype(np.float32)
+    data[0, :, :40] = -9999  # a collar a sixteenth of the width, on band 1 only
+    layout = dict(tiled=True, blockxsize=16, blockysize=16) if tiled else dict(blockysize=4)
+    path = tmp_path / "large.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=640, height=640, count=2, dtype="float32",
+                       crs="EPSG:32635", transform=from_origin(0, 640 * 30, 30, 30), **layout) as dst:
+        dst.write(data)
+    warns: list = []
+    with rasterio.open(path) as src:
+        sample = common.fill_sample(src, 1)
+        assert sample.size == (64 * 16 * 16 if tiled else 64 * 4 * 640)  # blocks, not the band
+        with pytest.warns(DataWarning, match=r"large.tif: band 1 \(b1\) holds the constant -9999"):
+            common.check_fill_value(path, src, 1, None, "b1", warns)
+        common.check_fill_value(path, src, 2, None, "b2", warns)
+    assert len(warns) == 1
