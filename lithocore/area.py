@@ -20,7 +20,7 @@ from rasterio.warp import reproject
 
 from .errors import StudyAreaError
 
-__all__ = ["WARP_THREADS", "gdal_cache", "NO_LABEL", "Grid", "overlaps", "ClassTable", "norm_value", "CoarseLayer", "StudyArea"]
+__all__ = ["WARP_THREADS", "gdal_cache", "trim_heap", "NO_LABEL", "Grid", "overlaps", "ClassTable", "norm_value", "CoarseLayer", "StudyArea"]
 
 #: Threads of GDAL's warper (the same values with any number: it splits the output by rows).
 WARP_THREADS = min(4, os.cpu_count() or 1)
@@ -33,6 +33,28 @@ def gdal_cache(mb: float):
     import rasterio
 
     return rasterio.Env(GDAL_CACHEMAX=int(mb * 2**20))
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere). GDAL's block
+    cache frees and allocates blocks as it turns over, and glibc keeps the freed pages: a process that streamed a
+    20000-px scene through a 0.9 GB cache grew by 2.2 GB and kept growing with the rows read (at 4000 px with a
+    400 MB cache: +300 MB over the last pass; flat when trimmed after each strip)."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 #: Value of the label raster where a pixel has no label (outside the map, or a unit not mapped).

@@ -39,7 +39,7 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from .area import Grid, NO_LABEL, WARP_THREADS, gdal_cache, overlaps
+from .area import Grid, NO_LABEL, WARP_THREADS, gdal_cache, overlaps, trim_heap
 from .data import load_small_layers
 from .errors import StudyAreaError
 from .manifest import read_manifest
@@ -261,6 +261,7 @@ def _log_floor(plan: _Plan, read, transform: str) -> float:
     for r0, n in plan.strips():
         g, _, m = read(r0, n)
         sample.append(np.abs(g[:, m][:, ::97]).ravel())
+        trim_heap()
     return 1e-4 * float(np.nanmedian(np.concatenate(sample))) or 1e-6
 
 
@@ -287,6 +288,7 @@ def _coarse_means(plan: _Plan, read, transform: str, floor: float, bar) -> dict:
                 for i in range(n_g):
                     sums[f][i] += np.bincount(ids, weights=gt[i][m].astype(np.float64),
                                               minlength=size).reshape(counts[f].shape)
+        trim_heap()  # GDAL's cache turns over: the freed pages back to the system, a strip at a time
         bar.update(1)
     if not valid:
         raise StudyAreaError(plan.mpath, "the study area is empty: no pixel has valid data in every layer "
@@ -397,6 +399,8 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                     for i in range(len(plan.channels)):
                         moments.add(i, block[i][sel])
                     dst.write(block, window=Window(0, r0, plan.grid.width, n))
+                    del block
+                    trim_heap()
                     bar.update(1)
                 bar.close()
                 stats = moments.stats(labelled_valid) | {"fitted_on": "all labelled valid pixels"}
