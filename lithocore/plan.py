@@ -82,17 +82,17 @@ def fold_windows(labels: np.ndarray, mask: np.ndarray, k: int, block: int, tile:
     """Training windows of ``tile`` px wholly inside each fold's training region (with a one-tile buffer), or None
     when the folds cannot be made (fewer than ``k`` blocks hold labels) or a fold's test region holds none."""
     from .crossval import fold_regions, make_folds
-    from .tiles import candidate_windows
+    from .tiles import any_where, candidate_windows, labelled_map
 
     try:
         folds = make_folds(labels, mask, k, block=block, buffer=tile, seed=seed)
     except ValueError:
         return None
-    labelled = (labels != NO_LABEL) & mask
+    labelled = labelled_map(labels, mask)  # strip by strip: no third scene-sized map beside the fold's two
     out = []
     for i in range(k):
         test, train = fold_regions(folds, i, mask)
-        if not (test & labelled).any():
+        if not any_where(labelled, test):
             return None
         out.append(len(candidate_windows(labels, mask, tile, stride, allowed=train)))
     return out

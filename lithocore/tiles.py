@@ -29,7 +29,7 @@ from .area import NO_LABEL
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
            "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels",
            "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map",
-           "value_counts", "STRIP_MB"]
+           "value_counts", "RowMap", "labelled_map", "any_where", "STRIP_MB"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
@@ -45,10 +45,39 @@ def _strip_rows(width: int, bytes_per_pixel: int, halo: int = 0) -> int:
     return max(rows, 2 * halo, 16)
 
 
-def window_sums(flags: np.ndarray, size: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(len(rows), len(cols)) int64: the True pixels of ``flags`` in the ``size`` x ``size`` window at each
-    (row, column) of the grid ``rows`` x ``cols`` (ascending, evenly spaced); from an integral image of one strip
-    of rows at a time, never of the whole scene.
+class RowMap:
+    """A boolean map of ``shape`` made a strip of rows at a time: ``m[a:b]`` is ``rows(a, b)``, and the
+    scene-sized map is never built (:func:`window_sums` and :func:`any_where` read such maps strip by strip).
+
+    >>> lab = np.array([[1, 255], [255, 2]], np.uint8)
+    >>> RowMap(lambda a, b: lab[a:b] != 255, lab.shape)[1:2].tolist()
+    [[False, True]]
+    """
+
+    def __init__(self, rows, shape: tuple[int, int]):
+        self.rows, self.shape = rows, tuple(shape)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        a, b, _ = s.indices(self.shape[0])
+        return self.rows(a, b)
+
+
+def labelled_map(labels: np.ndarray, mask: np.ndarray) -> RowMap:
+    """The labelled valid pixels, strip by strip."""
+    return RowMap(lambda a, b: (labels[a:b] != NO_LABEL) & mask[a:b], labels.shape)
+
+
+def any_where(flags, region: np.ndarray) -> bool:
+    """Whether any pixel of ``region`` is True in ``flags`` (an array or a :class:`RowMap`), strip by strip."""
+    H, W = region.shape
+    rows = _strip_rows(W, 2)
+    return any(bool((flags[r0:r0 + rows] & region[r0:r0 + rows]).any()) for r0 in range(0, H, rows))
+
+
+def window_sums(flags, size: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(len(rows), len(cols)) int64: the True pixels of ``flags`` (an array or a :class:`RowMap`) in the ``size`` x
+    ``size`` window at each (row, column) of the grid ``rows`` x ``cols`` (ascending, evenly spaced); from an
+    integral image of one strip of rows at a time, never of the whole scene.
 
     >>> window_sums(np.eye(6, dtype=bool), 2, np.arange(0, 5, 2), np.arange(0, 5, 2)).tolist()
     [[2, 0, 0], [0, 2, 0], [0, 0, 2]]
@@ -149,9 +178,9 @@ def candidate_windows(labels: np.ndarray, mask: np.ndarray, size: int, stride: i
         raise ValueError(f"tile size {size} is larger than the scene ({H} x {W}); choose a smaller tile_size")
     rows = np.arange(0, H - size + 1, stride)
     cols = np.arange(0, W - size + 1, stride)
-    keep = window_sums((labels != NO_LABEL) & mask, size, rows, cols) > 0
+    keep = window_sums(labelled_map(labels, mask), size, rows, cols) > 0
     if allowed is not None:
-        keep &= window_sums(~allowed, size, rows, cols) == 0
+        keep &= window_sums(RowMap(lambda a, b: ~allowed[a:b], allowed.shape), size, rows, cols) == 0
     r, c = np.nonzero(keep)
     return np.stack([rows[r], cols[c]], axis=1)
 

@@ -143,3 +143,31 @@ def test_strip_by_strip_equals_the_whole_scene_computation(monkeypatch, small_ar
     for a, b in zip(before, after):
         assert np.array_equal(a, b)
     assert (before[1] == -1).any() and len(before[2]) > 0  # a buffer was drawn and windows found
+
+
+def test_maps_made_strip_by_strip_count_as_the_whole_maps(monkeypatch):
+    """The labelled pixels and a region's complement given strip by strip (no scene-sized map) give the same window
+    sums, candidate windows and "any labelled pixel in the region" as the whole maps, across several strips."""
+    monkeypatch.setattr(T, "STRIP_MB", 0.0005)  # strips of a few rows
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, (97, 61)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.6] = T.NO_LABEL
+    mask = rng.random(labels.shape) < 0.9
+    allowed = np.zeros(labels.shape, bool)
+    allowed[10:80, 5:50] = True
+    rows, cols = np.arange(0, 97 - 16 + 1, 5), np.arange(0, 61 - 16 + 1, 5)
+    whole = (labels != T.NO_LABEL) & mask
+    assert np.array_equal(T.window_sums(T.labelled_map(labels, mask), 16, rows, cols),
+                          T.window_sums(whole, 16, rows, cols))
+    got = T.candidate_windows(labels, mask, 16, 5, allowed=allowed)
+    keep = (T.window_sums(whole, 16, rows, cols) > 0) & (T.window_sums(~allowed, 16, rows, cols) == 0)
+    r, c = np.nonzero(keep)
+    assert len(got) and np.array_equal(got, np.stack([rows[r], cols[c]], axis=1))
+    region = np.zeros(labels.shape, bool)
+    region[90:, 60:] = True
+    for reg in (region, allowed):
+        assert T.any_where(T.labelled_map(labels, mask), reg) == bool((whole & reg).any())
+    empty = np.zeros(labels.shape, bool)
+    empty[40, 30] = True
+    labels[40, 30] = T.NO_LABEL
+    assert not T.any_where(T.labelled_map(labels, mask), empty)
