@@ -94,7 +94,7 @@ def read_fine_rows(src, entry: dict, grid: Grid, r0: int, n: int,
     """Rows ``r0 .. r0 + n`` of every band of an open raster, brought onto the reference grid (float32, NaN
     where the source has no data). Only the source window under the rows (with a margin for the resampling
     kernel) is read."""
-    if resampling in (Resampling.bilinear, Resampling.nearest) and (offset := grid_offset(src, grid)) is not None:
+    if (offset := grid_offset(src, grid, resampling)) is not None:
         return read_on_grid(src, entry, offset, r0, n, grid.width)  # the grid's own pixels: read, not warped
     sub = _rows_grid(grid, r0, n)
     out = np.full((src.count, n, grid.width), np.nan, dtype=np.float32)
@@ -162,7 +162,9 @@ class _RowReader:
         self.masked = np.zeros(grid.height, dtype=bool)
 
     def __call__(self, r0: int, n: int):
-        """(guide bands, extra bands, valid mask) of rows r0 .. r0 + n, NaN outside the mask."""
+        """(guide bands, extra bands, valid mask) of rows r0 .. r0 + n, NaN outside the mask. Every pass reads its
+        strips here, where GDAL's cache turns over: the C heap's freed pages go back to the system first."""
+        trim_heap()
         grid = self.grid
         if self.loaded is not None:  # the area's layers, already on this grid
             allb = np.concatenate([a[:, r0:r0 + n] for a in self.loaded])  # a new array: NaN is written below
@@ -261,7 +263,6 @@ def _log_floor(plan: _Plan, read, transform: str) -> float:
     for r0, n in plan.strips():
         g, _, m = read(r0, n)
         sample.append(np.abs(g[:, m][:, ::97]).ravel())
-        trim_heap()
     return 1e-4 * float(np.nanmedian(np.concatenate(sample))) or 1e-6
 
 
@@ -288,7 +289,6 @@ def _coarse_means(plan: _Plan, read, transform: str, floor: float, bar) -> dict:
                 for i in range(n_g):
                     sums[f][i] += np.bincount(ids, weights=gt[i][m].astype(np.float64),
                                               minlength=size).reshape(counts[f].shape)
-        trim_heap()  # GDAL's cache turns over: the freed pages back to the system, a strip at a time
         bar.update(1)
     if not valid:
         raise StudyAreaError(plan.mpath, "the study area is empty: no pixel has valid data in every layer "
@@ -399,8 +399,6 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                     for i in range(len(plan.channels)):
                         moments.add(i, block[i][sel])
                     dst.write(block, window=Window(0, r0, plan.grid.width, n))
-                    del block
-                    trim_heap()
                     bar.update(1)
                 bar.close()
                 stats = moments.stats(labelled_valid) | {"fitted_on": "all labelled valid pixels"}

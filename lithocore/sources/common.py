@@ -161,12 +161,14 @@ def source_band(src, band: int, entry: dict):
     return dict(source=src.read(band), src_transform=src.transform, src_crs=src.crs)
 
 
-def grid_offset(src, grid: Grid) -> tuple[int, int] | None:
+def grid_offset(src, grid: Grid, resampling: Resampling = Resampling.bilinear) -> tuple[int, int] | None:
     """(row, column) of the grid's first pixel in ``src`` when the source's pixels are the grid's own (same CRS,
-    pixel size and alignment, north up), else None. Such a source (the reference raster itself, a band set
-    delivered on the same grid) is read, not warped: a bilinear warp onto its own pixel centres returns each
-    pixel unchanged, at a fraction of the cost (:func:`read_on_grid`)."""
+    pixel size and alignment, north up) and ``resampling`` (bilinear or nearest) returns a pixel unchanged on its own
+    centre, else None. Such a source (the reference raster itself, a band set delivered on the same grid) is read,
+    not warped, at a fraction of the cost (:func:`read_on_grid`)."""
     s, g = src.transform, grid.transform
+    if resampling not in (Resampling.bilinear, Resampling.nearest):
+        return None
     if src.crs != grid.crs or (s.b, s.d, g.b, g.d) != (0, 0, 0, 0):
         return None
     if abs(s.a - g.a) > 1e-9 * abs(g.a) or abs(s.e - g.e) > 1e-9 * abs(g.e):

@@ -37,7 +37,7 @@ def read_fine(path: Path, grid: Grid, expected_bands: int | None, resampling: Re
             check_fill_value(path, src, b + 1, nodata, (names or [])[b] if names and b < len(names) else f"band {b + 1}",
                              warns)
         info = describe_source(path, src) | dict(nodata=nodata)
-        offset = grid_offset(src, grid) if resampling in (Resampling.bilinear, Resampling.nearest) else None
+        offset = grid_offset(src, grid, resampling)
         if offset is not None:  # the grid's own pixels: read, not warped
             return read_on_grid(src, entry, offset, 0, grid.height, grid.width), info
         out = np.full((src.count, *grid.shape), np.nan, dtype=np.float32)
