@@ -301,7 +301,8 @@ class StudyArea:
     preview_factor: int = 1
     #: (H, W) bool: the ground to predict (the manifest's ``predict`` polygons, else every valid unlabelled pixel)
     predict: np.ndarray | None = None
-    #: (H, W) uint8: the labels withheld inside declared ``predict`` polygons (class indices, else NO_LABEL)
+    #: (H, W) uint8: the labels withheld inside declared ``predict`` polygons (class indices, else NO_LABEL; a read-only
+    #: view of NO_LABEL when nothing is withheld)
     held_out: np.ndarray | None = None
     #: whether ``predict`` came from the manifest (True) or is the default, every valid unlabelled pixel
     predict_declared: bool = False

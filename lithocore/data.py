@@ -83,6 +83,7 @@ from .sources.common import open_raster, resolve_path
 from .sources.fine import fine_section_names, read_fine_section
 from .sources.labels import area_mask, labels_from_raster, labels_from_vector, predict_ground, withhold
 from .sources.reference import reference_grid
+from .tiles import any_where, labelled_map
 
 __all__ = ["load_study_area", "preview_factor", "memory_available", "check_memory", "check_full_stack_memory",
            "load_small_layers"]
@@ -302,11 +303,12 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
                                     "(check nodata values, the area outline and the layers' extents)")
     ground = predict_ground(man, base, grid, mask)
     labels, held_out, ground = withhold(labels, mask, ground)
-    if not ((labels != NO_LABEL) & mask).any():
+    if not any_where(labelled_map(labels, mask), mask):  # strip by strip: no scene-sized temporaries
         raise StudyAreaError(lpath, "no valid pixel has a label" + (" outside the ground to predict ('predict' "
                                                                     "withholds every label)" if man.get("predict") else ""))
     for arr in (guide, extra):
-        arr[:, ~mask] = np.nan
+        if len(arr):  # an area loaded without its fine bands has none to blank
+            arr[:, ~mask] = np.nan
     return StudyArea(name=str(man["name"]), grid=grid, guide=guide, guide_names=guide_names, extra=extra,
                      extra_names=extra_names, coarse=coarse, labels=labels, classes=classes, mask=mask,
                      layer_table=table, points=points, units=units, manifest_path=str(mpath), warnings=warns,

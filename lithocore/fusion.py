@@ -549,9 +549,9 @@ def build_stack(result: FusionResult, area: StudyArea, channels: list[str] | Non
 
 def normalisation_stats(stack: np.ndarray, pixels: np.ndarray) -> dict:
     """Per-channel mean and standard deviation over the given pixels (the training pixels only; ``pixels`` a
-    boolean map), in float64 strip by strip, the stack in memory or on disk (:func:`lithocore.stackfile.region_stats`)."""
+    boolean map or a :class:`~lithocore.tiles.RowMap`), in float64 strip by strip, the stack in memory or on disk (:func:`lithocore.stackfile.region_stats`)."""
     from .stackfile import region_stats
 
-    return region_stats(stack, np.asarray(pixels, bool))
+    return region_stats(stack, pixels)
 
 

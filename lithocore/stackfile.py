@@ -194,17 +194,21 @@ class Moments:
 
 
 def region_stats(stack, region: np.ndarray | None = None) -> dict:
-    """Per-channel mean and standard deviation over the finite values of the pixels of ``region`` (H, W) bool
-    (None: every pixel), merged strip by strip (:class:`Moments`): ``{"mean", "std", "pixels"}`` (a zero sd is
+    """Per-channel mean and standard deviation over the finite values of the pixels of ``region`` (H, W) bool, an
+    array or a :class:`~lithocore.tiles.RowMap` (None: every pixel), merged strip by strip (:class:`Moments`): ``{"mean", "std", "pixels"}`` (a zero sd is
     given as 1)."""
     C, H, W = stack.shape
     m = Moments(C)
-    for r0 in strips(None if region is None else np.flatnonzero(region.any(axis=1)), H):
+    pixels = 0
+    for r0 in range(0, H, STRIP_ROWS):
+        sel = slice(None) if region is None else np.asarray(region[r0:r0 + STRIP_ROWS], bool)
+        if region is not None and not sel.any():  # a strip without any of the region is not read
+            continue
         part = stack[:, r0:r0 + STRIP_ROWS]
-        sel = slice(None) if region is None else region[r0:r0 + part.shape[1]]
         for c in range(C):
             m.add(c, part[c][sel])
-    return m.stats(H * W if region is None else int(region.sum()))
+        pixels += part.shape[1] * W if region is None else int(sel.sum())
+    return m.stats(pixels)
 
 
 class Channels:

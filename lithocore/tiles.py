@@ -27,7 +27,7 @@ from scipy import ndimage
 from .area import NO_LABEL
 
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
-           "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels",
+           "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels", "window_map",
            "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map",
            "value_counts", "RowMap", "labelled_map", "any_where", "STRIP_MB"]
 
@@ -242,8 +242,12 @@ def _regions(val_blocks: np.ndarray, blocks: int, block: tuple[int, int], shape:
     chosen = np.zeros(blocks * blocks, np.int8)
     chosen[val_blocks] = 1
     region = block_map(chosen.reshape(blocks, blocks), block, shape, step)
-    if buffer > 0:
-        region[within(region == 1, buffer) & (region == 0)] = -1
+    if buffer > 0:  # strip by strip: the validation map read as a RowMap, the buffer marked in place
+        near = within(RowMap(lambda a, b: region[a:b] == 1, region.shape), buffer)
+        rows = _strip_rows(region.shape[1], 3)
+        for r0 in range(0, region.shape[0], rows):
+            r = region[r0:r0 + rows]
+            r[near[r0:r0 + rows] & (r == 0)] = -1
     return region
 
 
@@ -271,11 +275,12 @@ def split_spatial(labels: np.ndarray, mask: np.ndarray, size: int, rng: np.rando
     """
     H, W = labels.shape
     buffer = size if buffer is None else buffer
-    labelled = (labels != NO_LABEL) & mask
-    classes = np.unique(labels[labelled]).astype(int)
+    labelled = labelled_map(labels, mask)  # strip by strip: no scene-sized map or selection
+    classes = np.flatnonzero(value_counts(labels, labelled, 256))
     bh, bw = math.ceil(H / blocks), math.ceil(W / blocks)
     step = max(1, min(H, W) // 256)  # scoring resolution
-    lab_s, ok_s = labels[::step, ::step], labelled[::step, ::step]
+    lab_s = labels[::step, ::step]
+    ok_s = (lab_s != NO_LABEL) & mask[::step, ::step]
     totals = np.array([(ok_s & (lab_s == c)).sum() for c in classes], dtype=np.float64)
     best, best_key = None, None
     rects = [(i0, i1, j0, j1) for i0 in range(blocks) for i1 in range(i0 + 1, blocks + 1)
@@ -299,10 +304,13 @@ def split_spatial(labels: np.ndarray, mask: np.ndarray, size: int, rng: np.rando
         raise ValueError(f"no rectangle of the {blocks} x {blocks} blocks leaves room for a {size}-pixel tile on both "
                          f"sides of a {buffer}-pixel buffer in this {H} x {W} scene: use a smaller tile_size")
     region = _regions(best, blocks, (bh, bw), (H, W), buffer)
-    train_cls = np.unique(labels[labelled & (region == 0)])
-    val_cls = np.unique(labels[labelled & (region == 1)])
+    train_cls = np.flatnonzero(value_counts(labels, RowMap(lambda a, b: labelled[a:b] & (region[a:b] == 0),
+                                                           region.shape), 256))
+    val_cls = np.flatnonzero(value_counts(labels, RowMap(lambda a, b: labelled[a:b] & (region[a:b] == 1),
+                                                         region.shape), 256))
+    sides = value_counts(region, labelled, 3, offset=1)  # labelled pixels in the buffer, training and validation
     info = dict(blocks=blocks, val_blocks=sorted(int(b) for b in best), buffer=int(buffer),
-                val_share_of_labelled=float((labelled & (region == 1)).sum() / max(labelled.sum(), 1)),
+                val_share_of_labelled=float(sides[2] / max(sides.sum(), 1)),
                 classes_in_scene=len(classes), classes_train=len(train_cls), classes_val=len(val_cls),
                 classes_on_both_sides=best_key[1],
                 classes_missing_from_val=[int(c) for c in np.setdiff1d(classes, val_cls)],
@@ -413,12 +421,26 @@ def load_tiles(path) -> TileSet:
         return TileSet(meta["size"], z["train"], z["val"], meta["split"], region, meta["info"])
 
 
+def window_map(shape: tuple[int, int], windows: np.ndarray, size: int) -> RowMap:
+    """The pixels covered by the ``size``-px windows (origins (row, column)), strip by strip.
+
+    >>> window_map((4, 4), np.array([[0, 0], [2, 1]]), 2)[1:3].astype(int).tolist()
+    [[1, 1, 0, 0], [0, 1, 1, 0]]
+    """
+    w = np.asarray(windows, np.int64).reshape(-1, 2)
+
+    def rows(a: int, b: int) -> np.ndarray:
+        out = np.zeros((b - a, shape[1]), dtype=bool)
+        for r, c in w[(w[:, 0] < b) & (w[:, 0] + size > a)]:
+            out[max(r - a, 0):min(r + size, b) - a, c:c + size] = True
+        return out
+
+    return RowMap(rows, shape)
+
+
 def window_pixels(shape: tuple[int, int], windows: np.ndarray, size: int) -> np.ndarray:
-    """Boolean map of the pixels covered by the windows."""
-    covered = np.zeros(shape, dtype=bool)
-    for r, c in windows:
-        covered[r:r + size, c:c + size] = True
-    return covered
+    """Boolean map of the pixels covered by the windows (:func:`window_map` whole)."""
+    return window_map(shape, windows, size)[0:shape[0]]
 
 
 #: Fewer training tiles than this and the model's scores are flagged as untrustworthy.
@@ -434,8 +456,6 @@ def tiles_made_from(fingerprint: str, cfg, split: str) -> dict:
 def tile_warnings(ts, area, n_samples: int) -> list[str]:
     """What makes a tile set unfit to train or judge a model: too few training tiles, far fewer windows than
     asked for, classes absent from the training or the validation side."""
-    from .tiles import window_pixels
-
     out = []
     if len(ts.train) < MIN_TRAINING_TILES:
         out.append(f"only {len(ts.train)} training tiles of {ts.size} px (at least {MIN_TRAINING_TILES} are needed "
@@ -444,11 +464,12 @@ def tile_warnings(ts, area, n_samples: int) -> list[str]:
     if got < 0.5 * n_samples:
         out.append(f"only {got} windows could be drawn where n_samples asks for {n_samples}: the labelled area is "
                    f"small for {ts.size}-px tiles")
-    labelled = area.mask & (area.labels != NO_LABEL)
-    present = set(np.unique(area.labels[labelled]).tolist())
+    labelled = labelled_map(area.labels, area.mask)  # strip by strip: no scene-sized map or selection
+    present = set(np.flatnonzero(value_counts(area.labels, labelled, 256)).tolist())
     for side, windows in (("training", ts.train), ("validation", ts.val)):
-        px = window_pixels(area.shape, windows, ts.size) & labelled
-        have = set(np.unique(area.labels[px]).tolist())
+        seen = window_map(area.shape, windows, ts.size)
+        px = RowMap(lambda a, b: seen[a:b] & labelled[a:b], area.shape)
+        have = set(np.flatnonzero(value_counts(area.labels, px, 256)).tolist())
         missing = [area.classes.names[c] for c in sorted(present - have)]
         if missing:
             out.append(f"{len(missing)} of {len(present)} classes are absent from the {side} tiles: {', '.join(missing)}"

@@ -117,13 +117,18 @@ def test_strip_by_strip_equals_the_whole_scene_computation(monkeypatch, small_ar
     and the folds and the spatial split unchanged when the strips are made tiny."""
     from scipy import ndimage
 
-    from lithocore import crossval
+    from lithocore import crossval, knndm
 
     rng = np.random.default_rng(3)
     labels, mask = small_area.labels, small_area.mask
-    before = (crossval.make_folds(labels, mask, 3, block=48, buffer=20, seed=1).fold,
-              T.split_spatial(labels, mask, 32, np.random.default_rng(0), blocks=3)[0],
-              T.candidate_windows(labels, mask, 32, 8, allowed=labels != 0))
+
+    def label_side():
+        split = T.split_spatial(labels, mask, 32, np.random.default_rng(0), blocks=3)
+        return (crossval.make_folds(labels, mask, 3, block=48, buffer=20, seed=1).fold, split[0],
+                T.candidate_windows(labels, mask, 32, 8, allowed=labels != 0), split[1],
+                knndm.autocorrelation_range(labels, mask))
+
+    before = label_side()
     monkeypatch.setattr(T, "STRIP_MB", 0.02)  # strips of a few rows: many seams
     for _ in range(12):
         H, W = rng.integers(30, 200, 2)
@@ -137,11 +142,10 @@ def test_strip_by_strip_equals_the_whole_scene_computation(monkeypatch, small_ar
         r, c = np.meshgrid(rows, cols, indexing="ij")
         whole = ii[r + size, c + size] - ii[r, c + size] - ii[r + size, c] + ii[r, c]
         assert np.array_equal(T.window_sums(flags, size, rows, cols), whole)
-    after = (crossval.make_folds(labels, mask, 3, block=48, buffer=20, seed=1).fold,
-             T.split_spatial(labels, mask, 32, np.random.default_rng(0), blocks=3)[0],
-             T.candidate_windows(labels, mask, 32, 8, allowed=labels != 0))
-    for a, b in zip(before, after):
+    after = label_side()
+    for a, b in zip(before[:3], after[:3]):
         assert np.array_equal(a, b)
+    assert before[3] == after[3] and before[4] == after[4]  # the split's description, the labels' variogram
     assert (before[1] == -1).any() and len(before[2]) > 0  # a buffer was drawn and windows found
 
 
@@ -171,3 +175,31 @@ def test_maps_made_strip_by_strip_count_as_the_whole_maps(monkeypatch):
     empty[40, 30] = True
     labels[40, 30] = T.NO_LABEL
     assert not T.any_where(T.labelled_map(labels, mask), empty)
+
+
+def test_window_map_and_region_statistics_strip_by_strip(monkeypatch):
+    """The pixels under training windows given strip by strip are the windows painted on a whole map, and the
+    normalisation statistics over them (a RowMap, seams everywhere) are the statistics over that map."""
+    from lithocore import stackfile
+
+    rng = np.random.default_rng(5)
+    H, W, size = 150, 90, 24
+    windows = np.stack([rng.integers(0, H - size, 30), rng.integers(0, W - size, 30)], axis=1)
+    whole = np.zeros((H, W), bool)
+    for r, c in windows:
+        whole[r:r + size, c:c + size] = True
+    wm = T.window_map((H, W), windows, size)
+    assert all(np.array_equal(wm[a:a + 7], whole[a:a + 7]) for a in range(0, H, 7))
+    mask = rng.random((H, W)) < 0.8
+    stack = rng.standard_normal((3, H, W)).astype(np.float32)
+    stack[1, rng.random((H, W)) < 0.05] = np.nan
+    monkeypatch.setattr(stackfile, "STRIP_ROWS", 16)
+    got = stackfile.region_stats(stack, T.RowMap(lambda a, b: wm[a:b] & mask[a:b], (H, W)))
+    sel = whole & mask
+    assert got["pixels"] == int(sel.sum())
+    for c in range(3):
+        v = stack[c][sel]
+        v = v[np.isfinite(v)].astype(np.float64)
+        assert got["mean"][c] == pytest.approx(v.mean(), rel=1e-12)
+        assert got["std"][c] == pytest.approx(v.std(), rel=1e-9)
+    assert got == stackfile.region_stats(stack, sel)

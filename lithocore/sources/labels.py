@@ -236,9 +236,9 @@ def withhold(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray | None):
     >>> withhold(lab, ok, None)[2].tolist()
     [[False, False, True, False]]
     """
+    if ground is None:  # nothing withheld: a read-only view of one value, not a scene-sized map (400 MB at 20000 px)
+        return labels, np.broadcast_to(np.uint8(NO_LABEL), labels.shape), mask & (labels == NO_LABEL)
     held = np.full(labels.shape, NO_LABEL, np.uint8)
-    if ground is None:
-        return labels, held, mask & (labels == NO_LABEL)
     ground = ground & mask
     held[ground] = labels[ground]
     labels = labels.copy()
