@@ -27,7 +27,7 @@ import numpy as np
 from .area import NO_LABEL
 from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
-from .tiles import block_map, value_counts, window_pixels, within
+from .tiles import RowMap, block_map, labelled_map, strip_rows, value_counts, window_map, within
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
@@ -85,9 +85,10 @@ def make_folds(labels: np.ndarray, mask: np.ndarray, k: int = 5, *, block: int =
         raise ValueError("k-fold cross-validation needs k >= 2 (k = 1 is the single spatial split of notebook 03)")
     nby, nbx = math.ceil(H / block), math.ceil(W / block)
     block_id = np.arange(nby * nbx).reshape(nby, nbx)
-    labelled = (labels != NO_LABEL) & mask
-    step = max(1, int(math.sqrt(labelled.sum() / 200_000)))  # a sample of pixels is enough to weigh the blocks
-    sub = labelled[::step, ::step]
+    labelled = labelled_map(labels, mask)  # strip by strip: no scene-sized map
+    n_labelled = int(value_counts(labels, labelled, 256).sum())
+    step = max(1, int(math.sqrt(n_labelled / 200_000)))  # a sample of pixels is enough to weigh the blocks
+    sub = (labels[::step, ::step] != NO_LABEL) & mask[::step, ::step]
     y = labels[::step, ::step][sub]
     groups = block_map(block_id, (block, block), (H, W), step)[sub]
     n_groups = len(np.unique(groups))
@@ -130,11 +131,14 @@ def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, siz
     >>> leakage(lab, np.ones((10, 10), bool), np.array([[0, 0], [0, 3]]), 4, tested)  # columns 5-6 of rows 0-3
     0.16
     """
-    scored = tested & mask & (labels != NO_LABEL)
-    if not scored.any():
-        return 0.0
-    seen = window_pixels(labels.shape, train_windows, size)
-    return float((seen & scored).sum() / scored.sum())
+    labelled, seen = labelled_map(labels, mask), window_map(labels.shape, train_windows, size)
+    n_scored = n_seen = 0
+    rows = strip_rows(labels.shape[1], 4)
+    for r0 in range(0, labels.shape[0], rows):  # strip by strip: no scene-sized map
+        scored = tested[r0:r0 + rows] & labelled[r0:r0 + rows]
+        n_scored += int(scored.sum())
+        n_seen += int((seen[r0:r0 + rows] & scored).sum())
+    return float(n_seen / n_scored) if n_scored else 0.0
 
 
 def fold_coverage(folds: Folds, labels: np.ndarray, mask: np.ndarray, names) -> list[dict]:
@@ -142,10 +146,11 @@ def fold_coverage(folds: Folds, labels: np.ndarray, mask: np.ndarray, names) -> 
     side lacks although the test side holds them (the fold model cannot predict those)."""
     out = []
     n = len(names)
-    labelled = (labels != NO_LABEL) & mask
+    labelled = labelled_map(labels, mask)
     for i in range(folds.k):
         test, train = fold_regions(folds, i, mask)
-        t, r = value_counts(labels, test & labelled, n), value_counts(labels, train & labelled, n)
+        t = value_counts(labels, RowMap(lambda a, b: test[a:b] & labelled[a:b], labels.shape), n)
+        r = value_counts(labels, RowMap(lambda a, b: train[a:b] & labelled[a:b], labels.shape), n)
         del test, train
         lacking = [names[c] for c in range(n) if t[c] > 0 and r[c] == 0]
         out.append(dict(fold=i, test_pixels=int(t.sum()), train_pixels=int(r.sum()),
@@ -211,10 +216,8 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
         bar.update()
     for i, m, pred, s in _fit_folds(todo, models, folds, mask, cluster):
         secs[i, m] = s
-        test = folds.fold == i
         if cache_dir:
-            write_npz(Path(cache_dir) / f"fold{i}_{m}.npz", pred=np.where(test, pred, NO_LABEL).astype(np.uint8),
-                      key=cache_key, seconds=s)
+            write_npz(Path(cache_dir) / f"fold{i}_{m}.npz", pred=_fold_only(pred, folds, i), key=cache_key, seconds=s)
         cms[i, m] = _score_fold(folds, i, mask, labels, pred, oof[m], n)
         bar.update()
     bar.close()
@@ -237,12 +240,31 @@ def _cached(cache_dir, i: int, m: str, cache_key: str):
         return (z["pred"], float(z["seconds"])) if str(z["key"]) == cache_key else None
 
 
-def _score_fold(folds: Folds, i: int, mask, labels, pred, oof: np.ndarray, n: int) -> np.ndarray:
-    """Fold ``i``'s confusion matrix over its test region; its predictions written into the out-of-fold map."""
-    test = (folds.fold == i) & mask
+def _fold_only(pred: np.ndarray, folds: Folds, i: int) -> np.ndarray:
+    """``pred`` (uint8 class indices, a task's own array) with NO_LABEL outside fold ``i``'s blocks, in place strip
+    by strip (a copy first where it arrived read-only): what is cached of a fold, no scene-sized temporary."""
     pred = np.asarray(pred, np.uint8)
-    oof[test] = pred[test]
-    return confusion_matrix(labels, pred, n, test)
+    if not pred.flags.writeable:
+        pred = pred.copy()
+    rows = strip_rows(pred.shape[1], 2)
+    for r0 in range(0, pred.shape[0], rows):
+        p = pred[r0:r0 + rows]
+        p[folds.fold[r0:r0 + rows] != i] = NO_LABEL
+    return pred
+
+
+def _score_fold(folds: Folds, i: int, mask, labels, pred, oof: np.ndarray, n: int) -> np.ndarray:
+    """Fold ``i``'s confusion matrix over its test region; its predictions written into the out-of-fold map. Strip
+    by strip: a whole scene's selection, widened to eight bytes a pixel to count it, was 4.8 GB at 20000 px."""
+    pred = np.asarray(pred, np.uint8)
+    cm = np.zeros((n, n), np.int64)
+    rows = strip_rows(pred.shape[1], 32)
+    for r0 in range(0, pred.shape[0], rows):
+        sl = slice(r0, r0 + rows)
+        test = (folds.fold[sl] == i) & mask[sl]
+        oof[sl][test] = pred[sl][test]
+        cm += confusion_matrix(labels[sl], pred[sl], n, test)
+    return cm
 
 
 def fold_task(model, i: int, folds: Folds, mask: np.ndarray, regions=None) -> tuple[np.ndarray, float]:

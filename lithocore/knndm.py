@@ -270,13 +270,13 @@ def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int 
     >>> 10 <= autocorrelation_range(lab, np.ones_like(lab, bool))["range_px"] <= 40
     True
     """
-    from .tiles import _strip_rows, labelled_map, value_counts
+    from .tiles import strip_rows, labelled_map, value_counts
 
     H, W = labels.shape
     ok = labelled_map(labels, mask)  # strip by strip: at 20000 px a scene-sized map is 400 MB, its bincount 3.2 GB
     max_lag = max(2, max_lag or min(H, W) // 2)
     lags = sorted(set(int(round(v)) for v in np.exp(np.linspace(0, math.log(max_lag), n_lags))))
-    rows = _strip_rows(W, 8)
+    rows = strip_rows(W, 8)
     gamma = []
     for h in lags:
         diff = pairs = 0

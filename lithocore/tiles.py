@@ -38,7 +38,7 @@ IGNORE = -1
 STRIP_MB = 128.0
 
 
-def _strip_rows(width: int, bytes_per_pixel: int, halo: int = 0) -> int:
+def strip_rows(width: int, bytes_per_pixel: int, halo: int = 0) -> int:
     """Rows a strip of ``width`` px may hold within :data:`STRIP_MB` (at ``bytes_per_pixel``), its halo of
     ``halo`` rows above and below apart; never fewer than twice the halo (nor 16)."""
     rows = int(STRIP_MB * 2**20 // max(width * bytes_per_pixel, 1)) - 2 * halo
@@ -70,7 +70,7 @@ def labelled_map(labels: np.ndarray, mask: np.ndarray) -> RowMap:
 def any_where(flags, region: np.ndarray) -> bool:
     """Whether any pixel of ``region`` is True in ``flags`` (an array or a :class:`RowMap`), strip by strip."""
     H, W = region.shape
-    rows = _strip_rows(W, 2)
+    rows = strip_rows(W, 2)
     return any(bool((flags[r0:r0 + rows] & region[r0:r0 + rows]).any()) for r0 in range(0, H, rows))
 
 
@@ -87,7 +87,7 @@ def window_sums(flags, size: int, rows: np.ndarray, cols: np.ndarray) -> np.ndar
     if not len(rows) or not len(cols):
         return out
     stride = max(1, int(rows[1] - rows[0])) if len(rows) > 1 else 1
-    span = max(size, _strip_rows(W, 8))  # the strip's integral image: int32, and the slice it sums
+    span = max(size, strip_rows(W, 8))  # the strip's integral image: int32, and the slice it sums
     per_strip = max(1, (span - size) // stride + 1)  # window rows a strip serves
     cols = np.asarray(cols)[None, :]
     for j in range(0, len(rows), per_strip):
@@ -113,7 +113,7 @@ def within(region: np.ndarray, distance: float) -> np.ndarray:
     H, W = region.shape
     out = np.zeros((H, W), dtype=bool)
     halo = int(math.ceil(max(distance, 0))) + 1
-    rows = _strip_rows(W, 18, halo)  # the transform's distances (float64) and feature indices (2 x int32)
+    rows = strip_rows(W, 18, halo)  # the transform's distances (float64) and feature indices (2 x int32)
     for r0 in range(0, H, rows):
         a, b = max(0, r0 - halo), min(H, r0 + rows + halo)
         sub = region[a:b]
@@ -130,7 +130,7 @@ def value_counts(values: np.ndarray, where: np.ndarray, n: int, offset: int = 0)
     [1, 3, 1]
     """
     H, W = values.shape
-    rows = _strip_rows(W, 10)
+    rows = strip_rows(W, 10)
     out = np.zeros(n, np.int64)
     for r0 in range(0, H, rows):
         v = values[r0:r0 + rows][where[r0:r0 + rows]].astype(np.int64) + offset
@@ -244,7 +244,7 @@ def _regions(val_blocks: np.ndarray, blocks: int, block: tuple[int, int], shape:
     region = block_map(chosen.reshape(blocks, blocks), block, shape, step)
     if buffer > 0:  # strip by strip: the validation map read as a RowMap, the buffer marked in place
         near = within(RowMap(lambda a, b: region[a:b] == 1, region.shape), buffer)
-        rows = _strip_rows(region.shape[1], 3)
+        rows = strip_rows(region.shape[1], 3)
         for r0 in range(0, region.shape[0], rows):
             r = region[r0:r0 + rows]
             r[near[r0:r0 + rows] & (r == 0)] = -1

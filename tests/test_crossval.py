@@ -65,6 +65,29 @@ def test_cross_validate_resumes_from_cached_folds(small_area, folds, tmp_path):
     assert calls == [0, 1, 2, 0, 1, 2]  # another key: nothing reused
 
 
+def test_fold_scores_made_strip_by_strip_are_the_whole_scene_ones(small_area, folds, tmp_path, monkeypatch):
+    """Scored, cached and written into the out-of-fold map strip by strip (strips of a few rows: seams everywhere),
+    a fold's confusion matrix, cached prediction and out-of-fold pixels are the whole scene's."""
+    from lithocore import tiles
+    from lithocore.metrics import confusion_matrix
+
+    monkeypatch.setattr(tiles, "STRIP_MB", 0.0005)
+    n = len(small_area.classes.names)
+    preds = {i: np.random.default_rng(i).integers(0, n, small_area.shape).astype(np.uint8) for i in range(folds.k)}
+    res = crossval.cross_validate(small_area.labels, small_area.mask, small_area.classes.names, folds,
+                                  {"m": lambda i, train, test: preds[i].copy()}, cache_dir=tmp_path, cache_key="k",
+                                  progress=False)
+    oof = np.full(small_area.shape, NO_LABEL, np.uint8)
+    for i in range(folds.k):
+        test = (folds.fold == i) & small_area.mask
+        oof[test] = preds[i][test]
+        cm = confusion_matrix(small_area.labels, preds[i], n, test)
+        assert cm.sum() > 0 and res["folds"][i]["scores"]["m"]["confusion_matrix"] == cm.tolist()
+        with np.load(tmp_path / f"fold{i}_m.npz") as z:
+            assert np.array_equal(z["pred"], np.where(folds.fold == i, preds[i], NO_LABEL))
+    assert np.array_equal(res["oof"]["m"], oof)
+
+
 def test_leakage_is_the_union_computed_by_hand(small_area):
     ts = make_tiles(small_area.labels, small_area.mask, size=32, stride=16, n_samples=60, split="paper", seed=1)
     tested = window_pixels(small_area.shape, ts.val, 32)
