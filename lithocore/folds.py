@@ -264,7 +264,7 @@ class DeepFold:
 
         model, stats = self.fit(i, train)
         classes, _ = mapping.map_array(model, self.stack, self.mask & test, stats["mean"], stats["std"],
-                                       progress=False)  # only the windows that hold the fold's test region
+                                       progress=False, confidence=False)  # the windows holding the test region
         return classes
 
 
@@ -322,7 +322,10 @@ class ForestFold:
     def fit(self, i, train):
         from . import forest
 
-        pixels = forest.sample_pixels(self.labels, train & self.mask, self.fraction, self.seed + i,
+        from .tiles import RowMap
+
+        allowed = RowMap(lambda a, b: train[a:b] & self.mask[a:b], train.shape)  # no scene-sized map
+        pixels = forest.sample_pixels(self.labels, allowed, self.fraction, self.seed + i,
                                       max_per_class=self.cap or None)
         return forest.train_forest(self.features(), self.labels, pixels, n_trees=self.n_trees,
                                    max_features=self.max_features, seed=self.seed)[0]
@@ -336,7 +339,11 @@ class ForestFold:
     def __call__(self, i, train, test):
         from . import forest
 
-        classes, _, _ = forest.predict_forest(self.fit(i, train), self.features(), test & self.mask, progress=False)
+        from .tiles import RowMap
+
+        where = RowMap(lambda a, b: test[a:b] & self.mask[a:b], test.shape)  # read by rows: no scene-sized map
+        classes, _, _ = forest.predict_forest(self.fit(i, train), self.features(), where, progress=False,
+                                              confidence=False)
         return classes
 
 

@@ -99,3 +99,33 @@ def test_forest_leaves_the_warning_filters_as_they_were(monkeypatch):
     monkeypatch.setattr(RandomForestClassifier, "predict_proba", racy)
     assert rf.predict(X).shape == (200,)
     assert warnings.filters == before
+
+
+def test_training_pixels_drawn_strip_by_strip_are_the_whole_scene_draw(monkeypatch):
+    """The forest's training pixels, counted and found strip by strip (strips of a few rows; ``allowed`` an array
+    or a RowMap), are exactly the draw from each class's flat indices of the whole scene, for the same seed."""
+    from lithocore import tiles
+    from lithocore.area import NO_LABEL
+
+    def whole_scene(labels, allowed, fraction, seed, cap):
+        rng = np.random.default_rng(seed)
+        flat = labels.ravel()
+        ok = allowed.ravel() & (flat != NO_LABEL)
+        picks = []
+        for k in np.unique(flat[ok]):
+            idx = np.flatnonzero(ok & (flat == k))
+            n = max(1, int(round(fraction * idx.size)))
+            picks.append(rng.choice(idx, min(n, cap) if cap else n, replace=False))
+        return np.sort(np.concatenate(picks))
+
+    monkeypatch.setattr(tiles, "STRIP_MB", 0.0005)
+    rng = np.random.default_rng(0)
+    for H, W, frac, cap in [(200, 150, 0.1, None), (333, 97, 0.5, 40), (500, 300, 0.02, 100)]:
+        lab = rng.integers(0, 6, (H, W)).astype(np.uint8)
+        lab[rng.random((H, W)) < 0.3] = NO_LABEL
+        allowed = rng.random((H, W)) < 0.7
+        want = whole_scene(lab, allowed, frac, 3, cap)
+        assert len(want) > 50
+        assert np.array_equal(forest.sample_pixels(lab, allowed, frac, seed=3, max_per_class=cap), want)
+        as_rows = tiles.RowMap(lambda a, b: allowed[a:b], allowed.shape)
+        assert np.array_equal(forest.sample_pixels(lab, as_rows, frac, seed=3, max_per_class=cap), want)
