@@ -317,20 +317,26 @@ def _remote_fold(shared: dict, i: int, m: str):
 
     with tempfile.TemporaryDirectory(prefix="lithocore-fold-") as tmp:
         job, out = Path(tmp) / "job.pkl", Path(tmp) / "out.pkl"
-        job.write_bytes(pickle.dumps((model, i, folds, mask)))
+        with open(job, "wb") as f:  # streamed: no second copy of the scene-sized arrays as one bytes object
+            pickle.dump((model, i, folds, mask), f, protocol=pickle.HIGHEST_PROTOCOL)
         done = subprocess.run([sys.executable, "-m", "lithocore.crossval", str(job), str(out)], capture_output=True,
                               text=True)
         if done.returncode or not out.is_file():
             raise RuntimeError(f"fold {i} of {m} failed in its own process:\n{done.stderr[-4000:]}")
-        return pickle.loads(out.read_bytes())
+        with open(out, "rb") as f:
+            return pickle.load(f)
 
 
 def _main(argv: list[str]) -> None:
     """``python -m lithocore.crossval JOB OUT``: one fold x model from a pickled (model, fold, folds, mask)."""
     import pickle
 
-    model, i, folds, mask = pickle.loads(Path(argv[0]).read_bytes())
-    Path(argv[1]).write_bytes(pickle.dumps(fold_task(model, i, folds, mask)))
+    with open(argv[0], "rb") as f:  # streamed, as written
+        model, i, folds, mask = pickle.load(f)
+    result = fold_task(model, i, folds, mask)
+    del model, folds, mask
+    with open(argv[1], "wb") as f:
+        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def summarise(per_fold: list[dict], metrics=METRICS) -> dict:

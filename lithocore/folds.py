@@ -263,8 +263,9 @@ class DeepFold:
         from . import mapping
 
         model, stats = self.fit(i, train)
-        classes, _ = mapping.map_array(model, self.stack, self.mask & test, stats["mean"], stats["std"],
-                                       progress=False, confidence=False)  # the windows holding the test region
+        classes, _ = mapping.map_array(model, self.stack, test, stats["mean"], stats["std"], progress=False,
+                                       confidence=False)  # the windows holding the test region (within the mask:
+        # crossval.fold_regions)
         return classes
 
 
