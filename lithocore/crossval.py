@@ -294,7 +294,8 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
     from .mapping import connect
 
     with connect(cluster) as client:
-        shared = client.scatter(dict(models=models, folds=folds, mask=mask), broadcast=True)
+        # one object, pickled once: the models' labels and mask are the arrays given here, sent (and held) once
+        shared = client.scatter([dict(models=models, folds=folds, mask=mask)], broadcast=True)[0]
         futures = {client.submit(_remote_fold, shared, i, m, pure=False): (i, m) for i, m in todo}
         for fut in as_completed(futures):
             i, m = futures[fut]
