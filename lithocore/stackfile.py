@@ -295,7 +295,11 @@ class Neighbourhood:
         for s0 in range(start // STRIP_ROWS * STRIP_ROWS, max(stop, start), STRIP_ROWS):
             f = self._compute(s0)
             parts.append(f[:, max(start, s0) - s0:min(stop, s0 + STRIP_ROWS) - s0])
-        out = np.concatenate(parts, axis=1) if parts else np.zeros((self.shape[0], 0, self.shape[2]), np.float32)
+        if len(parts) == 1:  # within one strip: a read-only view of it, not a copy (205 MB a strip at 20000 px)
+            out = parts[0].view()
+            out.flags.writeable = False
+        else:
+            out = np.concatenate(parts, axis=1) if parts else np.zeros((self.shape[0], 0, self.shape[2]), np.float32)
         return out[ch][..., cols] if not isinstance(ch, (int, np.integer)) else out[ch][:, cols]
 
 
