@@ -25,11 +25,21 @@ def confusion_matrix(reference: np.ndarray, predicted: np.ndarray, n_classes: in
     """
     ref = np.asarray(reference).ravel()
     pred = np.asarray(predicted).ravel()
-    keep = (ref != NO_LABEL) & (ref < n_classes) & (pred < n_classes)
-    if mask is not None:
-        keep &= np.asarray(mask).ravel()
-    idx = ref[keep].astype(np.int64) * n_classes + pred[keep].astype(np.int64)
-    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    sel = None if mask is None else np.asarray(mask).ravel()
+    cm = np.zeros(n_classes * n_classes, np.int64)
+    for a in range(0, ref.size, _COUNT_CHUNK):  # a chunk at a time: the pairs are widened to 8 bytes to count them
+        b = a + _COUNT_CHUNK
+        r, p = ref[a:b], pred[a:b]
+        keep = (r != NO_LABEL) & (r < n_classes) & (p < n_classes)
+        if sel is not None:
+            keep &= sel[a:b]
+        cm += np.bincount(r[keep].astype(np.int64) * n_classes + p[keep].astype(np.int64),
+                          minlength=n_classes * n_classes)
+    return cm.reshape(n_classes, n_classes)
+
+
+#: Pixels counted at a time by :func:`confusion_matrix` (a scene's pairs widened to int64 were 4.8 GB at 20000 px).
+_COUNT_CHUNK = 1 << 22
 
 
 def scores(cm: np.ndarray, names: list[str] | tuple[str, ...] | None = None) -> dict:

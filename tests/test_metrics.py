@@ -25,3 +25,19 @@ def test_unlabelled_and_absent_classes():
     s = scores(cm, ["a", "b", "c"])
     assert s["iou"]["c"] is None  # absent from the reference: not in the mean
     assert np.isclose(s["mean_iou"], (0.5 + 1.0) / 2)
+
+
+def test_confusion_matrix_counted_in_chunks_is_the_whole_count(monkeypatch):
+    """Counted a few hundred pixels at a time (a province's memory), the matrix is the one-pass count."""
+    from lithocore import metrics as M
+
+    rng = np.random.default_rng(0)
+    n = 5
+    ref = rng.integers(0, n + 1, (333, 517)).astype(np.uint8)
+    ref[rng.random(ref.shape) < 0.2] = NO_LABEL
+    pred = rng.integers(0, n + 1, ref.shape).astype(np.uint8)
+    mask = rng.random(ref.shape) < 0.8
+    keep = (ref != NO_LABEL) & (ref < n) & (pred < n) & mask
+    whole = np.bincount(ref[keep].astype(np.int64) * n + pred[keep], minlength=n * n).reshape(n, n)
+    monkeypatch.setattr(M, "_COUNT_CHUNK", 777)
+    assert np.array_equal(M.confusion_matrix(ref, pred, n, mask), whole) and whole.sum() > 50000
