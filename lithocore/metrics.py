@@ -81,23 +81,27 @@ def scores(cm: np.ndarray, names: list[str] | tuple[str, ...] | None = None) -> 
     )
 
 
-def boundary_zone(labels: np.ndarray, width: int = 3) -> np.ndarray:
-    """Labelled pixels within ``width`` pixels of a boundary between two mapped classes.
+def _strips(height: int, width: int, halo: int = 0, bytes_per_pixel: int = 32):
+    """Row strips (a, b) of a scene, sized for ``bytes_per_pixel`` with a halo of ``halo`` rows
+    (:func:`lithocore.tiles.strip_rows`): every measure below is made strip by strip, a province's memory."""
+    from .tiles import strip_rows
 
-    Examples
-    --------
-    >>> lab = np.zeros((1, 8), np.uint8); lab[0, 4:] = 1
-    >>> boundary_zone(lab, 1).astype(int).tolist()
-    [[0, 0, 0, 1, 1, 0, 0, 0]]
-    """
+    rows = strip_rows(width, bytes_per_pixel, halo)
+    return [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+
+
+def _zone_rows(labels: np.ndarray, width: int, a: int, b: int) -> np.ndarray:
+    """:func:`boundary_zone` of rows ``a:b``, from the rows ``width`` beyond them (all a pixel's zone depends on)."""
     from scipy import ndimage
 
-    lab = labels.astype(np.int32)
+    H = labels.shape[0]
+    lo, hi = max(0, a - width), min(H, b + width)
+    lab = labels[lo:hi]
     edge = np.zeros(lab.shape, bool)
     for axis in (0, 1):
-        a = np.take(lab, range(lab.shape[axis] - 1), axis=axis)
-        b = np.take(lab, range(1, lab.shape[axis]), axis=axis)
-        diff = (a != b) & (a != NO_LABEL) & (b != NO_LABEL)
+        x = np.take(lab, range(lab.shape[axis] - 1), axis=axis)
+        y = np.take(lab, range(1, lab.shape[axis]), axis=axis)
+        diff = (x != y) & (x != NO_LABEL) & (y != NO_LABEL)
         pad_lo = [(0, 0), (0, 0)]
         pad_lo[axis] = (0, 1)
         pad_hi = [(0, 0), (0, 0)]
@@ -105,35 +109,82 @@ def boundary_zone(labels: np.ndarray, width: int = 3) -> np.ndarray:
         edge |= np.pad(diff, pad_lo) | np.pad(diff, pad_hi)
     if width > 1:
         edge = ndimage.binary_dilation(edge, iterations=width - 1)
-    return edge & (labels != NO_LABEL)
+    return edge[a - lo:b - lo] & (labels[a:b] != NO_LABEL)
+
+
+def boundary_zone(labels: np.ndarray, width: int = 3) -> np.ndarray:
+    """Labelled pixels within ``width`` pixels of a boundary between two mapped classes (made strip by strip).
+
+    Examples
+    --------
+    >>> lab = np.zeros((1, 8), np.uint8); lab[0, 4:] = 1
+    >>> boundary_zone(lab, 1).astype(int).tolist()
+    [[0, 0, 0, 1, 1, 0, 0, 0]]
+    """
+    out = np.zeros(labels.shape, bool)
+    for a, b in _strips(*labels.shape, width):
+        out[a:b] = _zone_rows(labels, width, a, b)
+    return out
 
 
 def salt_and_pepper(classes: np.ndarray, mask: np.ndarray, n_classes: int, size: int = 5) -> float:
     """Share of valid pixels whose class differs from the majority class of their ``size`` x ``size``
-    neighbourhood: 0 for a map of clean patches, higher for speckled maps."""
+    neighbourhood: 0 for a map of clean patches, higher for speckled maps. Strip by strip with a halo (the
+    neighbourhood counts are sums of 0 and 1, exact wherever a strip starts)."""
     from scipy import ndimage
 
-    valid = mask & (classes != NO_LABEL)
-    counts = np.stack([ndimage.uniform_filter(((classes == k) & valid).astype(np.float32), size)
-                       for k in range(n_classes)])
-    majority = np.argmax(counts, axis=0)
-    return float((majority[valid] != classes[valid]).mean()) if valid.any() else float("nan")
+    H = classes.shape[0]
+    halo = size // 2 + 1
+    differ = valid_n = 0
+    for a, b in _strips(*classes.shape, halo, 4 * n_classes + 16):  # the counts are float32, a class each
+        lo, hi = max(0, a - halo), min(H, b + halo)
+        cl = classes[lo:hi]
+        valid = mask[lo:hi] & (cl != NO_LABEL)
+        counts = np.stack([ndimage.uniform_filter(((cl == k) & valid).astype(np.float32), size)
+                           for k in range(n_classes)])
+        majority = np.argmax(counts, axis=0)[a - lo:b - lo]
+        v, c = valid[a - lo:b - lo], cl[a - lo:b - lo]
+        differ += int((majority[v] != c[v]).sum())
+        valid_n += int(v.sum())
+    return differ / valid_n if valid_n else float("nan")
 
 
 def fragments(classes: np.ndarray, mask: np.ndarray, n_classes: int, min_pixels: int = 10) -> dict:
     """Connected patches (8-connectivity) per class: how many, and how many smaller than ``min_pixels``
-    (per million valid pixels as well)."""
+    (per million valid pixels as well). Labelled strip by strip; the patches that touch across a strip's edge
+    joined as one (scipy's connected components of the strips' patches): the whole scene's count."""
     from scipy import ndimage
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    valid = mask & (classes != NO_LABEL)
-    total = small = 0
+    H, W = classes.shape
+    total = small = valid_n = 0
+    strips = _strips(H, W)
     for k in range(n_classes):
-        lab, n = ndimage.label((classes == k) & valid, structure=np.ones((3, 3)))
-        if n:
-            sizes = np.bincount(lab.ravel())[1:]
-            total += n
-            small += int((sizes < min_pixels).sum())
-    mp = max(valid.sum(), 1) / 1e6
+        sizes, edges, offset, last = [], [], 0, None
+        for a, b in strips:
+            valid = mask[a:b] & (classes[a:b] != NO_LABEL)
+            if k == 0:
+                valid_n += int(valid.sum())
+            lab, n = ndimage.label((classes[a:b] == k) & valid, structure=np.ones((3, 3)))
+            sizes.append(np.bincount(lab.ravel(), minlength=n + 1)[1:])
+            lab = np.where(lab > 0, lab + offset, 0)  # numbered across the scene
+            if last is not None:  # 8-connected across the seam: the same column and its two neighbours
+                for d in (-1, 0, 1):
+                    x = last[max(0, -d):W - max(0, d)]
+                    y = lab[0, max(0, d):W - max(0, -d)]
+                    both = (x > 0) & (y > 0)
+                    edges.append(np.stack([x[both], y[both]]))
+            last, offset = lab[-1].copy(), offset + n
+        if not offset:
+            continue
+        pairs = np.concatenate(edges, axis=1) - 1 if edges else np.zeros((2, 0), np.int64)
+        graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(offset, offset))
+        n, which = connected_components(graph, directed=False)
+        patch = np.bincount(which, weights=np.concatenate(sizes), minlength=n)
+        total += n
+        small += int((patch < min_pixels).sum())
+    mp = max(valid_n, 1) / 1e6
     return dict(patches=int(total), small_patches=int(small), small_per_million_pixels=small / mp,
                 min_pixels=min_pixels)
 
@@ -236,15 +287,22 @@ def evaluate_map(classes: np.ndarray, labels: np.ndarray, mask: np.ndarray, name
     dict
         Per region its scores (OA, mIoU, kappa, per-class IoU, confusion matrix, ``boundary``); ``noise``.
     """
+    from .tiles import value_counts
+
     n = len(names)
     regions = regions or {"whole_map": mask}
-    zone = boundary_zone(labels, boundary_width)
-    in_map = int((np.bincount(labels[mask & (labels < n)], minlength=n) > 0).sum())
+    in_map = int((value_counts(labels, mask, n) > 0).sum())
+    cms = {name: np.zeros((n, n), np.int64) for name in regions}
+    cmbs = {name: np.zeros((n, n), np.int64) for name in regions}
+    for a, b in _strips(*labels.shape, boundary_width):  # strip by strip: no scene-sized selection or zone
+        zone = _zone_rows(labels, boundary_width, a, b)
+        for name, region in regions.items():
+            sel = np.asarray(region[a:b], bool) & mask[a:b]
+            cms[name] += confusion_matrix(labels[a:b], classes[a:b], n, sel)
+            cmbs[name] += confusion_matrix(labels[a:b], classes[a:b], n, sel & zone)
     out = {}
-    for name, region in regions.items():
-        sel = region & mask
-        cm = confusion_matrix(labels, classes, n, sel)
-        cmb = confusion_matrix(labels, classes, n, sel & zone)
+    for name in regions:
+        cm, cmb = cms[name], cmbs[name]
         out[name] = scores(cm, names) | {"confusion_matrix": cm.tolist(),
                                          "boundary": scores(cmb, names) | {"width_pixels": boundary_width}}
         out[name]["caution"] = thin_score(cm, in_map)

@@ -41,3 +41,57 @@ def test_confusion_matrix_counted_in_chunks_is_the_whole_count(monkeypatch):
     whole = np.bincount(ref[keep].astype(np.int64) * n + pred[keep], minlength=n * n).reshape(n, n)
     monkeypatch.setattr(M, "_COUNT_CHUNK", 777)
     assert np.array_equal(M.confusion_matrix(ref, pred, n, mask), whole) and whole.sum() > 50000
+
+
+def test_map_measures_made_strip_by_strip_are_the_whole_scene_ones(monkeypatch):
+    """Boundary zone, speckle share, patch counts and the evaluation, made in strips of a few rows (patches that
+    cross many seams, diagonal contacts across them), equal the whole-scene definitions."""
+    from scipy import ndimage
+
+    from lithocore import metrics as M, tiles
+
+    def zone_whole(labels, width):
+        lab = labels.astype(np.int32)
+        edge = np.zeros(lab.shape, bool)
+        edge[:-1] |= (lab[:-1] != lab[1:]) & (lab[:-1] != NO_LABEL) & (lab[1:] != NO_LABEL)
+        edge[1:] |= (lab[:-1] != lab[1:]) & (lab[:-1] != NO_LABEL) & (lab[1:] != NO_LABEL)
+        edge[:, :-1] |= (lab[:, :-1] != lab[:, 1:]) & (lab[:, :-1] != NO_LABEL) & (lab[:, 1:] != NO_LABEL)
+        edge[:, 1:] |= (lab[:, :-1] != lab[:, 1:]) & (lab[:, :-1] != NO_LABEL) & (lab[:, 1:] != NO_LABEL)
+        if width > 1:
+            edge = ndimage.binary_dilation(edge, iterations=width - 1)
+        return edge & (labels != NO_LABEL)
+
+    def speckle_whole(classes, mask, n, size=5):
+        valid = mask & (classes != NO_LABEL)
+        counts = np.stack([ndimage.uniform_filter(((classes == k) & valid).astype(np.float32), size) for k in range(n)])
+        return float((np.argmax(counts, axis=0)[valid] != classes[valid]).mean())
+
+    def patches_whole(classes, mask, n, min_pixels=10):
+        valid = mask & (classes != NO_LABEL)
+        total = small = 0
+        for k in range(n):
+            lab, m = ndimage.label((classes == k) & valid, structure=np.ones((3, 3)))
+            if m:
+                sizes = np.bincount(lab.ravel())[1:]
+                total, small = total + m, small + int((sizes < min_pixels).sum())
+        return total, small
+
+    rng = np.random.default_rng(4)
+    n = 4
+    blobs = ndimage.zoom(rng.integers(0, n, (12, 9)), (9, 11), order=0)[:100, :97].astype(np.uint8)
+    speck = rng.random(blobs.shape) < 0.05
+    classes = np.where(speck, rng.integers(0, n, blobs.shape), blobs).astype(np.uint8)
+    classes[rng.random(blobs.shape) < 0.01] = NO_LABEL
+    labels = blobs.copy()
+    labels[rng.random(blobs.shape) < 0.3] = NO_LABEL
+    mask = rng.random(blobs.shape) < 0.97
+    regions = {"a": rng.random(blobs.shape) < 0.5, "whole_map": mask}
+    before = M.evaluate_map(classes, labels, mask, list("abcd"), regions=regions, boundary_width=3)
+    monkeypatch.setattr(tiles, "STRIP_MB", 0.0002)  # strips of a few rows
+    assert len(M._strips(*classes.shape, 3)) >= 6
+    for w in (1, 3):
+        assert np.array_equal(M.boundary_zone(labels, w), zone_whole(labels, w))
+    assert M.salt_and_pepper(classes, mask, n) == speckle_whole(classes, mask, n) > 0
+    got = M.fragments(classes, mask, n)
+    assert (got["patches"], got["small_patches"]) == patches_whole(classes, mask, n) and got["small_patches"] > 10
+    assert M.evaluate_map(classes, labels, mask, list("abcd"), regions=regions, boundary_width=3) == before
