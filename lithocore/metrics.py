@@ -206,20 +206,25 @@ def stripe_ratio(classes: np.ndarray, valid: np.ndarray | None = None, *, period
     >>> round(stripe_ratio(m, period=16), 2), stripe_ratio(np.tile([0, 1], (8, 4)).astype(np.uint8), period=4)
     (20.0, 1.0)
     """
-    classes = np.asarray(classes)
-    valid = (classes != NO_LABEL) if valid is None else np.asarray(valid, bool) & (classes != NO_LABEL)
+    H, W = np.shape(classes)
     on = [0, 0]
     off = [0, 0]
-    periods = (period, period) if np.isscalar(period) else tuple(period)
-    for arr, ok, period in ((classes, valid, periods[1]), (classes.T, valid.T, periods[0])):
-        diff = arr[:, 1:] != arr[:, :-1]
-        both = ok[:, 1:] & ok[:, :-1]
-        cols = np.arange(1, arr.shape[1])
-        line = (cols % period) == (offset % period)
-        on[0] += int((diff & both)[:, line].sum())
-        on[1] += int(both[:, line].sum())
-        off[0] += int((diff & both)[:, ~line].sum())
-        off[1] += int(both[:, ~line].sum())
+    p_rows, p_cols = (period, period) if np.isscalar(period) else tuple(period)
+    line_cols = (np.arange(1, W) % p_cols) == (offset % p_cols)
+    for a, b in _strips(H, W, 1, 8):  # strip by strip, each with the row above it (the pairs across its top)
+        lo = max(0, a - 1)
+        cl = np.asarray(classes[lo:b])
+        ok = (cl != NO_LABEL) if valid is None else np.asarray(valid[lo:b], bool) & (cl != NO_LABEL)
+        line_rows = (np.arange(lo + 1, b) % p_rows) == (offset % p_rows)
+        for diff, both, line in ((cl[a - lo:, 1:] != cl[a - lo:, :-1], ok[a - lo:, 1:] & ok[a - lo:, :-1],
+                                  (slice(None), line_cols)),  # neighbours along the rows: lines are columns
+                                 (cl[1:] != cl[:-1], ok[1:] & ok[:-1], line_rows)):  # along the columns: rows
+            hit = diff & both
+            not_line = (slice(None), ~line_cols) if isinstance(line, tuple) else ~line
+            on[0] += int(hit[line].sum())
+            on[1] += int(both[line].sum())
+            off[0] += int(hit[not_line].sum())
+            off[1] += int(both[not_line].sum())
     if on[1] == 0 or off[1] == 0 or off[0] == 0:
         return None
     return (on[0] / on[1]) / (off[0] / off[1])

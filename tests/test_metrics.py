@@ -87,6 +87,8 @@ def test_map_measures_made_strip_by_strip_are_the_whole_scene_ones(monkeypatch):
     mask = rng.random(blobs.shape) < 0.97
     regions = {"a": rng.random(blobs.shape) < 0.5, "whole_map": mask}
     before = M.evaluate_map(classes, labels, mask, list("abcd"), regions=regions, boundary_width=3)
+    stripes = [M.stripe_ratio(classes, mask, period=p, offset=o) for p, o in ((8, 0), ((4, 6), 3), (16, 5))]
+    assert all(r is not None for r in stripes)
     monkeypatch.setattr(tiles, "STRIP_MB", 0.0002)  # strips of a few rows
     assert len(M._strips(*classes.shape, 3)) >= 6
     for w in (1, 3):
@@ -95,3 +97,4 @@ def test_map_measures_made_strip_by_strip_are_the_whole_scene_ones(monkeypatch):
     got = M.fragments(classes, mask, n)
     assert (got["patches"], got["small_patches"]) == patches_whole(classes, mask, n) and got["small_patches"] > 10
     assert M.evaluate_map(classes, labels, mask, list("abcd"), regions=regions, boundary_width=3) == before
+    assert [M.stripe_ratio(classes, mask, period=p, offset=o) for p, o in ((8, 0), ((4, 6), 3), (16, 5))] == stripes
