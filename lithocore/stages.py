@@ -317,22 +317,27 @@ def _check_compatible(meta: dict, channels: list[str], area, source) -> None:
                          f"or another order): its outputs would be read with the wrong legend")
 
 
-def evaluation_regions(run_dir, area, meta: dict) -> dict[str, np.ndarray]:
-    """The regions a map is scored on, from the split the model was trained with.
+def evaluation_regions(run_dir, area, meta: dict) -> dict:
+    """The regions a map is scored on (boolean maps, or :class:`~lithocore.tiles.RowMap` made strip by strip), from
+    the split the model was trained with.
 
     Spatial split: ``held_out`` (the validation region, never seen in training), ``whole_map`` (every valid
     pixel, the paper's protocol) and ``train_region`` (where training pixels may come from). Paper split:
     ``outside_training_tiles`` replaces ``held_out`` (those pixels border training tiles: not independent).
     """
     from .settings import TrainingConfig
-    from .tiles import window_pixels
+    from .tiles import RowMap, window_map
 
     cfg = TrainingConfig(**{k: v for k, v in meta["config"].items() if k in TrainingConfig.__dataclass_fields__})
     ts = training_tiles(run_dir, area, cfg, meta["split"])
+    mask, shape = area.mask, area.shape  # the regions are RowMaps, made strip by strip as they are scored
     if ts.region is not None:
-        return dict(held_out=area.mask & (ts.region == 1), whole_map=area.mask, train_region=area.mask & (ts.region == 0))
-    seen = window_pixels(area.shape, ts.train, ts.size)
-    return dict(outside_training_tiles=area.mask & ~seen, whole_map=area.mask, train_region=area.mask & seen)
+        region = ts.region
+        return dict(held_out=RowMap(lambda a, b: mask[a:b] & (region[a:b] == 1), shape), whole_map=mask,
+                    train_region=RowMap(lambda a, b: mask[a:b] & (region[a:b] == 0), shape))
+    seen = window_map(shape, ts.train, ts.size)
+    return dict(outside_training_tiles=RowMap(lambda a, b: mask[a:b] & ~seen[a:b], shape), whole_map=mask,
+                train_region=RowMap(lambda a, b: mask[a:b] & seen[a:b], shape))
 
 
 # ------------------------------------------------------------------------------------------ map
