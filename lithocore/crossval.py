@@ -109,15 +109,16 @@ def make_folds(labels: np.ndarray, mask: np.ndarray, k: int = 5, *, block: int =
     return Folds(k, block, buffer, fold, info)
 
 
-def fold_regions(folds: Folds, i: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fold_regions(folds: Folds, i: int, mask: np.ndarray, *, test_as_rows: bool = False) -> tuple:
     """(test region, training region) of fold ``i``: its blocks, and the valid pixels farther than the buffer
-    from them."""
-    test = folds.fold == i
-    train = within(test, folds.buffer)
-    np.logical_not(train, out=train)  # in place: two maps of the scene, not four
+    from them. ``test_as_rows``: the test region as a :class:`~lithocore.tiles.RowMap` (made strip by strip as it
+    is read), so that only the training region is a scene-sized map."""
+    fold = folds.fold
+    train = within(RowMap(lambda a, b: fold[a:b] == i, fold.shape), folds.buffer)
+    np.logical_not(train, out=train)  # in place: no scene-sized temporaries
     train &= mask
-    test &= mask
-    return test, train
+    test = RowMap(lambda a, b: (fold[a:b] == i) & mask[a:b], fold.shape)
+    return (test if test_as_rows else test[0:fold.shape[0]]), train
 
 
 def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, size: int,
@@ -148,7 +149,7 @@ def fold_coverage(folds: Folds, labels: np.ndarray, mask: np.ndarray, names) -> 
     n = len(names)
     labelled = labelled_map(labels, mask)
     for i in range(folds.k):
-        test, train = fold_regions(folds, i, mask)
+        test, train = fold_regions(folds, i, mask, test_as_rows=True)
         t = value_counts(labels, RowMap(lambda a, b: test[a:b] & labelled[a:b], labels.shape), n)
         r = value_counts(labels, RowMap(lambda a, b: train[a:b] & labelled[a:b], labels.shape), n)
         del test, train

@@ -91,7 +91,7 @@ def fold_windows(labels: np.ndarray, mask: np.ndarray, k: int, block: int, tile:
     labelled = labelled_map(labels, mask)  # strip by strip: no third scene-sized map beside the fold's two
     out = []
     for i in range(k):
-        test, train = fold_regions(folds, i, mask)
+        test, train = fold_regions(folds, i, mask, test_as_rows=True)  # one scene-sized map, the training side
         if not any_where(labelled, test):
             return None
         out.append(len(candidate_windows(labels, mask, tile, stride, allowed=train)))

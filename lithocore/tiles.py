@@ -68,7 +68,7 @@ def labelled_map(labels: np.ndarray, mask: np.ndarray) -> RowMap:
 
 
 def any_where(flags, region: np.ndarray) -> bool:
-    """Whether any pixel of ``region`` is True in ``flags`` (an array or a :class:`RowMap`), strip by strip."""
+    """Whether any pixel of ``region`` is True in ``flags`` (each an array or a :class:`RowMap`), strip by strip."""
     H, W = region.shape
     rows = strip_rows(W, 2)
     return any(bool((flags[r0:r0 + rows] & region[r0:r0 + rows]).any()) for r0 in range(0, H, rows))
