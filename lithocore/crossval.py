@@ -350,12 +350,16 @@ def unspill(payload: bytes):
     import io
     import pickle
 
+    opened: dict[str, np.ndarray] = {}
+
     class _Unpickler(pickle.Unpickler):
         def persistent_load(self, pid):
             kind, path = pid
             if kind != "npy":
                 raise pickle.UnpicklingError(f"unknown spilled object {kind!r}")
-            return np.load(path, mmap_mode="r")
+            if path not in opened:  # one mapping an array, however often it is referred to
+                opened[path] = np.load(path, mmap_mode="r")
+            return opened[path]
 
     return _Unpickler(io.BytesIO(payload)).load()
 

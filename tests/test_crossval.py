@@ -143,3 +143,20 @@ def test_single_split_and_saved_folds(small_area, tmp_path):
     assert three.k == 3 and lfolds.cv_folds(tmp_path, small_area, cfg, s3).info == three.info
     four = lfolds.cv_folds(tmp_path, small_area, cfg, s3 | dict(k=4))
     assert four.k == 4
+
+
+def test_spilled_models_travel_as_files_each_array_once(small_area, folds, tmp_path, monkeypatch):
+    """What a cluster's tasks get: the scene-sized arrays as .npy files (an array shared by several models saved
+    once), opened memory-mapped and equal to the originals, small ones inside the pickle."""
+    monkeypatch.setattr(crossval, "SPILL_BYTES", 1000)
+    models = {"a": lfolds.ForestFold(None, small_area.labels, small_area.mask),
+              "b": lfolds.ForestFold(None, small_area.labels, small_area.mask, seed=3)}
+    small = np.arange(5)
+    payload = crossval.spill(dict(models=models, folds=folds, mask=small_area.mask, small=small), tmp_path)
+    assert len(payload) < 10_000 and sorted(p.name for p in tmp_path.iterdir()) == ["0.npy", "1.npy", "2.npy"]
+    back = crossval.unspill(payload)
+    for got, want in ((back["models"]["b"].labels, small_area.labels), (back["mask"], small_area.mask),
+                      (back["folds"].fold, folds.fold)):
+        assert isinstance(got, np.memmap) and not got.flags.writeable and np.array_equal(got, want)
+    assert back["models"]["a"].mask is back["models"]["b"].mask is back["mask"]  # one file, one mapping
+    assert np.array_equal(back["small"], small) and not isinstance(back["small"], np.memmap)
