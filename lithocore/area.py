@@ -35,6 +35,14 @@ def gdal_cache(mb: float):
     return rasterio.Env(GDAL_CACHEMAX=int(mb * 2**20))
 
 
+def block_row_mb(srcs) -> float:
+    """MB of one row of file blocks of the open rasters ``srcs`` (their width x block height x bands x bytes): what
+    GDAL's cache must hold for a strip lower than a block to be read without decompressing its blocks again."""
+    import numpy as np
+
+    return sum(s.width * s.block_shapes[0][0] * s.count * np.dtype(s.dtypes[0]).itemsize for s in srcs) / 2**20
+
+
 def trim_heap() -> None:
     """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere). GDAL's block
     cache frees and allocates blocks as it turns over, and glibc keeps the freed pages: a process that streamed a

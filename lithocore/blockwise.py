@@ -39,7 +39,7 @@ from rasterio.transform import Affine
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from .area import Grid, NO_LABEL, WARP_THREADS, gdal_cache, overlaps, trim_heap
+from .area import Grid, NO_LABEL, WARP_THREADS, block_row_mb, gdal_cache, overlaps, trim_heap
 from .data import load_small_layers
 from .errors import StudyAreaError
 from .manifest import read_manifest
@@ -135,8 +135,7 @@ def cache_mb(srcs: list, memory_mb: float) -> float:
     strip with its halo can cross a row of blocks: with two rows held, each block is decompressed once a pass, not
     once for every strip that crosses it (ten times there). GDAL's default (5 % of the machine's memory) would
     grow with the scene instead."""
-    row = sum(s.width * s.block_shapes[0][0] * s.count * np.dtype(s.dtypes[0]).itemsize for s in srcs) / 2**20
-    return max(16.0, memory_mb / 4, min(1024.0, 2.5 * row))
+    return max(16.0, memory_mb / 4, min(1024.0, 2.5 * block_row_mb(srcs)))
 
 
 def _guide_transform(bands: np.ndarray, transform: str, floor: float) -> np.ndarray:
