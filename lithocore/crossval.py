@@ -117,8 +117,11 @@ def fold_regions(folds: Folds, i: int, mask: np.ndarray, *, test_as_rows: bool =
     train = within(RowMap(lambda a, b: fold[a:b] == i, fold.shape), folds.buffer)
     np.logical_not(train, out=train)  # in place: no scene-sized temporaries
     train &= mask
-    test = RowMap(lambda a, b: (fold[a:b] == i) & mask[a:b], fold.shape)
-    return (test if test_as_rows else test[0:fold.shape[0]]), train
+    if test_as_rows:
+        return RowMap(lambda a, b: (fold[a:b] == i) & mask[a:b], fold.shape), train
+    test = fold == i
+    test &= mask  # in place: one scene-sized map
+    return test, train
 
 
 def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, size: int,
@@ -274,8 +277,9 @@ def fold_task(model, i: int, folds: Folds, mask: np.ndarray, regions=None) -> tu
     predicting the test region. Returns (class indices, seconds)."""
     test, train = regions if regions is not None else fold_regions(folds, i, mask)
     t0 = time.perf_counter()
-    pred = _fold_only(model(i, train, test), folds, i)  # where it is made: the client gets it ready to cache
-    return pred, time.perf_counter() - t0
+    pred = model(i, train, test)
+    seconds = time.perf_counter() - t0
+    return _fold_only(pred, folds, i), seconds  # cut where it is made: the client gets it ready to cache
 
 
 def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np.ndarray, cluster,

@@ -263,9 +263,9 @@ class DeepFold:
         from . import mapping
 
         model, stats = self.fit(i, train)
+        # only the windows that hold the test region (within the mask already: crossval.fold_regions)
         classes, _ = mapping.map_array(model, self.stack, test, stats["mean"], stats["std"], progress=False,
-                                       confidence=False)  # the windows holding the test region (within the mask:
-        # crossval.fold_regions)
+                                       confidence=False)
         return classes
 
 

@@ -200,8 +200,8 @@ class Moments:
 
 def region_stats(stack, region: np.ndarray | None = None) -> dict:
     """Per-channel mean and standard deviation over the finite values of the pixels of ``region`` (H, W) bool, an
-    array or a :class:`~lithocore.tiles.RowMap` (None: every pixel), merged strip by strip (:class:`Moments`): ``{"mean", "std", "pixels"}`` (a zero sd is
-    given as 1)."""
+    array or a :class:`~lithocore.tiles.RowMap` (None: every pixel), merged strip by strip (:class:`Moments`):
+    ``{"mean", "std", "pixels"}`` (a zero sd is given as 1)."""
     C, H, W = stack.shape
     m = Moments(C)
     pixels = 0
