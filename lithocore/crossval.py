@@ -27,7 +27,7 @@ import numpy as np
 from .area import NO_LABEL
 from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
-from .tiles import RowMap, block_map, labelled_map, strip_rows, value_counts, window_map, within
+from .tiles import RowMap, block_map, both_map, labelled_map, strip_rows, value_counts, window_map, within
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
@@ -153,8 +153,8 @@ def fold_coverage(folds: Folds, labels: np.ndarray, mask: np.ndarray, names) -> 
     labelled = labelled_map(labels, mask)
     for i in range(folds.k):
         test, train = fold_regions(folds, i, mask, test_as_rows=True)
-        t = value_counts(labels, RowMap(lambda a, b: test[a:b] & labelled[a:b], labels.shape), n)
-        r = value_counts(labels, RowMap(lambda a, b: train[a:b] & labelled[a:b], labels.shape), n)
+        t = value_counts(labels, both_map(test, labelled), n)
+        r = value_counts(labels, both_map(train, labelled), n)
         del test, train
         lacking = [names[c] for c in range(n) if t[c] > 0 and r[c] == 0]
         out.append(dict(fold=i, test_pixels=int(t.sum()), train_pixels=int(r.sum()),

@@ -323,9 +323,9 @@ class ForestFold:
     def fit(self, i, train):
         from . import forest
 
-        from .tiles import RowMap
+        from .tiles import both_map
 
-        allowed = RowMap(lambda a, b: train[a:b] & self.mask[a:b], train.shape)  # no scene-sized map
+        allowed = both_map(train, self.mask)  # no scene-sized map
         pixels = forest.sample_pixels(self.labels, allowed, self.fraction, self.seed + i,
                                       max_per_class=self.cap or None)
         return forest.train_forest(self.features(), self.labels, pixels, n_trees=self.n_trees,
@@ -340,9 +340,9 @@ class ForestFold:
     def __call__(self, i, train, test):
         from . import forest
 
-        from .tiles import RowMap
+        from .tiles import both_map
 
-        where = RowMap(lambda a, b: test[a:b] & self.mask[a:b], test.shape)  # read by rows: no scene-sized map
+        where = both_map(test, self.mask)  # read by rows: no scene-sized map
         classes, _, _ = forest.predict_forest(self.fit(i, train), self.features(), where, progress=False,
                                               confidence=False)
         return classes

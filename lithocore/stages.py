@@ -326,7 +326,7 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict:
     ``outside_training_tiles`` replaces ``held_out`` (those pixels border training tiles: not independent).
     """
     from .settings import TrainingConfig
-    from .tiles import RowMap, window_map
+    from .tiles import RowMap, both_map, window_map
 
     cfg = TrainingConfig(**{k: v for k, v in meta["config"].items() if k in TrainingConfig.__dataclass_fields__})
     ts = training_tiles(run_dir, area, cfg, meta["split"])
@@ -337,7 +337,7 @@ def evaluation_regions(run_dir, area, meta: dict) -> dict:
                     train_region=RowMap(lambda a, b: mask[a:b] & (region[a:b] == 0), shape))
     seen = window_map(shape, ts.train, ts.size)
     return dict(outside_training_tiles=RowMap(lambda a, b: mask[a:b] & ~seen[a:b], shape), whole_map=mask,
-                train_region=RowMap(lambda a, b: mask[a:b] & seen[a:b], shape))
+                train_region=both_map(mask, seen))
 
 
 # ------------------------------------------------------------------------------------------ map

@@ -29,7 +29,7 @@ from .area import NO_LABEL
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
            "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels", "window_map",
            "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map",
-           "value_counts", "RowMap", "labelled_map", "any_where", "STRIP_MB"]
+           "value_counts", "RowMap", "both_map", "labelled_map", "any_where", "STRIP_MB"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
@@ -60,6 +60,15 @@ class RowMap:
     def __getitem__(self, s: slice) -> np.ndarray:
         a, b, _ = s.indices(self.shape[0])
         return self.rows(a, b)
+
+
+def both_map(first, second) -> RowMap:
+    """The pixels True in both ``first`` and ``second`` (each an array or a :class:`RowMap`), strip by strip.
+
+    >>> both_map(np.array([[True, True]]), np.array([[False, True]]))[0:1].tolist()
+    [[False, True]]
+    """
+    return RowMap(lambda a, b: first[a:b] & second[a:b], first.shape)
 
 
 def labelled_map(labels: np.ndarray, mask: np.ndarray) -> RowMap:
@@ -468,7 +477,7 @@ def tile_warnings(ts, area, n_samples: int) -> list[str]:
     present = set(np.flatnonzero(value_counts(area.labels, labelled, 256)).tolist())
     for side, windows in (("training", ts.train), ("validation", ts.val)):
         seen = window_map(area.shape, windows, ts.size)
-        px = RowMap(lambda a, b: seen[a:b] & labelled[a:b], area.shape)
+        px = both_map(seen, labelled)
         have = set(np.flatnonzero(value_counts(area.labels, px, 256)).tolist())
         missing = [area.classes.names[c] for c in sorted(present - have)]
         if missing:

@@ -40,7 +40,7 @@ from .framework import start_keras
 from .metrics import confusion_matrix, scores
 from .runfolder import atomic_path, write_json
 from .settings import TrainingConfig
-from .tiles import RowMap, window_map
+from .tiles import both_map, window_map
 
 __all__ = ["compile_model", "fit", "evaluate_tiles", "train_on_windows", "read_history", "clear_run",
            "save_bundle", "load_bundle", "data_parallel", "seed_everything", "assess_model", "private_python_random",
@@ -305,7 +305,7 @@ def train_on_windows(stack: np.ndarray, labels: np.ndarray, mask: np.ndarray, wi
     from .tiles import class_weights
 
     seen = window_map(labels.shape, windows, cfg.tile)  # strip by strip: no scene-sized map
-    stats = normalisation_stats(stack, RowMap(lambda a, b: seen[a:b] & mask[a:b], labels.shape))
+    stats = normalisation_stats(stack, both_map(seen, mask))
     kw = dict(mean=stats["mean"], std=stats["std"])
     train = TileBatches(stack, labels, mask, epoch_windows(windows, cfg.n_samples), cfg.tile, cfg.batch_size,
                         seed=cfg.seed + seed, augment=cfg.augment, **kw)
