@@ -27,7 +27,7 @@ import numpy as np
 from .area import NO_LABEL
 from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
-from .tiles import RowMap, block_map, both_map, labelled_map, strip_rows, value_counts, window_map, within
+from .tiles import RowMap, block_map, both_map, labelled_map, row_strips, value_counts, window_map, within
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
@@ -137,11 +137,10 @@ def leakage(labels: np.ndarray, mask: np.ndarray, train_windows: np.ndarray, siz
     """
     labelled, seen = labelled_map(labels, mask), window_map(labels.shape, train_windows, size)
     n_scored = n_seen = 0
-    rows = strip_rows(labels.shape[1], 4)
-    for r0 in range(0, labels.shape[0], rows):  # strip by strip: no scene-sized map
-        scored = tested[r0:r0 + rows] & labelled[r0:r0 + rows]
+    for a, b in row_strips(*labels.shape, 4):  # strip by strip: no scene-sized map
+        scored = tested[a:b] & labelled[a:b]
         n_scored += int(scored.sum())
-        n_seen += int((seen[r0:r0 + rows] & scored).sum())
+        n_seen += int((seen[a:b] & scored).sum())
     return float(n_seen / n_scored) if n_scored else 0.0
 
 
@@ -250,10 +249,9 @@ def _fold_only(pred: np.ndarray, folds: Folds, i: int) -> np.ndarray:
     pred = np.asarray(pred, np.uint8)
     if pred.base is not None or not pred.flags.writeable or not pred.flags.c_contiguous:
         pred = pred.copy()
-    rows = strip_rows(pred.shape[1], 2)
-    for r0 in range(0, pred.shape[0], rows):
-        p = pred[r0:r0 + rows]
-        p[folds.fold[r0:r0 + rows] != i] = NO_LABEL
+    for a, b in row_strips(*pred.shape, 2):
+        p = pred[a:b]
+        p[folds.fold[a:b] != i] = NO_LABEL
     return pred
 
 
@@ -262,9 +260,8 @@ def _score_fold(folds: Folds, i: int, mask, labels, pred, oof: np.ndarray, n: in
     by strip: a whole scene's selection, widened to eight bytes a pixel to count it, was 4.8 GB at 20000 px."""
     pred = np.asarray(pred, np.uint8)
     cm = np.zeros((n, n), np.int64)
-    rows = strip_rows(pred.shape[1], 32)
-    for r0 in range(0, pred.shape[0], rows):
-        sl = slice(r0, r0 + rows)
+    for a, b in row_strips(*pred.shape, 32):
+        sl = slice(a, b)
         test = (folds.fold[sl] == i) & mask[sl]
         oof[sl][test] = pred[sl][test]
         cm += confusion_matrix(labels[sl], pred[sl], n, test)

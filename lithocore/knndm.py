@@ -270,18 +270,16 @@ def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int 
     >>> 10 <= autocorrelation_range(lab, np.ones_like(lab, bool))["range_px"] <= 40
     True
     """
-    from .tiles import strip_rows, labelled_map, value_counts
+    from .tiles import labelled_map, row_strips, value_counts
 
     H, W = labels.shape
     ok = labelled_map(labels, mask)  # strip by strip: at 20000 px a scene-sized map is 400 MB, its bincount 3.2 GB
     max_lag = max(2, max_lag or min(H, W) // 2)
     lags = sorted(set(int(round(v)) for v in np.exp(np.linspace(0, math.log(max_lag), n_lags))))
-    rows = strip_rows(W, 8)
     gamma = []
     for h in lags:
         diff = pairs = 0
-        for r0 in range(0, H, rows):
-            r1 = min(H, r0 + rows)
+        for r0, r1 in row_strips(H, W, 8):
             lab, o = labels[r0:r1], ok[r0:r1]
             pairs_of = [(lab[:, h:], lab[:, :-h], o[:, h:], o[:, :-h])]  # along the rows
             if r0 + h < H:  # along the columns: each row of the strip with the row h below it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .area import NO_LABEL
+from .tiles import row_strips
 
 __all__ = ["confusion_matrix", "scores", "boundary_zone", "salt_and_pepper", "fragments", "evaluate_map", "stripe_ratio"]
 
@@ -81,15 +82,6 @@ def scores(cm: np.ndarray, names: list[str] | tuple[str, ...] | None = None) -> 
     )
 
 
-def _strips(height: int, width: int, halo: int = 0, bytes_per_pixel: int = 32):
-    """Row strips (a, b) of a scene, sized for ``bytes_per_pixel`` with a halo of ``halo`` rows
-    (:func:`lithocore.tiles.strip_rows`): every measure below is made strip by strip, a province's memory."""
-    from .tiles import strip_rows
-
-    rows = strip_rows(width, bytes_per_pixel, halo)
-    return [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
-
-
 def _zone_rows(labels: np.ndarray, width: int, a: int, b: int) -> np.ndarray:
     """:func:`boundary_zone` of rows ``a:b``, from the rows ``width`` beyond them (all a pixel's zone depends on)."""
     from scipy import ndimage
@@ -122,7 +114,7 @@ def boundary_zone(labels: np.ndarray, width: int = 3) -> np.ndarray:
     [[0, 0, 0, 1, 1, 0, 0, 0]]
     """
     out = np.zeros(labels.shape, bool)
-    for a, b in _strips(*labels.shape, width):
+    for a, b in row_strips(*labels.shape, 32, width):
         out[a:b] = _zone_rows(labels, width, a, b)
     return out
 
@@ -136,7 +128,7 @@ def salt_and_pepper(classes: np.ndarray, mask: np.ndarray, n_classes: int, size:
     H = classes.shape[0]
     halo = size // 2 + 1
     differ = valid_n = 0
-    for a, b in _strips(*classes.shape, halo, 4 * n_classes + 16):  # the counts are float32, a class each
+    for a, b in row_strips(*classes.shape, 4 * n_classes + 16, halo):  # the counts are float32, a class each
         lo, hi = max(0, a - halo), min(H, b + halo)
         cl = classes[lo:hi]
         valid = mask[lo:hi] & (cl != NO_LABEL)
@@ -159,7 +151,7 @@ def fragments(classes: np.ndarray, mask: np.ndarray, n_classes: int, min_pixels:
 
     H, W = classes.shape
     total = small = valid_n = 0
-    strips = _strips(H, W)
+    strips = row_strips(H, W, 32)
     for k in range(n_classes):
         sizes, edges, offset, last = [], [], 0, None
         for a, b in strips:
@@ -211,7 +203,7 @@ def stripe_ratio(classes: np.ndarray, valid: np.ndarray | None = None, *, period
     off = [0, 0]
     p_rows, p_cols = (period, period) if np.isscalar(period) else tuple(period)
     line_cols = (np.arange(1, W) % p_cols) == (offset % p_cols)
-    for a, b in _strips(H, W, 1, 8):  # strip by strip, each with the row above it (the pairs across its top)
+    for a, b in row_strips(H, W, 8, 1):  # strip by strip, each with the row above it (the pairs across its top)
         lo = max(0, a - 1)
         cl = np.asarray(classes[lo:b])
         ok = (cl != NO_LABEL) if valid is None else np.asarray(valid[lo:b], bool) & (cl != NO_LABEL)
@@ -299,7 +291,7 @@ def evaluate_map(classes: np.ndarray, labels: np.ndarray, mask: np.ndarray, name
     in_map = int((value_counts(labels, mask, n) > 0).sum())
     cms = {name: np.zeros((n, n), np.int64) for name in regions}
     cmbs = {name: np.zeros((n, n), np.int64) for name in regions}
-    for a, b in _strips(*labels.shape, boundary_width):  # strip by strip: no scene-sized selection or zone
+    for a, b in row_strips(*labels.shape, 32, boundary_width):  # strip by strip: no scene-sized selection or zone
         zone = _zone_rows(labels, boundary_width, a, b)
         for name, region in regions.items():
             sel = np.asarray(region[a:b], bool) & mask[a:b]

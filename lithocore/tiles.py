@@ -45,6 +45,17 @@ def strip_rows(width: int, bytes_per_pixel: int, halo: int = 0) -> int:
     return max(rows, 2 * halo, 16)
 
 
+def row_strips(height: int, width: int, bytes_per_pixel: int, halo: int = 0) -> list[tuple[int, int]]:
+    """The strips (a, b) of rows that cover a ``height`` x ``width`` scene, each :func:`strip_rows` high: the one
+    loop of every computation here made strip by strip (the last strip may be lower).
+
+    >>> row_strips(40, 10, 1)
+    [(0, 40)]
+    """
+    rows = strip_rows(width, bytes_per_pixel, halo)
+    return [(a, min(height, a + rows)) for a in range(0, height, rows)]
+
+
 class RowMap:
     """A boolean map of ``shape`` made a strip of rows at a time: ``m[a:b]`` is ``rows(a, b)``, and the
     scene-sized map is never built (:func:`window_sums` and :func:`any_where` read such maps strip by strip).
@@ -78,9 +89,7 @@ def labelled_map(labels: np.ndarray, mask: np.ndarray) -> RowMap:
 
 def any_where(flags, region: np.ndarray) -> bool:
     """Whether any pixel of ``region`` is True in ``flags`` (each an array or a :class:`RowMap`), strip by strip."""
-    H, W = region.shape
-    rows = strip_rows(W, 2)
-    return any(bool((flags[r0:r0 + rows] & region[r0:r0 + rows]).any()) for r0 in range(0, H, rows))
+    return any(bool((flags[a:b] & region[a:b]).any()) for a, b in row_strips(*region.shape, 2))
 
 
 def window_sums(flags, size: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -122,12 +131,12 @@ def within(region: np.ndarray, distance: float) -> np.ndarray:
     H, W = region.shape
     out = np.zeros((H, W), dtype=bool)
     halo = int(math.ceil(max(distance, 0))) + 1
-    rows = strip_rows(W, 18, halo)  # the transform's distances (float64) and feature indices (2 x int32)
-    for r0 in range(0, H, rows):
-        a, b = max(0, r0 - halo), min(H, r0 + rows + halo)
+    # strips sized for the transform's distances (float64) and feature indices (2 x int32)
+    for r0, r1 in row_strips(H, W, 18, halo):
+        a, b = max(0, r0 - halo), min(H, r1 + halo)
         sub = region[a:b]
         if sub.any():
-            out[r0:r0 + rows] = ndimage.distance_transform_edt(~sub)[r0 - a:r0 - a + rows] <= distance
+            out[r0:r1] = ndimage.distance_transform_edt(~sub)[r0 - a:r1 - a] <= distance
     return out
 
 
@@ -138,11 +147,9 @@ def value_counts(values: np.ndarray, where: np.ndarray, n: int, offset: int = 0)
     >>> value_counts(np.array([[0, 1, 1], [2, 9, 1]], np.uint8), np.ones((2, 3), bool), 3).tolist()
     [1, 3, 1]
     """
-    H, W = values.shape
-    rows = strip_rows(W, 10)
     out = np.zeros(n, np.int64)
-    for r0 in range(0, H, rows):
-        v = values[r0:r0 + rows][where[r0:r0 + rows]].astype(np.int64) + offset
+    for a, b in row_strips(*values.shape, 10):
+        v = values[a:b][where[a:b]].astype(np.int64) + offset
         out += np.bincount(v[(v >= 0) & (v < n)], minlength=n)
     return out
 
@@ -253,10 +260,9 @@ def _regions(val_blocks: np.ndarray, blocks: int, block: tuple[int, int], shape:
     region = block_map(chosen.reshape(blocks, blocks), block, shape, step)
     if buffer > 0:  # strip by strip: the validation map read as a RowMap, the buffer marked in place
         near = within(RowMap(lambda a, b: region[a:b] == 1, region.shape), buffer)
-        rows = strip_rows(region.shape[1], 3)
-        for r0 in range(0, region.shape[0], rows):
-            r = region[r0:r0 + rows]
-            r[near[r0:r0 + rows] & (r == 0)] = -1
+        for a, b in row_strips(*region.shape, 3):
+            r = region[a:b]
+            r[near[a:b] & (r == 0)] = -1
     return region
 
 

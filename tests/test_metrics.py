@@ -90,7 +90,7 @@ def test_map_measures_made_strip_by_strip_are_the_whole_scene_ones(monkeypatch):
     stripes = [M.stripe_ratio(classes, mask, period=p, offset=o) for p, o in ((8, 0), ((4, 6), 3), (16, 5))]
     assert all(r is not None for r in stripes)
     monkeypatch.setattr(tiles, "STRIP_MB", 0.0002)  # strips of a few rows
-    assert len(M._strips(*classes.shape, 3)) >= 6
+    assert len(tiles.row_strips(*classes.shape, 32, 3)) >= 6
     for w in (1, 3):
         assert np.array_equal(M.boundary_zone(labels, w), zone_whole(labels, w))
     assert M.salt_and_pepper(classes, mask, n) == speckle_whole(classes, mask, n) > 0
