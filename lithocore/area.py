@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -307,13 +308,12 @@ class StudyArea:
     warnings: list = field(default_factory=list)  # what the user should look at (also warned when loading)
     #: 1: on the manifest's reference grid; k > 1: a preview on a grid k times coarser (``max_pixels``)
     preview_factor: int = 1
-    #: (H, W) bool: the ground to predict (the manifest's ``predict`` polygons, else every valid unlabelled pixel)
-    predict: np.ndarray | None = None
+    #: (H, W) bool: the manifest's ``predict`` polygons on the valid pixels; None when the manifest declares none
+    #: (the ground to predict is then every valid unlabelled pixel: :attr:`predict`)
+    declared_ground: np.ndarray | None = None
     #: (H, W) uint8: the labels withheld inside declared ``predict`` polygons (class indices, else NO_LABEL; a read-only
     #: view of NO_LABEL when nothing is withheld)
     held_out: np.ndarray | None = None
-    #: whether ``predict`` came from the manifest (True) or is the default, every valid unlabelled pixel
-    predict_declared: bool = False
     #: guide band name -> centre wavelength (micrometres), from the manifest's ``sensor`` or ``wavelengths``
     wavelengths: dict = field(default_factory=dict)
     #: False: loaded without its fine bands (``guide`` and ``extra`` hold no channel; their names are kept), for
@@ -330,6 +330,20 @@ class StudyArea:
     def shape(self) -> tuple[int, int]:
         return self.grid.shape
 
+    @cached_property
+    def predict(self) -> np.ndarray:
+        """(H, W) bool: the ground to predict, the manifest's ``predict`` polygons, else every valid unlabelled
+        pixel; the default made when first read (the stages after the stack never read it: 400 MB at 20000 px)."""
+        if self.declared_ground is not None:
+            return self.declared_ground
+        return self.mask & (self.labels == NO_LABEL)
+
+    @property
+    def predict_declared(self) -> bool:
+        """Whether the ground to predict came from the manifest (True) or is the default, every valid unlabelled
+        pixel."""
+        return self.declared_ground is not None
+
     def coarse_layer(self, name: str) -> CoarseLayer:
         for c in self.coarse:
             if c.name == name:
@@ -341,7 +355,7 @@ class StudyArea:
         """What the labels are, in words: "geological map" when they cover at least half of the valid ground
         outside the ground to predict, else "training polygons" (sparse labels of a field campaign)."""
         labelled = int(((self.labels != NO_LABEL) & self.mask).sum())
-        ground = int((self.predict & self.mask).sum()) if self.predict is not None and self.predict_declared else 0
+        ground = int((self.declared_ground & self.mask).sum()) if self.declared_ground is not None else 0
         return "geological map" if labelled >= 0.5 * max(int(self.mask.sum()) - ground, 1) else "training polygons"
 
     def label_fractions(self) -> dict[str, float]:

@@ -312,8 +312,8 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
     return StudyArea(name=str(man["name"]), grid=grid, guide=guide, guide_names=guide_names, extra=extra,
                      extra_names=extra_names, coarse=coarse, labels=labels, classes=classes, mask=mask,
                      layer_table=table, points=points, units=units, manifest_path=str(mpath), warnings=warns,
-                     preview_factor=preview, predict=ground, held_out=held_out,
-                     predict_declared=bool(man.get("predict")), wavelengths=wavelengths, fine_loaded=valid is None)
+                     preview_factor=preview, declared_ground=ground, held_out=held_out,
+                     wavelengths=wavelengths, fine_loaded=valid is None)
 
 
 

@@ -214,8 +214,8 @@ def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area,
     from lithocore.recommend import map_to_trust
 
     full = np.where(small_area.labels == NO_LABEL, small_area.held_out, small_area.labels).astype(np.uint8)
-    area = replace(small_area, labels=full, predict=np.zeros(full.shape, bool),
-                   held_out=np.full(full.shape, NO_LABEL, np.uint8), predict_declared=False)
+    area = replace(small_area, labels=full, declared_ground=None,
+                   held_out=np.full(full.shape, NO_LABEL, np.uint8))
     stack = fusion.build_stack(fusion.fuse_study_area(area, progress=False), area)[0]
     r = map_to_trust(area, stack, tmp_path, k=2, cap=500, seed=0, estimates=("matched",), progress=False,
                      aoa_pixels=300, max_test=2000, candidates={"forest": CANDIDATES["forest"]})

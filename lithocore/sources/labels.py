@@ -223,9 +223,10 @@ def _reproject_geoms(geoms: list, src, dst) -> list:
 
 
 def withhold(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray | None):
-    """Labels with the ground to predict withheld. Returns (training labels, withheld labels, ground):
-    with declared ``ground`` the labels inside it move to the withheld raster; without, the ground is every
-    valid pixel without a label and nothing is withheld.
+    """Labels with the declared ground to predict withheld. Returns (training labels, withheld labels, ground):
+    with declared ``ground`` the labels inside it move to the withheld raster and the ground is cut to ``mask``;
+    without (None), nothing is withheld and the ground stays None (:attr:`lithocore.area.StudyArea.predict` is
+    then every valid unlabelled pixel, made when read).
 
     Examples
     --------
@@ -233,11 +234,11 @@ def withhold(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray | None):
     >>> tr, held, g = withhold(lab, ok, np.array([[False, False, True, True]]))
     >>> tr.tolist(), held.tolist(), g.tolist()
     ([[0, 1, 255, 255]], [[255, 255, 255, 2]], [[False, False, True, True]])
-    >>> withhold(lab, ok, None)[2].tolist()
-    [[False, False, True, False]]
+    >>> withhold(lab, ok, None)[1:]
+    (array([[255, 255, 255, 255]], dtype=uint8), None)
     """
     if ground is None:  # nothing withheld: a read-only view of one value, not a scene-sized map (400 MB at 20000 px)
-        return labels, np.broadcast_to(np.uint8(NO_LABEL), labels.shape), mask & (labels == NO_LABEL)
+        return labels, np.broadcast_to(np.uint8(NO_LABEL), labels.shape), None
     held = np.full(labels.shape, NO_LABEL, np.uint8)
     ground = ground & mask
     held[ground] = labels[ground]
