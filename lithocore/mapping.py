@@ -119,32 +119,53 @@ class WindowPlan:
         """Top-left scene pixel of every core, row by row."""
         return [(r, c) for r in range(0, self.shape[0], self.core[0]) for c in range(0, self.shape[1], self.core[1])]
 
+    @property
+    def count(self) -> int:
+        """How many windows (``len(origins())``, without listing them)."""
+        return math.ceil(self.shape[0] / self.core[0]) * math.ceil(self.shape[1] / self.core[1])
+
     def cost(self, shifts: int = 1) -> float:
         """Pixels the network computes, relative to one forward pass over the scene padded to the 32-px grid;
         with ``shifts`` > 1, that many passes over the window less 32 px (:func:`window_predictor`)."""
         bare = _ceil32(self.shape[0]) * _ceil32(self.shape[1])
         trim = 0 if shifts == 1 else 32
-        return len(self.origins()) * shifts * (self.window[0] - trim) * (self.window[1] - trim) / bare
+        return self.count * shifts * (self.window[0] - trim) * (self.window[1] - trim) / bare
 
 
 def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin: int = DEFAULT_MARGIN,
                  edge: int = 0, bytes_per_px: float = 400.0, memory_mb: float = 1024.0) -> WindowPlan:
-    """Equal cores as large as ``max_core`` (or, when None, as large as a window of ``bytes_per_px`` bytes per
-    pixel fits in ``memory_mb``), on the 32-pixel grid; as few as possible, so as little margin as possible is
-    computed twice. ``edge``: pixels reflected beyond the scene's edges (32 for shifted passes)."""
+    """Equal cores on the 32-pixel grid. With ``max_core``: square cores as large as it, as few as possible. Without
+    (the workbook's default): the cores, square or not, whose windows of ``bytes_per_px`` bytes a pixel fit in
+    ``memory_mb`` and compute the fewest pixels (:meth:`WindowPlan.cost`), fewest windows on a tie. An axis cut in
+    one piece needs no margin: a scene that fits whole is one window, one that fits in strips is strips.
+    ``edge``: pixels reflected beyond the scene's edges (32 for shifted passes).
+
+    >>> p = plan_windows((1611, 1650), bytes_per_px=384, memory_mb=512)  # the default area's U-Net: three strips
+    >>> p.core, p.window, p.count, round(p.cost(), 2)
+    ((544, 1664), (672, 1664), 3, 1.24)
+    >>> plan_windows((1611, 1650), bytes_per_px=384, memory_mb=1024).window  # one window, no margin
+    (1632, 1664)
+    """
     for name, v in (("margin", margin), ("edge", edge)):
         if v % 32 or v < 0:
             raise ValueError(f"the {name} must be a non-negative multiple of 32 (the network's grid), got {v}")
-    if max_core is None:
-        side = math.sqrt(memory_mb * 2 ** 20 / max(bytes_per_px, 1.0)) - 2 * margin
-        max_core = max(32, int(side) // 32 * 32)
-    elif max_core % 32 or max_core < 32:
-        raise ValueError(f"the core size must be a positive multiple of 32, got {max_core}")
-    core = []
-    for n in shape:
-        pieces = math.ceil(n / max_core)
-        core.append(min(max_core, _ceil32(n / pieces)))
-    return WindowPlan(tuple(int(s) for s in shape), (core[0], core[1]), int(margin), int(edge))
+    shape = tuple(int(s) for s in shape)
+    if max_core is not None:
+        if max_core % 32 or max_core < 32:
+            raise ValueError(f"the core size must be a positive multiple of 32, got {max_core}")
+        core = [min(max_core, _ceil32(n / math.ceil(n / max_core))) for n in shape]
+        return WindowPlan(shape, (core[0], core[1]), int(margin), int(edge))
+    fits = memory_mb * 2 ** 20 / max(bytes_per_px, 1.0)  # window pixels the memory holds
+    cores = [sorted({_ceil32(n / p) for p in range(1, math.ceil(n / 32) + 1)}, reverse=True) for n in shape]
+    best = WindowPlan(shape, (32, 32), int(margin), int(edge))  # the smallest, when no window fits the memory
+    for cr in cores[0]:
+        for cc in cores[1]:  # the largest column core whose window fits beside this row core
+            plan = WindowPlan(shape, (cr, cc), int(margin), int(edge))
+            if plan.window[0] * plan.window[1] <= fits:
+                if (plan.cost(), plan.count) < (best.cost(), best.count):
+                    best = plan
+                break
+    return best
 
 
 #: What a mapping window held, measured, over the largest set of layer outputs alive at once (:func:`live_floats`):
