@@ -27,7 +27,8 @@ import numpy as np
 from .area import NO_LABEL
 from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
-from .tiles import RowMap, block_map, both_map, labelled_map, row_strips, value_counts, window_map, within
+from .tiles import (RowMap, block_map, both_map, labelled_map, row_strips, value_counts, window_map, within,
+                    within_blocks)
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
@@ -114,7 +115,11 @@ def fold_regions(folds: Folds, i: int, mask: np.ndarray, *, test_as_rows: bool =
     from them. ``test_as_rows``: the test region as a :class:`~lithocore.tiles.RowMap` (made strip by strip as it
     is read), so that only the training region is a scene-sized map."""
     fold = folds.fold
-    train = within(RowMap(lambda a, b: fold[a:b] == i, fold.shape), folds.buffer)
+    if folds.block:  # whole blocks (make_folds): the buffer from the blocks' rectangles, no distance transform
+        b = folds.block
+        train = within_blocks(fold[::b, ::b] == i, (b, b), fold.shape, folds.buffer)
+    else:
+        train = within(RowMap(lambda a, b: fold[a:b] == i, fold.shape), folds.buffer)
     np.logical_not(train, out=train)  # in place: no scene-sized temporaries
     train &= mask
     if test_as_rows:

@@ -28,8 +28,8 @@ from .area import NO_LABEL
 
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
            "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels", "window_map",
-           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "block_map",
-           "value_counts", "RowMap", "both_map", "labelled_map", "any_where", "STRIP_MB"]
+           "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "within_blocks", "block_map",
+           "value_counts", "RowMap", "both_map", "labelled_map", "any_where", "STRIP_MB", "strip_rows", "row_strips"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
@@ -137,6 +137,43 @@ def within(region: np.ndarray, distance: float) -> np.ndarray:
         sub = region[a:b]
         if sub.any():
             out[r0:r1] = ndimage.distance_transform_edt(~sub)[r0 - a:r1 - a] <= distance
+    return out
+
+
+def within_blocks(chosen: np.ndarray, block: tuple[int, int], shape: tuple[int, int], distance: float,
+                  step: int = 1) -> np.ndarray:
+    """:func:`within` of a map made of whole blocks: ``within(block_map(chosen, block, shape, step), distance)``,
+    the same pixels, without a distance transform of the scene. A pixel's distance to a block is its row distance
+    and its column distance to the block's rectangle put together, so the nearest chosen block of each row of
+    blocks is found along the columns once (a distance transform of one row of pixels) and each strip of rows
+    combines it with its rows' distances to the few rows of blocks within reach.
+
+    >>> chosen = np.array([[True, False], [False, False]])
+    >>> np.array_equal(within_blocks(chosen, (3, 3), (6, 5), 1.5), within(block_map(chosen, (3, 3), (6, 5)), 1.5))
+    True
+    """
+    b_rows, b_cols = (np.arange(0, n, step) // bk for n, bk in zip(shape, block))
+    first = np.searchsorted(b_rows, np.arange(chosen.shape[0]))  # each row of blocks: its first and last map row
+    last = np.searchsorted(b_rows, np.arange(chosen.shape[0]), side="right") - 1
+    out = np.zeros((len(b_rows), len(b_cols)), bool)
+    if distance < 0:
+        return out
+    # the largest squared distance (an integer) within ``distance``, as the transform compares it: sqrt(x) <= d
+    reach = int(math.floor(distance * distance))
+    reach += int(math.sqrt(reach + 1) <= distance)
+    reach -= int(math.sqrt(reach) > distance)
+    along = {}  # row of blocks -> squared column distance of every map column to its nearest chosen block
+    for i in np.flatnonzero(chosen.any(axis=1)):
+        on = chosen[i][b_cols]
+        if first[i] <= last[i] and on.any():
+            gap = np.rint(ndimage.distance_transform_edt(~on)).astype(np.int64) if not on.all() else 0 * b_cols
+            along[i] = gap * gap
+    for a, b in row_strips(len(b_rows), len(b_cols), 17):
+        rows = np.arange(a, b)
+        for i, d_cols in along.items():
+            d_rows = np.maximum(np.maximum(first[i] - rows, 0), rows - last[i])
+            if d_rows.min() <= distance:
+                out[a:b] |= (d_rows[:, None] * d_rows[:, None] + d_cols[None, :]) <= reach
     return out
 
 
@@ -258,8 +295,8 @@ def _regions(val_blocks: np.ndarray, blocks: int, block: tuple[int, int], shape:
     chosen = np.zeros(blocks * blocks, np.int8)
     chosen[val_blocks] = 1
     region = block_map(chosen.reshape(blocks, blocks), block, shape, step)
-    if buffer > 0:  # strip by strip: the validation map read as a RowMap, the buffer marked in place
-        near = within(RowMap(lambda a, b: region[a:b] == 1, region.shape), buffer)
+    if buffer > 0:  # the buffer from the blocks' rectangles (no distance transform), marked in place strip by strip
+        near = within_blocks(chosen.reshape(blocks, blocks) == 1, block, shape, buffer, step)
         for a, b in row_strips(*region.shape, 3):
             r = region[a:b]
             r[near[a:b] & (r == 0)] = -1

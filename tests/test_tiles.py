@@ -149,6 +149,33 @@ def test_strip_by_strip_equals_the_whole_scene_computation(monkeypatch, small_ar
     assert (before[1] == -1).any() and len(before[2]) > 0  # a buffer was drawn and windows found
 
 
+def test_a_buffer_around_whole_blocks_is_the_distance_transforms(monkeypatch):
+    """``within_blocks`` (the buffer around folds' and validation blocks, from the blocks' rectangles) marks exactly
+    the pixels scipy's whole-scene distance transform puts within the distance of the block map: rectangular
+    blocks clipped at the scene's edges, subsampled maps, distances on and between the pixel grid's, strips of a
+    few rows; and a fold's training region is the one the transform gives."""
+    from scipy import ndimage
+
+    from lithocore import crossval
+
+    monkeypatch.setattr(T, "STRIP_MB", 0.0005)
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        (bh, bw), (H, W), step = rng.integers(1, 14, 2), rng.integers(1, 90, 2), int(rng.integers(1, 4))
+        chosen = rng.random((-(-H // bh), -(-W // bw))) < rng.random()
+        d = float(rng.choice([0, 0.5, 1, np.sqrt(2), 2, 2 * np.sqrt(2), 3.7, 5, 128 / 3, 60]))
+        blocks = T.block_map(chosen, (bh, bw), (H, W), step)
+        want = ndimage.distance_transform_edt(~blocks) <= d if blocks.any() else np.zeros(blocks.shape, bool)
+        assert np.array_equal(T.within_blocks(chosen, (bh, bw), (H, W), d, step), want), (bh, bw, H, W, step, d)
+    labels = rng.integers(0, 3, (150, 170)).astype(np.uint8)
+    folds = crossval.make_folds(labels, np.ones(labels.shape, bool), 3, block=24, buffer=10, seed=0)
+    mask = rng.random(labels.shape) < 0.9
+    for i in range(3):
+        test, train = crossval.fold_regions(folds, i, mask)
+        assert np.array_equal(train, (ndimage.distance_transform_edt(folds.fold != i) > 10) & mask)
+        assert np.array_equal(test, (folds.fold == i) & mask)
+
+
 def test_maps_made_strip_by_strip_count_as_the_whole_maps(monkeypatch):
     """The labelled pixels and a region's complement given strip by strip (no scene-sized map) give the same window
     sums, candidate windows and "any labelled pixel in the region" as the whole maps, across several strips."""
