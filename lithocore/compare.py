@@ -229,7 +229,7 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
     CrossValidation
         The folds, their coverage, per-fold and pooled scores, out-of-fold maps; tables, verdicts and the record.
     """
-    from .folds import cv_cache_key, deep_fold_model, forest_fold_model
+    from .folds import ForestFold, cv_cache_key, deep_fold_model, forest_fold_model
 
     from .stackfile import StackFile
 
@@ -261,6 +261,9 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
             models["forest_context_embedding"] = forest_fold_model(stack, area, extra=read_embedding(npy), **ctx)
         if "hybrid" in parts:
             models["hybrid"] = HybridFold(models[deep], forest_fold_model(stack, area, **ctx))
+    for m, model in models.items():  # before any fold: every forest's fit fits in memory
+        if isinstance(model, ForestFold):
+            model.check_memory(len(area.classes), f"the cross-validation's {m}")
     cache_key = cv_cache_key(run.root, cv, cfg, n_trees, max_features, pixel_fraction)
     results = crossval.cross_validate(area.labels, area.mask, area.classes.names, folds, models,
                                       cache_dir=run.folder.cv_dir, cache_key=cache_key, cluster=cluster or None)

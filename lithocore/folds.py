@@ -320,6 +320,16 @@ class ForestFold:
         stack = Neighbourhood(self.stack, self.neighbourhood, self.fill) if self.neighbourhood else self.stack
         return stack if self.extra is None else Channels(stack, self.extra)
 
+    def check_memory(self, n_classes: int, what: str) -> None:
+        """Refuse, before any fold, a forest whose fit would not fit in memory: sized on every labelled pixel (more
+        than any fold trains on), the predictors counted without computing them."""
+        from . import forest
+
+        n_features = self.stack.shape[0] * (1 + 2 * len(self.neighbourhood))
+        n_features += self.extra.shape[0] if self.extra is not None else 0
+        n = forest.training_pixels(self.labels, self.mask, self.fraction, self.cap or None)
+        forest.check_training_memory(n, n_features, n_classes, self.n_trees, what)
+
     def fit(self, i, train):
         from . import forest
 

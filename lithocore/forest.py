@@ -16,7 +16,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from .area import NO_LABEL
 
-__all__ = ["sample_pixels", "train_forest", "predict_forest", "neighbourhood_features", "pixel_features", "Forest"]
+__all__ = ["sample_pixels", "training_pixels", "training_memory", "check_training_memory", "train_forest", "predict_forest", "neighbourhood_features", "pixel_features", "Forest"]
 
 
 @contextlib.contextmanager
@@ -80,10 +80,7 @@ def sample_pixels(labels: np.ndarray, allowed: np.ndarray, fraction: float = 0.1
     drawn = {}
     for k in np.flatnonzero(counts.sum(0)):
         size = int(counts[:, k].sum())
-        n = max(1, int(round(fraction * size)))
-        if max_per_class:
-            n = min(n, max_per_class)
-        drawn[k] = np.sort(rng.choice(size, n, replace=False))
+        drawn[k] = np.sort(rng.choice(size, _drawn(size, fraction, max_per_class), replace=False))
     if not drawn:
         return np.zeros(0, np.int64)
     before = np.cumsum(counts, axis=0) - counts  # each class's pixels in the strips above
@@ -149,6 +146,53 @@ def _features(stack: np.ndarray, rows: slice | None = None, keep: np.ndarray | N
     return np.nan_to_num(table[keep] if keep is not None else np.array(table), copy=False)
 
 
+def _drawn(size: int, fraction: float, max_per_class: int | None) -> int:
+    """Training pixels drawn from a class of ``size`` pixels: ``fraction`` of them, at least 1, at most the cap."""
+    n = max(1, int(round(fraction * size)))
+    return min(n, max_per_class) if max_per_class else n
+
+
+def training_pixels(labels: np.ndarray, allowed, fraction: float = 0.1, max_per_class: int | None = None) -> int:
+    """How many pixels :func:`sample_pixels` draws (counted strip by strip, none drawn): a forest's training table
+    sized before any work.
+
+    >>> lab = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1, 1]], np.uint8)
+    >>> training_pixels(lab, np.ones_like(lab, bool), 0.5), training_pixels(lab, np.ones_like(lab, bool), 0.5, 2)
+    (5, 4)
+    """
+    from .tiles import labelled_map, value_counts
+
+    counts = value_counts(labels, labelled_map(labels, allowed), 256)  # ``allowed`` an array or a RowMap
+    return int(sum(_drawn(int(c), fraction, max_per_class) for c in counts if c))
+
+
+#: Nodes a fitted tree holds per training pixel, at most: 0.10-0.15 measured (the default area's stack, 35-99 k
+#: pixels, 10 trees), 0.25 kept as the margin. A node is 64 bytes and 8 a class (scikit-learn's arrays).
+TREE_NODES_PER_PIXEL = 0.25
+
+
+def training_memory(n_pixels: int, n_features: int, n_classes: int, n_trees: int) -> int:
+    """Bytes a forest's fit holds, at most: its table of predictors (and scikit-learn's copy) and its trees.
+
+    >>> round(training_memory(1_000_000, 9, 8, 200) / 2**30, 1)  # GiB; a province's 10 % is tens of millions
+    6.0
+    """
+    return int(2 * 4 * n_pixels * n_features + n_trees * TREE_NODES_PER_PIXEL * n_pixels * (64 + 8 * n_classes))
+
+
+def check_training_memory(n_pixels: int, n_features: int, n_classes: int, n_trees: int,
+                          what: str = "the random forest") -> None:
+    """Refuse, before any work, a forest whose fit would not fit in memory (:func:`lithocore.data.memory_available`,
+    ``LITHOCORE_MEMORY_LIMIT``), naming the sizes and what to change."""
+    from .data import memory_available
+
+    need, have = training_memory(n_pixels, n_features, n_classes, n_trees), memory_available()
+    if need > have:
+        raise MemoryError(f"{what}: {n_pixels:,} training pixels of {n_features} predictors and {n_trees} trees need "
+                          f"about {need / 2**30:.1f} GiB, but {have / 2**30:.1f} GiB is available: cap the training "
+                          f"pixels of each class (cv_forest_cap, e.g. 10000) or lower pixel_fraction")
+
+
 def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n_trees: int = 200,
                  max_features: int | str = 3, seed: int = 0, n_jobs: int = -1, progress: bool = False,
                  desc: str = "random forest (trees)"):
@@ -177,8 +221,9 @@ def train_forest(stack: np.ndarray, labels: np.ndarray, pixels: np.ndarray, *, n
     """
     from tqdm.auto import tqdm
 
-    X = pixel_features(stack, pixels)
     y = labels.ravel()[pixels]
+    check_training_memory(len(pixels), stack.shape[0], len(np.unique(y)), n_trees)
+    X = pixel_features(stack, pixels)
     mtry = min(max_features, X.shape[1]) if isinstance(max_features, int) else max_features
     rf = Forest(n_estimators=n_trees, max_features=mtry, n_jobs=n_jobs, random_state=seed, warm_start=progress)
     t0 = time.perf_counter()

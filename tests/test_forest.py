@@ -129,3 +129,32 @@ def test_training_pixels_drawn_strip_by_strip_are_the_whole_scene_draw(monkeypat
         assert np.array_equal(forest.sample_pixels(lab, allowed, frac, seed=3, max_per_class=cap), want)
         as_rows = tiles.RowMap(lambda a, b: allowed[a:b], allowed.shape)
         assert np.array_equal(forest.sample_pixels(lab, as_rows, frac, seed=3, max_per_class=cap), want)
+
+
+def test_a_forest_too_big_for_memory_is_refused_before_its_fit(monkeypatch):
+    """The training table is counted as ``sample_pixels`` draws it (without drawing: every fraction and cap, an
+    array or a row map), and a fit whose table and trees would not fit in memory stops before any work, in the
+    forest itself and in a cross-validation forest's check before its folds, saying what to change."""
+    from lithocore.folds import ForestFold
+    from lithocore.tiles import RowMap
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, (90, 70)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.4] = NO_LABEL
+    allowed = rng.random(labels.shape) < 0.7
+    for fraction, cap in ((0.1, None), (0.5, 30), (0.01, None), (1.0, 7)):
+        n = len(forest.sample_pixels(labels, allowed, fraction, max_per_class=cap))
+        assert forest.training_pixels(labels, allowed, fraction, cap) == n
+        assert forest.training_pixels(labels, RowMap(lambda a, b: allowed[a:b], allowed.shape), fraction, cap) == n
+    stack = rng.standard_normal((3, *labels.shape)).astype(np.float32)
+    px = forest.sample_pixels(labels, allowed, 0.5)
+    need = forest.training_memory(len(px), 3, 5, 50)
+    monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", str(need - 1))
+    with np.testing.assert_raises_regex(MemoryError, r"training pixels of 3 predictors and 50 trees need .* cap the "
+                                                     r"training pixels of each class \(cv_forest_cap"):
+        forest.train_forest(stack, labels, px, n_trees=50, n_jobs=1)
+    fold = ForestFold(stack, labels, allowed, n_trees=50, fraction=0.5, neighbourhood=(5,))
+    with np.testing.assert_raises_regex(MemoryError, r"the cross-validation's forest_context: .* of 9 predictors"):
+        fold.check_memory(5, "the cross-validation's forest_context")
+    monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", str(need))
+    forest.train_forest(stack, labels, px, n_trees=50, n_jobs=1)
