@@ -395,10 +395,27 @@ def _remote_fold(payload: bytes, i: int, m: str):
             return pickle.load(f)
 
 
+def exit_with_parent(poll_s: float = 2.0) -> None:
+    """Stop this process when the one that started it is gone: a fold's own process outlives no stopped worker or
+    cluster (it would go on training a network, its memory and cores taken, for nothing)."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _main(argv: list[str]) -> None:
     """``python -m lithocore.crossval JOB OUT``: one fold x model from a pickled (spilled payload, fold, model)."""
     import pickle
 
+    exit_with_parent()
     with open(argv[0], "rb") as f:
         payload, i, m = pickle.load(f)
     shared = unspill(payload)

@@ -160,3 +160,33 @@ def test_spilled_models_travel_as_files_each_array_once(small_area, folds, tmp_p
         assert isinstance(got, np.memmap) and not got.flags.writeable and np.array_equal(got, want)
     assert back["models"]["a"].mask is back["models"]["b"].mask is back["mask"]  # one file, one mapping
     assert np.array_equal(back["small"], small) and not isinstance(back["small"], np.memmap)
+
+
+def test_a_fold_process_stops_when_its_parent_is_gone(tmp_path):
+    """A network's fold runs in a process of its own; when the worker that started it is stopped, the fold's
+    process stops too (it had gone on training for minutes, an orphan holding 3.4 GB)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    child = ("from lithocore.crossval import exit_with_parent; exit_with_parent(0.1); import time; time.sleep(60)")
+    parent = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {child!r}], "
+              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+              "print(p.pid, flush=True); import time; time.sleep(3)")
+    started = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
+    pid = int(started.stdout.split()[0])
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap it where this test's process adopted it
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the fold's process outlived its parent")
