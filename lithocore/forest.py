@@ -16,7 +16,8 @@ from sklearn.ensemble import RandomForestClassifier
 
 from .area import NO_LABEL
 
-__all__ = ["sample_pixels", "training_pixels", "training_memory", "check_training_memory", "train_forest", "predict_forest", "neighbourhood_features", "pixel_features", "Forest"]
+__all__ = ["sample_pixels", "training_pixels", "training_memory", "check_training_memory", "train_forest",
+           "predict_forest", "neighbourhood_features", "pixel_features", "Forest"]
 
 
 @contextlib.contextmanager
