@@ -31,7 +31,7 @@ from .tiles import (RowMap, block_map, both_map, labelled_map, row_strips, value
                     within_blocks)
 from .words import and_list, plural
 
-__all__ = ["Folds", "make_folds", "fold_regions", "leakage", "fold_coverage", "cross_validate", "summarise",
+__all__ = ["Folds", "make_folds", "fold_regions", "release", "leakage", "fold_coverage", "cross_validate", "summarise",
            "verdict", "collapsed_folds", "fold_trust", "fold_task", "METRICS"]
 
 #: The headline measures summarised over folds.
@@ -278,6 +278,7 @@ def fold_task(model, i: int, folds: Folds, mask: np.ndarray, regions=None) -> tu
     (test, train) of :func:`fold_regions` made already), then the model fitted on the training region and
     predicting the test region. Returns (class indices, seconds)."""
     test, train = regions if regions is not None else fold_regions(folds, i, mask)
+    release(folds.fold)  # read again only strip by strip at the end (a memory-mapped fold map, on a cluster)
     t0 = time.perf_counter()
     pred = model(i, train, test)
     seconds = time.perf_counter() - t0
@@ -368,6 +369,19 @@ def unspill(payload: bytes):
             return opened[path]
 
     return _Unpickler(io.BytesIO(payload)).load()
+
+
+def release(*arrays) -> None:
+    """Drop from this process's memory the pages it has read of read-only memory-mapped arrays (:func:`unspill`'s):
+    the kernel reads them again from their files (its page cache) if they are touched again. Any other array is
+    left as it is. A network's fold, done with the labels and the mask once trained, maps its test region without
+    them: 1.2 GB fewer at 20000 px."""
+    import mmap
+
+    for a in arrays:
+        m = getattr(a, "_mmap", None)  # np.memmap's mapping (np.load(..., mmap_mode="r"))
+        if isinstance(a, np.memmap) and m is not None and not a.flags.writeable and hasattr(m, "madvise"):
+            m.madvise(mmap.MADV_DONTNEED)
 
 
 def _remote_fold(payload: bytes, i: int, m: str):

@@ -262,7 +262,10 @@ class DeepFold:
     def __call__(self, i, train, test):
         from . import mapping
 
+        from .crossval import release
+
         model, stats = self.fit(i, train)
+        release(self.labels, self.mask)  # memory-mapped on a cluster: not read again while mapping
         # only the windows that hold the test region (within the mask already: crossval.fold_regions)
         classes, _ = mapping.map_array(model, self.stack, test, stats["mean"], stats["std"], progress=False,
                                        confidence=False)

@@ -1,6 +1,8 @@
 """Spatial k-fold cross-validation: disjoint folds that cover every labelled pixel once, a buffer that no
 training window or pixel crosses, the union leakage measure, and a verdict that follows the numbers."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -190,3 +192,27 @@ def test_a_fold_process_stops_when_its_parent_is_gone(tmp_path):
     else:
         os.kill(pid, 9)
         raise AssertionError("the fold's process outlived its parent")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the process's memory from /proc (Linux)")
+def test_released_spilled_arrays_leave_the_process_memory_and_read_the_same(tmp_path):
+    """A fold's process drops the pages it has read of the memory-mapped labels and mask once trained
+    (``release``): its resident file pages fall back, the values read again are the same, and an array in memory
+    is left untouched."""
+    from lithocore.crossval import release, spill, unspill
+
+    def file_mb() -> float:
+        text = Path("/proc/self/status").read_text()
+        return int(next(l for l in text.splitlines() if l.startswith("RssFile")).split()[1]) / 1024
+
+    big = np.arange(64 * 2**20, dtype=np.int64).astype(np.uint8).reshape(8192, 8192)
+    shared = unspill(spill({"labels": big}, tmp_path))
+    before = file_mb()
+    total = int(shared["labels"].sum(dtype=np.int64))
+    assert file_mb() - before > 48  # the 64 MB read are resident
+    release(shared["labels"])
+    assert file_mb() - before < 16
+    assert int(shared["labels"].sum(dtype=np.int64)) == total == int(big.sum(dtype=np.int64))
+    own = big.copy()
+    release(own)
+    assert np.array_equal(own, big)
