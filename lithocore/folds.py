@@ -355,9 +355,12 @@ class ForestFold:
 
         from .tiles import both_map
 
+        from .crossval import release
+
         where = both_map(test, self.mask)  # read by rows: no scene-sized map
-        classes, _, _ = forest.predict_forest(self.fit(i, train), self.features(), where, progress=False,
-                                              confidence=False)
+        rf = self.fit(i, train)
+        release(self.labels)  # memory-mapped on a cluster: not read while predicting
+        classes, _, _ = forest.predict_forest(rf, self.features(), where, progress=False, confidence=False)
         return classes
 
 
