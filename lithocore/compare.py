@@ -37,17 +37,21 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
     maps.update(others or {})
     ratios = {name: {g: metrics.stripe_ratio(m, area.mask, period=p) for g, p in grids.items()}
               for name, m in maps.items()}
-    # the noise of the measure: the same ratio on the same map's lines shifted off the grid (largest of 7 shifts)
-    off = {}
+    # the noise of the measure: the same ratio on the same map's lines shifted off the grid (largest of 7 shifts),
+    # and this map's ratio over each other map's on the same shifted lines (a few lines, as a scene's window
+    # borders are, may hold more contacts than most: the geology's own ratio there says so)
+    off, shifted = {}, {}
     for name, m in maps.items():
         off[name] = {}
         for g, p in grids.items():
             q = p if np.isscalar(p) else min(p)
-            vals = [metrics.stripe_ratio(m, area.mask, period=p, offset=o) for o in
-                    sorted({max(1, q * k // 8) for k in range(1, 8)}) if o % q]
-            vals = [v for v in vals if v is not None]
+            shifted[name, g] = [metrics.stripe_ratio(m, area.mask, period=p, offset=o) for o in
+                                sorted({max(1, q * k // 8) for k in range(1, 8)}) if o % q]
+            vals = [v for v in shifted[name, g] if v is not None]
             off[name][g] = max(vals) if vals else None
-    return dict(ratios=ratios, off_grid_max=off, grids=grids)
+    relative = {name: {g: max([a / b for a, b in zip(shifted["this map", g], shifted[name, g]) if a and b],
+                              default=None) for g in grids} for name in maps if name != "this map"}
+    return dict(ratios=ratios, off_grid_max=off, off_grid_relative_max=relative, grids=grids)
 
 
 # ------------------------------------------------------------------------------- spatial cross-validation

@@ -110,19 +110,22 @@ def _stripe_sentence(stripes: dict) -> str:
     floor_name = "random forest (per pixel)" if "random forest (per pixel)" in ratios else "geological map"
     floor = ratios.get(floor_name, {})
     parts = []
+    relative = stripes.get("off_grid_relative_max", {}).get(floor_name, {})
     for grid, value in this.items():
         ref = floor.get(grid)
         if value is None or ref is None:
             continue
-        noise = off.get(grid)
+        noise, rel = off.get(grid), relative.get(grid)
         if value <= ref:
             verdict = "no more than"
-        elif value <= max(STRIPE_TOLERANCE * ref, noise or 0):  # higher, but within the measure's noise
-            verdict = "higher than, but within the noise of,"
+        elif value <= max(STRIPE_TOLERANCE * ref, noise or 0) or (rel is not None and value <= rel * ref and ref > 0):
+            verdict = "higher than, but within the noise of,"  # of the measure, or of the map against the floor
         else:
             verdict = "above"
         parts.append(f"{value:.2f} on the {grid} ({verdict} the {floor_name}'s {ref:.2f}"
-                     + (f" or this map's {noise:.2f} off the grid" if noise is not None else "") + ")")
+                     + (f" or this map's {noise:.2f} off the grid" if noise is not None else "")
+                     + (f"; {value / ref:.2f} x the {floor_name}'s on these lines, up to {rel:.2f} x on lines shifted "
+                        f"off the grid" if rel is not None and value > ref > 0 else "") + ")")
     if not parts:
         return ""
     seams = any("(above" in p for p in parts)
