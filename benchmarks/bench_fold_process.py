@@ -75,7 +75,7 @@ def main() -> int:
         payload = spill(dict(models={a.model: model}, folds=folds, mask=area.mask), tmp / "spill")
         del model, area, folds
         job, out = tmp / "job.pkl", tmp / "out.pkl"
-        job.write_bytes(pickle.dumps((payload, a.fold, a.model), protocol=pickle.HIGHEST_PROTOCOL))
+        job.write_bytes(pickle.dumps((payload, a.fold, a.model, str(tmp)), protocol=pickle.HIGHEST_PROTOCOL))
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "lithocore.crossval", str(job), str(out)])
         peak = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
@@ -86,7 +86,7 @@ def main() -> int:
         seconds = time.perf_counter() - t0
         if proc.returncode:
             raise SystemExit(f"the fold's process failed ({proc.returncode})")
-        pred = pickle.loads(out.read_bytes())[0]
+        pred = np.load(pickle.loads(out.read_bytes())[0])
     kept = Path(run.folder.cv_dir) / f"fold{a.fold}_{a.model}.npz"
     differing = int((np.load(kept)["pred"] != pred).sum()) if kept.is_file() else None
     print(json.dumps(dict(pixels=int(pred.size), fold=a.fold, model=a.model, seconds=round(seconds, 1),

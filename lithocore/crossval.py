@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .area import NO_LABEL
+from .area import NO_LABEL, trim_heap
 from .metrics import confusion_matrix, one_class, scores
 from .runfolder import write_npz
 from .tiles import (RowMap, block_map, both_map, labelled_map, row_strips, value_counts, window_map, within,
@@ -313,13 +313,17 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
     where = Path(tempfile.mkdtemp(prefix=".spill-", dir=spill_dir))
     try:
         payload = spill(dict(models=models, folds=folds, mask=mask), where)
+        trim_heap()  # the planning's freed pages back to the system before the client waits on the folds
         with connect(cluster) as client:
-            futures = {client.submit(_remote_fold, payload, i, m, pure=False): (i, m) for i, m in todo}
+            futures = {client.submit(_remote_fold, payload, i, m, str(where), pure=False): (i, m) for i, m in todo}
             for fut in as_completed(futures):
                 i, m = futures[fut]
-                pred, secs = fut.result()
+                path, secs = fut.result()
                 fut.release()
+                pred = np.load(path, mmap_mode="r")  # the prediction as a file: read strip by strip where scored
                 yield i, m, pred, secs
+                del pred
+                Path(path).unlink(missing_ok=True)
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
@@ -384,14 +388,25 @@ def release(*arrays) -> None:
             m.madvise(mmap.MADV_DONTNEED)
 
 
-def _remote_fold(payload: bytes, i: int, m: str):
-    """A fold x model on a worker. A model that asks for a process of its own (``own_process``: a network, whose
-    training on a worker varies with the worker's other threads) runs in a fresh Python process started by the
-    worker, as it would in one process; the others run on the worker. Either opens the spilled arrays itself."""
+def _result_file(folder, i: int, m: str, pred: np.ndarray) -> str:
+    """Fold ``i``'s prediction by ``m`` saved in ``folder`` (beside the spilled arrays): it reaches the client as a
+    file, memory-mapped there, not through the cluster's messages (400 MB at 20000 px, held twice as received)."""
+    path = Path(folder) / f"fold{i}_{m}.npy"
+    np.save(path, pred)
+    return str(path)
+
+
+def _remote_fold(payload: bytes, i: int, m: str, folder: str):
+    """A fold x model on a worker; returns (its prediction's file in ``folder``, seconds). A model that asks for a
+    process of its own (``own_process``: a network, whose training on a worker varies with the worker's other
+    threads) runs in a fresh Python process started by the worker, as it would in one process; the others run on
+    the worker. Either opens the spilled arrays itself."""
     shared = unspill(payload)
     if not getattr(shared["models"][m], "own_process", False):
-        return fold_task(shared["models"][m], i, shared["folds"], shared["mask"])
+        pred, secs = fold_task(shared["models"][m], i, shared["folds"], shared["mask"])
+        return _result_file(folder, i, m, pred), secs
     del shared
+    import os
     import pickle
     import subprocess
     import sys
@@ -400,9 +415,9 @@ def _remote_fold(payload: bytes, i: int, m: str):
     with tempfile.TemporaryDirectory(prefix="lithocore-fold-") as tmp:
         job, out = Path(tmp) / "job.pkl", Path(tmp) / "out.pkl"
         with open(job, "wb") as f:  # the small pickle: the process maps the arrays from their files
-            pickle.dump((payload, i, m), f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((payload, i, m, folder), f, protocol=pickle.HIGHEST_PROTOCOL)
         done = subprocess.run([sys.executable, "-m", "lithocore.crossval", str(job), str(out)], capture_output=True,
-                              text=True)
+                              text=True, env=os.environ | {"LITHOCORE_PARENT_PID": str(os.getpid())})
         if done.returncode or not out.is_file():
             raise RuntimeError(f"fold {i} of {m} failed in its own process:\n{done.stderr[-4000:]}")
         with open(out, "rb") as f:
@@ -411,11 +426,13 @@ def _remote_fold(payload: bytes, i: int, m: str):
 
 def exit_with_parent(poll_s: float = 2.0) -> None:
     """Stop this process when the one that started it is gone: a fold's own process outlives no stopped worker or
-    cluster (it would go on training a network, its memory and cores taken, for nothing)."""
+    cluster (it would go on training a network, its memory and cores taken, for nothing). The parent is the process
+    named by ``LITHOCORE_PARENT_PID`` (set by the worker: it may be gone before this process has started
+    watching), else this process's parent now."""
     import os
     import threading
 
-    parent = os.getppid()
+    parent = int(os.environ.get("LITHOCORE_PARENT_PID") or os.getppid())
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -426,17 +443,18 @@ def exit_with_parent(poll_s: float = 2.0) -> None:
 
 
 def _main(argv: list[str]) -> None:
-    """``python -m lithocore.crossval JOB OUT``: one fold x model from a pickled (spilled payload, fold, model)."""
+    """``python -m lithocore.crossval JOB OUT``: one fold x model from a pickled (spilled payload, fold, model, result
+    folder); OUT gets (the prediction's file, seconds)."""
     import pickle
 
     exit_with_parent()
     with open(argv[0], "rb") as f:
-        payload, i, m = pickle.load(f)
+        payload, i, m, folder = pickle.load(f)
     shared = unspill(payload)
-    result = fold_task(shared["models"][m], i, shared["folds"], shared["mask"])
+    pred, secs = fold_task(shared["models"][m], i, shared["folds"], shared["mask"])
     del shared
     with open(argv[1], "wb") as f:
-        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((_result_file(folder, i, m, pred), secs), f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def summarise(per_fold: list[dict], metrics=METRICS) -> dict:

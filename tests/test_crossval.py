@@ -166,16 +166,17 @@ def test_spilled_models_travel_as_files_each_array_once(small_area, folds, tmp_p
 
 def test_a_fold_process_stops_when_its_parent_is_gone(tmp_path):
     """A network's fold runs in a process of its own; when the worker that started it is stopped, the fold's
-    process stops too (it had gone on training for minutes, an orphan holding 3.4 GB)."""
+    process stops too (it had gone on training for minutes, an orphan holding 3.4 GB), even where the worker was
+    gone before the fold's process had started watching (here: at once)."""
     import os
     import subprocess
     import sys
     import time
 
     child = ("from lithocore.crossval import exit_with_parent; exit_with_parent(0.1); import time; time.sleep(60)")
-    parent = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {child!r}], "
-              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-              "print(p.pid, flush=True); import time; time.sleep(3)")
+    parent = (f"import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {child!r}], "
+              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, "
+              "env=os.environ | {'LITHOCORE_PARENT_PID': str(os.getpid())}); print(p.pid, flush=True)")
     started = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
     pid = int(started.stdout.split()[0])
     deadline = time.time() + 20
