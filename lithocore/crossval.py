@@ -31,8 +31,8 @@ from .tiles import (RowMap, block_map, both_map, labelled_map, row_strips, value
                     within_blocks)
 from .words import and_list, plural
 
-__all__ = ["Folds", "make_folds", "fold_regions", "release", "leakage", "fold_coverage", "cross_validate", "summarise",
-           "verdict", "collapsed_folds", "fold_trust", "fold_task", "METRICS"]
+__all__ = ["Folds", "make_folds", "fold_regions", "release", "leakage", "fold_coverage", "cross_validate",
+           "summarise", "verdict", "collapsed_folds", "fold_trust", "fold_task", "METRICS"]
 
 #: The headline measures summarised over folds.
 METRICS = ("mean_iou", "overall_accuracy", "kappa")
@@ -301,6 +301,7 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
                 regions = {i: fold_regions(folds, i, mask)}
             yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
         return
+    import contextlib
     import shutil
     import tempfile
 
@@ -323,7 +324,8 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
                 pred = np.load(path, mmap_mode="r")  # the prediction as a file: read strip by strip where scored
                 yield i, m, pred, secs
                 del pred
-                Path(path).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # still mapped where that forbids it: removed with the folder
+                    Path(path).unlink()
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
