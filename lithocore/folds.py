@@ -328,7 +328,7 @@ class ForestFold:
         than any fold trains on), the predictors counted without computing them."""
         from . import forest
 
-        n_features = self.stack.shape[0] * (1 + 2 * len(self.neighbourhood))
+        n_features = forest.neighbourhood_channels(self.stack.shape[0], self.neighbourhood)
         n_features += self.extra.shape[0] if self.extra is not None else 0
         n = forest.training_pixels(self.labels, self.mask, self.fraction, self.cap or None)
         forest.check_training_memory(n, n_features, n_classes, self.n_trees, what)

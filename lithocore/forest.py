@@ -17,7 +17,7 @@ from sklearn.ensemble import RandomForestClassifier
 from .area import NO_LABEL
 
 __all__ = ["sample_pixels", "training_pixels", "training_memory", "check_training_memory", "train_forest",
-           "predict_forest", "neighbourhood_features", "pixel_features", "Forest"]
+           "predict_forest", "neighbourhood_channels", "neighbourhood_features", "pixel_features", "Forest"]
 
 
 @contextlib.contextmanager
@@ -97,6 +97,16 @@ def sample_pixels(labels: np.ndarray, allowed: np.ndarray, fraction: float = 0.1
     return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
+def neighbourhood_channels(channels: int, sizes: tuple[int, ...]) -> int:
+    """Predictors of :func:`neighbourhood_features` for a stack of ``channels``: each channel, and its local mean and
+    sd for every window size (counted, not computed).
+
+    >>> neighbourhood_channels(9, (5, 15))
+    45
+    """
+    return channels * (1 + 2 * len(sizes))
+
+
 def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...] = (5, 15)) -> tuple[np.ndarray, list[str]]:
     """The stack plus, for every channel, its local mean and standard deviation over ``size`` x ``size`` windows:
     a per-pixel forest given the neighbourhood (texture, nearby units) that a convolutional network sees, the
@@ -112,7 +122,7 @@ def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...] = (5, 15)) 
     from scipy import ndimage
 
     C = stack.shape[0]
-    out = np.empty((C * (1 + 2 * len(sizes)), *stack.shape[1:]), np.float32)  # filled in place: no copies held
+    out = np.empty((neighbourhood_channels(C, sizes), *stack.shape[1:]), np.float32)  # filled in place: no copies held
     out[:C] = stack
     names = [str(i) for i in range(C)]
     j = C

@@ -24,7 +24,7 @@ import numpy as np
 from . import calibration
 from .area import NO_LABEL
 from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
-from .forest import check_training_memory, pixel_features, training_pixels
+from .forest import check_training_memory, neighbourhood_channels, pixel_features, training_pixels
 from .knndm import random_folds
 
 __all__ = ["QUESTIONS", "fold_sets", "cross_validate_proba", "estimate", "choose", "fit_final",
@@ -366,7 +366,7 @@ def memory_needed(shape: tuple[int, int, int], candidates: dict[str, ForestCandi
     154
     """
     C, H, W = shape
-    bands = sum(C * (1 + 2 * len(c.neighbourhood)) for c in candidates.values())
+    bands = sum(neighbourhood_channels(C, c.neighbourhood) for c in candidates.values())
     return int(H * W * (4 * (C + bands + 2 * n_classes + 3) + 2 * (len(candidates) + 2)))
 
 
@@ -440,11 +440,11 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     names = area.classes.names
     check_memory(stack.shape, candidates, len(names))
     labels, mask = area.labels, area.mask
-    for c in candidates.values():  # every forest's final fit (more pixels than any fold's) sized before any work
+    n_train = training_pixels(labels, mask, fraction, cap or None)  # every forest's final fit, sized before any work
+    for c in candidates.values():
         if isinstance(c, ForestCandidate):
-            check_training_memory(training_pixels(labels, mask, fraction, cap or None),
-                                  stack.shape[0] * (1 + 2 * len(c.neighbourhood)), len(names), c.n_trees,
-                                  what=f"notebook 07's {c.label}")
+            check_training_memory(n_train, neighbourhood_channels(stack.shape[0], c.neighbourhood), len(names),
+                                  c.n_trees, what=f"notebook 07's {c.label}")
     warnings_ = []
     t0 = time.perf_counter()
     rng_range = knndm.autocorrelation_range(labels, mask)

@@ -259,7 +259,9 @@ class Neighbourhood:
     def __init__(self, base, sizes: tuple[int, ...] = (5, 15), fill: np.ndarray | None = None):
         self.base, self.sizes = base, tuple(int(s) for s in sizes)
         C, H, W = base.shape
-        self.shape = (C * (1 + 2 * len(self.sizes)), H, W)
+        from .forest import neighbourhood_channels
+
+        self.shape = (neighbourhood_channels(C, self.sizes), H, W)
         self.halo = max(self.sizes) // 2 + 1
         self.fill = np.asarray(fill if fill is not None else region_stats(base)["mean"], np.float32)
         self._strip: tuple[int, np.ndarray] | None = None
