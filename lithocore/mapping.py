@@ -299,9 +299,8 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
     every side (``predict.trim``; the ``plan``'s margin and edge must be at least 32 px). Costs ``shifts`` passes.
 
     A Keras model gets all of it in its own graph (multi-threaded; no (h, w, classes) array comes back: the class
-    is the first class at the largest probability, as ``argmax``'s, found by comparison, a third faster than
-    TensorFlow's ``argmax`` over a short last axis); anything else with ``predict_on_batch`` (h, w, C) ->
-    (h, w, classes) is wrapped in numpy."""
+    is the first class at the largest probability, as ``argmax``'s, found class by class: :func:`_first_largest`);
+    anything else with ``predict_on_batch`` (h, w, C) -> (h, w, classes) is wrapped in numpy."""
     mean = np.asarray(mean, np.float32).ravel()
     std = np.asarray(std, np.float32).ravel()
     shifts = max(1, int(shifts))
@@ -341,10 +340,7 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
             for q in parts[1:]:
                 p = p + q
             p = p / float(shifts)
-        top = ops.max(p, axis=-1)
-        n = int(p.shape[-1])
-        first = ops.min(ops.where(ops.equal(p, ops.expand_dims(top, -1)), ops.arange(n, dtype="int32"), n), axis=-1)
-        head = keras.Model(inp, [ops.cast(first, "uint8"), top])
+        head = keras.Model(inp, list(_first_largest(ops, p)))
 
         traced = {}
 
@@ -368,6 +364,20 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
         _HEADS.pop(next(iter(_HEADS)))
     _HEADS[k] = (model, predict)
     return predict
+
+
+def _first_largest(ops, p):
+    """(first class at the largest value, the largest value) over the last axis of ``p``, as ``argmax`` and
+    ``max`` give them, class by class: a strict comparison keeps the first class on a tie. A quarter faster than
+    a reduction over a short last axis (``ops.max`` and a masked ``ops.min``), a half faster than ``ops.argmax``
+    (TensorFlow, CPU, 8 classes)."""
+    top = p[..., 0]
+    first = ops.zeros_like(top, dtype="uint8")
+    for k in range(1, int(p.shape[-1])):
+        q = p[..., k]
+        first = ops.where(ops.greater(q, top), ops.cast(k, "uint8"), first)
+        top = ops.maximum(top, q)
+    return first, top
 
 
 def _is_forest(model) -> bool:
