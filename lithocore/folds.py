@@ -14,6 +14,7 @@ from .area import NO_LABEL
 from .runfolder import RunFolder, file_digest, key, manifest_fingerprint
 from .settings import given, profile as profile_settings
 from .stages import stack_provenance, training_tiles
+from .tiles import blocks_any
 
 __all__ = ["cv_cache_key", "cached_fold_predictions", "trust_settings", "cv_settings", "cv_folds",
            "deep_fold_model", "forest_fold_model", "DeepFold", "ForestFold", "HybridFold",
@@ -124,10 +125,7 @@ def _blocks_holding(block: int, shape: tuple[int, int], labels=None, mask=None) 
     """Blocks of ``block`` px on a scene of ``shape`` (that hold a label, when ``labels`` are given)."""
     if labels is None:
         return math.ceil(shape[0] / block) * math.ceil(shape[1] / block)
-    ok = (labels != NO_LABEL) & (mask if mask is not None else True)
-    H, W = ok.shape
-    pad = np.pad(ok, ((0, -H % block), (0, -W % block)))
-    return int(pad.reshape(pad.shape[0] // block, block, pad.shape[1] // block, block).any((1, 3)).sum())
+    return int(blocks_any((labels != NO_LABEL) & (mask if mask is not None else True), block).sum())
 
 
 def cv_folds(run_dir, area, cfg, settings: dict):

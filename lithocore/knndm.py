@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from .area import NO_LABEL
+from .tiles import blocks_any, labelled_map, row_strips, value_counts
 
 __all__ = ["MatchedFolds", "nearest_label_distance", "prediction_distances", "fold_distances", "knndm_folds",
            "autocorrelation_range", "wasserstein", "random_folds"]
@@ -216,9 +217,7 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     f = max(1, math.ceil(math.sqrt(H * W / max_work_pixels)))
     gij = prediction_distances(labelled, ground & mask, res, n=n_points, seed=seed)
 
-    # the labels on the working grid: a cell is labelled when any of its pixels is
-    pad = ((0, -H % f), (0, -W % f))
-    lab_w = np.pad(labelled, pad).reshape((H + pad[0][1]) // f, f, (W + pad[1][1]) // f, f).any((1, 3))
+    lab_w = blocks_any(labelled, f)  # the labels on the working grid
     pts = _sample(labelled, n_points, rng)
     xy = np.column_stack([pts % W + 0.5, pts // W + 0.5])
     pts_w = np.flatnonzero(lab_w.ravel())[rng.choice(lab_w.sum(), min(n_points, int(lab_w.sum())), replace=False)]
@@ -236,11 +235,8 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     fold = rand
     method, w_final, gjstar = "random", w_rand, gj_rand
     if best is not None:
-        _, q, km, fold_of = best
-        r, c = np.nonzero(labelled)
-        cand = np.full(labels.shape, -1, np.int8)
-        cand[r, c] = fold_of[km.predict(np.column_stack([c + 0.5, r + 0.5]))]
-        gj = fold_distances(cand, k, res, pts)
+        q = best[1]
+        cand, gj = _full_resolution(best, labelled, k, res, pts)
         w = wasserstein(gj, gij)
         info["W_clusters_full_resolution"] = w
         if w < w_rand:
@@ -249,6 +245,16 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     info |= dict(method=method, W=w_final, Gjstar_median_m=float(np.median(gjstar)),
                  labelled_share_per_fold=[float((fold == i).sum() / n_lab) for i in range(k)])
     return MatchedFolds(k, fold, method, w_final, gij, gjstar, info)
+
+
+def _full_resolution(best, labelled: np.ndarray, k: int, res: float, pts: np.ndarray):
+    """The search's best clustering (:func:`_search_clusters`) given to every labelled pixel: (fold map, -1 where
+    not labelled; its nearest-neighbour distances ``Gj*`` from the sampled pixels ``pts``)."""
+    _, _, km, fold_of = best
+    r, c = np.nonzero(labelled)
+    fold = np.full(labelled.shape, -1, np.int8)
+    fold[r, c] = fold_of[km.predict(np.column_stack([c + 0.5, r + 0.5]))]
+    return fold, fold_distances(fold, k, res, pts)
 
 
 def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int | None = None,
@@ -270,7 +276,6 @@ def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int 
     >>> 10 <= autocorrelation_range(lab, np.ones_like(lab, bool))["range_px"] <= 40
     True
     """
-    from .tiles import labelled_map, row_strips, value_counts
 
     H, W = labels.shape
     ok = labelled_map(labels, mask)  # strip by strip: at 20000 px a scene-sized map is 400 MB, its bincount 3.2 GB

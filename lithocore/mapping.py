@@ -712,7 +712,6 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     model = _prepare(model)
     t0 = time.perf_counter()
     paths = {k: out_dir / f"{prefix}_{k}.tif" for k in ("classes", "confidence")}
-    dtype, nodata = table.id_dtype()
     with rasterio.open(stack_path) as src:
         H, W = src.height, src.width
         grid = Grid(src.crs, src.transform, W, H)
@@ -723,28 +722,10 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     extra = {k: str(v) for k, v in (tags or {}).items()} | dict(map_id=map_id, shifts=str(shifts), margin=str(margin))
     with tempfile.TemporaryDirectory(prefix=".map-", dir=out_dir) as work:
         work = Path(work)
-        prof_c = grid.profile(1, dtype, nodata, compress=None) | dict(tiled=True, blockxsize=256, blockysize=256)
-        prof_p = grid.profile(1, "uint8", CONFIDENCE_NODATA, compress=None) | dict(tiled=True, blockxsize=256, blockysize=256)
-        with gdal_cache(GDAL_CACHE_MB), rasterio.open(work / "classes.tif", "w", **prof_c) as dc, \
-                rasterio.open(work / "confidence.tif", "w", **prof_p) as dp:
-            bar = tqdm(total=len(plan.origins()), desc=f"mapping ({prefix})", unit="window", disable=not progress)
-            for r0, c0, cls, p, ok in _run_windows(model, stack_path, plan, mean, std, cluster, work, shifts):
-                h, w = cls.shape
-                if mask is not None:
-                    ok &= mask[r0:r0 + h, c0:c0 + w]
-                win = rasterio.windows.Window(c0, r0, w, h)
-                dc.write(table.to_ids(np.where(ok, cls, NO_LABEL).astype(np.uint8))[None], window=win)
-                dp.write(np.where(ok, np.round(p / CONFIDENCE_SCALE), CONFIDENCE_NODATA).astype(np.uint8)[None],
-                         window=win)
-                bar.update(1)
-            bar.close()
-            if dtype in ("uint8", "uint16"):
-                dc.write_colormap(1, class_map_colours(table))
-            dc.set_band_description(1, "class id")
-            dc.update_tags(**_class_tags(table), **extra)
-            dp.set_band_description(1, "confidence (largest class probability)")
-            dp.scales, dp.offsets = (CONFIDENCE_SCALE,), (0.0,)
-            dp.update_tags(**extra, units="probability = value x scale (1/250); 255 = nodata")
+        windows = _run_windows(model, stack_path, plan, mean, std, cluster, work, shifts)
+        bar = tqdm(total=plan.count, desc=f"mapping ({prefix})", unit="window", disable=not progress)
+        _write_windows(work, grid, table, windows, mask=mask, tags=extra, done=bar.update)
+        bar.close()
         mapped = time.perf_counter() - t0
         write_cog(work / "classes.tif", paths["classes"], resampling="nearest")
         write_cog(work / "confidence.tif", paths["confidence"], resampling="average")
@@ -753,9 +734,39 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     seconds = time.perf_counter() - t0
     return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]),
                 style=str(paths["classes"].with_suffix(".qml")), seconds=seconds, mapping_seconds=mapped,
-                pixels_per_second=H * W / seconds, windows=len(plan.origins()), window=list(plan.window),
+                pixels_per_second=H * W / seconds, windows=plan.count, window=list(plan.window),
                 core=list(plan.core), margin=plan.margin, shifts=shifts, cost_vs_one_pass=plan.cost(shifts),
                 cluster=None if cluster is None else str(cluster), map_id=map_id, tags=extra)
+
+
+def _write_windows(folder: Path, grid: Grid, table: ClassTable, windows, *, mask: np.ndarray | None, tags: dict,
+                   done: Callable[[int], object]) -> None:
+    """``classes.tif`` (class ids, the table's colours) and ``confidence.tif`` (Byte, :data:`CONFIDENCE_SCALE`)
+    in ``folder``, tiled GeoTIFFs of ``grid`` written window by window as ``windows`` yields them
+    (:func:`_run_windows`); outside ``mask`` and where the window is not valid, nodata. ``tags`` in both;
+    ``done(1)`` after each window."""
+    dtype, nodata = table.id_dtype()
+    tiled = dict(tiled=True, blockxsize=256, blockysize=256)
+    prof_c = grid.profile(1, dtype, nodata, compress=None) | tiled
+    prof_p = grid.profile(1, "uint8", CONFIDENCE_NODATA, compress=None) | tiled
+    with gdal_cache(GDAL_CACHE_MB), rasterio.open(folder / "classes.tif", "w", **prof_c) as dc, \
+            rasterio.open(folder / "confidence.tif", "w", **prof_p) as dp:
+        for r0, c0, cls, p, ok in windows:
+            h, w = cls.shape
+            if mask is not None:
+                ok &= mask[r0:r0 + h, c0:c0 + w]
+            win = rasterio.windows.Window(c0, r0, w, h)
+            dc.write(table.to_ids(np.where(ok, cls, NO_LABEL).astype(np.uint8))[None], window=win)
+            dp.write(np.where(ok, np.round(p / CONFIDENCE_SCALE), CONFIDENCE_NODATA).astype(np.uint8)[None],
+                     window=win)
+            done(1)
+        if dtype in ("uint8", "uint16"):
+            dc.write_colormap(1, class_map_colours(table))
+        dc.set_band_description(1, "class id")
+        dc.update_tags(**_class_tags(table), **tags)
+        dp.set_band_description(1, "confidence (largest class probability)")
+        dp.scales, dp.offsets = (CONFIDENCE_SCALE,), (0.0,)
+        dp.update_tags(**tags, units="probability = value x scale (1/250); 255 = nodata")
 
 
 def _run_windows(model, stack_path, plan: WindowPlan, mean, std, cluster, work: Path, shifts: int = 1):

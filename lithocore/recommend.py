@@ -438,13 +438,8 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     out_dir = Path(out_dir)
     candidates = candidates or CANDIDATES
     names = area.classes.names
-    check_memory(stack.shape, candidates, len(names))
     labels, mask = area.labels, area.mask
-    n_train = training_pixels(labels, mask, fraction, cap or None)  # every forest's final fit, sized before any work
-    for c in candidates.values():
-        if isinstance(c, ForestCandidate):
-            check_training_memory(n_train, neighbourhood_channels(stack.shape[0], c.neighbourhood), len(names),
-                                  c.n_trees, what=f"notebook 07's {c.label}")
+    _check_before_work(stack.shape, labels, mask, candidates, len(names), fraction, cap)
     warnings_ = []
     t0 = time.perf_counter()
     rng_range = knndm.autocorrelation_range(labels, mask)
@@ -499,6 +494,17 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         warnings=warnings_, rank_by=rank_by)
     return dict(trust=trust, folds=folds, cv_distances=cv["distances"], classes=classes, proba=proba, entropy=ent,
                 di=app["di"], aoa=app["inside"], agreement=agree, maps=maps, oof=oof, oof_di=app["oof_di"])
+
+
+def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction: float, cap: int) -> None:
+    """Stop before any work when the scene's arrays (:func:`check_memory`) or a forest's final fit on every
+    training pixel (:func:`lithocore.forest.check_training_memory`) would not fit in the memory."""
+    check_memory(shape, candidates, n_classes)
+    n_train = training_pixels(labels, mask, fraction, cap or None)  # counted once for every candidate
+    for c in candidates.values():
+        if isinstance(c, ForestCandidate):
+            check_training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes,
+                                  c.n_trees, what=f"notebook 07's {c.label}")
 
 
 def _ground_to_predict(area, warnings_: list) -> np.ndarray:

@@ -29,7 +29,7 @@ from .area import NO_LABEL
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
            "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels", "window_map",
            "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "within_blocks", "block_map",
-           "value_counts", "RowMap", "both_map", "labelled_map", "any_where", "STRIP_MB", "strip_rows", "row_strips"]
+           "blocks_any", "value_counts", "RowMap", "both_map", "labelled_map", "any_where", "STRIP_MB", "strip_rows", "row_strips"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
@@ -189,6 +189,18 @@ def value_counts(values: np.ndarray, where: np.ndarray, n: int, offset: int = 0)
         v = values[a:b][where[a:b]].astype(np.int64) + offset
         out += np.bincount(v[(v >= 0) & (v < n)], minlength=n)
     return out
+
+
+def blocks_any(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask`` on a grid ``size`` times coarser: a block is set when any of its pixels is (the last row and
+    column of blocks may be partial).
+
+    >>> blocks_any(np.eye(5, dtype=bool), 2).astype(int).tolist()
+    [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    """
+    H, W = mask.shape
+    m = np.pad(np.asarray(mask, bool), ((0, -H % size), (0, -W % size)))
+    return m.reshape(m.shape[0] // size, size, m.shape[1] // size, size).any((1, 3))
 
 
 def block_map(values: np.ndarray, block: tuple[int, int], shape: tuple[int, int], step: int = 1) -> np.ndarray:
