@@ -231,6 +231,21 @@ def _valid_mask(grid: Grid, fine: tuple, coarse: list, man: dict, base: Path) ->
     return mask
 
 
+def _fine_layers(man, base, grid, full, mpath, valid, warns, units, table, wavelengths):
+    """The guide and extra sections as ``(channels, names)`` each, read onto ``grid`` after the scene's memory is
+    checked; with the valid-data mask known (``valid``), not read: no channels, names from the files' headers."""
+    if valid is None:
+        _check_scene_memory(man, base, grid, full, mpath)
+        return tuple(read_fine_section(man, base, grid, sec, warns, units, table, wavelengths)
+                     for sec in ("guide", "extra"))
+    if full is not None or valid.shape != grid.shape:
+        raise ValueError(f"a valid-data mask of {valid.shape} for a {grid.shape} reference grid"
+                         + (" (a preview cannot take one)" if full is not None else ""))
+    check_memory(grid, 0, 0, mpath, labels_only=True)
+    return tuple((np.zeros((0, *grid.shape), np.float32), fine_section_names(man, base, sec, units, wavelengths))
+                 for sec in ("guide", "extra"))
+
+
 def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = None,
                     valid: np.ndarray | None = None) -> StudyArea:
     """Load every layer of a study area onto its reference grid.
@@ -279,19 +294,8 @@ def load_study_area(manifest: str | os.PathLike, *, max_pixels: int | None = Non
                      f"pixels, so every layer is shown on a grid {preview} x coarser ({grid.height:,} x {grid.width:,} "
                      f"px of {grid.res:g} m); the stack and the maps are made at {full.res:g} m, block by block")
     wavelengths: dict[str, float] = {}
-    if valid is not None:
-        if preview > 1 or valid.shape != grid.shape:
-            raise ValueError(f"a valid-data mask of {valid.shape} for a {grid.shape} reference grid"
-                             + (" (a preview cannot take one)" if preview > 1 else ""))
-        check_memory(grid, 0, 0, mpath, labels_only=True)
-        guide_names = fine_section_names(man, base, "guide", units, wavelengths)
-        extra_names = fine_section_names(man, base, "extra", units, wavelengths)
-        guide, extra = (np.zeros((0, *grid.shape), np.float32) for _ in range(2))
-    else:
-        _check_scene_memory(man, base, grid, full, mpath)
-        guide, guide_names = read_fine_section(man, base, grid, "guide", warns, units, table, wavelengths)
-        extra, extra_names = read_fine_section(man, base, grid, "extra", warns, units, table, wavelengths)
-
+    (guide, guide_names), (extra, extra_names) = _fine_layers(man, base, grid, full, mpath, valid, warns, units,
+                                                              table, wavelengths)
     coarse, points, labels, classes, lpath = load_small_layers(man, base, grid, warns, units, table, mpath)
     for a, ca, b, cb in classes.similar_colours():
         warn_data(warns, mpath, f"classes '{a}' ({ca}) and '{b}' ({cb}) have near-identical colours: they are hard to "
