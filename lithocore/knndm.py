@@ -276,7 +276,6 @@ def autocorrelation_range(labels: np.ndarray, mask: np.ndarray, *, max_lag: int 
     >>> 10 <= autocorrelation_range(lab, np.ones_like(lab, bool))["range_px"] <= 40
     True
     """
-
     H, W = labels.shape
     ok = labelled_map(labels, mask)  # strip by strip: at 20000 px a scene-sized map is 400 MB, its bincount 3.2 GB
     max_lag = max(2, max_lag or min(H, W) // 2)

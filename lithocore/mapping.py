@@ -368,9 +368,9 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
 
 def _first_largest(ops, p):
     """(first class at the largest value, the largest value) over the last axis of ``p``, as ``argmax`` and
-    ``max`` give them, class by class: a strict comparison keeps the first class on a tie. A quarter faster than
-    a reduction over a short last axis (``ops.max`` and a masked ``ops.min``), a half faster than ``ops.argmax``
-    (TensorFlow, CPU, 8 classes)."""
+    ``max`` give them, class by class: a strict comparison keeps the first class on a tie. Three quarters of the
+    time of a reduction over the short last axis (``ops.max`` and a masked ``ops.min``: 0.165 vs 0.213 s over
+    2.7 M px x 8 classes, TensorFlow on 2 CPU cores), about half that of ``ops.argmax`` (0.307 s)."""
     top = p[..., 0]
     first = ops.zeros_like(top, dtype="uint8")
     for k in range(1, int(p.shape[-1])):
