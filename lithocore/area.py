@@ -316,14 +316,15 @@ class StudyArea:
     held_out: np.ndarray | None = None
     #: guide band name -> centre wavelength (micrometres), from the manifest's ``sensor`` or ``wavelengths``
     wavelengths: dict = field(default_factory=dict)
-    #: False: loaded without its fine bands (``guide`` and ``extra`` hold no channel; their names are kept), for
-    #: the stages that work from the fused stack (:func:`lithocore.data.load_study_area`'s ``valid``)
-    fine_loaded: bool = True
+    #: False: loaded without the layers its stack is made from (``guide`` and ``extra`` hold no channel, their
+    #: names kept; ``coarse`` and ``points`` empty), for the stages that work from the fused stack
+    #: (:func:`lithocore.data.load_study_area`'s ``valid``)
+    layers_loaded: bool = True
 
-    def require_fine(self, what: str) -> None:
-        """Stop with a clear message where ``what`` needs the fine bands of an area loaded without them."""
-        if not self.fine_loaded:
-            raise ValueError(f"{what} needs the fine bands of {self.name}, which were not loaded (the run's stack is "
+    def require_layers(self, what: str) -> None:
+        """Stop with a clear message where ``what`` needs the layers of an area loaded without them."""
+        if not self.layers_loaded:
+            raise ValueError(f"{what} needs the layers of {self.name}, which were not loaded (the run's stack is "
                              f"made already): load the area with lithocore.data.load_study_area(manifest)")
 
     @property
@@ -345,6 +346,7 @@ class StudyArea:
         return self.declared_ground is not None
 
     def coarse_layer(self, name: str) -> CoarseLayer:
+        self.require_layers(f"the coarse layer {name!r}")
         for c in self.coarse:
             if c.name == name:
                 return c

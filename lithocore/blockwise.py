@@ -226,8 +226,8 @@ def _plan(manifest, settings, kw: dict, memory_mb: float, area) -> _Plan:
     grid = reference_grid(man, base)
     warns: list[str] = []
     fine = fine_layers(man, base, grid, warns)
-    if area is not None and area.grid != grid:
-        area = None  # a preview (a coarser grid) or another grid: the files at full resolution
+    if area is not None and (area.grid != grid or not area.layers_loaded):
+        area = None  # a preview (a coarser grid), another grid or an area without its layers: the files
     if area is not None:
         coarse, labels = area.coarse, area.labels
     else:
@@ -380,7 +380,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         stack.enter_context(gdal_cache(cache_mb(srcs, memory_mb)))
         loaded = None
         names = plan.guide_names + plan.extra_names
-        if plan.area is not None and plan.area.fine_loaded and names \
+        if plan.area is not None and plan.area.layers_loaded and names \
                 and list(plan.area.guide_names) + list(plan.area.extra_names) == names:
             loaded = [a for a in (plan.area.guide, plan.area.extra) if a.shape[0]]
         read = _RowReader(plan.grid, plan.fine, srcs, plan.layers, plan.outline, loaded)

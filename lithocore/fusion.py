@@ -437,7 +437,7 @@ def guide_bands(area: StudyArea, guide: list[str] | None = None, transform: str 
     ``"log"``: ``ln(b_i)``. ``"none"``: the bands as they are (shading enters the detail). For the logs,
     values below 1e-4 of the median are raised to it.
     """
-    area.require_fine("fusion in memory")
+    area.require_layers("fusion in memory")
     names = list(guide or area.guide_names)
     missing = [g for g in names if g not in area.guide_names]
     if missing:
@@ -524,7 +524,7 @@ def build_stack(result: FusionResult, area: StudyArea, channels: list[str] | Non
                 ) -> tuple[np.ndarray, list[str], list[str]]:
     """The model's input channels: ``channels`` by name (fused layers, extra layers or guide bands), or the
     default rule of :func:`default_channels`."""
-    area.require_fine("a stack built in memory")
+    area.require_layers("a stack built in memory")
     if not channels:
         channels = default_channels(result, area)
     if not channels:

@@ -56,7 +56,7 @@ def plot_composite(area: StudyArea, bands: tuple[str, str, str] | None = None, a
     with what it is."""
     from .sensors import composite
 
-    area.require_fine("a colour composite")
+    area.require_layers("a colour composite")
     ax = _axes(ax)
     names = area.guide_names or area.extra_names
     stack = area.guide if area.guide_names else area.extra
@@ -73,7 +73,7 @@ def plot_composite(area: StudyArea, bands: tuple[str, str, str] | None = None, a
 
 def plot_hillshade(area: StudyArea, layer: str = "dem", ax=None, cmap: str = "terrain"):
     """A fine layer (by default the DEM) as colour over its hillshade."""
-    area.require_fine("a hillshade")
+    area.require_layers("a hillshade")
     ax = _axes(ax)
     names = area.extra_names + area.guide_names
     if layer not in names:
@@ -94,6 +94,7 @@ def plot_hillshade(area: StudyArea, layer: str = "dem", ax=None, cmap: str = "te
 
 def plot_points(area: StudyArea, column: str, ax=None, cmap: str = "viridis"):
     """Point samples coloured by ``column``, over the gridded coarse layer of the same name when there is one."""
+    area.require_layers("a plot of point samples")
     ax = _axes(ax)
     gdf = next((g for g in area.points.values() if column in g.columns), None)
     if gdf is None:

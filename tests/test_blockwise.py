@@ -122,31 +122,36 @@ def test_a_loaded_area_is_used_and_a_preview_is_not(small_manifest, tmp_path, mo
     assert files["blocks"] >= 3
 
 
-def test_later_notebooks_load_the_area_without_its_fine_bands(small_manifest, small_area, tmp_path):
+def test_later_notebooks_load_the_area_without_its_layers(small_manifest, small_area, tmp_path):
     """A run fuses its stack from the files strip by strip and, as every run opened again, loads the labels, the mask
-    and the ground to predict as the whole-scene loader does, but not the fine bands (the stack holds them); a mask
-    written with another stack is never used, and what needs the fine bands says so."""
+    and the ground to predict as the whole-scene loader does, but neither the fine bands nor the coarse layers and
+    point samples (the stack holds them); a mask written with another stack is never used, and what needs the
+    layers says so."""
     from lithocore import plotting
     from lithocore.run import Run
     from lithocore.runfolder import RunFolder
     from lithocore.stages import stack_valid_mask
 
-    fused_now = Run.open(tmp_path, str(small_manifest)).area  # fused from the files, then loaded without the bands
+    fused_now = Run.open(tmp_path, str(small_manifest)).area  # fused from the files, then loaded without the layers
     area = Run.open(tmp_path, str(small_manifest)).area  # the stack reused
-    assert not fused_now.fine_loaded and np.array_equal(fused_now.labels, small_area.labels)
-    assert not area.fine_loaded and area.guide.shape[0] == 0 and small_area.guide.shape[0] > 0
+    assert not fused_now.layers_loaded and np.array_equal(fused_now.labels, small_area.labels)
+    assert not area.layers_loaded and area.guide.shape[0] == 0 and small_area.guide.shape[0] > 0
+    assert not area.coarse and not area.points and small_area.coarse and small_area.points
     assert area.guide_names == small_area.guide_names and area.extra_names == small_area.extra_names
-    assert area.units == small_area.units and area.wavelengths == small_area.wavelengths
+    assert area.units == {k: small_area.units[k] for k in area.guide_names + area.extra_names}
+    assert area.wavelengths == small_area.wavelengths and area.classes == small_area.classes
     for name in ("mask", "labels", "predict", "held_out"):
         assert np.array_equal(getattr(area, name), getattr(small_area, name)), name
     assert small_area.predict.any() and (small_area.held_out != NO_LABEL).any()  # the withholding was exercised
-    with pytest.raises(ValueError, match="fine bands"):
-        plotting.plot_composite(area)
+    for figure in (lambda: plotting.plot_composite(area), lambda: plotting.plot_coarse(area, "magnetic"),
+                   lambda: plotting.plot_points(area, small_area.coarse[-1].name)):
+        with pytest.raises(ValueError, match="needs the layers"):
+            figure()
     assert stack_valid_mask(tmp_path, "another stack's key") is None
     with np.load(RunFolder(tmp_path).valid_mask_path) as z:
         stale = dict(z) | {"stack_key": np.array("made from something else")}
     np.savez(RunFolder(tmp_path).valid_mask_path, **stale)
-    assert Run.open(tmp_path, str(small_manifest)).area.fine_loaded  # the files read again, not the stale mask
+    assert Run.open(tmp_path, str(small_manifest)).area.layers_loaded  # the files read again, not the stale mask
 
 
 @pytest.mark.parametrize("case", ["float_nan", "uint16_tag", "uint16_declared", "offset_partial"])
