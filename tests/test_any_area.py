@@ -15,7 +15,7 @@ from lithocore.workbook import run_workbook
 from .test_data import _copy_manifest
 
 PARAMS = dict(tile_size=32, stride=16, n_samples=40, epochs=2, steps_per_epoch=2, n_trees=20, cv_folds=2, cv_epochs=1,
-              cv_block=64)
+              cv_block=64, matched_folds=2)
 
 
 def _reference_spec(manifest: Path) -> dict:
