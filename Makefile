@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 RUN_DIR ?= runs/default
 PROFILE ?= quick
 # Test processes: notebooks run in their own kernels, so a second worker overlaps their start-up and training
-# (the suite took 7 min 40 s with two workers on a 2-core machine).
+# (the suite took 7 min 40 s with two workers on a 2-core machine). Tests go out one at a time, the longest first
+# (tests/conftest.py), so the two workers share the long notebook runs.
 TEST_WORKERS ?= 2
 
 .PHONY: install workbook test check clean bench
@@ -23,7 +24,7 @@ workbook: install
 	$(PY) -m lithocore.workbook --run-dir $(RUN_DIR) --profile $(PROFILE)
 
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --maxschedchunk=1
 
 check: install
 	$(PY) -m pytest -x -q tests/test_project.py

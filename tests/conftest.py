@@ -14,6 +14,17 @@ LAPLAND_DATA = ROOT.parent / "shared" / "data" / "central-lapland"
 SMALL_SPEC = SyntheticSpec(height=192, width=192, coarse_spacing=300.0, seed=3)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first: a whole workbook on real data, then the other notebook runs (minutes each), then
+    the rest in their order. With the Makefile's ``--maxschedchunk=1`` each worker takes the next test when it is
+    free, so two workers share the long ones and end together on short ones (the longest-first rule)."""
+    def rank(item) -> int:
+        notebook = item.get_closest_marker("notebook") is not None
+        return 0 if notebook and item.get_closest_marker("real_data") else 1 if notebook else 2
+
+    items.sort(key=rank)  # stable: each group keeps its order
+
+
 @pytest.fixture(scope="session")
 def small_manifest(tmp_path_factory) -> Path:
     return generate_study_area(SMALL_SPEC, tmp_path_factory.mktemp("synthetic") / "area", progress=False)
