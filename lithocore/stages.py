@@ -118,8 +118,7 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
 
     out = blockwise.write_stack(manifest, RunFolder(run_dir).stack_path, settings, memory_mb=memory_mb, progress=False,
                                 area=area, tags=tags)
-    if area is not None and area.layers_loaded:  # the in-memory fusion's default channels (notebook 02 draws
-        # them) are the stack's
+    if area is not None and area.layers_loaded:  # notebook 02's in-memory default channels are the stack's
         names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse],
                                                                        area.extra_names, area.guide_names)
         if names != out["channels"]:
