@@ -380,7 +380,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         stack.enter_context(gdal_cache(cache_mb(srcs, memory_mb)))
         loaded = None
         names = plan.guide_names + plan.extra_names
-        if plan.area is not None and plan.area.layers_loaded and names \
+        if plan.area is not None and names \
                 and list(plan.area.guide_names) + list(plan.area.extra_names) == names:
             loaded = [a for a in (plan.area.guide, plan.area.extra) if a.shape[0]]
         read = _RowReader(plan.grid, plan.fine, srcs, plan.layers, plan.outline, loaded)
