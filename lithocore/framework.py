@@ -32,9 +32,9 @@ def _import_tensorflow_quietly() -> None:
     if importlib.util.find_spec("tensorflow") is None:
         return
     # TensorFlow's pooling allocator for host memory: glibc hands every buffer over 32 MB back to the system when
-    # freed, and the next step's is faulted in again, page by page (a U-Net pass over a 1024 px window: 7.6 s for
-    # ten, 4.3 s of it in the kernel; pooled: 3.9-4.6 s, peak memory 1.26 GB instead of 1.36 GB;
-    # benchmarks/README.md). A value the user set is kept.
+    # freed, and the next step's is faulted in again, page by page (ten U-Net passes over a 1024 px window: 9.08 s,
+    # 4.07 s of it in the kernel; pooled: 6.28 s, 0.25 s, peak memory 1,234 MB instead of 1,278 MB;
+    # benchmarks/results/cpu2_bench_allocator.jsonl). A value the user set is kept.
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     sys.stderr.flush()
     saved = os.dup(2)
