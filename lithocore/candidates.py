@@ -24,15 +24,20 @@ class ForestCandidate:
     max_features: int | str = 3
     n_trees: int = 200
 
-    def features(self, stack: np.ndarray) -> np.ndarray:
-        """The predictors, (F, H, W) float32, NaN where the stack has none."""
-        from .forest import neighbourhood_features
+    #: What the predictors are made by (part of every kept fold's key: a change of it refits the folds).
+    features_made = "the stack; stackfile.Neighbourhood strips"
 
+    def features(self, stack):
+        """The predictors (F, H, W): the stack itself, or with ``neighbourhood`` the stack and every channel's local
+        mean and sd (:class:`lithocore.stackfile.Neighbourhood`, the values notebook 06's folds read), held whole
+        when they fit the in-memory budget, else computed strip by strip as they are read
+        (:func:`lithocore.stackfile.hold_if_fits`: the same values either way). Read them with
+        :func:`lithocore.forest.pixel_features`."""
         if not self.neighbourhood:
-            return np.asarray(stack, np.float32)
-        f, _ = neighbourhood_features(stack, tuple(self.neighbourhood))
-        f[:, ~np.isfinite(stack).all(0)] = np.nan
-        return f
+            return stack
+        from .stackfile import Neighbourhood, hold_if_fits
+
+        return hold_if_fits(Neighbourhood(stack, tuple(self.neighbourhood)))
 
     def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0, train=None):
         """A forest on the sampled training ``pixels`` (flat indices; ``train``, the training side, is not needed)."""

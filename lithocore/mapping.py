@@ -42,13 +42,13 @@ import rasterio
 
 from .area import NO_LABEL, ClassTable, Grid, gdal_cache
 from .framework import start_keras
-from .outputs import write_cog, write_geotiff
+from .outputs import GeoTiffWriter, write_cog
 from .settings import MappingSettings
 from .runfolder import atomic_path
 
 __all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "live_floats", "predict_window", "read_window", "scene_outputs",
            "window_predictor", "map_array",
-           "map_geotiff", "write_class_map", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
+           "map_geotiff", "write_class_map", "class_map_writer", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
 
 #: Context kept around every window's core, in pixels (a multiple of 32).
 DEFAULT_MARGIN = MappingSettings.margin  # 64
@@ -510,12 +510,20 @@ def write_class_map(path, classes: np.ndarray, grid: Grid, table: ClassTable, *,
     -------
     pathlib.Path
     """
+    with class_map_writer(path, grid, table, tags=tags) as w:
+        w.write(table.to_ids(classes))
+    return Path(path)
+
+
+def class_map_writer(path, grid: Grid, table: ClassTable, *, tags: dict | None = None) -> GeoTiffWriter:
+    """A class map written piece by piece (:class:`~lithocore.outputs.GeoTiffWriter`; write class *ids*,
+    ``table.to_ids``): the file :func:`write_class_map` makes, its QGIS style and legend written beside it now."""
     dtype, nodata = table.id_dtype()
     colormap = class_map_colours(table) if dtype in ("uint8", "uint16") else None
     write_qml(Path(path).with_suffix(".qml"), table)
     _legend_png(path, table)
-    return write_geotiff(path, table.to_ids(classes), grid, nodata=nodata, band_names=["class id"],
-                         colormap=colormap, tags=_class_tags(table) | (tags or {}), cog="nearest")
+    return GeoTiffWriter(path, grid, 1, dtype, nodata=nodata, band_names=["class id"], colormap=colormap,
+                         tags=_class_tags(table) | (tags or {}), cog="nearest")
 
 
 def read_class_map(path, table: ClassTable) -> tuple[np.ndarray, dict]:

@@ -17,7 +17,70 @@ from .data import preview_factor
 from .runfolder import atomic_path
 from .sources.common import open_raster
 
-__all__ = ["write_geotiff", "write_cog", "read_stack", "write_stack_file"]
+__all__ = ["GeoTiffWriter", "write_geotiff", "write_cog", "read_stack", "write_stack_file"]
+
+
+class GeoTiffWriter:
+    """A GeoTIFF on ``grid`` written piece by piece (:meth:`write`), made the file at ``path`` when the ``with``
+    block ends: a cloud-optimised GeoTIFF with overviews (``cog``: their resampling, :func:`write_cog`) or a
+    deflated tiled GeoTIFF (``cog`` None), under a temporary name renamed into place; nothing at ``path`` when
+    the block fails. A map of a province is written strip by strip, never held whole.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from rasterio.crs import CRS
+    >>> from rasterio.transform import from_origin
+    >>> g = Grid(CRS.from_epsg(32646), from_origin(0, 30, 15, 15), 2, 2)
+    >>> with GeoTiffWriter(Path(tempfile.mkdtemp()) / "a.tif", g, 1, "uint8", nodata=255) as w:
+    ...     w.write(np.array([[[1, 2]]], np.uint8), 0); w.write(np.array([[[3, 4]]], np.uint8), 1)
+    >>> with rasterio.open(w.path) as s: print(s.read(1).tolist())
+    [[1, 2], [3, 4]]
+    """
+
+    def __init__(self, path: str | os.PathLike, grid: Grid, count: int, dtype: str, *,
+                 nodata: float | None = float("nan"), band_names: list[str] | None = None, tags: dict | None = None,
+                 colormap: dict | None = None, cog: str | None = None):
+        self.path, self.grid, self.cog = Path(path), grid, cog
+        self._profile = grid.profile(count, str(np.dtype(dtype)), nodata, compress=None if cog else "deflate")
+        self._finish = dict(band_names=band_names or [], tags=tags or {}, colormap=colormap)
+
+    def __enter__(self) -> "GeoTiffWriter":
+        import contextlib
+
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
+        self._dst = rasterio.open(self._tmp, "w", **self._profile)
+        return self
+
+    def write(self, array: np.ndarray, r0: int = 0, c0: int = 0) -> None:
+        """Write ``array`` ((bands, h, w), or (h, w) for one band) with its first pixel at row ``r0``, column ``c0``."""
+        arr = np.asarray(array)
+        arr = arr[None] if arr.ndim == 2 else arr
+        self._dst.write(arr.astype(self._profile["dtype"], copy=False), window=Window(c0, r0, arr.shape[2], arr.shape[1]))
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        try:
+            self._close(complete=kind is None)
+        except BaseException as err:  # the temporary file removed, the error raised
+            self._stack.__exit__(type(err), err, err.__traceback__)
+            raise
+        return self._stack.__exit__(kind, exc, tb)
+
+    def _close(self, complete: bool) -> None:
+        dst, fin = self._dst, self._finish
+        try:
+            if complete:
+                for i, n in enumerate(fin["band_names"]):
+                    dst.set_band_description(i + 1, n)
+                if fin["tags"]:
+                    dst.update_tags(**{k: str(v) for k, v in fin["tags"].items()})
+                if fin["colormap"]:
+                    dst.write_colormap(1, fin["colormap"])
+        finally:
+            dst.close()
+        if complete and self.cog:
+            write_cog(self._tmp, self._tmp, resampling=self.cog)
 
 
 def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, band_names: list[str] | None = None,
@@ -38,23 +101,12 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, ban
     >>> with rasterio.open(p) as s: print(s.count, s.descriptions)
     1 ('one',)
     """
-    path = Path(path)
     arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = arr[None]
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **grid.profile(arr.shape[0], str(arr.dtype), nodata,
-                                                    compress=None if cog else "deflate")) as dst:
-            dst.write(arr)
-            for i, n in enumerate(band_names or []):
-                dst.set_band_description(i + 1, n)
-            if tags:
-                dst.update_tags(**{k: str(v) for k, v in tags.items()})
-            if colormap:
-                dst.write_colormap(1, colormap)
-        if cog:
-            write_cog(tmp, tmp, resampling=cog)
-    return path
+    arr = arr[None] if arr.ndim == 2 else arr
+    with GeoTiffWriter(path, grid, arr.shape[0], str(arr.dtype), nodata=nodata, band_names=band_names, tags=tags,
+                       colormap=colormap, cog=cog) as w:
+        w.write(arr)
+    return Path(path)
 
 
 def write_cog(src_path: str | os.PathLike, path: str | os.PathLike, *, resampling: str = "nearest") -> Path:

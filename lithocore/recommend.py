@@ -27,10 +27,9 @@ from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
 from .forest import check_training_memory, neighbourhood_channels, pixel_features, training_pixels
 from .knndm import random_folds
 
-__all__ = ["QUESTIONS", "fold_sets", "cross_validate_proba", "estimate", "choose", "fit_final",
-           "predict_proba_map", "aoa_for", "held_out_check", "agreement", "cv_distances", "confidence_errors",
-           "distance_weights", "over_valid_rows", "dissimilarity_map", "memory_needed", "check_memory",
-           "map_to_trust"]
+__all__ = ["QUESTIONS", "fold_sets", "cross_validate_proba", "estimate", "choose", "fit_final", "aoa_for",
+           "held_out_check", "agreement", "cv_distances", "confidence_errors", "distance_weights", "memory_needed",
+           "check_memory", "map_to_trust"]
 
 #: What each cross-validation answers (printed beside its estimate).
 QUESTIONS = {
@@ -93,7 +92,8 @@ def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, re
                 from .runfolder import key as _key
 
                 path = Path(cache_dir) / f"fold{i}_{m}.npz"
-                fkey = _key([cache_key, repr(cand), fraction, cap, seed, n_classes, _digest(t), _digest(pixels)])
+                fkey = _key([cache_key, repr(cand), getattr(cand, "features_made", ""), fraction, cap, seed, n_classes,
+                             _digest(t), _digest(pixels)])
             p = _cached(path, fkey)
             if p is None:
                 model = cand.fit(features[m], labels, pixels, seed, train=train)
@@ -274,37 +274,6 @@ def fit_final(cand: ForestCandidate, F: np.ndarray, labels: np.ndarray, mask: np
     return cand.fit(F, labels, pixels, seed, train=mask & (labels != NO_LABEL)), pixels
 
 
-def predict_proba_map(model, F: np.ndarray, mask: np.ndarray, n_classes: int, *, rows: int = 64,
-                      progress: bool = False, candidate=None) -> np.ndarray:
-    """Class probabilities (K, H, W) float32 over the valid pixels (NaN elsewhere): a forest ``rows`` at a
-    time, a network (``candidate`` a :class:`DeepCandidate`) in its windows."""
-    if isinstance(candidate, DeepCandidate):
-        return np.where(mask, candidate.scene_proba(model, F), np.nan).astype(np.float32)
-    return over_valid_rows(mask, n_classes, lambda idx: proba_at(model, F, idx, n_classes), rows=rows,
-                           progress=progress)
-
-
-def over_valid_rows(mask: np.ndarray, bands: int, compute, *, rows: int = 64, progress: bool = False) -> np.ndarray:
-    """(bands, H, W) float32 of ``compute(flat indices) -> (n, bands)`` over the valid pixels, ``rows`` at a
-    time (memory: one strip of rows), NaN elsewhere.
-
-    >>> ok = np.array([[True, False], [True, True]])
-    >>> over_valid_rows(ok, 1, lambda idx: idx[:, None] * 1.0, rows=1)[0].tolist()
-    [[0.0, nan], [2.0, 3.0]]
-    """
-    from tqdm.auto import tqdm
-
-    H, W = mask.shape
-    out = np.full((bands, H, W), np.nan, np.float32)
-    for r0 in tqdm(range(0, H, rows), desc="mapping", disable=not progress):
-        m = mask[r0:r0 + rows].ravel()
-        if m.any():
-            block = out[:, r0:r0 + rows].reshape(bands, -1)
-            block[:, m] = np.asarray(compute(r0 * W + np.flatnonzero(m))).reshape(int(m.sum()), bands).T
-            out[:, r0:r0 + rows] = block.reshape(bands, -1, W)
-    return out
-
-
 def aoa_for(model, F: np.ndarray, pixels: np.ndarray, fold: np.ndarray, *, n: int = 3000, seed: int = 0):
     """The area of applicability of a forest trained on ``pixels``: a sample of at most ``n`` of them (every
     class and fold kept in proportion), their folds from ``fold`` (the matched folds' raster), weighted by
@@ -317,28 +286,26 @@ def aoa_for(model, F: np.ndarray, pixels: np.ndarray, fold: np.ndarray, *, n: in
     return fit_aoa(pixel_features(F, pix), fold.ravel()[pix], getattr(model, "feature_importances_", None)), pix
 
 
-def dissimilarity_map(aoa, F: np.ndarray, mask: np.ndarray, rows: int = 128) -> np.ndarray:
-    """DI over the valid pixels, ``rows`` at a time (NaN elsewhere)."""
-    from .applicability import dissimilarity
-
-    return over_valid_rows(mask, 1, lambda idx: dissimilarity(aoa, pixel_features(F, idx)), rows=rows)[0]
-
-
-def held_out_check(classes: np.ndarray, held_out: np.ndarray, mask: np.ndarray, names, *,
+def held_out_check(truth: np.ndarray, pred: np.ndarray, idx: np.ndarray, shape: tuple[int, int], names, *,
                    inside: np.ndarray | None = None, trained_classes=None) -> dict | None:
-    """The map against the labels withheld on the ground to predict: OA, mIoU (classes the training side
-    holds), and with ``inside`` (the AOA) the OA inside and outside it. None when nothing was withheld."""
-    sel = mask & (held_out != NO_LABEL) & (classes != NO_LABEL)
-    if not sel.any():
+    """A map against the labels withheld on the ground to predict, at the withheld pixels ``idx`` (flat indices
+    into ``shape``): their labels ``truth`` and the map's classes ``pred``. OA, mIoU (classes the training side
+    holds), and with ``inside`` (each pixel in the AOA or not) the OA inside and outside it. None when nothing was
+    withheld.
+
+    >>> c = held_out_check(np.array([0, 1, 1]), np.array([0, 1, 0]), np.arange(3), (1, 3), ["a", "b"],
+    ...                    inside=np.array([True, True, False]))
+    >>> round(c["overall_accuracy"], 3), c["overall_accuracy_inside_aoa"], c["overall_accuracy_outside_aoa"]
+    (0.667, 1.0, 0.0)
+    """
+    if not len(idx):
         return None
-    idx = np.flatnonzero(sel)
-    truth = held_out.ravel()[idx].astype(np.int64)
-    pred = classes.ravel()[idx].astype(np.int64)
+    truth, pred = np.asarray(truth, np.int64), np.asarray(pred, np.int64)
     onehot = np.eye(len(names), dtype=np.float32)[pred]
-    s = estimate(onehot, truth, idx, held_out.shape, names, trained_classes=trained_classes, n_boot=0)
-    out = dict(pixels=int(sel.sum()), overall_accuracy=s["overall_accuracy"], mean_iou=s["mean_iou"], iou=s["iou"])
+    s = estimate(onehot, truth, idx, shape, names, trained_classes=trained_classes, n_boot=0)
+    out = dict(pixels=int(len(idx)), overall_accuracy=s["overall_accuracy"], mean_iou=s["mean_iou"], iou=s["iou"])
     if inside is not None:
-        ins = inside.ravel()[idx]
+        ins = np.asarray(inside, bool)
         right = pred == truth
         out["inside_aoa_pixels"], out["outside_aoa_pixels"] = int(ins.sum()), int((~ins).sum())
         out["overall_accuracy_inside_aoa"] = float(right[ins].mean()) if ins.any() else None
@@ -359,15 +326,26 @@ def agreement(maps: dict[str, np.ndarray], reference: np.ndarray, mask: np.ndarr
 
 
 def memory_needed(shape: tuple[int, int, int], candidates: dict[str, ForestCandidate], n_classes: int) -> int:
-    """Bytes notebook 07 holds for a stack of ``shape`` (C, H, W): every candidate's predictors, two probability
-    maps, the DI, entropy and agreement maps and the class maps.
+    """Bytes notebook 07 holds for a stack of ``shape`` (C, H, W): the stack and each forest's predictors where
+    they fit the in-memory budget (:func:`lithocore.stackfile.hold_if_fits`; else a strip of them), a network
+    candidate's probabilities over the scene, the maps shown in its figures (class indices, DI, entropy, AOA,
+    agreement: 11 bytes a pixel) and the label side (labels, mask, ground, withheld labels, folds: 5). The
+    probabilities and every other layer are made and written strip by strip.
 
     >>> memory_needed((9, 100, 100), {"f": ForestCandidate("f", "forest")}, 8) // 10_000  # bytes a pixel
-    154
+    52
     """
+    from .stackfile import STRIP_ROWS, in_memory_mb
+
     C, H, W = shape
-    bands = sum(neighbourhood_channels(C, c.neighbourhood) for c in candidates.values())
-    return int(H * W * (4 * (C + bands + 2 * n_classes + 3) + 2 * (len(candidates) + 2)))
+    held = lambda bands: 4 * bands * (H if 4 * bands * H * W <= in_memory_mb() * 2**20 else STRIP_ROWS) * W  # noqa: E731
+    need = held(C) + H * W * (11 + 5)
+    for c in candidates.values():
+        if isinstance(c, DeepCandidate):
+            need += 4 * n_classes * H * W
+        elif c.neighbourhood:
+            need += held(neighbourhood_channels(C, c.neighbourhood))
+    return int(need)
 
 
 def check_memory(shape: tuple[int, int, int], candidates: dict[str, ForestCandidate], n_classes: int) -> None:
@@ -462,38 +440,35 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     weighted_oa = float(np.average(cal["right"], weights=w)) if w.sum() > 0 else float("nan")
 
     t1 = time.perf_counter()
-    maps, final = _final_maps(candidates, features, labels, mask, len(names), best, cal["T"], fraction=fraction,
-                              cap=cap, seed=seed, progress=progress)
-    classes, proba = maps[best], final["proba"]
-    ent = np.where(mask, calibration.entropy(np.nan_to_num(proba), axis=0), np.nan).astype(np.float32)
-    map_seconds = time.perf_counter() - t1
+    fits = {m: fit_final(c, features[m], labels, mask, fraction=fraction, cap=cap, seed=seed)
+            for m, c in candidates.items()}  # step 3: every candidate retrained on every usable label
+    fit_seconds = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    app = _applicability(final, features[best], folds, m_oof, cal["right"], mask, ground, n=aoa_pixels, seed=seed)
+    app = _applicability(*fits[best], features[best], folds, m_oof, cal["right"], n=aoa_pixels, seed=seed)
     aoa_seconds = time.perf_counter() - t2
     if app["acc_out"] is None:
         warnings_.append("every out-of-fold pixel lies inside the area of applicability: accuracy outside it is "
                          "not measured")
 
-    others = dict(maps) | dict(extra_maps or {})  # the agreement: candidates' maps and any other whole-area map
-    agree = agreement(others, classes, mask)
-    check, checks_all = _held_out_checks(area, classes, maps, app["inside"], trained)
-    files = _write_maps(out_dir, area, best, cal, classes, proba, ent, app, agree, list(others))
+    t3 = time.perf_counter()
+    final = _final_pass(area, candidates, features, fits, best, cal, app["aoa"], ground, out_dir, extra_maps,
+                        trained, progress=progress)
+    map_seconds = fit_seconds + time.perf_counter() - t3
 
     e = ests["matched"][best]
     if e["pixels"] < 1000 or len(e["mean_iou_classes"]) < max(2, len(trained) // 2):
         warnings_.append(f"the matched estimate rests on {e['pixels']:,} pixels and {len(e['mean_iou_classes'])} of "
                          f"{len(trained)} classes: read it as rough")
     trust = _trust_record(
-        area, candidates, cv, folds, cal, app, ground,
-        expected=_expected_accuracy(proba, ground, cal) | dict(weighted=weighted_oa),
-        rng_range=rng_range, check=check, checks_all=checks_all, others=list(others), files=files,
-        settings=dict(k=k, fraction=fraction, cap=cap, seed=seed, estimates=list(ests), max_test=max_test,
-                      aoa_pixels=aoa_pixels, block_px_bootstrap=block_px),
+        area, candidates, cv, folds, cal, app, ground, final,
+        expected=_expected_accuracy(final["confidence_sum"], final["ground_pixels"], cal) | dict(weighted=weighted_oa),
+        rng_range=rng_range, settings=dict(k=k, fraction=fraction, cap=cap, seed=seed, estimates=list(ests),
+                                           max_test=max_test, aoa_pixels=aoa_pixels, block_px_bootstrap=block_px),
         seconds=dict(cross_validation=round(cv_seconds, 1), maps=round(map_seconds, 1), aoa=round(aoa_seconds, 1)),
         warnings=warnings_, rank_by=rank_by)
-    return dict(trust=trust, folds=folds, cv_distances=cv["distances"], classes=classes, proba=proba, entropy=ent,
-                di=app["di"], aoa=app["inside"], agreement=agree, maps=maps, oof=oof, oof_di=app["oof_di"])
+    return dict(trust=trust, folds=folds, cv_distances=cv["distances"], oof=oof, oof_di=app["oof_di"],
+                **{k: final[k] for k in ("classes", "entropy", "di", "aoa", "agreement")})
 
 
 def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction: float, cap: int) -> None:
@@ -519,29 +494,17 @@ def _ground_to_predict(area, warnings_: list) -> np.ndarray:
     return ground
 
 
-def _expected_accuracy(proba: np.ndarray, ground: np.ndarray, cal: dict) -> dict:
-    """The accuracy promised on the ground: the calibrated confidence averaged over it, and the half-width of its
-    band (1.96 x the RMS of the same estimate's error on each matched fold)."""
-    conf = float(np.nanmean(np.nanmax(proba[:, ground], axis=0))) if ground.any() else float("nan")
+def _expected_accuracy(confidence_sum: float, ground_pixels: int, cal: dict) -> dict:
+    """The accuracy promised on the ground: the calibrated confidence averaged over it (its sum over the ground's
+    ``ground_pixels``), and the half-width of its band (1.96 x the RMS of the same estimate's error on each matched
+    fold)."""
+    conf = confidence_sum / ground_pixels if ground_pixels else float("nan")
     half = float(1.96 * np.sqrt(np.mean(np.square(cal["errors"])))) if cal["errors"] else float("nan")
-    return dict(overall_accuracy=conf, oa_half_width=half)
+    return dict(overall_accuracy=float(conf), oa_half_width=half)
 
 
-def _held_out_checks(area, classes: np.ndarray, maps: dict, inside: np.ndarray, trained: list) -> tuple:
-    """The recommended map (and every candidate's) against the withheld labels, when there are any."""
-    if area.held_out is None:
-        return None, {}
-    names = area.classes.names
-    check = held_out_check(classes, area.held_out, area.mask, names, inside=inside, trained_classes=trained)
-    if not check:
-        return check, {}
-    return check, {m: held_out_check(v, area.held_out, area.mask, names, trained_classes=trained)
-                   for m, v in maps.items()}
-
-
-def _trust_record(area, candidates, cv: dict, folds, cal: dict, app: dict, ground: np.ndarray, *, expected: dict,
-                  rng_range: dict, check, checks_all: dict, others: list, files: dict, settings: dict, seconds: dict,
-                  warnings: list, rank_by: str) -> dict:
+def _trust_record(area, candidates, cv: dict, folds, cal: dict, app: dict, ground: np.ndarray, final: dict, *,
+                  expected: dict, rng_range: dict, settings: dict, seconds: dict, warnings: list, rank_by: str) -> dict:
     """What ``trust.json`` holds: the recommended map, the accuracy to expect on the ground to predict, every
     estimate, the distances, the calibration, the area of applicability, the held-out check and the warnings."""
     best, ests = cv["best"], cv["ests"]
@@ -574,14 +537,15 @@ def _trust_record(area, candidates, cv: dict, folds, cal: dict, app: dict, groun
                          applied=cal["applied"], ece_before=cal["ece_before"],
                          ece_after=cal["ece_after"], per_fold_temperature=cal["per_fold_temperature"],
                          reliability_before=cal["reliability_before"], reliability_after=cal["reliability_after"]),
-        aoa_share=float(app["inside"][ground].mean()) if ground.any() else None, aoa_threshold=aoa.threshold,
+        aoa_share=final["ground_inside"] / final["ground_pixels"] if final["ground_pixels"] else None,
+        aoa_threshold=aoa.threshold,
         aoa_training_pixels=app["training_pixels"],
         oof_accuracy_inside_aoa=app["acc_in"], oof_accuracy_outside_aoa=app["acc_out"],
         oof_pixels_inside_aoa=int(ins.sum()), oof_pixels_outside_aoa=int((~ins).sum()), accuracy_by_di=app["curve"],
         ground=dict(pixels=int(ground.sum()), declared=bool(area.predict_declared),
                     share_of_area=float(ground.sum() / max(int(area.mask.sum()), 1))),
-        held_out_check=check, held_out_check_all=checks_all, agreement_maps=others,
-        settings=settings, seconds=seconds, files=files, warnings=warnings,
+        held_out_check=final["check"], held_out_check_all=final["checks_all"], agreement_maps=final["agreement_maps"],
+        settings=settings, seconds=seconds, files=final["files"], warnings=warnings,
     )
 
 
@@ -643,65 +607,119 @@ def _calibration(m_oof: dict, best: str) -> dict:
     return cal
 
 
-def _final_maps(candidates, features, labels, mask, n_classes: int, best: str, T: float, *, fraction, cap, seed,
-                progress):
-    """Step 3: every candidate retrained on every usable label and mapped (class indices); the recommended one's
-    probabilities scaled by ``T``. Returns (maps, {"model", "pixels", "proba"} of the recommended one)."""
-    maps, final = {}, {}
-    for m, cand in candidates.items():
-        model, pixels = fit_final(cand, features[m], labels, mask, fraction=fraction, cap=cap, seed=seed)
-        p = predict_proba_map(model, features[m], mask, n_classes, progress=progress, candidate=cand)
-        if m == best:
-            p = np.where(np.isfinite(p), calibration.apply_temperature(np.moveaxis(p, 0, -1), T).transpose(2, 0, 1),
-                         np.nan)
-            final = dict(model=model, pixels=pixels, proba=p)
-        maps[m] = np.where(mask, np.nan_to_num(p).argmax(0), NO_LABEL).astype(np.uint8)
-    return maps, final
-
-
-def _applicability(final: dict, F: np.ndarray, folds, m_oof: dict, right: np.ndarray, mask: np.ndarray,
-                   ground: np.ndarray, *, n: int, seed: int) -> dict:
-    """Step 4: the recommended model's area of applicability: DI over the scene and the AOA (``di``,
-    ``inside``); the out-of-fold pixels' DI against the training pixels of other folds, accuracy inside and
-    outside and against DI."""
+def _applicability(model, pixels: np.ndarray, F, folds, m_oof: dict, right: np.ndarray, *, n: int, seed: int) -> dict:
+    """Step 4: the recommended model's area of applicability (fitted on a sample of its training ``pixels``); the
+    out-of-fold pixels' DI against the training pixels of other folds, accuracy inside and outside and against DI.
+    Every pixel's DI is made with the map (:func:`_final_pass`)."""
     from .applicability import accuracy_by_di, dissimilarity
 
-    aoa, pix = aoa_for(final["model"], F, final["pixels"], folds.fold, n=n, seed=seed)
-    di = dissimilarity_map(aoa, F, mask)
+    aoa, pix = aoa_for(model, F, pixels, folds.fold, n=n, seed=seed)
     oof_di = dissimilarity(aoa, pixel_features(F, m_oof["idx"]), exclude_fold=m_oof["fold"])
     ins = oof_di <= aoa.threshold
-    return dict(aoa=aoa, training_pixels=int(len(pix)), di=di, inside=mask & (di <= aoa.threshold), oof_di=oof_di,
-                oof_inside=ins, acc_in=float(right[ins].mean()) if ins.any() else None,
+    return dict(aoa=aoa, training_pixels=int(len(pix)), oof_di=oof_di, oof_inside=ins,
+                acc_in=float(right[ins].mean()) if ins.any() else None,
                 acc_out=float(right[~ins].mean()) if (~ins).any() else None, curve=accuracy_by_di(oof_di, right))
 
 
-def _write_maps(out_dir: Path, area, best: str, cal: dict, classes, proba, ent, app: dict, agree,
-                agreement_maps: list[str]) -> dict:
-    """Step 5: the recommended map and its layers as cloud-optimised GeoTIFFs (the class map with its QGIS style
-    and legend). Returns their paths."""
-    from .outputs import write_geotiff
-    from .mapping import write_class_map
+def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, aoa, ground: np.ndarray, out_dir: Path,
+                extra_maps: dict | None, trained: list, *, progress: bool) -> dict:
+    """Step 5: the map and its layers, strip by strip: every candidate's classes, the recommended one's calibrated
+    probabilities, their entropy, the DI and the AOA, the maps' agreement, each strip written into its
+    cloud-optimised GeoTIFF as it is made (a scene of probabilities is never held); the sums the trust record
+    needs (confidence and AOA over the ground, the maps at the withheld labels). Returns the figures' maps
+    (``classes``, ``entropy``, ``di``, ``aoa``, ``agreement``), those sums, the held-out checks and the files."""
+    import contextlib
 
-    grid, table, mask = area.grid, area.classes, area.mask
+    from tqdm.auto import tqdm
+
+    from .applicability import dissimilarity
+    from .stackfile import STRIP_ROWS
+
+    mask, names = area.mask, area.classes.names
+    H, W = mask.shape
+    K = len(names)
+    scenes = {m: c.scene_proba(fits[m][0], features[m]) for m, c in candidates.items() if isinstance(c, DeepCandidate)}
+    others = list(dict.fromkeys([*candidates, *(extra_maps or {})]))  # the agreement: candidates' and other maps
+    figs = dict(classes=np.full((H, W), NO_LABEL, np.uint8), entropy=np.full((H, W), np.nan, np.float32),
+                di=np.full((H, W), np.nan, np.float32), aoa=np.zeros((H, W), bool),
+                agreement=np.full((H, W), 255, np.uint8))
+    sums = dict(confidence_sum=0.0, ground_pixels=0, ground_inside=0)
+    held = {k: [] for k in ("idx", "truth", "inside", *candidates)}
+    with contextlib.ExitStack() as opened:
+        files = {k: opened.enter_context(w) for k, w in _map_writers(out_dir, area, best, cal, aoa, others).items()}
+        for r0 in tqdm(range(0, H, STRIP_ROWS), desc="map to trust", disable=not progress):
+            r1 = min(H, r0 + STRIP_ROWS)
+            ok = mask[r0:r1]
+            idx = r0 * W + np.flatnonzero(ok)
+            maps = {}
+            for m, c in candidates.items():
+                if m in scenes:
+                    p = scenes[m][:, r0:r1][:, ok].T
+                else:
+                    p = c.proba(fits[m][0], features[m], idx, K) if len(idx) else np.zeros((0, K), np.float32)
+                if m == best:
+                    pb = calibration.apply_temperature(p, cal["T"])
+                    p = pb
+                maps[m] = np.full(ok.shape, NO_LABEL, np.uint8)
+                maps[m][ok] = p.argmax(1)
+            cls = figs["classes"][r0:r1] = maps[best]
+            figs["entropy"][r0:r1][ok] = calibration.entropy(pb, axis=1)
+            figs["di"][r0:r1][ok] = dissimilarity(aoa, pixel_features(features[best], idx)) if len(idx) else []
+            inside = figs["aoa"][r0:r1] = ok & (figs["di"][r0:r1] <= aoa.threshold)
+            agree = figs["agreement"][r0:r1] = agreement(
+                maps | {k: v[r0:r1] for k, v in (extra_maps or {}).items()}, cls, ok)
+            g = ground[r0:r1] & ok
+            sums["confidence_sum"] += float(pb.max(1)[g[ok]].astype(np.float64).sum()) if len(idx) else 0.0
+            sums["ground_pixels"] += int(g.sum())
+            sums["ground_inside"] += int((g & inside).sum())
+            if area.held_out is not None:
+                h = ok & (area.held_out[r0:r1] != NO_LABEL)
+                held["idx"].append(r0 * W + np.flatnonzero(h))
+                held["truth"].append(area.held_out[r0:r1][h])
+                held["inside"].append(inside[h])
+                for m in candidates:
+                    held[m].append(maps[m][h])
+            probs = np.full((K, *ok.shape), 255, np.uint8)
+            probs[:, ok] = np.round(pb.T * 250)
+            files["classes"].write(area.classes.to_ids(cls), r0)
+            files["probabilities"].write(probs, r0)
+            files["entropy"].write(figs["entropy"][r0:r1], r0)
+            files["dissimilarity"].write(figs["di"][r0:r1], r0)
+            files["aoa"].write(np.where(ok, inside, 255).astype(np.uint8), r0)
+            files["agreement"].write(agree, r0)
+    held = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in held.items()}
+    check = held_out_check(held["truth"], held[best], held["idx"], (H, W), names, inside=held["inside"],
+                           trained_classes=trained)
+    checks_all = {m: held_out_check(held["truth"], held[m], held["idx"], (H, W), names, trained_classes=trained)
+                  for m in candidates} if check else {}
+    return figs | sums | dict(check=check, checks_all=checks_all, agreement_maps=others,
+                              files={k: str(w.path) for k, w in files.items()})
+
+
+def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps: list[str]) -> dict:
+    """The recommended map's files, to be written strip by strip (:class:`lithocore.outputs.GeoTiffWriter`):
+    its class map (with its QGIS style and legend), calibrated probabilities, entropy, DI, AOA and agreement, as
+    cloud-optimised GeoTIFFs."""
+    from .mapping import class_map_writer
+    from .outputs import GeoTiffWriter
+
+    grid, table = area.grid, area.classes
     tags = dict(model=best, temperature=f"{cal['T']:.4f}", what="recommended map: the candidate with the best "
                                                                 "matched cross-validation, retrained on every usable label")
-    thr = dict(threshold=f"{app['aoa'].threshold:.6f}")
-    files = dict(classes=write_class_map(out_dir / f"recommended_{best}_classes.tif", classes, grid, table, tags=tags))
-    files["probabilities"] = write_geotiff(
-        out_dir / f"recommended_{best}_probabilities.tif",
-        np.where(np.isfinite(proba), np.round(np.nan_to_num(proba) * 250), 255).astype(np.uint8), grid, nodata=255,
-        band_names=[f"P({n})" for n in table.names],
-        tags=tags | dict(units="probability = value / 250; 255 = nodata",
-                         calibrated="temperature scaling" if cal["applied"] else "no (scaling did not help out of fold)"),
-        cog="average")
-    files["entropy"] = write_geotiff(out_dir / "entropy.tif", ent[None], grid, band_names=["entropy / log(K)"],
-                                     tags=tags, cog="average")
-    files["dissimilarity"] = write_geotiff(out_dir / "dissimilarity.tif", app["di"][None], grid,
-                                           band_names=["dissimilarity index"], tags=tags | thr, cog="average")
-    files["aoa"] = write_geotiff(out_dir / "aoa.tif", np.where(mask, app["inside"], 255).astype(np.uint8)[None], grid,
-                                 nodata=255, band_names=["1 inside the area of applicability, 0 outside"],
-                                 tags=tags | thr, cog="nearest")
-    files["agreement"] = write_geotiff(out_dir / "agreement.tif", agree[None], grid, nodata=255,
-                                       band_names=["% of candidate maps giving the recommended class"],
-                                       tags=tags | dict(maps=", ".join(agreement_maps)), cog="nearest")
-    return {k: str(v) for k, v in files.items()}
+    thr = dict(threshold=f"{aoa.threshold:.6f}")
+    return dict(
+        classes=class_map_writer(out_dir / f"recommended_{best}_classes.tif", grid, table, tags=tags),
+        probabilities=GeoTiffWriter(
+            out_dir / f"recommended_{best}_probabilities.tif", grid, len(table.names), "uint8", nodata=255,
+            band_names=[f"P({n})" for n in table.names], cog="average",
+            tags=tags | dict(units="probability = value / 250; 255 = nodata",
+                             calibrated="temperature scaling" if cal["applied"] else "no (scaling did not help out of fold)")),
+        entropy=GeoTiffWriter(out_dir / "entropy.tif", grid, 1, "float32", band_names=["entropy / log(K)"], tags=tags,
+                              cog="average"),
+        dissimilarity=GeoTiffWriter(out_dir / "dissimilarity.tif", grid, 1, "float32",
+                                    band_names=["dissimilarity index"], tags=tags | thr, cog="average"),
+        aoa=GeoTiffWriter(out_dir / "aoa.tif", grid, 1, "uint8", nodata=255, cog="nearest", tags=tags | thr,
+                          band_names=["1 inside the area of applicability, 0 outside"]),
+        agreement=GeoTiffWriter(out_dir / "agreement.tif", grid, 1, "uint8", nodata=255, cog="nearest",
+                                band_names=["% of candidate maps giving the recommended class"],
+                                tags=tags | dict(maps=", ".join(agreement_maps))))

@@ -23,7 +23,7 @@ import numpy as np
 from .area import block_row_mb, gdal_cache
 
 __all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "Channels",
-           "STRIP_ROWS", "STACK_IN_MEMORY_MB", "strips"]
+           "STRIP_ROWS", "STACK_IN_MEMORY_MB", "strips", "in_memory_mb", "hold_if_fits"]
 
 #: Rows per strip when a stack is read, or its statistics computed, strip by strip.
 STRIP_ROWS = 64
@@ -135,14 +135,44 @@ def open_stack(path: str | Path, *, memory_mb: float | None = None):
     read window by window."""
     from .outputs import read_stack
 
-    import os
-
     s = StackFile(path)
-    budget = memory_mb if memory_mb is not None else float(os.environ.get("LITHOCORE_STACK_IN_MEMORY_MB",
-                                                                           STACK_IN_MEMORY_MB))
-    if s.nbytes <= budget * 2**20:
+    if s.nbytes <= in_memory_mb(memory_mb) * 2**20:
         return read_stack(path)[0]
     return s
+
+
+def in_memory_mb(memory_mb: float | None = None) -> float:
+    """MB of float32 channels held whole rather than read strip by strip: ``memory_mb``, else the environment's
+    ``LITHOCORE_STACK_IN_MEMORY_MB``, else :data:`STACK_IN_MEMORY_MB`.
+
+    >>> in_memory_mb(10.0)
+    10.0
+    """
+    import os
+
+    if memory_mb is not None:
+        return float(memory_mb)
+    return float(os.environ.get("LITHOCORE_STACK_IN_MEMORY_MB", STACK_IN_MEMORY_MB))
+
+
+def hold_if_fits(stack, memory_mb: float | None = None):
+    """``stack`` (C, H, W), read strip by strip (a :class:`Neighbourhood`, a :class:`StackFile`), held whole as a
+    float32 array when it fits :func:`in_memory_mb`, else returned as it is. Held, it is filled over the same
+    :data:`STRIP_ROWS` strips it is read in, so every value is the one a strip-by-strip reader gets.
+
+    >>> base = np.arange(2 * 130 * 3, dtype=np.float32).reshape(2, 130, 3)
+    >>> n = Neighbourhood(base, (3,))
+    >>> held = hold_if_fits(n)
+    >>> type(held).__name__, np.array_equal(held[:, 60:70], n[:, 60:70]), type(hold_if_fits(n, 0.0)).__name__
+    ('ndarray', True, 'Neighbourhood')
+    """
+    C, H, W = stack.shape
+    if 4 * C * H * W > in_memory_mb(memory_mb) * 2**20:
+        return stack
+    out = np.empty((C, H, W), np.float32)
+    for r0 in range(0, H, STRIP_ROWS):
+        out[:, r0:r0 + STRIP_ROWS] = stack[:, r0:min(H, r0 + STRIP_ROWS)]
+    return out
 
 
 def strips(rows: np.ndarray | None, height: int, strip: int = STRIP_ROWS):

@@ -204,6 +204,36 @@ def test_map_to_trust_on_the_small_area(small_area, tmp_path):
         assert set(np.unique(src.read(1)).tolist()) <= {0, 1, 255}
 
 
+def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_path, monkeypatch):
+    """Notebook 07 on a stack read window by window from its file, the neighbourhood forest's predictors made
+    strip by strip (nothing held whole: the in-memory budget 0), gives the same trust record and the same files,
+    pixel for pixel, as on the stack and predictors held in memory."""
+    import rasterio
+
+    from lithocore import fusion
+    from lithocore.outputs import write_stack_file
+    from lithocore.recommend import map_to_trust
+    from lithocore.stackfile import Neighbourhood, StackFile, hold_if_fits
+
+    stack = fusion.build_stack(fusion.fuse_study_area(small_area, progress=False), small_area)[0]
+    path = write_stack_file(tmp_path / "stack.tif", stack, [str(i) for i in range(len(stack))],
+                            [""] * len(stack), small_area.grid)
+    kw = dict(k=2, cap=800, seed=0, estimates=("matched", "random"), progress=False, aoa_pixels=400, max_test=3000)
+    held = map_to_trust(small_area, stack, tmp_path / "held", **kw)
+    monkeypatch.setenv("LITHOCORE_STACK_IN_MEMORY_MB", "0")
+    assert isinstance(hold_if_fits(Neighbourhood(stack, (5, 15))), Neighbourhood)  # the predictors: strips
+    strips = map_to_trust(small_area, StackFile(path), tmp_path / "strips", **kw)
+    a, b = held["trust"], strips["trust"]
+    assert a["recommended_model"] == b["recommended_model"]
+    for key in ("expected", "estimates", "held_out_check", "held_out_check_all", "aoa_share", "aoa_threshold",
+                "oof_accuracy_inside_aoa", "calibration"):
+        assert a[key] == b[key], key
+    for name in ("classes", "probabilities", "dissimilarity", "aoa", "agreement", "entropy"):
+        with rasterio.open(a["files"][name]) as x, rasterio.open(b["files"][name]) as y:
+            assert np.array_equal(x.read(), y.read(), equal_nan=True), name
+    assert np.array_equal(held["di"], strips["di"], equal_nan=True)
+
+
 def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area, tmp_path):
     """Every valid pixel labelled: the matched folds fall back to the labelled map itself (random folds, the
     ground's distance to a label being 0), and the warning says so."""
