@@ -1,5 +1,5 @@
 """The workbook end to end on a large synthetic area: manifest -> stack -> tiles -> training -> cross-validation ->
-maps, each stage in a fresh process, in one process and on a Dask ``LocalCluster`` of ``--workers`` workers.
+maps -> the map to trust, each stage in a fresh process, in one process and on a Dask ``LocalCluster`` of ``--workers`` workers.
 
     python benchmarks/bench_end_to_end.py --size 4000 --workers 2 [--epochs 2] [--out runs/bench/e2e] [--resume]
 
@@ -8,7 +8,8 @@ is built once and reused. Each stage runs through the notebooks' own API (:class
 Python process: ``stack`` (the fused stack, block by block), ``tiles`` (the spatial split and the folds),
 ``training`` (notebook 04's model, ``--epochs`` epochs), ``cv`` (notebook 06's cross-validation, 2 folds: the
 deep model, the forest and the neighbourhood forest) and ``maps`` (the deep model's map and the paper's forest's,
-window by window). With ``--workers`` K > 0 the cross-validation's fold x model fits and the maps' windows run on
+window by window) and ``trust`` (notebook 07's ``map_to_trust``: the two forests on 2 matched folds, the
+recommended map, its DI, AOA and layers, strip by strip). With ``--workers`` K > 0 the cross-validation's fold x model fits and the maps' windows run on
 a LocalCluster of K one-thread workers (the stack read from the run folder); the cross-validation runs again in one
 process, and ``identical_to_one_process`` says whether the two give the same scores and out-of-fold maps
 (``--no-one-process-check``: not run, null). Each stage's row is kept in the run folder (``bench_stages.json``,
@@ -28,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("stack", "tiles", "training", "cv", "maps")
+STAGES = ("stack", "tiles", "training", "cv", "maps", "trust")
 
 
 def _peak_mb() -> float:
@@ -84,6 +85,19 @@ def stage(name: str, folder: Path, manifest: Path, epochs: int, workers: int) ->
 
             run.class_map("spatial", mapping=MappingSettings(cluster=cluster))
             run.paper_forest(forest, cluster=cluster)
+        elif name == "trust":  # notebook 07: the forests (50 trees, as the stages above) on 2 matched folds
+            from dataclasses import replace
+
+            from lithocore.candidates import CANDIDATES
+            from lithocore.recommend import map_to_trust
+
+            area, stack, _, _ = run.stack()
+            cands = {m: replace(c, n_trees=forest.n_trees) for m, c in CANDIDATES.items()}
+            r = map_to_trust(area, stack, folder / "07_map_to_trust", block_folds=run.folds(), k=2, candidates=cands,
+                             cap=2000, seed=0, estimates=("matched",), progress=False)
+            out["trust"] = dict(recommended=r["trust"]["recommended_model"],
+                                expected_oa=r["trust"]["expected"]["overall_accuracy"],
+                                aoa_share=r["trust"]["aoa_share"], seconds=r["trust"]["seconds"])
         seconds = time.perf_counter() - t0
         workers_mb = []
         if ctx is not None:

@@ -28,6 +28,24 @@ def extent_km(grid: Grid) -> list[float]:
     return [left / 1e3, right / 1e3, bottom / 1e3, top / 1e3]
 
 
+def _valid_shown(area: StudyArea, values: np.ndarray) -> np.ndarray:
+    """The area's valid mask on the grid of ``values``: the area's own, or every k-th row and column of it for a
+    map shown by every k-th pixel (notebook 07's figures of a large scene).
+
+    >>> from types import SimpleNamespace
+    >>> a = SimpleNamespace(mask=np.ones((5, 7), bool), shape=(5, 7))
+    >>> _valid_shown(a, np.zeros((5, 7))).shape, _valid_shown(a, np.zeros((3, 4))).shape
+    ((5, 7), (3, 4))
+    """
+    if values.shape == tuple(area.shape):
+        return area.mask
+    k = -(-area.shape[0] // values.shape[0])
+    shown = area.mask[::k, ::k]
+    if shown.shape != values.shape:
+        raise ValueError(f"a map of {values.shape} is not the area's {area.shape} nor every k-th pixel of it")
+    return shown
+
+
 def _axes(ax):
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 5.5))
@@ -145,7 +163,7 @@ def plot_labels(area: StudyArea, labels: np.ndarray | None = None, ax=None, titl
         title = area.labels_name.capitalize() if labels is None else "Class map"
     ax = _axes(ax)
     lab = area.labels if labels is None else labels
-    shown = np.ma.masked_where((lab == NO_LABEL) | ~area.mask, lab)
+    shown = np.ma.masked_where((lab == NO_LABEL) | ~_valid_shown(area, lab), lab)
     cmap, norm = class_colormap(area)
     ax.imshow(shown, extent=extent_km(area.grid), cmap=cmap, norm=norm, interpolation="nearest")
     if legend:
@@ -547,7 +565,7 @@ def plot_reliability(before: list[dict], after: list[dict], ax=None):
 def plot_trust_map(area: StudyArea, classes: np.ndarray, inside: np.ndarray, ax=None, title: str = "The map to use"):
     """A class map with everything outside the area of applicability greyed out."""
     ax = plot_labels(area, classes, ax=ax, title=title)
-    grey = np.ma.masked_where(inside | ~area.mask, np.ones(area.shape))
+    grey = np.ma.masked_where(inside | ~_valid_shown(area, inside), np.ones(inside.shape))
     ax.imshow(grey, extent=extent_km(area.grid), cmap=ListedColormap(["#808080"]), alpha=0.75,
               interpolation="nearest")
     handles = class_legend_handles(area.classes) + [Patch(color="#808080", label="outside the area of applicability")]
@@ -560,8 +578,8 @@ def plot_value(area: StudyArea, values: np.ndarray, ax=None, *, title: str = "",
                cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None):
     """A value map (NaN and invalid pixels blank) with a colour bar."""
     ax = _axes(ax)
-    im = ax.imshow(np.ma.masked_where(~area.mask | ~np.isfinite(values), values), extent=extent_km(area.grid),
-                   cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    im = ax.imshow(np.ma.masked_where(~_valid_shown(area, values) | ~np.isfinite(values), values),
+                   extent=extent_km(area.grid), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.figure.colorbar(im, ax=ax, shrink=0.8, label=label)
     return _finish(ax, title)
 

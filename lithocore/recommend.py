@@ -24,12 +24,17 @@ import numpy as np
 from . import calibration
 from .area import NO_LABEL
 from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
+from .data import preview_factor
 from .forest import check_training_memory, neighbourhood_channels, pixel_features, training_pixels
 from .knndm import random_folds
 
 __all__ = ["QUESTIONS", "fold_sets", "cross_validate_proba", "estimate", "choose", "fit_final", "aoa_for",
            "held_out_check", "agreement", "cv_distances", "confidence_errors", "distance_weights", "memory_needed",
            "check_memory", "map_to_trust"]
+
+#: Pixels of notebook 07's figure maps at most: a larger scene is shown by every k-th row and column (its files
+#: hold every pixel).
+FIGURE_PIXELS = 16_000_000
 
 #: What each cross-validation answers (printed beside its estimate).
 QUESTIONS = {
@@ -339,7 +344,8 @@ def memory_needed(shape: tuple[int, int, int], candidates: dict[str, ForestCandi
 
     C, H, W = shape
     held = lambda bands: 4 * bands * (H if 4 * bands * H * W <= in_memory_mb() * 2**20 else STRIP_ROWS) * W  # noqa: E731
-    need = held(C) + H * W * (11 + 5)
+    step = preview_factor(H, W, FIGURE_PIXELS)
+    need = held(C) + 11 * -(-H // step) * -(-W // step) + 5 * H * W
     for c in candidates.values():
         if isinstance(c, DeepCandidate):
             need += 4 * n_classes * H * W
@@ -376,7 +382,8 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     Parameters
     ----------
     area, stack
-        The study area (labels with the ground to predict withheld) and its fused stack (C, H, W).
+        The study area (labels with the ground to predict withheld) and its fused stack (C, H, W): in memory or a
+        :class:`~lithocore.stackfile.StackFile` read strip by strip (the same results).
     out_dir
         Where the maps are written (cloud-optimised GeoTIFFs; ``trust.json`` is the caller's to write).
     block_folds
@@ -408,8 +415,9 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     -------
     dict
         ``trust`` (what ``trust.json`` holds), and arrays for the figures: ``folds`` (MatchedFolds),
-        ``classes``, ``proba``, ``entropy``, ``di``, ``aoa``, ``agreement``, ``oof`` (the pooled out-of-fold
-        sample of every estimate).
+        ``classes``, ``entropy``, ``di``, ``aoa``, ``agreement`` (every ``figure_step``-th row and column of the
+        scene: all of it up to :data:`FIGURE_PIXELS`), ``oof`` (the pooled out-of-fold sample of every estimate).
+        The probabilities and every layer are written into ``out_dir`` strip by strip, never held whole.
     """
     from . import knndm
 
@@ -468,7 +476,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         seconds=dict(cross_validation=round(cv_seconds, 1), maps=round(map_seconds, 1), aoa=round(aoa_seconds, 1)),
         warnings=warnings_, rank_by=rank_by)
     return dict(trust=trust, folds=folds, cv_distances=cv["distances"], oof=oof, oof_di=app["oof_di"],
-                **{k: final[k] for k in ("classes", "entropy", "di", "aoa", "agreement")})
+                **{k: final[k] for k in ("classes", "entropy", "di", "aoa", "agreement", "figure_step")})
 
 
 def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction: float, cap: int) -> None:
@@ -627,7 +635,8 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
     probabilities, their entropy, the DI and the AOA, the maps' agreement, each strip written into its
     cloud-optimised GeoTIFF as it is made (a scene of probabilities is never held); the sums the trust record
     needs (confidence and AOA over the ground, the maps at the withheld labels). Returns the figures' maps
-    (``classes``, ``entropy``, ``di``, ``aoa``, ``agreement``), those sums, the held-out checks and the files."""
+    (``classes``, ``entropy``, ``di``, ``aoa``, ``agreement``: every ``figure_step``-th row and column, so that they
+    hold at most :data:`FIGURE_PIXELS`), those sums, the held-out checks and the files."""
     import contextlib
 
     from tqdm.auto import tqdm
@@ -638,11 +647,12 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
     mask, names = area.mask, area.classes.names
     H, W = mask.shape
     K = len(names)
+    step = preview_factor(H, W, FIGURE_PIXELS)  # the figures' maps: every step-th row and column
     scenes = {m: c.scene_proba(fits[m][0], features[m]) for m, c in candidates.items() if isinstance(c, DeepCandidate)}
     others = list(dict.fromkeys([*candidates, *(extra_maps or {})]))  # the agreement: candidates' and other maps
-    figs = dict(classes=np.full((H, W), NO_LABEL, np.uint8), entropy=np.full((H, W), np.nan, np.float32),
-                di=np.full((H, W), np.nan, np.float32), aoa=np.zeros((H, W), bool),
-                agreement=np.full((H, W), 255, np.uint8))
+    shown = (-(-H // step), -(-W // step))
+    figs = dict(classes=np.full(shown, NO_LABEL, np.uint8), entropy=np.full(shown, np.nan, np.float32),
+                di=np.full(shown, np.nan, np.float32), aoa=np.zeros(shown, bool), agreement=np.full(shown, 255, np.uint8))
     sums = dict(confidence_sum=0.0, ground_pixels=0, ground_inside=0)
     held = {k: [] for k in ("idx", "truth", "inside", *candidates)}
     with contextlib.ExitStack() as opened:
@@ -662,12 +672,16 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                     p = pb
                 maps[m] = np.full(ok.shape, NO_LABEL, np.uint8)
                 maps[m][ok] = p.argmax(1)
-            cls = figs["classes"][r0:r1] = maps[best]
-            figs["entropy"][r0:r1][ok] = calibration.entropy(pb, axis=1)
-            figs["di"][r0:r1][ok] = dissimilarity(aoa, pixel_features(features[best], idx)) if len(idx) else []
-            inside = figs["aoa"][r0:r1] = ok & (figs["di"][r0:r1] <= aoa.threshold)
-            agree = figs["agreement"][r0:r1] = agreement(
-                maps | {k: v[r0:r1] for k, v in (extra_maps or {}).items()}, cls, ok)
+            cls = maps[best]
+            ent = np.full(ok.shape, np.nan, np.float32)
+            ent[ok] = calibration.entropy(pb, axis=1)
+            di = np.full(ok.shape, np.nan, np.float32)
+            di[ok] = dissimilarity(aoa, pixel_features(features[best], idx)) if len(idx) else []
+            inside = ok & (di <= aoa.threshold)
+            agree = agreement(maps | {k: v[r0:r1] for k, v in (extra_maps or {}).items()}, cls, ok)
+            rows = np.flatnonzero(np.arange(r0, r1) % step == 0)
+            for name, layer in dict(classes=cls, entropy=ent, di=di, aoa=inside, agreement=agree).items():
+                figs[name][(r0 + rows) // step] = layer[rows, ::step]
             g = ground[r0:r1] & ok
             sums["confidence_sum"] += float(pb.max(1)[g[ok]].astype(np.float64).sum()) if len(idx) else 0.0
             sums["ground_pixels"] += int(g.sum())
@@ -683,8 +697,8 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
             probs[:, ok] = np.round(pb.T * 250)
             files["classes"].write(area.classes.to_ids(cls), r0)
             files["probabilities"].write(probs, r0)
-            files["entropy"].write(figs["entropy"][r0:r1], r0)
-            files["dissimilarity"].write(figs["di"][r0:r1], r0)
+            files["entropy"].write(ent, r0)
+            files["dissimilarity"].write(di, r0)
             files["aoa"].write(np.where(ok, inside, 255).astype(np.uint8), r0)
             files["agreement"].write(agree, r0)
     held = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in held.items()}
@@ -692,7 +706,7 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                            trained_classes=trained)
     checks_all = {m: held_out_check(held["truth"], held[m], held["idx"], (H, W), names, trained_classes=trained)
                   for m in candidates} if check else {}
-    return figs | sums | dict(check=check, checks_all=checks_all, agreement_maps=others,
+    return figs | sums | dict(figure_step=step, check=check, checks_all=checks_all, agreement_maps=others,
                               files={k: str(w.path) for k, w in files.items()})
 
 

@@ -212,6 +212,10 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
 
     from lithocore import fusion
     from lithocore.outputs import write_stack_file
+    import matplotlib.pyplot as plt
+
+    from lithocore import recommend
+    from lithocore.plotting import plot_trust_map, plot_value
     from lithocore.recommend import map_to_trust
     from lithocore.stackfile import Neighbourhood, StackFile, hold_if_fits
 
@@ -222,6 +226,7 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     held = map_to_trust(small_area, stack, tmp_path / "held", **kw)
     monkeypatch.setenv("LITHOCORE_STACK_IN_MEMORY_MB", "0")
     assert isinstance(hold_if_fits(Neighbourhood(stack, (5, 15))), Neighbourhood)  # the predictors: strips
+    monkeypatch.setattr(recommend, "FIGURE_PIXELS", small_area.mask.size // 9)  # figures: every 3rd pixel
     strips = map_to_trust(small_area, StackFile(path), tmp_path / "strips", **kw)
     a, b = held["trust"], strips["trust"]
     assert a["recommended_model"] == b["recommended_model"]
@@ -231,7 +236,12 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     for name in ("classes", "probabilities", "dissimilarity", "aoa", "agreement", "entropy"):
         with rasterio.open(a["files"][name]) as x, rasterio.open(b["files"][name]) as y:
             assert np.array_equal(x.read(), y.read(), equal_nan=True), name
-    assert np.array_equal(held["di"], strips["di"], equal_nan=True)
+    assert held["figure_step"] == 1 and strips["figure_step"] == 3
+    for name in ("classes", "di", "aoa", "agreement", "entropy"):
+        assert np.array_equal(held[name][::3, ::3], strips[name], equal_nan=True), name
+    plot_trust_map(small_area, strips["classes"], strips["aoa"])  # the figures take every 3rd pixel
+    plot_value(small_area, strips["di"])
+    plt.close("all")
 
 
 def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area, tmp_path):
