@@ -24,18 +24,8 @@ class GeoTiffWriter:
     """A GeoTIFF on ``grid`` written piece by piece (:meth:`write`), made the file at ``path`` when the ``with``
     block ends: a cloud-optimised GeoTIFF with overviews (``cog``: their resampling, :func:`write_cog`) or a
     deflated tiled GeoTIFF (``cog`` None), under a temporary name renamed into place; nothing at ``path`` when
-    the block fails. A map of a province is written strip by strip, never held whole.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from rasterio.crs import CRS
-    >>> from rasterio.transform import from_origin
-    >>> g = Grid(CRS.from_epsg(32646), from_origin(0, 30, 15, 15), 2, 2)
-    >>> with GeoTiffWriter(Path(tempfile.mkdtemp()) / "a.tif", g, 1, "uint8", nodata=255) as w:
-    ...     w.write(np.array([[[1, 2]]], np.uint8), 0); w.write(np.array([[[3, 4]]], np.uint8), 1)
-    >>> with rasterio.open(w.path) as s: print(s.read(1).tolist())
-    [[1, 2], [3, 4]]
+    the block fails. A map of a province is written strip by strip, never held whole (notebook 07); written in
+    one piece, it is :func:`write_geotiff`.
     """
 
     def __init__(self, path: str | os.PathLike, grid: Grid, count: int, dtype: str, *,

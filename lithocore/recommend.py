@@ -641,7 +641,6 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
 
     from tqdm.auto import tqdm
 
-    from .applicability import dissimilarity
     from .stackfile import STRIP_ROWS
 
     mask, names = area.mask, area.classes.names
@@ -660,30 +659,15 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
         for r0 in tqdm(range(0, H, STRIP_ROWS), desc="map to trust", disable=not progress):
             r1 = min(H, r0 + STRIP_ROWS)
             ok = mask[r0:r1]
-            idx = r0 * W + np.flatnonzero(ok)
-            maps = {}
-            for m, c in candidates.items():
-                if m in scenes:
-                    p = scenes[m][:, r0:r1][:, ok].T
-                else:
-                    p = c.proba(fits[m][0], features[m], idx, K) if len(idx) else np.zeros((0, K), np.float32)
-                if m == best:
-                    pb = calibration.apply_temperature(p, cal["T"])
-                    p = pb
-                maps[m] = np.full(ok.shape, NO_LABEL, np.uint8)
-                maps[m][ok] = p.argmax(1)
-            cls = maps[best]
-            ent = np.full(ok.shape, np.nan, np.float32)
-            ent[ok] = calibration.entropy(pb, axis=1)
-            di = np.full(ok.shape, np.nan, np.float32)
-            di[ok] = dissimilarity(aoa, pixel_features(features[best], idx)) if len(idx) else []
-            inside = ok & (di <= aoa.threshold)
-            agree = agreement(maps | {k: v[r0:r1] for k, v in (extra_maps or {}).items()}, cls, ok)
+            other_maps = {k: v[r0:r1] for k, v in (extra_maps or {}).items()}
+            layers = _strip_layers(candidates, features, fits, {m: v[:, r0:r1] for m, v in scenes.items()}, best,
+                                   cal["T"], aoa, ok, r0 * W + np.flatnonzero(ok), other_maps, K)
+            maps, pb, cls, inside = layers["maps"], layers["proba"], layers["classes"], layers["aoa"]
             rows = np.flatnonzero(np.arange(r0, r1) % step == 0)
-            for name, layer in dict(classes=cls, entropy=ent, di=di, aoa=inside, agreement=agree).items():
-                figs[name][(r0 + rows) // step] = layer[rows, ::step]
+            for name in figs:
+                figs[name][(r0 + rows) // step] = layers[name][rows, ::step]
             g = ground[r0:r1] & ok
-            sums["confidence_sum"] += float(pb.max(1)[g[ok]].astype(np.float64).sum()) if len(idx) else 0.0
+            sums["confidence_sum"] += float(pb.max(1)[g[ok]].astype(np.float64).sum())
             sums["ground_pixels"] += int(g.sum())
             sums["ground_inside"] += int((g & inside).sum())
             if area.held_out is not None:
@@ -697,10 +681,10 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
             probs[:, ok] = np.round(pb.T * 250)
             files["classes"].write(area.classes.to_ids(cls), r0)
             files["probabilities"].write(probs, r0)
-            files["entropy"].write(ent, r0)
-            files["dissimilarity"].write(di, r0)
+            files["entropy"].write(layers["entropy"], r0)
+            files["dissimilarity"].write(layers["di"], r0)
             files["aoa"].write(np.where(ok, inside, 255).astype(np.uint8), r0)
-            files["agreement"].write(agree, r0)
+            files["agreement"].write(layers["agreement"], r0)
     held = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in held.items()}
     check = held_out_check(held["truth"], held[best], held["idx"], (H, W), names, inside=held["inside"],
                            trained_classes=trained)
@@ -708,6 +692,34 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                   for m in candidates} if check else {}
     return figs | sums | dict(figure_step=step, check=check, checks_all=checks_all, agreement_maps=others,
                               files={k: str(w.path) for k, w in files.items()})
+
+
+def _strip_layers(candidates, features, fits: dict, scenes: dict, best: str, T: float, aoa, ok: np.ndarray,
+                  idx: np.ndarray, other_maps: dict, n_classes: int) -> dict:
+    """One strip of :func:`_final_pass` (its valid pixels ``ok``, their flat indices ``idx``): every candidate's
+    class indices (``maps``; a network's from its scene probabilities in ``scenes``, cut to the strip), the
+    recommended one's probabilities scaled by ``T`` (``proba``, (n, K)), its ``classes``, their ``entropy``, the
+    ``di``, the ``aoa`` and the maps' ``agreement`` (``other_maps`` counted too)."""
+    from .applicability import dissimilarity
+
+    maps = {}
+    for m, c in candidates.items():
+        if m in scenes:
+            p = scenes[m][:, ok].T
+        elif len(idx):
+            p = c.proba(fits[m][0], features[m], idx, n_classes)
+        else:
+            p = np.zeros((0, n_classes), np.float32)
+        if m == best:
+            p = pb = calibration.apply_temperature(p, T)
+        maps[m] = np.full(ok.shape, NO_LABEL, np.uint8)
+        maps[m][ok] = p.argmax(1)
+    ent = np.full(ok.shape, np.nan, np.float32)
+    ent[ok] = calibration.entropy(pb, axis=1)
+    di = np.full(ok.shape, np.nan, np.float32)
+    di[ok] = dissimilarity(aoa, pixel_features(features[best], idx)) if len(idx) else []
+    return dict(maps=maps, proba=pb, classes=maps[best], entropy=ent, di=di, aoa=ok & (di <= aoa.threshold),
+                agreement=agreement(maps | other_maps, maps[best], ok))
 
 
 def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps: list[str]) -> dict:

@@ -236,6 +236,10 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     for name in ("classes", "probabilities", "dissimilarity", "aoa", "agreement", "entropy"):
         with rasterio.open(a["files"][name]) as x, rasterio.open(b["files"][name]) as y:
             assert np.array_equal(x.read(), y.read(), equal_nan=True), name
+    with rasterio.open(a["files"]["aoa"]) as src:  # the strips written where they belong
+        assert np.array_equal(src.read(1), np.where(small_area.mask, held["aoa"], 255))
+    with rasterio.open(a["files"]["classes"]) as src:
+        assert np.array_equal(src.read(1), small_area.classes.to_ids(held["classes"]))
     assert held["figure_step"] == 1 and strips["figure_step"] == 3
     for name in ("classes", "di", "aoa", "agreement", "entropy"):
         assert np.array_equal(held[name][::3, ::3], strips[name], equal_nan=True), name
