@@ -93,8 +93,8 @@ def stage(name: str, folder: Path, manifest: Path, epochs: int, workers: int) ->
 
             area, stack, _, _ = run.stack()
             cands = {m: replace(c, n_trees=forest.n_trees) for m, c in CANDIDATES.items()}
-            r = map_to_trust(area, stack, folder / "07_map_to_trust", block_folds=run.folds(), k=2, candidates=cands,
-                             cap=2000, seed=0, estimates=("matched",), progress=False)
+            r = map_to_trust(area, stack, folder / "07_map_to_trust", k=2, candidates=cands, cap=2000, seed=0,
+                             estimates=("matched",), progress=False)
             out["trust"] = dict(recommended=r["trust"]["recommended_model"],
                                 expected_oa=r["trust"]["expected"]["overall_accuracy"],
                                 aoa_share=r["trust"]["aoa_share"], seconds=r["trust"]["seconds"])
