@@ -35,7 +35,7 @@ from scipy import ndimage
 from .area import NO_LABEL
 from .tiles import blocks_any, labelled_map, row_strips, value_counts
 
-__all__ = ["MatchedFolds", "nearest_label_distance", "prediction_distances", "fold_distances", "knndm_folds",
+__all__ = ["MatchedFolds", "nearest_label_distance", "distances_at", "prediction_distances", "fold_distances", "knndm_folds",
            "autocorrelation_range", "wasserstein", "random_folds"]
 
 
@@ -75,6 +75,32 @@ def nearest_label_distance(labelled: np.ndarray, res: float) -> np.ndarray:
     return ndimage.distance_transform_edt(~labelled) * float(res)
 
 
+#: Pixels up to which the distances to the nearest labelled pixel are measured on the scene's own grid; a larger
+#: scene measures them on a grid k times coarser (as kNNDM's search does), so that no scene-sized distance
+#: transform is made (scipy's takes some 60 bytes a pixel: 4.4 GB at 8000 x 8000).
+DISTANCE_PIXELS = 16_000_000
+
+
+def distances_at(labelled: np.ndarray, res: float, points: np.ndarray) -> np.ndarray:
+    """Distance (map units) from the pixels ``points`` (flat indices) to the nearest ``True`` pixel of
+    ``labelled``: :func:`nearest_label_distance` on the scene's grid up to :data:`DISTANCE_PIXELS` pixels, else on
+    a grid k times coarser (a cell set when any of its pixels is; cell centre to cell centre, within k pixels of
+    the exact distance).
+
+    >>> lab = np.zeros((4, 6), bool); lab[0, 0] = True
+    >>> distances_at(lab, 30.0, np.array([0, 5, 23])).round(1).tolist()  # pixel 23: 3 rows, 5 columns away
+    [0.0, 150.0, 174.9]
+    """
+    from .data import preview_factor
+
+    H, W = labelled.shape
+    k = preview_factor(H, W, DISTANCE_PIXELS)
+    points = np.asarray(points, np.int64)
+    if k == 1:
+        return nearest_label_distance(labelled, res).ravel()[points]
+    return nearest_label_distance(blocks_any(labelled, k), res * k)[points // W // k, points % W // k]
+
+
 def _sample(region: np.ndarray, n: int, rng) -> np.ndarray:
     """Flat indices of at most ``n`` pixels of ``region``, drawn at random without replacement."""
     idx = np.flatnonzero(region)
@@ -85,8 +111,7 @@ def prediction_distances(labelled: np.ndarray, ground: np.ndarray, res: float, *
                          seed: int = 0) -> np.ndarray:
     """``Gij``: for ``n`` pixels drawn from the ground to predict, the distance to the nearest labelled pixel
     (metres; 0 where the ground itself holds labels)."""
-    d = nearest_label_distance(labelled, res)
-    return d.ravel()[_sample(ground, n, np.random.default_rng(seed))]
+    return distances_at(labelled, res, _sample(ground, n, np.random.default_rng(seed)))
 
 
 def fold_distances(fold: np.ndarray, k: int, res: float, points: np.ndarray) -> np.ndarray:
@@ -99,7 +124,7 @@ def fold_distances(fold: np.ndarray, k: int, res: float, points: np.ndarray) -> 
         if not at.any():
             continue
         other = (fold >= 0) & (fold != i)
-        out[at] = nearest_label_distance(other, res).ravel()[points[at]]
+        out[at] = distances_at(other, res, points[at])
     return out
 
 
@@ -251,9 +276,11 @@ def _full_resolution(best, labelled: np.ndarray, k: int, res: float, pts: np.nda
     """The search's best clustering (:func:`_search_clusters`) given to every labelled pixel: (fold map, -1 where
     not labelled; its nearest-neighbour distances ``Gj*`` from the sampled pixels ``pts``)."""
     _, _, km, fold_of = best
-    r, c = np.nonzero(labelled)
     fold = np.full(labelled.shape, -1, np.int8)
-    fold[r, c] = fold_of[km.predict(np.column_stack([c + 0.5, r + 0.5]))]
+    for a, b in row_strips(*labelled.shape, 40):  # each pixel's cluster alone: no scene of coordinates
+        r, c = np.nonzero(labelled[a:b])
+        if len(r):
+            fold[a:b][r, c] = fold_of[km.predict(np.column_stack([c + 0.5, r + a + 0.5]))]
     return fold, fold_distances(fold, k, res, pts)
 
 

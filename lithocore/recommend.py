@@ -175,7 +175,7 @@ def cv_distances(regions, k: int, res: float, idx: np.ndarray, fold: np.ndarray,
                  seed: int = 0) -> np.ndarray:
     """For a sample of the scored out-of-fold pixels ``idx`` (their folds ``fold``), the distance (metres) to
     the nearest labelled pixel of their fold's training side: the cross-validation's ``Gj*``."""
-    from .knndm import nearest_label_distance
+    from .knndm import distances_at
 
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(idx), min(n, len(idx)), replace=False)
@@ -184,7 +184,7 @@ def cv_distances(regions, k: int, res: float, idx: np.ndarray, fold: np.ndarray,
     for i in range(k):
         at = fold == i
         if at.any():
-            out[at] = nearest_label_distance(regions(i)[1], res).ravel()[idx[at]]
+            out[at] = distances_at(regions(i)[1], res, idx[at])
     return out
 
 

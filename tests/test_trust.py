@@ -308,3 +308,19 @@ def test_a_scene_too_big_for_notebook_07_is_refused_before_any_work(small_area, 
     with pytest.raises(MemoryError, match="192 x 192 px stack of 9 channels needs about"):
         map_to_trust(small_area, stack, tmp_path, progress=False)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_distances_on_a_coarser_grid_for_a_large_scene(monkeypatch):
+    """Past DISTANCE_PIXELS the nearest-label distances are measured on a grid k times coarser: within k pixels
+    of the exact ones (no scene-sized distance transform); within it, the exact transform's."""
+    from lithocore import knndm
+
+    rng = np.random.default_rng(0)
+    lab = np.zeros((300, 400), bool)
+    lab[rng.integers(0, 300, 40), rng.integers(0, 400, 40)] = True
+    pts = rng.choice(lab.size, 500, replace=False)
+    exact = knndm.nearest_label_distance(lab, 10.0).ravel()[pts]
+    assert np.array_equal(knndm.distances_at(lab, 10.0, pts), exact)
+    monkeypatch.setattr(knndm, "DISTANCE_PIXELS", lab.size // 16)  # a grid 4 times coarser
+    coarse = knndm.distances_at(lab, 10.0, pts)
+    assert not np.array_equal(coarse, exact) and np.abs(coarse - exact).max() <= 4 * np.sqrt(2) * 10.0
