@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import calibration
-from .area import NO_LABEL
+from .area import NO_LABEL, gdal_cache
 from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
 from .data import preview_factor
 from .forest import check_training_memory, neighbourhood_channels, pixel_features, training_pixels
@@ -654,8 +654,10 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                 di=np.full(shown, np.nan, np.float32), aoa=np.zeros(shown, bool), agreement=np.full(shown, 255, np.uint8))
     sums = dict(confidence_sum=0.0, ground_pixels=0, ground_inside=0)
     held = {k: [] for k in ("idx", "truth", "inside", *candidates)}
+    row_mb = W * 256 * (2 + K + 4 + 4 + 1 + 1) / 2**20  # a row of the six files' 256-px blocks
     with contextlib.ExitStack() as opened:
         files = {k: opened.enter_context(w) for k, w in _map_writers(out_dir, area, best, cal, aoa, others).items()}
+        opened.enter_context(gdal_cache(max(64.0, 2 * row_mb)))  # GDAL's default keeps 5 % of the memory of blocks
         for r0 in tqdm(range(0, H, STRIP_ROWS), desc="map to trust", disable=not progress):
             r1 = min(H, r0 + STRIP_ROWS)
             ok = mask[r0:r1]
