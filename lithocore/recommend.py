@@ -340,10 +340,13 @@ def memory_needed(shape: tuple[int, int, int], candidates: dict[str, ForestCandi
     >>> memory_needed((9, 100, 100), {"f": ForestCandidate("f", "forest")}, 8) // 10_000  # bytes a pixel
     52
     """
-    from .stackfile import STRIP_ROWS, in_memory_mb
+    from .stackfile import STRIP_ROWS, held_whole
 
     C, H, W = shape
-    held = lambda bands: 4 * bands * (H if 4 * bands * H * W <= in_memory_mb() * 2**20 else STRIP_ROWS) * W  # noqa: E731
+
+    def held(bands: int) -> int:  # the whole scene of them, or one strip
+        return 4 * bands * (H if held_whole(4 * bands * H * W) else STRIP_ROWS) * W
+
     step = preview_factor(H, W, FIGURE_PIXELS)
     need = held(C) + 11 * -(-H // step) * -(-W // step) + 5 * H * W
     for c in candidates.values():
@@ -443,9 +446,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
 
     m_oof = oof["matched"]
     cal = _calibration(m_oof, best)
-    oof_dist = knndm.fold_distances(folds.fold, k, area.grid.res, m_oof["idx"])
-    w = distance_weights(oof_dist, folds.Gij)
-    weighted_oa = float(np.average(cal["right"], weights=w)) if w.sum() > 0 else float("nan")
+    weighted_oa = _distance_weighted_accuracy(folds, area.grid.res, m_oof["idx"], cal["right"])
 
     t1 = time.perf_counter()
     fits = {m: fit_final(c, features[m], labels, mask, fraction=fraction, cap=cap, seed=seed)
@@ -477,6 +478,15 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         warnings=warnings_, rank_by=rank_by)
     return dict(trust=trust, folds=folds, cv_distances=cv["distances"], oof=oof, oof_di=app["oof_di"],
                 **{k: final[k] for k in ("classes", "entropy", "di", "aoa", "agreement", "figure_step")})
+
+
+def _distance_weighted_accuracy(folds, res: float, idx: np.ndarray, right: np.ndarray) -> float:
+    """The matched out-of-fold pixels ``idx`` (``right``: each predicted right or not) weighted so that their
+    distances to their fold's training side follow the ground's (:func:`distance_weights`)."""
+    from .knndm import fold_distances
+
+    w = distance_weights(fold_distances(folds.fold, folds.k, res, idx), folds.Gij)
+    return float(np.average(right, weights=w)) if w.sum() > 0 else float("nan")
 
 
 def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction: float, cap: int) -> None:

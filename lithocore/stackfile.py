@@ -23,7 +23,7 @@ import numpy as np
 from .area import block_row_mb, gdal_cache
 
 __all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "Channels",
-           "STRIP_ROWS", "STACK_IN_MEMORY_MB", "strips", "in_memory_mb", "hold_if_fits"]
+           "STRIP_ROWS", "STACK_IN_MEMORY_MB", "strips", "held_whole", "hold_if_fits"]
 
 #: Rows per strip when a stack is read, or its statistics computed, strip by strip.
 STRIP_ROWS = 64
@@ -136,28 +136,28 @@ def open_stack(path: str | Path, *, memory_mb: float | None = None):
     from .outputs import read_stack
 
     s = StackFile(path)
-    if s.nbytes <= in_memory_mb(memory_mb) * 2**20:
+    if held_whole(s.nbytes, memory_mb):
         return read_stack(path)[0]
     return s
 
 
-def in_memory_mb(memory_mb: float | None = None) -> float:
-    """MB of float32 channels held whole rather than read strip by strip: ``memory_mb``, else the environment's
-    ``LITHOCORE_STACK_IN_MEMORY_MB``, else :data:`STACK_IN_MEMORY_MB`.
+def held_whole(nbytes: float, memory_mb: float | None = None) -> bool:
+    """Whether ``nbytes`` of channels are held whole rather than read strip by strip: at most ``memory_mb``, else
+    the environment's ``LITHOCORE_STACK_IN_MEMORY_MB``, else :data:`STACK_IN_MEMORY_MB` (megabytes).
 
-    >>> in_memory_mb(10.0)
-    10.0
+    >>> held_whole(2**20, 1.0), held_whole(2**20 + 1, 1.0)
+    (True, False)
     """
     import os
 
-    if memory_mb is not None:
-        return float(memory_mb)
-    return float(os.environ.get("LITHOCORE_STACK_IN_MEMORY_MB", STACK_IN_MEMORY_MB))
+    if memory_mb is None:
+        memory_mb = float(os.environ.get("LITHOCORE_STACK_IN_MEMORY_MB", STACK_IN_MEMORY_MB))
+    return nbytes <= float(memory_mb) * 2**20
 
 
 def hold_if_fits(stack, memory_mb: float | None = None):
     """``stack`` (C, H, W), read strip by strip (a :class:`Neighbourhood`, a :class:`StackFile`), held whole as a
-    float32 array when it fits :func:`in_memory_mb`, else returned as it is. Held, it is filled over the same
+    float32 array when it fits the budget (:func:`held_whole`), else returned as it is. Held, it is filled over the same
     :data:`STRIP_ROWS` strips it is read in, so every value is the one a strip-by-strip reader gets.
 
     >>> base = np.arange(2 * 130 * 3, dtype=np.float32).reshape(2, 130, 3)
@@ -167,7 +167,7 @@ def hold_if_fits(stack, memory_mb: float | None = None):
     ('ndarray', True, 'Neighbourhood')
     """
     C, H, W = stack.shape
-    if 4 * C * H * W > in_memory_mb(memory_mb) * 2**20:
+    if not held_whole(4 * C * H * W, memory_mb):
         return stack
     out = np.empty((C, H, W), np.float32)
     for r0 in range(0, H, STRIP_ROWS):
