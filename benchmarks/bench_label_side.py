@@ -1,5 +1,5 @@
 """The label side of the workbook at province scale: folds, fold regions, class coverage, the spatial split and the
-fold windows of an N x N scene, each in a fresh process, with their seconds and peak memory.
+fold windows of an N x N scene, and notebook 07's matched (kNNDM) folds, each in a fresh process, with their seconds and peak memory.
 
     python benchmarks/bench_label_side.py --size 20000 [--k 4 --block 384 --buffer 128 --tile 128 --stride 64]
 
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-STEPS = ("scene", "folds", "fold_regions", "fold_coverage", "spatial_split", "fold_windows")
+STEPS = ("scene", "folds", "fold_regions", "fold_coverage", "spatial_split", "fold_windows", "matched_folds")
 
 
 def scene(size: int, seed: int = 0):
@@ -54,7 +54,7 @@ def step(name: str, a) -> dict:
     labels, mask = scene(a.size)
     t0 = time.perf_counter()
     out: dict = {}
-    if name != "scene":
+    if name not in ("scene", "matched_folds"):
         folds = crossval.make_folds(labels, mask, a.k, block=a.block, buffer=a.buffer, seed=0)
     if name == "folds":
         out["blocks_with_labels"] = folds.info["blocks_with_labels"]
@@ -69,6 +69,12 @@ def step(name: str, a) -> dict:
     elif name == "fold_windows":
         out["windows"] = [len(T.fold_windows(labels, mask, a.tile, a.stride, a.n_samples,
                                              allowed=crossval.fold_regions(folds, i, mask)[1])) for i in range(a.k)]
+    elif name == "matched_folds":  # notebook 07's kNNDM folds, matched to the valid unlabelled ground
+        from lithocore import knndm
+
+        ground = mask & (labels == 255)  # as notebook 07 holds it (StudyArea.predict)
+        f = knndm.knndm_folds(labels, mask, ground, 15.0, a.k, seed=0)
+        out |= dict(method=f.method, W=round(f.W, 3), W_random=round(f.info["W_random"], 3))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(step=name, size=a.size, seconds=round(time.perf_counter() - t0, 1), peak_rss_mb=round(peak), **out)
 

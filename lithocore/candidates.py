@@ -74,7 +74,7 @@ class DeepCandidate:
 
         cfg = self.config
         mask = np.isfinite(F).all(0)
-        side = mask if train is None else train & mask
+        side = mask if train is None else np.asarray(train[0:len(mask)], bool) & mask  # an array or a RowMap
         lab = np.where(side, labels, NO_LABEL).astype(np.uint8)
         cand = fold_windows(lab, mask, cfg.tile, cfg.stride, cfg.n_samples)
         if not len(cand):

@@ -61,40 +61,28 @@ def sample_pixels(labels: np.ndarray, allowed: np.ndarray, fraction: float = 0.1
     >>> len(sample_pixels(lab, np.ones_like(lab, bool), 0.5))
     5
     """
-    from .tiles import row_strips
+    from .tiles import pixels_at_ranks, row_strips
 
     rng = np.random.default_rng(seed)
-    W = labels.shape[1]
     strips = row_strips(*labels.shape, 16)
 
-    def strip(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        lab = labels[a:b].ravel()
-        return lab, np.asarray(allowed[a:b], bool).ravel() & (lab != NO_LABEL)
+    def strip(a: int, b: int) -> np.ndarray:  # the rows' classes, -1 where not allowed or not labelled
+        lab = labels[a:b].ravel().astype(np.int16)
+        lab[~(np.asarray(allowed[a:b], bool).ravel() & (lab != NO_LABEL))] = -1
+        return lab
 
     # Strip by strip (``allowed`` an array or a RowMap): each class's pixels counted, then the positions drawn
     # among them (the same draw as from the class's flat indices: the rank of a pixel in row-major order), then
     # the drawn ranks found in their strips. No scene-sized index (eight bytes a pixel) is ever made.
     counts = np.zeros((len(strips), 256), np.int64)
     for j, (a, b) in enumerate(strips):
-        lab, ok = strip(a, b)
-        counts[j] = np.bincount(lab[ok], minlength=256)[:256]
+        lab = strip(a, b)
+        counts[j] = np.bincount(lab[lab >= 0], minlength=256)[:256]
     drawn = {}
     for k in np.flatnonzero(counts.sum(0)):
         size = int(counts[:, k].sum())
         drawn[k] = np.sort(rng.choice(size, _drawn(size, fraction, max_per_class), replace=False))
-    if not drawn:
-        return np.zeros(0, np.int64)
-    before = np.cumsum(counts, axis=0) - counts  # each class's pixels in the strips above
-    picks = []
-    for j, (a, b) in enumerate(strips):
-        lab = ok = None
-        for k, ranks in drawn.items():
-            lo, hi = np.searchsorted(ranks, [before[j, k], before[j, k] + counts[j, k]])
-            if hi > lo:
-                if lab is None:
-                    lab, ok = strip(a, b)
-                picks.append(np.flatnonzero(ok & (lab == k))[ranks[lo:hi] - before[j, k]] + a * W)
-    return np.sort(np.concatenate(picks)).astype(np.int64)
+    return pixels_at_ranks(strip, strips, counts, drawn, labels.shape[1])
 
 
 def neighbourhood_channels(channels: int, sizes: tuple[int, ...]) -> int:

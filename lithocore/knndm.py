@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from .area import NO_LABEL
-from .tiles import blocks_any, labelled_map, row_strips, value_counts
+from .tiles import RowMap, blocks_any, both_map, draw_pixels, labelled_map, row_strips, value_counts
 
 __all__ = ["MatchedFolds", "nearest_label_distance", "distances_at", "prediction_distances", "fold_distances", "knndm_folds",
            "autocorrelation_range", "wasserstein", "random_folds"]
@@ -81,11 +81,11 @@ def nearest_label_distance(labelled: np.ndarray, res: float) -> np.ndarray:
 DISTANCE_PIXELS = 16_000_000
 
 
-def distances_at(labelled: np.ndarray, res: float, points: np.ndarray) -> np.ndarray:
+def distances_at(labelled, res: float, points: np.ndarray) -> np.ndarray:
     """Distance (map units) from the pixels ``points`` (flat indices) to the nearest ``True`` pixel of
-    ``labelled``: :func:`nearest_label_distance` on the scene's grid up to :data:`DISTANCE_PIXELS` pixels, else on
-    a grid k times coarser (a cell set when any of its pixels is; cell centre to cell centre, within k pixels of
-    the exact distance).
+    ``labelled`` (an array or a :class:`~lithocore.tiles.RowMap`): :func:`nearest_label_distance` on the scene's
+    grid up to :data:`DISTANCE_PIXELS` pixels, else on a grid k times coarser (a cell set when any of its pixels
+    is, read strip by strip; cell centre to cell centre, within k pixels of the exact distance).
 
     >>> lab = np.zeros((4, 6), bool); lab[0, 0] = True
     >>> distances_at(lab, 30.0, np.array([0, 5, 23])).round(1).tolist()  # pixel 23: 3 rows, 5 columns away
@@ -97,46 +97,57 @@ def distances_at(labelled: np.ndarray, res: float, points: np.ndarray) -> np.nda
     k = preview_factor(H, W, DISTANCE_PIXELS)
     points = np.asarray(points, np.int64)
     if k == 1:
-        return nearest_label_distance(labelled, res).ravel()[points]
-    return nearest_label_distance(blocks_any(labelled, k), res * k)[points // W // k, points % W // k]
+        return _distance_at(np.asarray(labelled[0:H], bool), res, points // W, points % W)
+    return _distance_at(blocks_any(labelled, k), res * k, points // W // k, points % W // k)
 
 
-def _sample(region: np.ndarray, n: int, rng) -> np.ndarray:
-    """Flat indices of at most ``n`` pixels of ``region``, drawn at random without replacement."""
-    idx = np.flatnonzero(region)
-    return np.sort(rng.choice(idx, min(n, idx.size), replace=False)) if idx.size else idx
+def _distance_at(labelled: np.ndarray, res: float, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """:func:`nearest_label_distance` at the pixels (``rows``, ``cols``) only: from the feature transform (each
+    pixel's nearest labelled pixel, two int32 a pixel) rather than scipy's distance map (some 40 bytes a pixel at
+    its peak); the same arithmetic, so the same values."""
+    if not labelled.any():
+        return np.full(len(rows), np.inf)
+    ft = ndimage.distance_transform_edt(~labelled, return_distances=False, return_indices=True)
+    d = (ft[:, rows, cols] - np.stack([rows, cols])).astype(np.float64)
+    return np.sqrt(np.add.reduce(d * d, axis=0)) * float(res)
 
 
-def prediction_distances(labelled: np.ndarray, ground: np.ndarray, res: float, *, n: int = 5000,
+def prediction_distances(labelled, ground, res: float, *, n: int = 5000,
                          seed: int = 0) -> np.ndarray:
-    """``Gij``: for ``n`` pixels drawn from the ground to predict, the distance to the nearest labelled pixel
-    (metres; 0 where the ground itself holds labels)."""
-    return distances_at(labelled, res, _sample(ground, n, np.random.default_rng(seed)))
+    """``Gij``: for ``n`` pixels drawn from the ground to predict (an array or a :class:`~lithocore.tiles.RowMap`),
+    the distance to the nearest labelled pixel (metres; 0 where the ground itself holds labels)."""
+    return distances_at(labelled, res, draw_pixels(ground, n, np.random.default_rng(seed)))
 
 
 def fold_distances(fold: np.ndarray, k: int, res: float, points: np.ndarray) -> np.ndarray:
     """``Gj*``: for the labelled pixels ``points`` (flat indices), the distance to the nearest labelled pixel of
     another fold (metres)."""
     out = np.empty(points.size)
-    flat = fold.ravel()
+    at_fold = fold.ravel()[points]
     for i in range(k):
-        at = flat[points] == i
-        if not at.any():
-            continue
-        other = (fold >= 0) & (fold != i)
-        out[at] = distances_at(other, res, points[at])
+        at = at_fold == i
+        if at.any():  # the other folds' labels, strip by strip (no scene-sized map)
+            other = RowMap(lambda a, b, i=i: (fold[a:b] >= 0) & (fold[a:b] != i), fold.shape)
+            out[at] = distances_at(other, res, points[at])
     return out
 
 
-def random_folds(labelled: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Each labelled pixel dealt to one of ``k`` folds at random (int8; -1 elsewhere): random cross-validation.
+def random_folds(labelled, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Each labelled pixel (``labelled``: an array or a :class:`~lithocore.tiles.RowMap`) dealt to one of ``k``
+    folds at random (int8; -1 elsewhere): random cross-validation. One draw of one byte a labelled pixel, given
+    out strip by strip in row-major order.
 
     >>> f = random_folds(np.array([[True, False, True]]), 2, np.random.default_rng(0))
     >>> int(f[0, 1]), set(f[0, [0, 2]].tolist()) <= {0, 1}
     (-1, True)
     """
     out = np.full(labelled.shape, -1, np.int8)
-    out[labelled] = rng.integers(0, k, int(labelled.sum()))
+    draws, at = rng.integers(0, k, labelled.sum(), dtype=np.int8), 0
+    for a, b in row_strips(*labelled.shape, 2):
+        lab = np.asarray(labelled[a:b], bool)
+        n = int(np.count_nonzero(lab))
+        out[a:b][lab] = draws[at:at + n]
+        at += n
     return out
 
 
@@ -199,7 +210,8 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     labels, mask
         Class indices (:data:`~lithocore.area.NO_LABEL` for none) and the valid-data mask.
     ground
-        (H, W) bool, the ground to predict (its labels already withheld from ``labels``).
+        (H, W) bool (an array or a :class:`~lithocore.tiles.RowMap`), the ground to predict (its labels already
+        withheld from ``labels``).
     res
         Pixel size in metres.
     k
@@ -232,18 +244,20 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     (True, True)
     """
     rng = np.random.default_rng(seed)
-    labelled = (labels != NO_LABEL) & mask
-    n_lab = int(labelled.sum())
+    labelled = labelled_map(labels, mask)  # strip by strip, as every use below reads it
+    n_lab = labelled.sum()
     if n_lab < 2 * k:
         raise ValueError(f"only {n_lab} labelled pixels: too few for {k} matched folds")
-    if not ground.any():
-        raise ValueError("the ground to predict is empty: there is nothing to match the folds to")
     H, W = labels.shape
+    on_ground = both_map(ground, mask)  # strip by strip: no scene-sized copy
+    ground_pixels = on_ground.sum()
+    if not ground_pixels:
+        raise ValueError("the ground to predict is empty: there is nothing to match the folds to")
     f = max(1, math.ceil(math.sqrt(H * W / max_work_pixels)))
-    gij = prediction_distances(labelled, ground & mask, res, n=n_points, seed=seed)
+    gij = prediction_distances(labelled, on_ground, res, n=n_points, seed=seed)
 
     lab_w = blocks_any(labelled, f)  # the labels on the working grid
-    pts = _sample(labelled, n_points, rng)
+    pts = draw_pixels(labelled, n_points, rng)
     xy = np.column_stack([pts % W + 0.5, pts // W + 0.5])
     pts_w = np.flatnonzero(lab_w.ravel())[rng.choice(lab_w.sum(), min(n_points, int(lab_w.sum())), replace=False)]
     best, tried = _search_clusters(xy, lab_w, f, k, res, pts_w, gij, maxp=maxp, n_candidates=n_candidates,
@@ -255,7 +269,7 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
     w_rand = wasserstein(gj_rand, gij)
 
     info = dict(k=k, maxp=maxp, n_points=int(len(pts)), work_factor=f, candidates=tried, W_random=w_rand,
-                labelled_pixels=n_lab, ground_pixels=int((ground & mask).sum()),
+                labelled_pixels=n_lab, ground_pixels=int(ground_pixels),
                 Gij_median_m=float(np.median(gij)), Gij_q90_m=float(np.quantile(gij, 0.9)))
     fold = rand
     method, w_final, gjstar = "random", w_rand, gj_rand
@@ -268,11 +282,11 @@ def knndm_folds(labels: np.ndarray, mask: np.ndarray, ground: np.ndarray, res: f
             fold, method, w_final, gjstar = cand, f"kNNDM ({q} clusters)", w, gj
             info["q"] = q
     info |= dict(method=method, W=w_final, Gjstar_median_m=float(np.median(gjstar)),
-                 labelled_share_per_fold=[float((fold == i).sum() / n_lab) for i in range(k)])
+                 labelled_share_per_fold=(value_counts(fold, labelled, k) / n_lab).tolist())
     return MatchedFolds(k, fold, method, w_final, gij, gjstar, info)
 
 
-def _full_resolution(best, labelled: np.ndarray, k: int, res: float, pts: np.ndarray):
+def _full_resolution(best, labelled, k: int, res: float, pts: np.ndarray):
     """The search's best clustering (:func:`_search_clusters`) given to every labelled pixel: (fold map, -1 where
     not labelled; its nearest-neighbour distances ``Gj*`` from the sampled pixels ``pts``)."""
     _, _, km, fold_of = best

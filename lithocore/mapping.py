@@ -732,13 +732,8 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
         work = Path(work)
         windows = _run_windows(model, stack_path, plan, mean, std, cluster, work, shifts)
         bar = tqdm(total=plan.count, desc=f"mapping ({prefix})", unit="window", disable=not progress)
-        _write_windows(work, grid, table, windows, mask=mask, tags=extra, done=bar.update)
+        mapped = _write_windows(paths, grid, table, windows, mask=mask, tags=extra, done=bar.update) - t0
         bar.close()
-        mapped = time.perf_counter() - t0
-        write_cog(work / "classes.tif", paths["classes"], resampling="nearest")
-        write_cog(work / "confidence.tif", paths["confidence"], resampling="average")
-    write_qml(paths["classes"].with_suffix(".qml"), table)
-    _legend_png(paths["classes"], table)
     seconds = time.perf_counter() - t0
     return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]),
                 style=str(paths["classes"].with_suffix(".qml")), seconds=seconds, mapping_seconds=mapped,
@@ -747,34 +742,26 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
                 cluster=None if cluster is None else str(cluster), map_id=map_id, tags=extra)
 
 
-def _write_windows(folder: Path, grid: Grid, table: ClassTable, windows, *, mask: np.ndarray | None, tags: dict,
-                   done: Callable[[int], object]) -> None:
-    """``classes.tif`` (class ids, the table's colours) and ``confidence.tif`` (Byte, :data:`CONFIDENCE_SCALE`)
-    in ``folder``, tiled GeoTIFFs of ``grid`` written window by window as ``windows`` yields them
-    (:func:`_run_windows`); outside ``mask`` and where the window is not valid, nodata. ``tags`` in both;
-    ``done(1)`` after each window."""
-    dtype, nodata = table.id_dtype()
-    tiled = dict(tiled=True, blockxsize=256, blockysize=256)
-    prof_c = grid.profile(1, dtype, nodata, compress=None) | tiled
-    prof_p = grid.profile(1, "uint8", CONFIDENCE_NODATA, compress=None) | tiled
-    with gdal_cache(GDAL_CACHE_MB), rasterio.open(folder / "classes.tif", "w", **prof_c) as dc, \
-            rasterio.open(folder / "confidence.tif", "w", **prof_p) as dp:
+def _write_windows(paths: dict, grid: Grid, table: ClassTable, windows, *, mask: np.ndarray | None, tags: dict,
+                   done: Callable[[int], object]) -> float:
+    """The class map (``paths["classes"]``: :func:`class_map_writer`'s file, style and legend) and its confidence
+    (``paths["confidence"]``: Byte, :data:`CONFIDENCE_SCALE`), written window by window as ``windows`` yields them
+    (:func:`_run_windows`) and made COGs when done (:class:`~lithocore.outputs.GeoTiffWriter`); outside ``mask``
+    and where the window is not valid, nodata. ``tags`` in both; ``done(1)`` after each window. Returns the
+    ``time.perf_counter()`` at which the last window was written (before the COGs are made)."""
+    conf = GeoTiffWriter(paths["confidence"], grid, 1, "uint8", nodata=CONFIDENCE_NODATA,
+                         band_names=["confidence (largest class probability)"], scales=(CONFIDENCE_SCALE,),
+                         tags=tags | dict(units="probability = value x scale (1/250); 255 = nodata"), cog="average")
+    with gdal_cache(GDAL_CACHE_MB), class_map_writer(paths["classes"], grid, table, tags=tags) as dc, conf as dp:
         for r0, c0, cls, p, ok in windows:
             h, w = cls.shape
             if mask is not None:
                 ok &= mask[r0:r0 + h, c0:c0 + w]
-            win = rasterio.windows.Window(c0, r0, w, h)
-            dc.write(table.to_ids(np.where(ok, cls, NO_LABEL).astype(np.uint8))[None], window=win)
-            dp.write(np.where(ok, np.round(p / CONFIDENCE_SCALE), CONFIDENCE_NODATA).astype(np.uint8)[None],
-                     window=win)
+            dc.write(table.to_ids(np.where(ok, cls, NO_LABEL).astype(np.uint8)), r0, c0)
+            dp.write(np.where(ok, np.round(p / CONFIDENCE_SCALE), CONFIDENCE_NODATA).astype(np.uint8), r0, c0)
             done(1)
-        if dtype in ("uint8", "uint16"):
-            dc.write_colormap(1, class_map_colours(table))
-        dc.set_band_description(1, "class id")
-        dc.update_tags(**_class_tags(table), **tags)
-        dp.set_band_description(1, "confidence (largest class probability)")
-        dp.scales, dp.offsets = (CONFIDENCE_SCALE,), (0.0,)
-        dp.update_tags(**tags, units="probability = value x scale (1/250); 255 = nodata")
+        written = time.perf_counter()
+    return written
 
 
 def _run_windows(model, stack_path, plan: WindowPlan, mean, std, cluster, work: Path, shifts: int = 1):

@@ -30,10 +30,10 @@ class GeoTiffWriter:
 
     def __init__(self, path: str | os.PathLike, grid: Grid, count: int, dtype: str, *,
                  nodata: float | None = float("nan"), band_names: list[str] | None = None, tags: dict | None = None,
-                 colormap: dict | None = None, cog: str | None = None):
+                 colormap: dict | None = None, scales: tuple[float, ...] | None = None, cog: str | None = None):
         self.path, self.grid, self.cog = Path(path), grid, cog
         self._profile = grid.profile(count, str(np.dtype(dtype)), nodata, compress=None if cog else "deflate")
-        self._finish = dict(band_names=band_names or [], tags=tags or {}, colormap=colormap)
+        self._finish = dict(band_names=band_names or [], tags=tags or {}, colormap=colormap, scales=scales)
 
     def __enter__(self) -> "GeoTiffWriter":
         import contextlib
@@ -67,6 +67,8 @@ class GeoTiffWriter:
                     dst.update_tags(**{k: str(v) for k, v in fin["tags"].items()})
                 if fin["colormap"]:
                     dst.write_colormap(1, fin["colormap"])
+                if fin["scales"]:  # stored values x scale = the quantity (offsets 0)
+                    dst.scales, dst.offsets = tuple(fin["scales"]), (0.0,) * len(fin["scales"])
         finally:
             dst.close()
         if complete and self.cog:

@@ -27,6 +27,7 @@ from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
 from .data import preview_factor
 from .forest import check_training_memory, neighbourhood_channels, pixel_features, training_pixels
 from .knndm import random_folds
+from .tiles import RowMap, both_map, draw_pixels, labelled_map, value_counts
 
 __all__ = ["QUESTIONS", "fold_sets", "cross_validate_proba", "estimate", "choose", "fit_final", "aoa_for",
            "held_out_check", "agreement", "cv_distances", "confidence_errors", "distance_weights", "memory_needed",
@@ -49,11 +50,12 @@ def fold_sets(kind: str, fold: np.ndarray, k: int, mask: np.ndarray, labels: np.
     fold's labels; block folds keep the buffer around the test blocks (:func:`lithocore.crossval.fold_regions`)."""
     from .crossval import Folds, fold_regions
 
-    labelled = (labels != NO_LABEL) & mask
+    labelled = labelled_map(labels, mask)  # every region strip by strip (RowMaps): no scene-sized map a fold
     if kind == "block":
         folds = Folds(k, 0, buffer, fold)
-        return lambda i: tuple(r & labelled for r in fold_regions(folds, i, mask))
-    return lambda i: (labelled & (fold == i), labelled & (fold >= 0) & (fold != i))
+        return lambda i: tuple(both_map(r, labelled) for r in fold_regions(folds, i, mask, test_as_rows=True))
+    return lambda i: (RowMap(lambda a, b: labelled[a:b] & (fold[a:b] == i), fold.shape),
+                      RowMap(lambda a, b: labelled[a:b] & (fold[a:b] >= 0) & (fold[a:b] != i), fold.shape))
 
 
 def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, regions, k: int, n_classes: int, *,
@@ -80,12 +82,11 @@ def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, re
     bar = tqdm(total=k * len(candidates), desc="cross-validation", disable=not progress)
     for i in range(k):
         test, train = regions(i)
-        t = np.flatnonzero(test)
-        if not len(t) or not train.any():
+        t = draw_pixels(test, max_test, rng) if train.any() else ()
+        if not len(t):
             bar.update(len(candidates))
             continue
-        t = np.sort(rng.choice(t, min(max_test, len(t)), replace=False))
-        have = set(np.unique(flat[train.ravel()]).tolist())
+        have = set(np.flatnonzero(value_counts(labels, train, 256)).tolist())
         lack = sorted(set(np.unique(flat[t]).tolist()) - have)
         if lack:
             missing.append(dict(fold=i, classes=lack))
@@ -195,10 +196,9 @@ def _from_predictions(preds: list[np.ndarray], regions, labels: np.ndarray, name
     rng = np.random.default_rng(seed)
     idx_all, fold_all, pr = [], [], []
     for i, pred in enumerate(preds):
-        t = np.flatnonzero(regions(i)[0])
+        t = draw_pixels(regions(i)[0], max_test, rng)
         if not len(t):
             continue
-        t = np.sort(rng.choice(t, min(max_test, len(t)), replace=False))
         p = pred.ravel()[t].astype(np.int64)
         ok = p < n_classes
         idx_all.append(t[ok])
@@ -500,11 +500,11 @@ def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction
                                   c.n_trees, what=f"notebook 07's {c.label}")
 
 
-def _ground_to_predict(area, warnings_: list) -> np.ndarray:
+def _ground_to_predict(area, warnings_: list):
     """The ground the map is for (the manifest's ``predict``, else every valid unlabelled pixel); where every
     valid pixel is labelled, the labelled map itself (distance 0), said so in ``warnings_``."""
     mask = area.mask
-    ground = area.predict & mask if area.predict is not None else np.zeros_like(mask)
+    ground = both_map(area.predict, mask)  # strip by strip: no copy of the scene
     if not ground.any():
         warnings_.append("every valid pixel carries a label, so there is no unlabelled ground to predict: the matched "
                          "estimate is for the labelled map itself (declare 'predict:' polygons to hold out ground)")
@@ -591,7 +591,7 @@ def _estimates(area, features, candidates, folds, block_folds, block_predictions
                          + ": those pixels cannot be right, and the estimates count them")
     rec, regions = {best: candidates[best]}, {}
     if "random" in estimates:
-        rand = random_folds((labels != NO_LABEL) & mask, k, np.random.default_rng(seed))
+        rand = random_folds(labelled_map(labels, mask), k, np.random.default_rng(seed))
         regions["random"] = (fold_sets("random", rand, k, mask, labels), k)
         oof["random"] = cross_validate_proba({best: features[best]}, labels, regions["random"][0], k, candidates=rec,
                                              cache_dir=keep["random"], **common)

@@ -72,6 +72,14 @@ class RowMap:
         a, b, _ = s.indices(self.shape[0])
         return self.rows(a, b)
 
+    def any(self) -> bool:
+        """Whether any pixel is True (read strip by strip, as an array's ``any``)."""
+        return any(bool(self[a:b].any()) for a, b in row_strips(*self.shape, 2))
+
+    def sum(self) -> int:
+        """The True pixels (counted strip by strip, as an array's ``sum``)."""
+        return sum(int(np.count_nonzero(self[a:b])) for a, b in row_strips(*self.shape, 2))
+
 
 def both_map(first, second) -> RowMap:
     """The pixels True in both ``first`` and ``second`` (each an array or a :class:`RowMap`), strip by strip.
@@ -191,16 +199,69 @@ def value_counts(values: np.ndarray, where: np.ndarray, n: int, offset: int = 0)
     return out
 
 
-def blocks_any(mask: np.ndarray, size: int) -> np.ndarray:
-    """``mask`` on a grid ``size`` times coarser: a block is set when any of its pixels is (the last row and
-    column of blocks may be partial).
+def pixels_at_ranks(strip, strips: list[tuple[int, int]], counts: np.ndarray, drawn: dict[int, np.ndarray],
+                    width: int) -> np.ndarray:
+    """Flat indices (int64, ascending) of drawn pixels, found strip by strip: for each value ``v`` of ``drawn``,
+    the pixels whose rank among the pixels of value ``v`` (in row-major order) is in ``drawn[v]`` (sorted).
+    ``strip(a, b)`` gives rows ``a:b``'s values, flat; ``counts[j, v]`` is the pixels of value ``v`` in strip ``j``
+    of ``strips``. The same pixels as ``np.flatnonzero(values == v)[drawn[v]]``, with no scene-sized index (eight
+    bytes a pixel); a strip is read only where it holds a drawn pixel.
+
+    >>> v = np.array([[1, 0, 1], [1, 1, 0]])
+    >>> st = [(0, 1), (1, 2)]
+    >>> pixels_at_ranks(lambda a, b: v[a:b].ravel(), st, np.array([[1, 2], [1, 2]]), {1: np.array([1, 3])}, 3)
+    array([2, 4])
+    """
+    before = np.cumsum(counts, axis=0) - counts  # each value's pixels in the strips above
+    picks = []
+    for j, (a, b) in enumerate(strips):
+        values = None
+        for v, ranks in drawn.items():
+            lo, hi = np.searchsorted(ranks, [before[j, v], before[j, v] + counts[j, v]])
+            if hi > lo:
+                values = strip(a, b) if values is None else values
+                picks.append(np.flatnonzero(values == v)[ranks[lo:hi] - before[j, v]] + a * width)
+    return np.sort(np.concatenate(picks)).astype(np.int64) if picks else np.zeros(0, np.int64)
+
+
+def draw_pixels(region, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Flat indices (ascending) of at most ``n`` pixels of ``region`` (an array or a :class:`RowMap`) drawn at
+    random without replacement: the same pixels, and the same draw of ``rng``, as
+    ``np.sort(rng.choice(np.flatnonzero(region), n, replace=False))``, counted and found strip by strip (no draw
+    when the region is empty).
+
+    >>> region = np.array([[True, False, True], [False, True, True]])
+    >>> draw_pixels(region, 2, np.random.default_rng(1)).tolist()
+    [2, 4]
+    >>> np.sort(np.random.default_rng(1).choice(np.flatnonzero(region), 2, replace=False)).tolist()
+    [2, 4]
+    """
+    strips = row_strips(*region.shape, 16)  # a strip's flat indices: eight bytes a pixel
+    counts = np.zeros((len(strips), 2), np.int64)
+    counts[:, 1] = [np.count_nonzero(region[a:b]) for a, b in strips]
+    total = int(counts[:, 1].sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    ranks = np.sort(rng.choice(total, min(n, total), replace=False))
+    return pixels_at_ranks(lambda a, b: np.asarray(region[a:b], bool).ravel(), strips, counts, {1: ranks},
+                           region.shape[1])
+
+
+def blocks_any(mask, size: int) -> np.ndarray:
+    """``mask`` (an array or a :class:`RowMap`) on a grid ``size`` times coarser: a block is set when any of its
+    pixels is (the last row and column of blocks may be partial); read a strip of whole blocks at a time.
 
     >>> blocks_any(np.eye(5, dtype=bool), 2).astype(int).tolist()
     [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
     """
     H, W = mask.shape
-    m = np.pad(np.asarray(mask, bool), ((0, -H % size), (0, -W % size)))
-    return m.reshape(m.shape[0] // size, size, m.shape[1] // size, size).any((1, 3))
+    out = np.zeros((-(-H // size), -(-W // size)), bool)
+    rows = max(1, strip_rows(W, 2) // size) * size
+    for a in range(0, H, rows):
+        m = np.asarray(mask[a:min(H, a + rows)], bool)
+        m = np.pad(m, ((0, -m.shape[0] % size), (0, -W % size)))
+        out[a // size:a // size + m.shape[0] // size] = m.reshape(m.shape[0] // size, size, -1, size).any((1, 3))
+    return out
 
 
 def block_map(values: np.ndarray, block: tuple[int, int], shape: tuple[int, int], step: int = 1) -> np.ndarray:

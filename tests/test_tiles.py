@@ -230,3 +230,45 @@ def test_window_map_and_region_statistics_strip_by_strip(monkeypatch):
         assert got["mean"][c] == pytest.approx(v.mean(), rel=1e-12)
         assert got["std"][c] == pytest.approx(v.std(), rel=1e-9)
     assert got == stackfile.region_stats(stack, sel)
+
+
+def test_pixels_drawn_strip_by_strip_are_the_whole_scenes_draw(monkeypatch):
+    """Pixels drawn from a region (an array or a RowMap), the forests' training pixels, random folds and a coarse
+    grid, all made a few rows at a time, are exactly what the whole scene's flat indices give, and leave the
+    random generator where the whole-scene draw leaves it."""
+    from lithocore import forest, knndm
+
+    monkeypatch.setattr(T, "STRIP_MB", 0.0005)  # strips of a few rows: many seams
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        H, W = rng.integers(1, 90, 2)
+        region = rng.random((H, W)) < rng.choice([0.0, 0.01, 0.3, 1.0])
+        n = int(rng.choice([0, 1, 5, 50, 10_000]))
+        rows = T.RowMap(lambda a, b, region=region: region[a:b], region.shape)
+        for given in (region, rows):
+            seed = int(rng.integers(1000))
+            got, r1 = T.draw_pixels(given, n, np.random.default_rng(seed)), np.random.default_rng(seed)
+            idx = np.flatnonzero(region)
+            want = np.sort(r1.choice(idx, min(n, idx.size), replace=False)) if idx.size else idx
+            assert np.array_equal(got, want)
+        r2 = np.random.default_rng(seed)
+        T.draw_pixels(rows, n, r2)
+        assert r2.random() == r1.random()  # the same draws consumed
+        size = int(rng.integers(1, 9))
+        pad = np.pad(region, ((0, -H % size), (0, -W % size)))
+        want = pad.reshape(pad.shape[0] // size, size, -1, size).any((1, 3))
+        assert np.array_equal(T.blocks_any(rows, size), want)
+        folds = knndm.random_folds(rows, 3, np.random.default_rng(seed))
+        want = np.full(region.shape, -1, np.int8)
+        want[region] = np.random.default_rng(seed).integers(0, 3, int(region.sum()), dtype=np.int8)
+        assert np.array_equal(folds, want)
+    labels = rng.integers(0, 5, (83, 57)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.3] = NO_LABEL
+    allowed = rng.random(labels.shape) < 0.8
+    got = forest.sample_pixels(labels, T.RowMap(lambda a, b: allowed[a:b], allowed.shape), 0.2, seed=4,
+                               max_per_class=60)
+    r, picks = np.random.default_rng(4), []
+    for k in range(5):  # each class's flat indices, drawn as the whole scene would
+        idx = np.flatnonzero(allowed & (labels == k))
+        picks.append(idx[np.sort(r.choice(idx.size, forest._drawn(idx.size, 0.2, 60), replace=False))])
+    assert np.array_equal(got, np.sort(np.concatenate(picks))) and len(got) > 100

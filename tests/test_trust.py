@@ -11,6 +11,7 @@ from lithocore.area import NO_LABEL
 from lithocore.errors import StudyAreaError
 from lithocore.data import load_study_area
 from lithocore.synthetic import ground_polygon, write_ground
+from lithocore.tiles import RowMap
 
 
 # ------------------------------------------------------------------------------------------ matched folds
@@ -319,8 +320,11 @@ def test_distances_on_a_coarser_grid_for_a_large_scene(monkeypatch):
     lab = np.zeros((300, 400), bool)
     lab[rng.integers(0, 300, 40), rng.integers(0, 400, 40)] = True
     pts = rng.choice(lab.size, 500, replace=False)
-    exact = knndm.nearest_label_distance(lab, 10.0).ravel()[pts]
+    exact = knndm.nearest_label_distance(lab, 10.0).ravel()[pts]  # scipy's distance map of the whole scene
+    rows = RowMap(lambda a, b: lab[a:b], lab.shape)  # the labels given strip by strip
     assert np.array_equal(knndm.distances_at(lab, 10.0, pts), exact)
+    assert np.array_equal(knndm.distances_at(rows, 10.0, pts), exact)
     monkeypatch.setattr(knndm, "DISTANCE_PIXELS", lab.size // 16)  # a grid 4 times coarser
     coarse = knndm.distances_at(lab, 10.0, pts)
     assert not np.array_equal(coarse, exact) and np.abs(coarse - exact).max() <= 4 * np.sqrt(2) * 10.0
+    assert np.array_equal(knndm.distances_at(rows, 10.0, pts), coarse)
