@@ -16,16 +16,49 @@ from .area import NO_LABEL, Grid, StudyArea
 __all__ = ["fold_colours", "extent_km", "plot_composite", "plot_hillshade", "plot_points", "plot_coarse", "plot_labels",
            "plot_layers", "class_colormap", "plot_tiles", "plot_folds", "plot_history", "plot_confusion", "plot_zoom",
            "class_legend_handles", "save_class_legend", "figure_check", "save_figure", "compare_maps", "plot_ground",
-           "plot_matched_folds", "plot_distances", "plot_reliability", "plot_trust_map", "plot_value", "plot_accuracy_by_di"]
+           "plot_matched_folds", "plot_distances", "plot_reliability", "plot_trust_map", "plot_value", "plot_accuracy_by_di",
+           "FIGURE_PIXELS", "figure_step"]
 
 #: Font size of class legends (readable at the notebook's width).
 LEGEND_FONTSIZE = 9
+
+#: Pixels a figure's map shows at most: a larger scene is drawn from every k-th row and column (:func:`figure_step`;
+#: as notebook 01's previews). The files hold every pixel; notebook 07 keeps only the pixels its figures show.
+FIGURE_PIXELS = 16_000_000
 
 
 def extent_km(grid: Grid) -> list[float]:
     """imshow extent (left, right, bottom, top) in kilometres."""
     left, bottom, right, top = grid.bounds
     return [left / 1e3, right / 1e3, bottom / 1e3, top / 1e3]
+
+
+def figure_step(shape: tuple[int, int]) -> int:
+    """k: a map of ``shape`` is shown by every k-th row and column (1 up to :data:`FIGURE_PIXELS`; classes stay
+    classes, nothing is averaged).
+
+    >>> figure_step((1611, 1650)), figure_step((20000, 20000))
+    (1, 5)
+    """
+    from .data import preview_factor
+
+    return preview_factor(int(shape[0]), int(shape[1]), FIGURE_PIXELS)
+
+
+def _shown(area: StudyArea, values: np.ndarray) -> np.ndarray:
+    """``values`` as a figure draws them: a map on the area's grid by every :func:`figure_step`-th row and column
+    (a view: a province's figure never copies, masks or resamples the whole scene); a map already so taken
+    (notebook 07's) as it is.
+
+    >>> from types import SimpleNamespace
+    >>> _shown(SimpleNamespace(mask=np.ones((5, 7), bool), shape=(5, 7)), np.zeros((5, 7))).shape
+    (5, 7)
+    """
+    if tuple(values.shape) != tuple(area.shape):
+        _valid_shown(area, values)  # every k-th pixel of the area's grid, or refused
+        return values
+    k = figure_step(area.shape)
+    return values[::k, ::k] if k > 1 else values
 
 
 def _valid_shown(area: StudyArea, values: np.ndarray) -> np.ndarray:
@@ -162,7 +195,7 @@ def plot_labels(area: StudyArea, labels: np.ndarray | None = None, ax=None, titl
     if title is None:
         title = area.labels_name.capitalize() if labels is None else "Class map"
     ax = _axes(ax)
-    lab = area.labels if labels is None else labels
+    lab = _shown(area, area.labels if labels is None else labels)
     shown = np.ma.masked_where((lab == NO_LABEL) | ~_valid_shown(area, lab), lab)
     cmap, norm = class_colormap(area)
     ax.imshow(shown, extent=extent_km(area.grid), cmap=cmap, norm=norm, interpolation="nearest")
@@ -276,7 +309,8 @@ def plot_folds(area: StudyArea, folds, ax=None, outside: bool = False):
 
     ax = _axes(ax)
     colours = fold_colours(folds.k)
-    ax.imshow(np.ma.masked_where(folds.fold < 0, folds.fold), cmap=ListedColormap(colours), vmin=-0.5,
+    fold = _shown(area, folds.fold)
+    ax.imshow(np.ma.masked_where(fold < 0, fold), cmap=ListedColormap(colours), vmin=-0.5,
               vmax=folds.k - 0.5, interpolation="nearest", extent=extent_km(area.grid))
     if folds.block:
         res, (left, _, _, top) = area.grid.res, area.grid.bounds
@@ -502,14 +536,14 @@ def plot_ground(area: StudyArea, ax=None):
     ax = _axes(ax)
     cmap, norm = class_colormap(area)
     ext = extent_km(area.grid)
-    if area.held_out is not None and (area.held_out != NO_LABEL).any():
-        ax.imshow(np.ma.masked_where(area.held_out == NO_LABEL, area.held_out), extent=ext, cmap=cmap, norm=norm,
+    held, labels = _shown(area, area.held_out) if area.held_out is not None else None, _shown(area, area.labels)
+    if held is not None and (held != NO_LABEL).any():
+        ax.imshow(np.ma.masked_where(held == NO_LABEL, held), extent=ext, cmap=cmap, norm=norm,
                   alpha=0.35, interpolation="nearest")
-    ax.imshow(np.ma.masked_where((area.labels == NO_LABEL) | ~area.mask, area.labels), extent=ext, cmap=cmap,
+    ax.imshow(np.ma.masked_where((labels == NO_LABEL) | ~_valid_shown(area, labels), labels), extent=ext, cmap=cmap,
               norm=norm, interpolation="nearest")
-    ground = area.predict if area.predict is not None else np.zeros(area.shape, bool)
-    ax.contourf(np.flipud(ground.astype(float)), levels=[0.5, 1.5], colors="none", hatches=["//"],
-                extent=ext)
+    ax.contourf(np.flipud(_shown(area, area.predict).astype(float)), levels=[0.5, 1.5], colors="none",
+                hatches=["//"], extent=ext)
     handles = class_legend_handles(area.classes) + [
         Patch(facecolor="white", edgecolor="0.3", hatch="//", label="ground to predict"
               + (" (its labels withheld, faded)" if area.predict_declared else ""))]
@@ -522,6 +556,7 @@ def plot_matched_folds(area: StudyArea, fold: np.ndarray, k: int, ax=None, title
     """Each labelled pixel's fold (greys, :func:`fold_colours`: never the class palette), with a legend."""
     ax = _axes(ax)
     cmap = ListedColormap(fold_colours(k))
+    fold = _shown(area, fold)
     ax.imshow(np.ma.masked_where(fold < 0, fold), cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest",
               extent=extent_km(area.grid))
     ax.legend(handles=[Patch(color=cmap(i), label=f"fold {i}") for i in range(k)], loc="lower left",
@@ -565,6 +600,7 @@ def plot_reliability(before: list[dict], after: list[dict], ax=None):
 def plot_trust_map(area: StudyArea, classes: np.ndarray, inside: np.ndarray, ax=None, title: str = "The map to use"):
     """A class map with everything outside the area of applicability greyed out."""
     ax = plot_labels(area, classes, ax=ax, title=title)
+    inside = _shown(area, inside)
     grey = np.ma.masked_where(inside | ~_valid_shown(area, inside), np.ones(inside.shape))
     ax.imshow(grey, extent=extent_km(area.grid), cmap=ListedColormap(["#808080"]), alpha=0.75,
               interpolation="nearest")
@@ -578,6 +614,7 @@ def plot_value(area: StudyArea, values: np.ndarray, ax=None, *, title: str = "",
                cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None):
     """A value map (NaN and invalid pixels blank) with a colour bar."""
     ax = _axes(ax)
+    values = _shown(area, values)
     im = ax.imshow(np.ma.masked_where(~_valid_shown(area, values) | ~np.isfinite(values), values),
                    extent=extent_km(area.grid), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.figure.colorbar(im, ax=ax, shrink=0.8, label=label)

@@ -24,7 +24,6 @@ import numpy as np
 from . import calibration
 from .area import NO_LABEL, gdal_cache
 from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
-from .data import preview_factor
 from .forest import check_training_memory, neighbourhood_channels, pixel_features, training_pixels
 from .knndm import random_folds
 from .tiles import RowMap, both_map, draw_pixels, labelled_map, value_counts
@@ -32,10 +31,6 @@ from .tiles import RowMap, both_map, draw_pixels, labelled_map, value_counts
 __all__ = ["QUESTIONS", "fold_sets", "cross_validate_proba", "estimate", "choose", "fit_final", "aoa_for",
            "held_out_check", "agreement", "cv_distances", "confidence_errors", "distance_weights", "memory_needed",
            "check_memory", "map_to_trust"]
-
-#: Pixels of notebook 07's figure maps at most: a larger scene is shown by every k-th row and column (its files
-#: hold every pixel).
-FIGURE_PIXELS = 16_000_000
 
 #: What each cross-validation answers (printed beside its estimate).
 QUESTIONS = {
@@ -340,6 +335,7 @@ def memory_needed(shape: tuple[int, int, int], candidates: dict[str, ForestCandi
     >>> memory_needed((9, 100, 100), {"f": ForestCandidate("f", "forest")}, 8) // 10_000  # bytes a pixel
     52
     """
+    from .plotting import figure_step
     from .stackfile import STRIP_ROWS, held_whole
 
     C, H, W = shape
@@ -347,7 +343,7 @@ def memory_needed(shape: tuple[int, int, int], candidates: dict[str, ForestCandi
     def held(bands: int) -> int:  # the whole scene of them, or one strip
         return 4 * bands * (H if held_whole(4 * bands * H * W) else STRIP_ROWS) * W
 
-    step = preview_factor(H, W, FIGURE_PIXELS)
+    step = figure_step((H, W))
     need = held(C) + 11 * -(-H // step) * -(-W // step) + 5 * H * W
     for c in candidates.values():
         if isinstance(c, DeepCandidate):
@@ -419,7 +415,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     dict
         ``trust`` (what ``trust.json`` holds), and arrays for the figures: ``folds`` (MatchedFolds),
         ``classes``, ``entropy``, ``di``, ``aoa``, ``agreement`` (every ``figure_step``-th row and column of the
-        scene: all of it up to :data:`FIGURE_PIXELS`), ``oof`` (the pooled out-of-fold sample of every estimate).
+        scene: all of it up to :data:`lithocore.plotting.FIGURE_PIXELS`), ``oof`` (the pooled out-of-fold sample of every estimate).
         The probabilities and every layer are written into ``out_dir`` strip by strip, never held whole.
     """
     from . import knndm
@@ -646,17 +642,18 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
     cloud-optimised GeoTIFF as it is made (a scene of probabilities is never held); the sums the trust record
     needs (confidence and AOA over the ground, the maps at the withheld labels). Returns the figures' maps
     (``classes``, ``entropy``, ``di``, ``aoa``, ``agreement``: every ``figure_step``-th row and column, so that they
-    hold at most :data:`FIGURE_PIXELS`), those sums, the held-out checks and the files."""
+    hold at most :data:`lithocore.plotting.FIGURE_PIXELS`), those sums, the held-out checks and the files."""
     import contextlib
 
     from tqdm.auto import tqdm
 
+    from .plotting import figure_step
     from .stackfile import STRIP_ROWS
 
     mask, names = area.mask, area.classes.names
     H, W = mask.shape
     K = len(names)
-    step = preview_factor(H, W, FIGURE_PIXELS)  # the figures' maps: every step-th row and column
+    step = figure_step((H, W))  # the figures' maps: every step-th row and column
     scenes = {m: c.scene_proba(fits[m][0], features[m]) for m, c in candidates.items() if isinstance(c, DeepCandidate)}
     others = list(dict.fromkeys([*candidates, *(extra_maps or {})]))  # the agreement: candidates' and other maps
     shown = (-(-H // step), -(-W // step))

@@ -215,8 +215,8 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     from lithocore.outputs import write_stack_file
     import matplotlib.pyplot as plt
 
-    from lithocore import recommend
-    from lithocore.plotting import plot_trust_map, plot_value
+    from lithocore import plotting
+    from lithocore.plotting import plot_ground, plot_labels, plot_matched_folds, plot_trust_map, plot_value
     from lithocore.recommend import map_to_trust
     from lithocore.stackfile import Neighbourhood, StackFile, hold_if_fits
 
@@ -227,7 +227,7 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     held = map_to_trust(small_area, stack, tmp_path / "held", **kw)
     monkeypatch.setenv("LITHOCORE_STACK_IN_MEMORY_MB", "0")
     assert isinstance(hold_if_fits(Neighbourhood(stack, (5, 15))), Neighbourhood)  # the predictors: strips
-    monkeypatch.setattr(recommend, "FIGURE_PIXELS", small_area.mask.size // 9)  # figures: every 3rd pixel
+    monkeypatch.setattr(plotting, "FIGURE_PIXELS", small_area.mask.size // 9)  # figures: every 3rd pixel
     strips = map_to_trust(small_area, StackFile(path), tmp_path / "strips", **kw)
     a, b = held["trust"], strips["trust"]
     assert a["recommended_model"] == b["recommended_model"]
@@ -244,8 +244,11 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     assert held["figure_step"] == 1 and strips["figure_step"] == 3
     for name in ("classes", "di", "aoa", "agreement", "entropy"):
         assert np.array_equal(held[name][::3, ::3], strips[name], equal_nan=True), name
-    plot_trust_map(small_area, strips["classes"], strips["aoa"])  # the figures take every 3rd pixel
-    plot_value(small_area, strips["di"])
+    shown = tuple(-(-n // 3) for n in small_area.shape)  # every figure draws every 3rd pixel, of any map given
+    axes = [plot_trust_map(small_area, strips["classes"], strips["aoa"]), plot_value(small_area, strips["di"]),
+            plot_value(small_area, held["di"]), plot_matched_folds(small_area, strips["folds"].fold, 2),
+            plot_ground(small_area), plot_labels(small_area, held["classes"])]
+    assert {im.get_array().shape for ax in axes for im in ax.get_images()} == {shown}
     plt.close("all")
 
 
