@@ -300,7 +300,7 @@ class PaperProtocol:
     deep_scores: dict
     forest: dict  # paper_forest_map's record
     forest_map: np.ndarray
-    forest_confidence: np.ndarray
+    forest_confidence: np.ndarray  # as the figures show it: every figure_step-th row and column
     forest_scores: dict
     split: str
 
@@ -382,6 +382,7 @@ def paper_protocol(run, split: str = "paper", forest: ForestSettings | None = No
     """
     from . import metrics
     from .mapping import read_class_map, read_confidence
+    from .plotting import figure_step
 
     area = run.area
     deep_map, deep_scores = run.class_map(split, boundary_width=boundary_width)
@@ -392,7 +393,8 @@ def paper_protocol(run, split: str = "paper", forest: ForestSettings | None = No
     forest_scores = metrics.evaluate_map(forest_map, area.labels, area.mask, area.classes.names, regions=regions,
                                          boundary_width=boundary_width)
     return PaperProtocol(deep, {deep: display_name(deep), "forest": "random forest"}, deep_map, deep_scores, forest,
-                         forest_map, read_confidence(forest["map"]["confidence"]), forest_scores, split)
+                         forest_map, read_confidence(forest["map"]["confidence"], figure_step(area.shape)),
+                         forest_scores, split)
 
 
 def comparison_record(cv: CrossValidation, paper: PaperProtocol, stripes: dict) -> dict:

@@ -595,12 +595,22 @@ def _legend_png(map_path, table: ClassTable) -> str:
     return save_class_legend(p.with_name(p.stem + "_legend.png"), table)
 
 
-def read_confidence(path) -> np.ndarray:
-    """A confidence map written by the workbook as float probabilities (NaN = nodata)."""
-    with rasterio.open(path) as src:
-        raw = src.read(1, masked=True)
-        scale = src.scales[0] or 1.0
-    return np.where(raw.mask, np.nan, raw.data.astype(np.float32) * scale).astype(np.float32)
+#: Pixels of one strip when a confidence map is read strip by strip (:func:`read_confidence`).
+READ_STRIP_PIXELS = 2**24
+
+
+def read_confidence(path, step: int = 1) -> np.ndarray:
+    """A confidence map written by the workbook as float probabilities (NaN = nodata); ``step`` > 1: every
+    ``step``-th row and column only (what a figure shows of a large scene, :func:`lithocore.plotting.figure_step`),
+    read strip by strip so that the whole map (four bytes a pixel) is never held."""
+    with gdal_cache(GDAL_CACHE_MB), rasterio.open(path) as src:
+        H, W, scale = src.height, src.width, src.scales[0] or 1.0
+        out = np.empty((-(-H // step), -(-W // step)), np.float32)
+        rows = max(1, READ_STRIP_PIXELS // max(W, 1) // step) * step  # whole steps high
+        for a in range(0, H, rows):
+            raw = src.read(1, window=rasterio.windows.Window(0, a, W, min(rows, H - a)), masked=True)[::step, ::step]
+            out[a // step:a // step + raw.shape[0]] = np.where(raw.mask, np.nan, raw.data.astype(np.float32) * scale)
+    return out
 
 
 def connect(cluster):

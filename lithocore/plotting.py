@@ -380,16 +380,18 @@ def plot_confusion(cm, classes, ax=None, normalise: bool = True, title: str = ""
 def plot_zoom(area: StudyArea, maps: dict, centre: tuple[int, int] | None = None, size: int = 200, axes=None):
     """The same window of several class maps (the geological map first), magnified (the paper's Figure 10).
 
-    Default centre: the labelled pixel with the most class boundaries around it."""
+    Default centre: the labelled pixel with the most class boundaries around it (found on what the figures show of
+    the labels, :func:`figure_step`: a province's labels are not widened and filtered whole)."""
     from scipy import ndimage
 
     if centre is None:
-        lab = area.labels.astype(np.int32)
+        lab, k = _shown(area, area.labels).astype(np.int32), figure_step(area.shape)
         edges = (np.abs(np.diff(lab, axis=0, prepend=lab[:1])) > 0) | (np.abs(np.diff(lab, axis=1, prepend=lab[:, :1])) > 0)
-        density = ndimage.uniform_filter(edges.astype(np.float32), size)
-        half = size // 2
-        density[:half], density[-half:], density[:, :half], density[:, -half:] = 0, 0, 0, 0
-        centre = np.unravel_index(np.argmax(density), density.shape)
+        density = ndimage.uniform_filter(edges.astype(np.float32), max(1, size // k))
+        half = max(1, size // k) // 2
+        if half:
+            density[:half], density[-half:], density[:, :half], density[:, -half:] = 0, 0, 0, 0
+        centre = tuple(int(v) * k for v in np.unravel_index(np.argmax(density), density.shape))
     r0 = int(np.clip(centre[0] - size // 2, 0, max(0, area.shape[0] - size)))
     c0 = int(np.clip(centre[1] - size // 2, 0, max(0, area.shape[1] - size)))
     panels = {area.labels_name: area.labels, **maps}
@@ -481,10 +483,10 @@ def compare_maps(area: StudyArea, layers: dict, *, base: str | None = None, inte
     or in a static render (``interactive=False``), one figure of the default view, the same drawing.
 
     ``layers``: name -> class-index map (uint8, drawn in the class table's colours) or float map (drawn with
-    a colour bar, e.g. a confidence map). ``base`` must be one of them or the labels (the default, named by
+    a colour bar, e.g. a confidence map), each on the area's grid or every :func:`figure_step`-th pixel of it. ``base`` must be one of them or the labels (the default, named by
     :attr:`StudyArea.labels_name`). Returns the widget (interactive) or the figure."""
     base = base or area.labels_name
-    maps = {area.labels_name: area.labels, **layers}
+    maps = {name: _shown(area, m) for name, m in {area.labels_name: area.labels, **layers}.items()}
     names = list(maps)
     overlay = overlay or next((n for n in names if n != base), base)
     cmap, norm = class_colormap(area)
@@ -495,12 +497,12 @@ def compare_maps(area: StudyArea, layers: dict, *, base: str | None = None, inte
         for name, a in ((base, 1.0), (top, alpha)):
             m = maps[name]
             if np.issubdtype(np.asarray(m).dtype, np.floating):
-                im = ax.imshow(np.ma.masked_invalid(np.where(area.mask, m, np.nan)), extent=ext, cmap="magma",
+                im = ax.imshow(np.ma.masked_invalid(np.where(_valid_shown(area, m), m, np.nan)), extent=ext, cmap="magma",
                                vmin=0, vmax=1, alpha=a, interpolation="nearest")
                 if name == top:
                     fig.colorbar(im, ax=ax, shrink=0.7, label=f"{name}")
             else:
-                shown = np.ma.masked_where((m == NO_LABEL) | ~area.mask, m)
+                shown = np.ma.masked_where((m == NO_LABEL) | ~_valid_shown(area, m), m)
                 ax.imshow(shown, extent=ext, cmap=cmap, norm=norm, alpha=a, interpolation="nearest")
         ax.legend(handles=class_legend_handles(area.classes), loc="upper left", bbox_to_anchor=(1.02, 1),
                   fontsize=LEGEND_FONTSIZE, frameon=False, title="unit id: name", title_fontsize=LEGEND_FONTSIZE)

@@ -103,7 +103,7 @@ def test_no_seams_where_windows_meet():
     assert not np.array_equal(edged, whole)
 
 
-def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
+def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     from scipy import ndimage
 
@@ -135,7 +135,11 @@ def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path):
     back, _ = mapping.read_class_map(res["classes"], table)
     assert np.array_equal(back, classes)
     # confidence is stored as Byte (value / 250, 255 nodata): within half a step of the float map
-    assert np.allclose(mapping.read_confidence(res["confidence"]), conf, equal_nan=True, atol=0.5 / 250 + 1e-6)
+    whole = mapping.read_confidence(res["confidence"])
+    assert np.allclose(whole, conf, equal_nan=True, atol=0.5 / 250 + 1e-6)
+    monkeypatch.setattr(mapping, "READ_STRIP_PIXELS", 7 * classes.shape[1])  # strips of a few rows
+    for step in (1, 3, 4):  # what a figure shows of a large scene, read strip by strip
+        assert np.array_equal(mapping.read_confidence(res["confidence"], step), whole[::step, ::step], equal_nan=True)
     with rasterio.open(res["confidence"]) as src:
         assert src.dtypes[0] == "uint8" and src.nodata == 255 and src.scales[0] == pytest.approx(1 / 250)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model_classes.qml", "model_classes.tif",

@@ -247,8 +247,12 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     shown = tuple(-(-n // 3) for n in small_area.shape)  # every figure draws every 3rd pixel, of any map given
     axes = [plot_trust_map(small_area, strips["classes"], strips["aoa"]), plot_value(small_area, strips["di"]),
             plot_value(small_area, held["di"]), plot_matched_folds(small_area, strips["folds"].fold, 2),
-            plot_ground(small_area), plot_labels(small_area, held["classes"])]
+            plot_ground(small_area), plot_labels(small_area, held["classes"]),
+            *plotting.compare_maps(small_area, {"DI": strips["di"], "map": held["classes"]}, overlay="DI",
+                                   interactive=False).axes[:1]]
     assert {im.get_array().shape for ax in axes for im in ax.get_images()} == {shown}
+    zoom = plotting.plot_zoom(small_area, {"map": held["classes"]}, size=60)  # its centre found on the shown labels
+    assert {im.get_array().shape for ax in zoom for im in ax.get_images()} == {(60, 60)}
     plt.close("all")
 
 
