@@ -271,7 +271,7 @@ def fit_final(cand: ForestCandidate, F: np.ndarray, labels: np.ndarray, mask: np
     from .forest import sample_pixels
 
     pixels = sample_pixels(labels, mask, fraction, seed, max_per_class=cap or None)
-    return cand.fit(F, labels, pixels, seed, train=mask & (labels != NO_LABEL)), pixels
+    return cand.fit(F, labels, pixels, seed, train=labelled_map(labels, mask)), pixels
 
 
 def aoa_for(model, F: np.ndarray, pixels: np.ndarray, fold: np.ndarray, *, n: int = 3000, seed: int = 0):
@@ -367,7 +367,8 @@ def check_memory(shape: tuple[int, int, int], candidates: dict[str, ForestCandid
 
 
 def _trained_classes(labels: np.ndarray, mask: np.ndarray) -> list[int]:
-    return sorted(np.unique(labels[mask & (labels != NO_LABEL)]).tolist())
+    """The classes of the labelled valid pixels (counted strip by strip: no scene-sized selection)."""
+    return np.flatnonzero(value_counts(labels, labelled_map(labels, mask), 256)).tolist()
 
 
 def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int = 4, candidates=None,
