@@ -103,13 +103,18 @@ def fit_aoa(X: np.ndarray, fold: np.ndarray, importance: np.ndarray | None = Non
     return AOA(mean, sd, w, Z, np.asarray(fold), dbar, di, threshold_of(di))
 
 
-def dissimilarity(aoa: AOA, X: np.ndarray, *, exclude_fold: np.ndarray | None = None) -> np.ndarray:
+def dissimilarity(aoa: AOA, X: np.ndarray, *, exclude_fold: np.ndarray | None = None,
+                  chunk: int = 65536) -> np.ndarray:
     """DI of new pixels ``X`` (n, p): distance to the nearest AOA training pixel / ``dbar``. With
     ``exclude_fold`` (each pixel's CV fold), only training pixels of other folds count (a labelled pixel judged
-    as its fold model saw it)."""
-    Z = aoa.transform(X)
+    as its fold model saw it). Without it, ``chunk`` pixels at a time: a strip of a province's predictors is
+    not widened to float64 whole (the same values)."""
     if exclude_fold is None:
-        return _nearest(aoa.train, Z) / aoa.dbar
+        out = np.empty(len(X), np.float64)
+        for s in range(0, len(X), chunk):
+            out[s:s + chunk] = _nearest(aoa.train, aoa.transform(X[s:s + chunk]), chunk) / aoa.dbar
+        return out
+    Z = aoa.transform(X)
     out = np.full(len(Z), np.inf)
     for f in np.unique(exclude_fold):
         at, other = exclude_fold == f, aoa.fold != f

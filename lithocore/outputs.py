@@ -41,6 +41,8 @@ class GeoTiffWriter:
         self._stack = contextlib.ExitStack()
         self._tmp = self._stack.enter_context(atomic_path(self.path))
         self._dst = rasterio.open(self._tmp, "w", **self._profile)
+        if self._finish["colormap"]:  # before any pixel: a palette set once blocks are written fails (libtiff)
+            self._dst.write_colormap(1, self._finish["colormap"])
         return self
 
     def write(self, array: np.ndarray, r0: int = 0, c0: int = 0) -> None:
@@ -65,8 +67,6 @@ class GeoTiffWriter:
                     dst.set_band_description(i + 1, n)
                 if fin["tags"]:
                     dst.update_tags(**{k: str(v) for k, v in fin["tags"].items()})
-                if fin["colormap"]:
-                    dst.write_colormap(1, fin["colormap"])
                 if fin["scales"]:  # stored values x scale = the quantity (offsets 0)
                     dst.scales, dst.offsets = tuple(fin["scales"]), (0.0,) * len(fin["scales"])
         finally:

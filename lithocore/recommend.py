@@ -736,7 +736,7 @@ def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps:
     """The recommended map's files, to be written strip by strip (:class:`lithocore.outputs.GeoTiffWriter`):
     its class map (with its QGIS style and legend), calibrated probabilities, entropy, DI, AOA and agreement, as
     cloud-optimised GeoTIFFs."""
-    from .mapping import class_map_writer
+    from .mapping import CONFIDENCE_SCALE, class_map_writer
     from .outputs import GeoTiffWriter
 
     grid, table = area.grid, area.classes
@@ -747,7 +747,7 @@ def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps:
         classes=class_map_writer(out_dir / f"recommended_{best}_classes.tif", grid, table, tags=tags),
         probabilities=GeoTiffWriter(
             out_dir / f"recommended_{best}_probabilities.tif", grid, len(table.names), "uint8", nodata=255,
-            band_names=[f"P({n})" for n in table.names], cog="average",
+            band_names=[f"P({n})" for n in table.names], cog="average", scales=(CONFIDENCE_SCALE,) * len(table.names),
             tags=tags | dict(units="probability = value / 250; 255 = nodata",
                              calibrated="temperature scaling" if cal["applied"] else "no (scaling did not help out of fold)")),
         entropy=GeoTiffWriter(out_dir / "entropy.tif", grid, 1, "float32", band_names=["entropy / log(K)"], tags=tags,

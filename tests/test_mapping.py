@@ -154,6 +154,19 @@ def test_map_array_and_geotiff_agree_and_keep_nodata(tmp_path, monkeypatch):
         mapping.read_class_map(res["classes"], swapped)
 
 
+def test_a_class_map_carries_its_palette_without_a_gdal_error(tmp_path, capfd):
+    """The class table's colours go into the file before any pixel (a palette set once blocks are written makes
+    libtiff print "Cannot modify tag PhotometricInterpretation" into the notebook), and survive the COG copy."""
+    table = ClassTable.from_list([{"id": 11, "name": "a", "colour": "#112233"}, {"id": 12, "name": "b", "colour": "#aabbcc"}])
+    grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), 700, 600)
+    idx = np.random.default_rng(0).integers(0, 2, (600, 700)).astype(np.uint8)
+    path = mapping.write_class_map(tmp_path / "m.tif", idx, grid, table)
+    assert "ERROR" not in capfd.readouterr().err
+    with rasterio.open(path) as src:
+        assert src.colormap(1)[11] == (17, 34, 51, 255) and src.colormap(1)[12] == (170, 187, 204, 255)
+        assert src.overviews(1) and src.read(1)[0, :3].tolist() == (idx[0, :3] + 11).tolist()
+
+
 def test_class_map_with_large_ids(tmp_path):
     """Unit ids above 254 (e.g. 1001) are kept: the file becomes uint16 with its own nodata."""
     table = ClassTable.from_list([{"id": 1001, "name": "a"}, {"id": 7, "name": "b"}])
