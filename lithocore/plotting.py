@@ -483,8 +483,9 @@ def compare_maps(area: StudyArea, layers: dict, *, base: str | None = None, inte
     or in a static render (``interactive=False``), one figure of the default view, the same drawing.
 
     ``layers``: name -> class-index map (uint8, drawn in the class table's colours) or float map (drawn with
-    a colour bar, e.g. a confidence map), each on the area's grid or every :func:`figure_step`-th pixel of it. ``base`` must be one of them or the labels (the default, named by
-    :attr:`StudyArea.labels_name`). Returns the widget (interactive) or the figure."""
+    a colour bar, e.g. a confidence map), each on the area's grid or every :func:`figure_step`-th pixel of it.
+    ``base`` must be one of them or the labels (the default, named by :attr:`StudyArea.labels_name`). Returns the
+    widget (interactive) or the figure."""
     base = base or area.labels_name
     maps = {name: _shown(area, m) for name, m in {area.labels_name: area.labels, **layers}.items()}
     names = list(maps)

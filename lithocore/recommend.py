@@ -416,7 +416,8 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     dict
         ``trust`` (what ``trust.json`` holds), and arrays for the figures: ``folds`` (MatchedFolds),
         ``classes``, ``entropy``, ``di``, ``aoa``, ``agreement`` (every ``figure_step``-th row and column of the
-        scene: all of it up to :data:`lithocore.plotting.FIGURE_PIXELS`), ``oof`` (the pooled out-of-fold sample of every estimate).
+        scene: all of it up to :data:`lithocore.plotting.FIGURE_PIXELS`), ``oof`` (the pooled out-of-fold sample of
+        every estimate).
         The probabilities and every layer are written into ``out_dir`` strip by strip, never held whole.
     """
     from . import knndm
