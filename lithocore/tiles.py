@@ -29,7 +29,8 @@ from .area import NO_LABEL
 __all__ = ["TileSet", "candidate_windows", "fold_windows", "sample_windows", "split_paper", "split_spatial",
            "make_tiles", "overlap_report", "class_weights", "IGNORE", "save_tiles", "load_tiles", "window_pixels", "window_map",
            "MIN_TRAINING_TILES", "tiles_made_from", "tile_warnings", "window_sums", "within", "within_blocks", "block_map",
-           "blocks_any", "value_counts", "RowMap", "both_map", "labelled_map", "any_where", "STRIP_MB", "strip_rows", "row_strips"]
+           "blocks_any", "value_counts", "RowMap", "both_map", "labelled_map", "any_where", "STRIP_MB", "strip_rows", "row_strips",
+           "draw_pixels", "pixels_at_ranks"]
 
 #: Label value of pixels the loss and the metrics ignore (unlabelled or nodata), in training targets.
 IGNORE = -1
