@@ -62,8 +62,10 @@ DEFAULT_MEMORY_MB = 512
 #: across the 32-px grid and every 4-px phase (0, 9, 18 and 27 px) bring its stripe ratio to the per-pixel
 #: forest's (``benchmarks/README.md``). Other networks map in one pass.
 DEFAULT_SHIFTS = 4
-#: Confidence is stored as Byte: probability = value * CONFIDENCE_SCALE; 255 is nodata.
-CONFIDENCE_SCALE = 1 / 250
+#: Confidence (and notebook 07's probabilities) is stored as Byte: probability = value * CONFIDENCE_SCALE, the value
+#: the probability x CONFIDENCE_STEPS rounded; 255 is nodata.
+CONFIDENCE_STEPS = 250
+CONFIDENCE_SCALE = 1 / CONFIDENCE_STEPS
 CONFIDENCE_NODATA = 255
 
 

@@ -649,6 +649,7 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
 
     from tqdm.auto import tqdm
 
+    from .mapping import CONFIDENCE_STEPS
     from .plotting import figure_step
     from .stackfile import STRIP_ROWS
 
@@ -689,7 +690,7 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                 for m in candidates:
                     held[m].append(maps[m][h])
             probs = np.full((K, *ok.shape), 255, np.uint8)
-            probs[:, ok] = np.round(pb.T * 250)
+            probs[:, ok] = np.round(pb.T * CONFIDENCE_STEPS)
             files["classes"].write(area.classes.to_ids(cls), r0)
             files["probabilities"].write(probs, r0)
             files["entropy"].write(layers["entropy"], r0)
@@ -737,7 +738,7 @@ def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps:
     """The recommended map's files, to be written strip by strip (:class:`lithocore.outputs.GeoTiffWriter`):
     its class map (with its QGIS style and legend), calibrated probabilities, entropy, DI, AOA and agreement, as
     cloud-optimised GeoTIFFs."""
-    from .mapping import CONFIDENCE_SCALE, class_map_writer
+    from .mapping import CONFIDENCE_SCALE, CONFIDENCE_STEPS, class_map_writer
     from .outputs import GeoTiffWriter
 
     grid, table = area.grid, area.classes
@@ -749,7 +750,7 @@ def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps:
         probabilities=GeoTiffWriter(
             out_dir / f"recommended_{best}_probabilities.tif", grid, len(table.names), "uint8", nodata=255,
             band_names=[f"P({n})" for n in table.names], cog="average", scales=(CONFIDENCE_SCALE,) * len(table.names),
-            tags=tags | dict(units="probability = value / 250; 255 = nodata",
+            tags=tags | dict(units=f"probability = value / {CONFIDENCE_STEPS}; 255 = nodata",
                              calibrated="temperature scaling" if cal["applied"] else "no (scaling did not help out of fold)")),
         entropy=GeoTiffWriter(out_dir / "entropy.tif", grid, 1, "float32", band_names=["entropy / log(K)"], tags=tags,
                               cog="average"),
