@@ -106,6 +106,28 @@ def test_dissimilarity_and_threshold_by_hand():
     assert new == pytest.approx([0.5 / dbar, 2.0 / dbar], rel=1e-5)
 
 
+def test_nearest_distance_is_exact_where_a_float32_ranking_is_not():
+    """The DI's search ranks in float32 and settles near ties in float64: the distance to the true nearest training
+    pixel (scipy's float64 distances), over several blocks, also for points far from the origin and close together,
+    where the float32 ranking alone picks the wrong neighbour for most pixels."""
+    from scipy.spatial.distance import cdist
+
+    def exact(T, X):
+        return np.sqrt(cdist(X.astype(np.float64), T.astype(np.float64), "sqeuclidean").min(1))
+
+    rng = np.random.default_rng(3)
+    T = rng.standard_normal((5000, 45)).astype(np.float32)  # 419 query rows a block: five blocks
+    X = np.concatenate([rng.standard_normal((1900, 45)), T[:100] + 1e-4]).astype(np.float32)  # near duplicates too
+    np.testing.assert_allclose(applicability.nearest_distance(T, X), exact(T, X), rtol=1e-12, atol=1e-15)
+    far = rng.standard_normal((1, 10)) * 1000
+    T = (far + rng.standard_normal((500, 10)) * 0.01).astype(np.float32)
+    X = (far + rng.standard_normal((3000, 10)) * 0.01).astype(np.float32)
+    ranked = T[(X @ (-2 * T.T) + (T.astype(np.float64) ** 2).sum(1).astype(np.float32)).argmin(1)]
+    assert (np.abs(np.sqrt(((X - ranked.astype(np.float64)) ** 2).sum(1)) - exact(T, X)) > 1e-9).mean() > 0.5
+    np.testing.assert_allclose(applicability.nearest_distance(T, X), exact(T, X), rtol=1e-12)
+    assert applicability.nearest_distance(T, X[:0]).shape == (0,)
+
+
 def test_threshold_is_q75_plus_1_5_iqr():
     di = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 10.0])
     q25, q75 = np.quantile(di, [0.25, 0.75])
