@@ -81,14 +81,15 @@ def nearest_distance(train: np.ndarray, X: np.ndarray) -> np.ndarray:
         return out
     T64 = T.astype(np.float64)
     tn = (T64 ** 2).sum(1)
-    minus_2t = np.ascontiguousarray(-2 * T.T)  # exact: a power of two
-    tn32, t_max = tn.astype(np.float32), float(np.sqrt(tn.max()))
+    ranker = np.ascontiguousarray(np.vstack([-2 * T.T, tn[None].astype(np.float32)]))  # (x, 1) . (-2t, |t|^2)
+    t_max = float(np.sqrt(tn.max()))
     bound = 2 * (T.shape[1] + 4) * 2.0 ** -24  # twice a value's rounding and the comparison's, per (|x| + |t|)^2
     rows = int(np.clip(NEAREST_BLOCK_VALUES // max(len(T), 1), 16, 1024))
+    x1 = np.ones((rows, T.shape[1] + 1), np.float32)
     for s in range(0, len(X), rows):
         x = X[s:s + rows]
-        rank = x @ minus_2t
-        rank += tn32
+        x1[:len(x), :-1] = x
+        rank = x1[:len(x)] @ ranker
         best, at = rank.argmin(1), np.arange(len(x))
         x_norm = np.sqrt((x.astype(np.float64) ** 2).sum(1))
         within = (rank[at, best] + bound * (x_norm + t_max) ** 2).astype(np.float32)
