@@ -517,15 +517,16 @@ def write_class_map(path, classes: np.ndarray, grid: Grid, table: ClassTable, *,
     return Path(path)
 
 
-def class_map_writer(path, grid: Grid, table: ClassTable, *, tags: dict | None = None) -> GeoTiffWriter:
-    """A class map written piece by piece (:class:`~lithocore.outputs.GeoTiffWriter`; write class *ids*,
-    ``table.to_ids``): the file :func:`write_class_map` makes, its QGIS style and legend written beside it now."""
+def class_map_writer(path, grid: Grid, table: ClassTable, *, tags: dict | None = None, **writer) -> GeoTiffWriter:
+    """A class map written piece by piece (:class:`~lithocore.outputs.GeoTiffWriter`, given ``writer``'s other
+    options; write class *ids*, ``table.to_ids``): the file :func:`write_class_map` makes, its QGIS style and legend
+    written beside it now."""
     dtype, nodata = table.id_dtype()
     colormap = class_map_colours(table) if dtype in ("uint8", "uint16") else None
     write_qml(Path(path).with_suffix(".qml"), table)
     _legend_png(path, table)
     return GeoTiffWriter(path, grid, 1, dtype, nodata=nodata, band_names=["class id"], colormap=colormap,
-                         tags=_class_tags(table) | (tags or {}), cog="nearest")
+                         tags=_class_tags(table) | (tags or {}), cog="nearest", **writer)
 
 
 def read_class_map(path, table: ClassTable) -> tuple[np.ndarray, dict]:

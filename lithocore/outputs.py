@@ -26,24 +26,54 @@ class GeoTiffWriter:
     deflated tiled GeoTIFF (``cog`` None), under a temporary name renamed into place; nothing at ``path`` when
     the block fails. A map of a province is written strip by strip, never held whole (notebook 07); written in
     one piece, it is :func:`write_geotiff`.
+
+    ``work``: the working file's path, for a writing that can be continued: it is kept when the block fails,
+    written to disk by :meth:`flush`, and with ``resume`` opened again as it was (the caller knows which pieces it
+    holds); it is removed once ``path`` is made.
     """
 
     def __init__(self, path: str | os.PathLike, grid: Grid, count: int, dtype: str, *,
                  nodata: float | None = float("nan"), band_names: list[str] | None = None, tags: dict | None = None,
-                 colormap: dict | None = None, scales: tuple[float, ...] | None = None, cog: str | None = None):
+                 colormap: dict | None = None, scales: tuple[float, ...] | None = None, cog: str | None = None,
+                 work: str | os.PathLike | None = None, resume: bool = False):
         self.path, self.grid, self.cog = Path(path), grid, cog
         self._profile = grid.profile(count, str(np.dtype(dtype)), nodata, compress=None if cog else "deflate")
         self._finish = dict(band_names=band_names or [], tags=tags or {}, colormap=colormap, scales=scales)
+        self._work, self.resume = (Path(work) if work else None), resume
 
     def __enter__(self) -> "GeoTiffWriter":
         import contextlib
 
         self._stack = contextlib.ExitStack()
-        self._tmp = self._stack.enter_context(atomic_path(self.path))
+        if self._work is None:
+            self._tmp = self._stack.enter_context(atomic_path(self.path))
+        else:
+            self._tmp = self._work
+            self._tmp.parent.mkdir(parents=True, exist_ok=True)
+            if self.resume and self.continuable():
+                self._dst = rasterio.open(self._tmp, "r+")
+                return self
         self._dst = rasterio.open(self._tmp, "w", **self._profile)
         if self._finish["colormap"]:  # before any pixel: a palette set once blocks are written fails (libtiff)
             self._dst.write_colormap(1, self._finish["colormap"])
         return self
+
+    def continuable(self) -> bool:
+        """The working file is there, readable, and of this writer's grid, bands and type."""
+        p = self._profile
+        if self._work is None or not self._work.is_file():
+            return False
+        try:
+            with rasterio.open(self._work) as src:
+                return (src.width, src.height, src.count, src.dtypes[0], src.transform) == \
+                    (p["width"], p["height"], p["count"], p["dtype"], p["transform"])
+        except rasterio.errors.RasterioError:
+            return False
+
+    def flush(self) -> None:
+        """Put every piece written so far into the working file on disk (closed and opened again)."""
+        self._dst.close()
+        self._dst = rasterio.open(self._tmp, "r+")
 
     def write(self, array: np.ndarray, r0: int = 0, c0: int = 0) -> None:
         """Write ``array`` ((bands, h, w), or (h, w) for one band) with its first pixel at row ``r0``, column ``c0``."""
@@ -57,6 +87,11 @@ class GeoTiffWriter:
         except BaseException as err:  # the temporary file removed, the error raised
             self._stack.__exit__(type(err), err, err.__traceback__)
             raise
+        if self._work is not None and kind is None:  # a continued working file: made the file, then removed
+            if not self.cog:
+                with atomic_path(self.path) as tmp:
+                    os.replace(self._tmp, tmp)
+            self._tmp.unlink(missing_ok=True)
         return self._stack.__exit__(kind, exc, tb)
 
     def _close(self, complete: bool) -> None:
@@ -72,7 +107,7 @@ class GeoTiffWriter:
         finally:
             dst.close()
         if complete and self.cog:
-            write_cog(self._tmp, self._tmp, resampling=self.cog)
+            write_cog(self._tmp, self.path if self._work is not None else self._tmp, resampling=self.cog)
 
 
 def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, band_names: list[str] | None = None,

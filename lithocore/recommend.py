@@ -459,8 +459,10 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                          "not measured")
 
     t3 = time.perf_counter()
+    resume = None if cache_key is None else _pass_key(cache_key, area, candidates, features, fits, best, cal,
+                                                      app["aoa"], ground, extra_maps, (fraction, cap, seed))
     final = _final_pass(area, candidates, features, fits, best, cal, app["aoa"], ground, out_dir, extra_maps,
-                        trained, progress=progress)
+                        trained, progress=progress, resume_key=resume)
     map_seconds = fit_seconds + time.perf_counter() - t3
 
     e = ests["matched"][best]
@@ -637,20 +639,65 @@ def _applicability(model, pixels: np.ndarray, F, folds, m_oof: dict, right: np.n
                 acc_out=float(right[~ins].mean()) if (~ins).any() else None, curve=accuracy_by_di(oof_di, right))
 
 
+#: Seconds between the final pass's checkpoints (its files' strips put on disk, its sums and figures saved): an
+#: interrupted pass of a province (hours) resumes at the last one.
+PASS_CHECKPOINT_SECONDS = 120.0
+
+
+def _pass_key(cache_key: str, area, candidates, features, fits: dict, best: str, cal: dict, aoa, ground,
+              extra_maps: dict | None, sampling: tuple) -> str:
+    """What the final pass's strips are made from: the stack (``cache_key``), the labels, mask, ground, withheld
+    labels and other maps (hashed strip by strip), the candidates and the fitted models (each forest's
+    probabilities at its first training pixels, a network's weights), the recommended one's temperature and AOA."""
+    import hashlib
+
+    from .runfolder import key
+
+    h, H = hashlib.sha1(), area.mask.shape[0]
+    for a in (area.labels, area.mask, ground, area.held_out, *(extra_maps or {}).values()):
+        for r0 in range(0, H, 1024) if a is not None else ():
+            h.update(np.ascontiguousarray(np.asarray(a[r0:r0 + 1024])).tobytes())
+        h.update(b"|")
+    models = [_digest(np.concatenate([w.ravel() for w in fit["net"].get_weights()])) if isinstance(c, DeepCandidate)
+              else _digest(c.proba(fit, features[m], pixels[:256], len(area.classes.names)))
+              for m, c in candidates.items() for fit, pixels in [fits[m]]]
+    return key([cache_key, "final pass", [repr(c) for c in candidates.values()], best, models, cal["T"], aoa.threshold,
+                aoa.dbar, _digest(aoa.train), _digest(aoa.weights), h.hexdigest(), list(extra_maps or {}), sampling])
+
+
+def _pass_state(journal: Path, resume_key: str) -> dict | None:
+    """The checkpoint of an interrupted final pass made from the same inputs (``resume_key``), or None."""
+    if not journal.is_file():
+        return None
+    try:
+        with np.load(journal) as z:
+            if str(z["key"]) != resume_key:
+                print(f"{journal} was left by a map made from something else: the map is made from the first row")
+                return None
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, aoa, ground: np.ndarray, out_dir: Path,
-                extra_maps: dict | None, trained: list, *, progress: bool) -> dict:
+                extra_maps: dict | None, trained: list, *, progress: bool, resume_key: str | None = None) -> dict:
     """Step 5: the map and its layers, strip by strip: every candidate's classes, the recommended one's calibrated
     probabilities, their entropy, the DI and the AOA, the maps' agreement, each strip written into its
     cloud-optimised GeoTIFF as it is made (a scene of probabilities is never held); the sums the trust record
     needs (confidence and AOA over the ground, the maps at the withheld labels). Returns the figures' maps
     (``classes``, ``entropy``, ``di``, ``aoa``, ``agreement``: every ``figure_step``-th row and column, so that they
-    hold at most :data:`lithocore.plotting.FIGURE_PIXELS`), those sums, the held-out checks and the files."""
+    hold at most :data:`lithocore.plotting.FIGURE_PIXELS`), those sums, the held-out checks and the files.
+
+    With ``resume_key`` (:func:`_pass_key`) the files are written in ``out_dir/partial`` and every
+    :data:`PASS_CHECKPOINT_SECONDS` put on disk with the sums and figures so far (``final_pass.npz``); a pass
+    interrupted and called again with the same key goes on from the last checkpoint, to the same files."""
     import contextlib
 
     from tqdm.auto import tqdm
 
     from .mapping import CONFIDENCE_STEPS
     from .plotting import figure_step
+    from .runfolder import write_npz
     from .stackfile import STRIP_ROWS
 
     mask, names = area.mask, area.classes.names
@@ -664,11 +711,28 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                 di=np.full(shown, np.nan, np.float32), aoa=np.zeros(shown, bool), agreement=np.full(shown, 255, np.uint8))
     sums = dict(confidence_sum=0.0, ground_pixels=0, ground_inside=0)
     held = {k: [] for k in ("idx", "truth", "inside", *candidates)}
+    partial = out_dir / "partial"
+    journal = partial / "final_pass.npz"
+    writers = _map_writers(out_dir, area, best, cal, aoa, others, work=partial if resume_key else None)
+    state = _pass_state(journal, resume_key) if resume_key else None
+    if state and not all(w.continuable() for w in writers.values()):
+        print(f"a working file of an earlier run in {partial} is missing or damaged: the map is made from the first row")
+        state = None
+    start = int(state["next_row"]) if state else 0
+    if state:
+        sums = {k: state[k].item() for k in sums}
+        figs = {k: state[f"fig_{k}"].copy() for k in figs}
+        held = {k: [state[f"held_{k}"]] if state[f"held_{k}"].size else [] for k in held}  # dtypes as written
+        for w in writers.values():
+            w.resume = True
+        print(f"the map to trust goes on from row {start:,} of {H:,}, where an earlier run of it stopped")
     row_mb = W * 256 * (2 + K + 4 + 4 + 1 + 1) / 2**20  # a row of the six files' 256-px blocks
+    last = time.monotonic()
     with contextlib.ExitStack() as opened:
-        files = {k: opened.enter_context(w) for k, w in _map_writers(out_dir, area, best, cal, aoa, others).items()}
+        files = {k: opened.enter_context(w) for k, w in writers.items()}
         opened.enter_context(gdal_cache(max(64.0, 2 * row_mb)))  # GDAL's default keeps 5 % of the memory of blocks
-        for r0 in tqdm(range(0, H, STRIP_ROWS), desc="map to trust", disable=not progress):
+        for r0 in tqdm(range(start, H, STRIP_ROWS), desc="map to trust", disable=not progress,
+                       initial=start // STRIP_ROWS, total=-(-H // STRIP_ROWS)):
             r1 = min(H, r0 + STRIP_ROWS)
             ok = mask[r0:r1]
             other_maps = {k: v[r0:r1] for k, v in (extra_maps or {}).items()}
@@ -697,13 +761,27 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
             files["dissimilarity"].write(layers["di"], r0)
             files["aoa"].write(np.where(ok, inside, 255).astype(np.uint8), r0)
             files["agreement"].write(layers["agreement"], r0)
-    held = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in held.items()}
+            if resume_key and r1 < H and time.monotonic() - last >= PASS_CHECKPOINT_SECONDS:
+                for w in files.values():
+                    w.flush()
+                write_npz(journal, compress=False, key=resume_key, next_row=r1, **sums,
+                          **{f"fig_{k}": v for k, v in figs.items()},
+                          **{f"held_{k}": _joined(v) for k, v in held.items()})
+                last = time.monotonic()
+    journal.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        partial.rmdir()  # empty now
+    held = {k: _joined(v) for k, v in held.items()}
     check = held_out_check(held["truth"], held[best], held["idx"], (H, W), names, inside=held["inside"],
                            trained_classes=trained)
     checks_all = {m: held_out_check(held["truth"], held[m], held["idx"], (H, W), names, trained_classes=trained)
                   for m in candidates} if check else {}
     return figs | sums | dict(figure_step=step, check=check, checks_all=checks_all, agreement_maps=others,
                               files={k: str(w.path) for k, w in files.items()})
+
+
+def _joined(pieces: list) -> np.ndarray:
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
 
 
 def _strip_layers(candidates, features, fits: dict, scenes: dict, best: str, T: float, aoa, ok: np.ndarray,
@@ -734,10 +812,12 @@ def _strip_layers(candidates, features, fits: dict, scenes: dict, best: str, T: 
                 agreement=agreement(maps | other_maps, maps[best], ok))
 
 
-def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps: list[str]) -> dict:
+def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps: list[str], *,
+                 work: Path | None = None, resume: bool = False) -> dict:
     """The recommended map's files, to be written strip by strip (:class:`lithocore.outputs.GeoTiffWriter`):
     its class map (with its QGIS style and legend), calibrated probabilities, entropy, DI, AOA and agreement, as
-    cloud-optimised GeoTIFFs."""
+    cloud-optimised GeoTIFFs. ``work``: a folder for their working files, kept when the pass stops, continued with
+    ``resume`` (:class:`~lithocore.outputs.GeoTiffWriter`)."""
     from .mapping import CONFIDENCE_SCALE, CONFIDENCE_STEPS, class_map_writer
     from .outputs import GeoTiffWriter
 
@@ -745,19 +825,24 @@ def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps:
     tags = dict(model=best, temperature=f"{cal['T']:.4f}", what="recommended map: the candidate with the best "
                                                                 "matched cross-validation, retrained on every usable label")
     thr = dict(threshold=f"{aoa.threshold:.6f}")
+
+    def at(name: str) -> dict:  # out_dir/name, its working file in work
+        return dict(path=out_dir / name, grid=grid) | (dict(work=work / name, resume=resume) if work else {})
+
+    named = f"recommended_{best}"
     return dict(
-        classes=class_map_writer(out_dir / f"recommended_{best}_classes.tif", grid, table, tags=tags),
+        classes=class_map_writer(table=table, tags=tags, **at(f"{named}_classes.tif")),
         probabilities=GeoTiffWriter(
-            out_dir / f"recommended_{best}_probabilities.tif", grid, len(table.names), "uint8", nodata=255,
-            band_names=[f"P({n})" for n in table.names], cog="average", scales=(CONFIDENCE_SCALE,) * len(table.names),
+            count=len(table.names), dtype="uint8", nodata=255, band_names=[f"P({n})" for n in table.names],
+            cog="average", scales=(CONFIDENCE_SCALE,) * len(table.names), **at(f"{named}_probabilities.tif"),
             tags=tags | dict(units=f"probability = value / {CONFIDENCE_STEPS}; 255 = nodata",
                              calibrated="temperature scaling" if cal["applied"] else "no (scaling did not help out of fold)")),
-        entropy=GeoTiffWriter(out_dir / "entropy.tif", grid, 1, "float32", band_names=["entropy / log(K)"], tags=tags,
-                              cog="average"),
-        dissimilarity=GeoTiffWriter(out_dir / "dissimilarity.tif", grid, 1, "float32",
-                                    band_names=["dissimilarity index"], tags=tags | thr, cog="average"),
-        aoa=GeoTiffWriter(out_dir / "aoa.tif", grid, 1, "uint8", nodata=255, cog="nearest", tags=tags | thr,
-                          band_names=["1 inside the area of applicability, 0 outside"]),
-        agreement=GeoTiffWriter(out_dir / "agreement.tif", grid, 1, "uint8", nodata=255, cog="nearest",
+        entropy=GeoTiffWriter(count=1, dtype="float32", band_names=["entropy / log(K)"], tags=tags, cog="average",
+                              **at("entropy.tif")),
+        dissimilarity=GeoTiffWriter(count=1, dtype="float32", band_names=["dissimilarity index"], tags=tags | thr,
+                                    cog="average", **at("dissimilarity.tif")),
+        aoa=GeoTiffWriter(count=1, dtype="uint8", nodata=255, cog="nearest", tags=tags | thr,
+                          band_names=["1 inside the area of applicability, 0 outside"], **at("aoa.tif")),
+        agreement=GeoTiffWriter(count=1, dtype="uint8", nodata=255, cog="nearest",
                                 band_names=["% of candidate maps giving the recommended class"],
-                                tags=tags | dict(maps=", ".join(agreement_maps))))
+                                tags=tags | dict(maps=", ".join(agreement_maps)), **at("agreement.tif")))

@@ -206,13 +206,13 @@ def run_lock(root: str | os.PathLike) -> Iterator[Path]:
         lock.unlink(missing_ok=True)
 
 
-def write_npz(path: str | os.PathLike, **arrays) -> Path:
-    """Write arrays to one compressed ``.npz`` file, atomically."""
+def write_npz(path: str | os.PathLike, *, compress: bool = True, **arrays) -> Path:
+    """Write arrays to one ``.npz`` file (compressed unless ``compress`` is False), atomically."""
     import numpy as np
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            (np.savez_compressed if compress else np.savez)(fh, **arrays)
     return Path(path)
 
 

@@ -278,6 +278,64 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     plt.close("all")
 
 
+def test_an_interrupted_map_to_trust_goes_on_where_it_stopped(small_area, tmp_path, monkeypatch):
+    """Notebook 07's final pass stopped after its first strip (a checkpoint after every strip) and called again with
+    the same inputs goes on from the second strip, not the first, to the same trust record and the same six files,
+    pixel for pixel, as a pass run in one go; nothing of it is left behind. A checkpoint made from other inputs
+    is not used, nor one whose working files are gone."""
+    import rasterio
+
+    from lithocore import fusion, recommend, stackfile
+    from lithocore.recommend import map_to_trust
+
+    class Stop(Exception):
+        pass
+
+    stack = fusion.build_stack(fusion.fuse_study_area(small_area, progress=False), small_area)[0]
+    kw = dict(k=2, cap=800, seed=0, estimates=("matched",), progress=False, aoa_pixels=400, max_test=3000,
+              cache_key="stack")
+    strips = -(-small_area.shape[0] // stackfile.STRIP_ROWS)
+    whole = map_to_trust(small_area, stack, tmp_path / "whole", **kw)
+    made, real = [], recommend._strip_layers
+
+    def stopping_after(n):
+        def layers(*args, **kwargs):
+            made.append(1)
+            if len(made) > n:
+                raise Stop
+            return real(*args, **kwargs)
+        return layers
+
+    monkeypatch.setattr(recommend, "PASS_CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(recommend, "_strip_layers", stopping_after(1))
+    with pytest.raises(Stop):
+        map_to_trust(small_area, stack, tmp_path / "cut", **kw)
+    journal = tmp_path / "cut" / "partial" / "final_pass.npz"
+    assert journal.is_file() and not (tmp_path / "cut" / "aoa.tif").exists()
+    kept = journal.read_bytes()
+    made.clear()
+    monkeypatch.setattr(recommend, "_strip_layers", stopping_after(10**6))
+    again = map_to_trust(small_area, stack, tmp_path / "cut", **kw)
+    assert len(made) == strips - 1 > 0
+    a, b = whole["trust"], again["trust"]
+    for key in ("recommended_model", "expected", "estimates", "held_out_check", "held_out_check_all", "aoa_share",
+                "ground"):
+        assert a[key] == b[key], key
+    for name in ("classes", "probabilities", "dissimilarity", "aoa", "agreement", "entropy"):
+        with rasterio.open(a["files"][name]) as x, rasterio.open(b["files"][name]) as y:
+            assert np.array_equal(x.read(), y.read(), equal_nan=True), name
+            assert x.tags() == y.tags() and x.descriptions == y.descriptions, name
+    for name in ("classes", "di", "aoa", "agreement", "entropy"):
+        assert np.array_equal(whole[name], again[name], equal_nan=True), name
+    assert not (tmp_path / "cut" / "partial").exists()
+    journal.parent.mkdir()
+    journal.write_bytes(kept)  # a checkpoint without its working files: the pass starts at the first row
+    made.clear()
+    map_to_trust(small_area, stack, tmp_path / "cut", **kw)
+    assert len(made) == strips
+    assert recommend._pass_state(journal, "made from something else") is None
+
+
 def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area, tmp_path):
     """Every valid pixel labelled: the matched folds fall back to the labelled map itself (random folds, the
     ground's distance to a label being 0), and the warning says so."""
