@@ -716,7 +716,8 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
     writers = _map_writers(out_dir, area, best, cal, aoa, others, work=partial if resume_key else None)
     state = _pass_state(journal, resume_key) if resume_key else None
     if state and not all(w.continuable() for w in writers.values()):
-        print(f"a working file of an earlier run in {partial} is missing or damaged: the map is made from the first row")
+        print(f"a working file of an earlier run in {partial} is missing or damaged: the map is made from the first "
+              "row")
         state = None
     start = int(state["next_row"]) if state else 0
     if state:
