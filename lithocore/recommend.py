@@ -814,11 +814,11 @@ def _strip_layers(candidates, features, fits: dict, scenes: dict, best: str, T: 
 
 
 def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps: list[str], *,
-                 work: Path | None = None, resume: bool = False) -> dict:
+                 work: Path | None = None) -> dict:
     """The recommended map's files, to be written strip by strip (:class:`lithocore.outputs.GeoTiffWriter`):
     its class map (with its QGIS style and legend), calibrated probabilities, entropy, DI, AOA and agreement, as
-    cloud-optimised GeoTIFFs. ``work``: a folder for their working files, kept when the pass stops, continued with
-    ``resume`` (:class:`~lithocore.outputs.GeoTiffWriter`)."""
+    cloud-optimised GeoTIFFs. ``work``: a folder for their working files, kept when the pass stops (a writer's
+    ``resume`` continues its file)."""
     from .mapping import CONFIDENCE_SCALE, CONFIDENCE_STEPS, class_map_writer
     from .outputs import GeoTiffWriter
 
@@ -828,7 +828,7 @@ def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps:
     thr = dict(threshold=f"{aoa.threshold:.6f}")
 
     def at(name: str) -> dict:  # out_dir/name, its working file in work
-        return dict(path=out_dir / name, grid=grid) | (dict(work=work / name, resume=resume) if work else {})
+        return dict(path=out_dir / name, grid=grid) | (dict(work=work / name) if work else {})
 
     named = f"recommended_{best}"
     return dict(
