@@ -167,6 +167,39 @@ def test_a_class_map_carries_its_palette_without_a_gdal_error(tmp_path, capfd):
         assert src.overviews(1) and src.read(1)[0, :3].tolist() == (idx[0, :3] + 11).tolist()
 
 
+@pytest.mark.parametrize("cog", [None, "average"])
+def test_a_geotiff_written_in_two_runs_is_the_one_written_in_one(tmp_path, cog):
+    """A writer given a working file (``work``) keeps it when its block fails, with what :meth:`flush` put on disk;
+    a writer with ``resume`` continues it, and the file is the one written in one go (pixels, tags, band names,
+    overviews); the working file is gone after. A working file of another grid is not continued."""
+    from lithocore.outputs import GeoTiffWriter
+
+    grid = Grid(CRS.from_epsg(32646), from_origin(400000, 3100000, 15, 15), 300, 280)
+    data = np.random.default_rng(1).random((2, 280, 300)).astype(np.float32)
+    opts = dict(band_names=["a", "b"], tags=dict(what="test"), cog=cog)
+    with GeoTiffWriter(tmp_path / "one.tif", grid, 2, "float32", **opts) as w:
+        w.write(data)
+    work = tmp_path / "partial" / "two.tif"
+    with pytest.raises(RuntimeError):
+        with GeoTiffWriter(tmp_path / "two.tif", grid, 2, "float32", work=work, **opts) as w:
+            w.write(data[:, :128])
+            w.flush()
+            raise RuntimeError("stopped")
+    assert work.is_file() and not (tmp_path / "two.tif").exists()
+    again = GeoTiffWriter(tmp_path / "two.tif", grid, 2, "float32", work=work, resume=True, **opts)
+    assert again.continuable()
+    with again as w:
+        w.write(data[:, 128:], 128)
+    assert not work.exists()
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "two.tif") as b:
+        assert np.array_equal(a.read(), b.read()) and a.tags() == b.tags() and a.descriptions == b.descriptions
+        assert a.overviews(1) == b.overviews(1) and a.profile.get("compress") == b.profile.get("compress")
+    with pytest.raises(RuntimeError), GeoTiffWriter(tmp_path / "two.tif", grid, 2, "float32", work=work, **opts):
+        raise RuntimeError("stopped")
+    wider = Grid(grid.crs, grid.transform, 301, 280)
+    assert not GeoTiffWriter(tmp_path / "two.tif", wider, 2, "float32", work=work, resume=True, **opts).continuable()
+
+
 def test_class_map_with_large_ids(tmp_path):
     """Unit ids above 254 (e.g. 1001) are kept: the file becomes uint16 with its own nodata."""
     table = ClassTable.from_list([{"id": 1001, "name": "a"}, {"id": 7, "name": "b"}])

@@ -285,7 +285,10 @@ def test_an_interrupted_map_to_trust_goes_on_where_it_stopped(small_area, tmp_pa
     is not used, nor one whose working files are gone."""
     import rasterio
 
+    from dataclasses import replace
+
     from lithocore import fusion, recommend, stackfile
+    from lithocore.candidates import CANDIDATES
     from lithocore.recommend import map_to_trust
 
     class Stop(Exception):
@@ -293,7 +296,7 @@ def test_an_interrupted_map_to_trust_goes_on_where_it_stopped(small_area, tmp_pa
 
     stack = fusion.build_stack(fusion.fuse_study_area(small_area, progress=False), small_area)[0]
     kw = dict(k=2, cap=800, seed=0, estimates=("matched",), progress=False, aoa_pixels=400, max_test=3000,
-              cache_key="stack")
+              cache_key="stack", candidates={m: replace(c, n_trees=30) for m, c in CANDIDATES.items()})
     strips = -(-small_area.shape[0] // stackfile.STRIP_ROWS)
     whole = map_to_trust(small_area, stack, tmp_path / "whole", **kw)
     made, real = [], recommend._strip_layers
