@@ -90,13 +90,12 @@ def nearest_distance(train: np.ndarray, X: np.ndarray) -> np.ndarray:
         x = X[s:s + rows]
         x1[:len(x), :-1] = x
         rank = x1[:len(x)] @ ranker
-        best, at = rank.argmin(1), np.arange(len(x))
-        x_norm = np.sqrt((x.astype(np.float64) ** 2).sum(1))
-        within = (rank[at, best] + bound * (x_norm + t_max) ** 2).astype(np.float32)
-        d2 = ((x.astype(np.float64) - T64[best]) ** 2).sum(1)
+        best, at, x64 = rank.argmin(1), np.arange(len(x)), x.astype(np.float64)
+        within = (rank[at, best] + bound * (np.sqrt((x64 ** 2).sum(1)) + t_max) ** 2).astype(np.float32)
+        d2 = ((x64 - T64[best]) ** 2).sum(1)
         rank[at, best] = np.inf  # the runners-up: a few rows in a hundred have one within the bound
         for i in np.flatnonzero(rank.min(1) <= within):
-            d2[i] = min(d2[i], ((x[i].astype(np.float64) - T64[rank[i] <= within[i]]) ** 2).sum(1).min())
+            d2[i] = min(d2[i], ((x64[i] - T64[rank[i] <= within[i]]) ** 2).sum(1).min())
         out[s:s + rows] = np.sqrt(d2)
     return out
 

@@ -123,13 +123,10 @@ def _digest(a: np.ndarray) -> str:
 
 def _cached(path, fkey: str) -> np.ndarray | None:
     """Fold probabilities kept under ``fkey`` at ``path``, or None (missing, made from something else, unreadable)."""
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        with np.load(path) as z:
-            return z["proba"] if str(z["key"]) == fkey else None
-    except (OSError, ValueError, KeyError):
-        return None
+    from .runfolder import read_npz
+
+    kept = read_npz(path, fkey) if path is not None else None
+    return kept["proba"] if kept else None
 
 
 def estimate(proba: np.ndarray, truth: np.ndarray, idx: np.ndarray, shape: tuple[int, int], names, *,
@@ -665,18 +662,33 @@ def _pass_key(cache_key: str, area, candidates, features, fits: dict, best: str,
                 aoa.dbar, _digest(aoa.train), _digest(aoa.weights), h.hexdigest(), list(extra_maps or {}), sampling])
 
 
-def _pass_state(journal: Path, resume_key: str) -> dict | None:
-    """The checkpoint of an interrupted final pass made from the same inputs (``resume_key``), or None."""
+def _pass_state(journal: Path, resume_key: str, writers: dict) -> dict | None:
+    """The checkpoint of an interrupted final pass made from the same inputs (``resume_key``) whose working files
+    (``writers``) continue, or None (said when one was there)."""
+    from .runfolder import read_npz
+
     if not journal.is_file():
         return None
-    try:
-        with np.load(journal) as z:
-            if str(z["key"]) != resume_key:
-                print(f"{journal} was left by a map made from something else: the map is made from the first row")
-                return None
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError):
-        return None
+    state = read_npz(journal, resume_key)
+    if state is None:
+        print(f"{journal} was left by a map made from something else, or cannot be read: the map is made from the "
+              "first row")
+    elif not all(w.continuable() for w in writers.values()):
+        print(f"a working file of an earlier run in {journal.parent} is missing or damaged: the map is made from the "
+              "first row")
+        state = None
+    return state
+
+
+def _checkpoint(journal: Path, resume_key: str, next_row: int, files: dict, sums: dict, figs: dict,
+                held: dict) -> None:
+    """Put the final pass's files on disk, then what it summed and drew so far (:func:`_pass_state` reads it)."""
+    from .runfolder import write_npz
+
+    for w in files.values():
+        w.flush()
+    write_npz(journal, compress=False, key=resume_key, next_row=next_row, **sums,
+              **{f"fig_{k}": v for k, v in figs.items()}, **{f"held_{k}": _joined(v) for k, v in held.items()})
 
 
 def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, aoa, ground: np.ndarray, out_dir: Path,
@@ -697,7 +709,6 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
 
     from .mapping import CONFIDENCE_STEPS
     from .plotting import figure_step
-    from .runfolder import write_npz
     from .stackfile import STRIP_ROWS
 
     mask, names = area.mask, area.classes.names
@@ -714,11 +725,7 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
     partial = out_dir / "partial"
     journal = partial / "final_pass.npz"
     writers = _map_writers(out_dir, area, best, cal, aoa, others, work=partial if resume_key else None)
-    state = _pass_state(journal, resume_key) if resume_key else None
-    if state and not all(w.continuable() for w in writers.values()):
-        print(f"a working file of an earlier run in {partial} is missing or damaged: the map is made from the first "
-              "row")
-        state = None
+    state = _pass_state(journal, resume_key, writers) if resume_key else None
     start = int(state["next_row"]) if state else 0
     if state:
         sums = {k: state[k].item() for k in sums}
@@ -763,11 +770,7 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
             files["aoa"].write(np.where(ok, inside, 255).astype(np.uint8), r0)
             files["agreement"].write(layers["agreement"], r0)
             if resume_key and r1 < H and time.monotonic() - last >= PASS_CHECKPOINT_SECONDS:
-                for w in files.values():
-                    w.flush()
-                write_npz(journal, compress=False, key=resume_key, next_row=r1, **sums,
-                          **{f"fig_{k}": v for k, v in figs.items()},
-                          **{f"held_{k}": _joined(v) for k, v in held.items()})
+                _checkpoint(journal, resume_key, r1, files, sums, figs, held)
                 last = time.monotonic()
     journal.unlink(missing_ok=True)
     with contextlib.suppress(OSError):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["STAGES", "RunFolder", "key", "file_digest", "manifest_fingerprint", "atomic_path",
-           "write_json", "write_npz", "normal_mode", "run_lock", "RunFolderBusy"]
+           "write_json", "read_npz", "write_npz", "normal_mode", "run_lock", "RunFolderBusy"]
 
 #: The stages, in order: the folder each notebook writes into.
 STAGES = ("01_load_data", "02_fuse_sources", "03_build_tiles", "04_train_model", "05_map_scene",
@@ -204,6 +204,18 @@ def run_lock(root: str | os.PathLike) -> Iterator[Path]:
         yield lock
     finally:
         lock.unlink(missing_ok=True)
+
+
+def read_npz(path: str | os.PathLike, key: str) -> dict | None:
+    """The arrays of an ``.npz`` file written (:func:`write_npz`) with ``key=key``; None when it is missing,
+    unreadable (cut off while written) or was made under another key."""
+    import numpy as np
+
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files} if str(z["key"]) == key else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def write_npz(path: str | os.PathLike, *, compress: bool = True, **arrays) -> Path:

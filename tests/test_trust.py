@@ -336,7 +336,12 @@ def test_an_interrupted_map_to_trust_goes_on_where_it_stopped(small_area, tmp_pa
     made.clear()
     map_to_trust(small_area, stack, tmp_path / "cut", **kw)
     assert len(made) == strips
-    assert recommend._pass_state(journal, "made from something else") is None
+    journal.parent.mkdir()
+    journal.write_bytes(kept)  # a checkpoint read under its own key, and not under another
+    with np.load(journal) as z:
+        own = str(z["key"])
+    assert recommend._pass_state(journal, own, {})["next_row"] > 0
+    assert recommend._pass_state(journal, "made from something else", {}) is None
 
 
 def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area, tmp_path):
