@@ -26,13 +26,13 @@ import numpy as np
 
 from .area import NO_LABEL, trim_heap
 from .metrics import confusion_matrix, one_class, scores
-from .runfolder import write_npz
+from .runfolder import read_npz, write_npz
 from .tiles import (RowMap, block_map, both_map, labelled_map, row_strips, value_counts, window_map, within,
                     within_blocks)
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "release", "leakage", "fold_coverage", "cross_validate",
-           "summarise", "verdict", "collapsed_folds", "fold_trust", "fold_task", "METRICS"]
+           "fold_file", "cached_fold", "StoredPredictions", "summarise", "verdict", "collapsed_folds", "fold_trust", "fold_task", "METRICS"]
 
 #: The headline measures summarised over folds.
 METRICS = ("mean_iou", "overall_accuracy", "kappa")
@@ -215,7 +215,7 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
     bar = tqdm(total=folds.k * len(models), desc="cross-validation", disable=not progress)
     todo = []
     for i, m in cms:
-        cached = _cached(cache_dir, i, m, cache_key)
+        cached = cached_fold(cache_dir, i, m, cache_key) if cache_dir else None
         if cached is None:
             todo.append((i, m))
             continue
@@ -225,7 +225,7 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
     for i, m, pred, s in _fit_folds(todo, models, folds, mask, cluster, spill_dir=cache_dir):
         secs[i, m] = s
         if cache_dir:
-            write_npz(Path(cache_dir) / f"fold{i}_{m}.npz", pred=pred, key=cache_key, seconds=s)  # fold_task's
+            write_npz(fold_file(cache_dir, i, m), pred=pred, key=cache_key, seconds=s)  # fold_task's
         cms[i, m] = _score_fold(folds, i, mask, labels, pred, oof[m], n)
         bar.update()
     bar.close()
@@ -239,13 +239,48 @@ def cross_validate(labels: np.ndarray, mask: np.ndarray, names, folds: Folds,
     return dict(folds=per_fold, pooled=pooled, oof=oof)
 
 
-def _cached(cache_dir, i: int, m: str, cache_key: str):
-    """(prediction, seconds) of fold ``i``'s model ``m`` when cached under ``cache_key``; else None."""
-    path = Path(cache_dir) / f"fold{i}_{m}.npz" if cache_dir else None
-    if path is None or not path.is_file():
+def fold_file(cache_dir, i: int, m: str) -> Path:
+    """Where :func:`cross_validate` keeps fold ``i``'s predictions of model ``m`` (``fold<i>_<m>.npz``).
+
+    >>> fold_file("cv", 2, "forest").as_posix()
+    'cv/fold2_forest.npz'
+    """
+    return Path(cache_dir) / f"fold{i}_{m}.npz"
+
+
+def cached_fold(cache_dir, i: int, m: str, cache_key: str) -> tuple[np.ndarray, float] | None:
+    """(prediction, seconds) of fold ``i``'s model ``m`` when kept under ``cache_key``; else None (missing, made
+    from something else, or unreadable: made again)."""
+    kept = read_npz(fold_file(cache_dir, i, m), cache_key, only=("pred", "seconds"))
+    return (kept["pred"], float(kept["seconds"])) if kept else None
+
+
+class StoredPredictions:
+    """The ``k`` fold predictions (class indices) of model ``m`` that :func:`cross_validate` kept under
+    ``cache_key``, read one fold at a time when used: a scene's byte a pixel per fold, not ``k`` of them per model
+    (at 20000 px, 400 MB each). :meth:`find` gives them only when every fold is there under that key."""
+
+    def __init__(self, cache_dir, m: str, cache_key: str, k: int):
+        self.cache_dir, self.m, self.cache_key, self.k = cache_dir, m, cache_key, int(k)
+
+    @classmethod
+    def find(cls, cache_dir, m: str, cache_key: str, k: int) -> "StoredPredictions | None":
+        """The predictions when all ``k`` folds were kept under ``cache_key`` (only their keys read); else None."""
+        if all(read_npz(fold_file(cache_dir, i, m), cache_key, only=()) is not None for i in range(k)):
+            return cls(cache_dir, m, cache_key, k)
         return None
-    with np.load(path) as z:
-        return (z["pred"], float(z["seconds"])) if str(z["key"]) == cache_key else None
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.k:
+            raise IndexError(i)
+        kept = cached_fold(self.cache_dir, i, self.m, self.cache_key)
+        if kept is None:
+            raise FileNotFoundError(f"{fold_file(self.cache_dir, i, self.m)}: this fold's predictions were removed "
+                                    "or remade since they were found; run the notebook again")
+        return kept[0]
 
 
 def _fold_only(pred: np.ndarray, folds: Folds, i: int) -> np.ndarray:

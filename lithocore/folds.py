@@ -35,19 +35,13 @@ def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int =
 FOLD_MODELS_VERSION = 3
 
 
-def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str) -> list[np.ndarray] | None:
+def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str):
     """Notebook 06's fold predictions of ``model`` (class indices over each fold's test region) when all ``k``
-    were made under ``cache_key``; else None."""
-    out = []
-    for i in range(k):
-        path = RunFolder(run_dir).cv_dir / f"fold{i}_{model}.npz"
-        if not path.is_file():
-            return None
-        with np.load(path) as z:
-            if str(z["key"]) != cache_key:
-                return None
-            out.append(z["pred"])
-    return out
+    were made under ``cache_key``, read a fold at a time when used (:class:`lithocore.crossval.StoredPredictions`);
+    else None."""
+    from .crossval import StoredPredictions
+
+    return StoredPredictions.find(RunFolder(run_dir).cv_dir, model, cache_key, k)
 
 
 def trust_settings(profile: str, *, k: int = -1, forest_cap: int = -1, deep: int = -1) -> dict:
@@ -149,18 +143,17 @@ def cv_folds(run_dir, area, cfg, settings: dict):
         The fold number of every pixel (-1: buffer or outside), the block size, the buffer and ``info``.
     """
     from . import crossval
-    from .runfolder import write_npz
+    from .runfolder import read_npz, write_npz
 
     rf = RunFolder(run_dir)
     path = rf.folds_path
     k = key(dict(manifest=manifest_fingerprint(area.manifest_path), **settings, tile=cfg.tile, stride=cfg.stride,
                  n_samples=cfg.n_samples))
+    z = read_npz(path, k)
+    if z is not None:
+        return crossval.Folds(int(z["k"]), int(z["block"]), int(z["buffer"]), z["fold"], json.loads(str(z["info"])))
     if path.is_file():
-        with np.load(path) as z:
-            if str(z["key"]) == k:
-                return crossval.Folds(int(z["k"]), int(z["block"]), int(z["buffer"]), z["fold"],
-                                      json.loads(str(z["info"])))
-        print(f"{path} was made from another study area or other settings: making the folds again.")
+        print(f"{path} was made from another study area or other settings (or cut off): making the folds again.")
     if settings["k"] == 1:
         ts = training_tiles(rf.root, area, cfg, "spatial")
         folds = crossval.Folds(1, 0, settings["buffer"], np.where(ts.region == 1, 0, -1).astype(np.int8),

@@ -24,6 +24,7 @@ import numpy as np
 from . import calibration
 from .area import NO_LABEL, gdal_cache
 from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
+from .crossval import fold_file
 from .forest import check_training_memory, neighbourhood_channels, pixel_features, training_pixels
 from .knndm import random_folds
 from .tiles import RowMap, both_map, draw_pixels, labelled_map, value_counts
@@ -92,7 +93,7 @@ def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, re
             if cache_dir is not None:
                 from .runfolder import key as _key
 
-                path = Path(cache_dir) / f"fold{i}_{m}.npz"
+                path = fold_file(cache_dir, i, m)
                 fkey = _key([cache_key, repr(cand), getattr(cand, "features_made", ""), fraction, cap, seed, n_classes,
                              _digest(t), _digest(pixels)])
             p = _cached(path, fkey)
@@ -181,17 +182,18 @@ def cv_distances(regions, k: int, res: float, idx: np.ndarray, fold: np.ndarray,
     return out
 
 
-def _from_predictions(preds: list[np.ndarray], regions, labels: np.ndarray, name: str, n_classes: int,
-                      max_test: int, seed: int) -> dict:
+def _from_predictions(preds, regions, labels: np.ndarray, name: str, n_classes: int, max_test: int,
+                      seed: int) -> dict:
     """The pooled out-of-fold sample of :func:`cross_validate_proba` from stored fold predictions (class
-    indices: one-hot probabilities)."""
+    indices: one-hot probabilities). ``preds[i]``, fold ``i``'s scene of class indices, is read only at its drawn
+    pixels and let go before the next (:class:`lithocore.crossval.StoredPredictions` reads it from its file then)."""
     rng = np.random.default_rng(seed)
     idx_all, fold_all, pr = [], [], []
-    for i, pred in enumerate(preds):
+    for i in range(len(preds)):
         t = draw_pixels(regions(i)[0], max_test, rng)
         if not len(t):
             continue
-        p = pred.ravel()[t].astype(np.int64)
+        p = preds[i].ravel()[t].astype(np.int64)
         ok = p < n_classes
         idx_all.append(t[ok])
         fold_all.append(np.full(int(ok.sum()), i, np.int16))
@@ -372,7 +374,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                  fraction: float = 0.1, cap: int = 5000, seed: int = 0, rank_by: str = "overall_accuracy",
                  estimates: tuple[str, ...] = ("matched", "block", "random"), aoa_pixels: int = 3000,
                  max_test: int = 40_000, extra_maps: dict[str, np.ndarray] | None = None,
-                 block_predictions: dict[str, list[np.ndarray]] | None = None, cache_key: str | None = None,
+                 block_predictions: dict | None = None, cache_key: str | None = None,
                  progress: bool = True) -> dict:
     """Everything notebook 07 reports, computed and written into ``out_dir``.
 
@@ -402,8 +404,9 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     extra_maps
         Other whole-area class maps (class indices) to count in the agreement, e.g. notebook 05's deep model's.
     block_predictions
-        Notebook 06's fold predictions on ``block_folds`` per candidate (:func:`lithocore.folds.cached_fold_predictions`,
-        made with the same settings): the block estimate is read from them instead of fitted again.
+        Notebook 06's fold predictions on ``block_folds`` per candidate (a sequence of class-index scenes, one a
+        fold: :func:`lithocore.folds.cached_fold_predictions`, made with the same settings, read a fold at a time):
+        the block estimate is read from the recommended one's instead of fitted again.
     cache_key
         What the stack was made from (its provenance key): each fold's probabilities are then kept in
         ``out_dir/cv`` and reused by a rerun (None: nothing kept).

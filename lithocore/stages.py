@@ -21,7 +21,7 @@ from .data import load_study_area
 from .errors import WorkbookWarning
 from .plan import run_config
 from .registry import display_name, model_name
-from .runfolder import RunFolder, key, manifest_fingerprint, write_json, write_npz
+from .runfolder import RunFolder, key, manifest_fingerprint, read_npz, write_json, write_npz
 from .settings import MappingSettings, given_only
 from .tiles import tile_warnings, tiles_made_from
 from .training import assess_model
@@ -132,14 +132,11 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
 def stack_valid_mask(run_dir, stack_key: str) -> np.ndarray | None:
     """The valid-data mask written with the run's stack of key ``stack_key`` (:func:`fused_stack`), or None when
     there is none or it was written with another stack."""
-    path = RunFolder(run_dir).valid_mask_path
-    if not path.is_file():
+    z = read_npz(RunFolder(run_dir).valid_mask_path, stack_key, field="stack_key", only=("shape", "bits"))
+    if z is None:
         return None
-    with np.load(path) as z:
-        if str(z["stack_key"]) != stack_key:
-            return None
-        shape = tuple(int(v) for v in z["shape"])
-        return np.unpackbits(z["bits"], count=shape[0] * shape[1]).reshape(shape).view(bool)  # 0/1 bytes: no copy
+    shape = tuple(int(v) for v in z["shape"])
+    return np.unpackbits(z["bits"], count=shape[0] * shape[1]).reshape(shape).view(bool)  # 0/1 bytes: no copy
 
 
 def _stack_from_file(path, max_pixels: int | None = None):

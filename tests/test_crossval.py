@@ -217,3 +217,45 @@ def test_released_spilled_arrays_leave_the_process_memory_and_read_the_same(tmp_
     own = big.copy()
     release(own)
     assert np.array_equal(own, big)
+
+
+def test_stored_fold_predictions_are_read_one_fold_at_a_time(tmp_path):
+    """Notebook 07's block estimate from notebook 06's kept fold predictions: found only when every fold is there
+    under the key, read a fold at a time where used (at 20000 px each is 400 MB, and every candidate's k of them
+    had been loaded), and the same pooled sample as from the predictions in memory."""
+    import weakref
+
+    from lithocore.recommend import _from_predictions, fold_sets
+
+    H = W = 600
+    rows, cols = np.indices((H, W))
+    folds = crossval.Folds(4, 150, 0, ((rows // 150 + cols // 150) % 4).astype(np.int8))
+    labels = ((rows // 50 + 2 * (cols // 70)) % 5).astype(np.uint8)
+    mask = np.ones((H, W), bool)
+    preds = {i: np.random.default_rng(i).integers(0, 5, (H, W)).astype(np.uint8) for i in range(folds.k)}
+    crossval.cross_validate(labels, mask, list("abcde"), folds, {"m": lambda i, train, test: preds[i].copy()},
+                            cache_dir=tmp_path, cache_key="k", progress=False)
+    assert crossval.StoredPredictions.find(tmp_path, "m", "other key", folds.k) is None
+    assert crossval.StoredPredictions.find(tmp_path, "forest", "k", folds.k) is None
+    regions = fold_sets("block", folds.fold, folds.k, mask, labels)
+    in_memory = [np.where(folds.fold == i, preds[i], NO_LABEL).astype(np.uint8) for i in range(folds.k)]
+    expected = _from_predictions(in_memory, regions, labels, "m", 5, 5000, 0)
+    read, held = [], []
+
+    class Watched(crossval.StoredPredictions):  # how many folds read before are still held at each read
+        def __getitem__(self, i):
+            pred = super().__getitem__(i)
+            held.append(sum(r() is not None for r in read))
+            read.append(weakref.ref(pred))
+            return pred
+
+    stored = Watched.find(tmp_path, "m", "k", folds.k)
+    assert not read  # found by the keys alone
+    got = _from_predictions(stored, regions, labels, "m", 5, 5000, 0)
+    assert held == [0, 0, 0, 0]
+    assert np.array_equal(got["idx"], expected["idx"]) and np.array_equal(got["proba"]["m"], expected["proba"]["m"])
+    assert np.array_equal(got["fold"], expected["fold"]) and len(stored) == folds.k
+    crossval.fold_file(tmp_path, 2, "m").unlink()  # gone after it was found: said, not read as nothing
+    with pytest.raises(FileNotFoundError, match="fold2_m.npz"):
+        stored[2]
+    assert crossval.StoredPredictions.find(tmp_path, "m", "k", folds.k) is None
