@@ -375,7 +375,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
                  estimates: tuple[str, ...] = ("matched", "block", "random"), aoa_pixels: int = 3000,
                  max_test: int = 40_000, extra_maps: dict[str, np.ndarray] | None = None,
                  block_predictions: dict | None = None, cache_key: str | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, cluster=None) -> dict:
     """Everything notebook 07 reports, computed and written into ``out_dir``.
 
     Parameters
@@ -410,6 +410,13 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     cache_key
         What the stack was made from (its provenance key): each fold's probabilities are then kept in
         ``out_dir/cv`` and reused by a rerun (None: nothing kept).
+    progress
+        Show progress bars.
+    cluster
+        Where the final pass's strips (every candidate's classes, the probabilities, the DI) are made: None or ""
+        this process, ``"local:K"``, a scheduler address or a ``distributed.Client``
+        (:func:`lithocore.mapping.connect`): the same files, pixel for pixel. The fitted models and scene-sized
+        arrays reach the workers as files in ``out_dir`` (a shared file system, as the run folder is).
 
     Returns
     -------
@@ -462,7 +469,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     resume = None if cache_key is None else _pass_key(cache_key, area, candidates, features, fits, best, cal,
                                                       app["aoa"], ground, extra_maps, (fraction, cap, seed))
     final = _final_pass(area, candidates, features, fits, best, cal, app["aoa"], ground, out_dir, extra_maps,
-                        trained, progress=progress, resume_key=resume)
+                        trained, progress=progress, resume_key=resume, cluster=cluster or None)
     map_seconds = fit_seconds + time.perf_counter() - t3
 
     e = ests["matched"][best]
@@ -695,7 +702,8 @@ def _checkpoint(journal: Path, resume_key: str, next_row: int, files: dict, sums
 
 
 def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, aoa, ground: np.ndarray, out_dir: Path,
-                extra_maps: dict | None, trained: list, *, progress: bool, resume_key: str | None = None) -> dict:
+                extra_maps: dict | None, trained: list, *, progress: bool, resume_key: str | None = None,
+                cluster=None) -> dict:
     """Step 5: the map and its layers, strip by strip: every candidate's classes, the recommended one's calibrated
     probabilities, their entropy, the DI and the AOA, the maps' agreement, each strip written into its
     cloud-optimised GeoTIFF as it is made (a scene of probabilities is never held); the sums the trust record
@@ -705,12 +713,14 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
 
     With ``resume_key`` (:func:`_pass_key`) the files are written in ``out_dir/partial`` and every
     :data:`PASS_CHECKPOINT_SECONDS` put on disk with the sums and figures so far (``final_pass.npz``); a pass
-    interrupted and called again with the same key goes on from the last checkpoint, to the same files."""
+    interrupted and called again with the same key goes on from the last checkpoint, to the same files.
+
+    The strips are made here or, with ``cluster``, as tasks of a Dask cluster (:func:`_strips`), and written here
+    in order."""
     import contextlib
 
     from tqdm.auto import tqdm
 
-    from .mapping import CONFIDENCE_STEPS
     from .plotting import figure_step
     from .stackfile import STRIP_ROWS
 
@@ -719,6 +729,8 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
     K = len(names)
     step = figure_step((H, W))  # the figures' maps: every step-th row and column
     scenes = {m: c.scene_proba(fits[m][0], features[m]) for m, c in candidates.items() if isinstance(c, DeepCandidate)}
+    shared = dict(candidates=candidates, features=features, fits={m: fits[m][0] for m in candidates}, best=best,
+                  T=cal["T"], aoa=aoa, mask=mask, extra_maps=extra_maps or {}, n_classes=K)
     others = list(dict.fromkeys([*candidates, *(extra_maps or {})]))  # the agreement: candidates' and other maps
     shown = (-(-H // step), -(-W // step))
     figs = dict(classes=np.full(shown, NO_LABEL, np.uint8), entropy=np.full(shown, np.nan, np.float32),
@@ -742,19 +754,17 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
     with contextlib.ExitStack() as opened:
         files = {k: opened.enter_context(w) for k, w in writers.items()}
         opened.enter_context(gdal_cache(max(64.0, 2 * row_mb)))  # GDAL's default keeps 5 % of the memory of blocks
-        for r0 in tqdm(range(start, H, STRIP_ROWS), desc="map to trust", disable=not progress,
-                       initial=start // STRIP_ROWS, total=-(-H // STRIP_ROWS)):
+        made = _strips(shared, scenes, range(start, H, STRIP_ROWS), cluster, out_dir)
+        for r0, layers in tqdm(made, desc="map to trust", disable=not progress, initial=start // STRIP_ROWS,
+                               total=-(-H // STRIP_ROWS)):
             r1 = min(H, r0 + STRIP_ROWS)
             ok = mask[r0:r1]
-            other_maps = {k: v[r0:r1] for k, v in (extra_maps or {}).items()}
-            layers = _strip_layers(candidates, features, fits, {m: v[:, r0:r1] for m, v in scenes.items()}, best,
-                                   cal["T"], aoa, ok, r0 * W + np.flatnonzero(ok), other_maps, K)
-            maps, pb, cls, inside = layers["maps"], layers["proba"], layers["classes"], layers["aoa"]
+            maps, cls, inside = layers["maps"], layers["classes"], layers["aoa"]
             rows = np.flatnonzero(np.arange(r0, r1) % step == 0)
             for name in figs:
                 figs[name][(r0 + rows) // step] = layers[name][rows, ::step]
             g = ground[r0:r1] & ok
-            sums["confidence_sum"] += float(pb.max(1)[g[ok]].astype(np.float64).sum())
+            sums["confidence_sum"] += float(layers["confidence"][g[ok]].astype(np.float64).sum())
             sums["ground_pixels"] += int(g.sum())
             sums["ground_inside"] += int((g & inside).sum())
             if area.held_out is not None:
@@ -764,10 +774,8 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                 held["inside"].append(inside[h])
                 for m in candidates:
                     held[m].append(maps[m][h])
-            probs = np.full((K, *ok.shape), 255, np.uint8)
-            probs[:, ok] = np.round(pb.T * CONFIDENCE_STEPS)
             files["classes"].write(area.classes.to_ids(cls), r0)
-            files["probabilities"].write(probs, r0)
+            files["probabilities"].write(layers["probabilities"], r0)
             files["entropy"].write(layers["entropy"], r0)
             files["dissimilarity"].write(layers["di"], r0)
             files["aoa"].write(np.where(ok, inside, 255).astype(np.uint8), r0)
@@ -787,24 +795,105 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                               files={k: str(w.path) for k, w in files.items()})
 
 
+#: Strips each worker of a cluster has queued ahead of the one written (:func:`_strips`).
+STRIPS_AHEAD = 2
+
+
+def _strips(shared: dict, scenes: dict, starts, cluster, out_dir: Path):
+    """Yield ``(r0, layers)`` for the strips starting at the rows ``starts``, in order (:func:`_strip_layers`, from
+    the pass's ``shared`` models and arrays; ``scenes``: a network's scene probabilities, cut to each strip here).
+    With ``cluster`` each strip is a task of that Dask cluster, :data:`STRIPS_AHEAD` a worker submitted ahead of
+    the one yielded; ``shared`` reaches the workers as one pickle whose scene-sized arrays are ``.npy`` files, in a
+    folder of ``out_dir`` removed at the end (:func:`lithocore.crossval.spill`), opened once a worker."""
+    from .stackfile import STRIP_ROWS
+
+    H = shared["mask"].shape[0]
+    cut = lambda r0: {m: np.asarray(v[:, r0:r0 + STRIP_ROWS]) for m, v in scenes.items()}  # noqa: E731
+    if cluster is None:
+        for r0 in starts:
+            yield r0, _strip(shared, r0, min(H, r0 + STRIP_ROWS), cut(r0))
+        return
+    import collections
+    import shutil
+    import tempfile
+
+    from .crossval import spill
+    from .mapping import connect
+
+    where = Path(tempfile.mkdtemp(prefix=".spill-", dir=out_dir))
+    try:
+        (where / "shared.pkl").write_bytes(spill(shared, where))
+        with connect(cluster) as client:
+            ahead = STRIPS_AHEAD * max(1, len(client.scheduler_info()["workers"]))
+            queued, todo = collections.deque(), iter(starts)
+            submit = lambda r0: (r0, client.submit(_remote_strip, str(where), r0, min(H, r0 + STRIP_ROWS),  # noqa: E731
+                                                   cut(r0), pure=False))
+            for r0 in todo:
+                queued.append(submit(r0))
+                if len(queued) >= ahead:
+                    break
+            while queued:
+                r0, fut = queued.popleft()
+                layers = fut.result()
+                fut.release()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    queued.append(submit(nxt))
+                yield r0, layers
+            client.run(_forget_pass, str(where))
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+_WORKER_PASS: dict = {}
+
+
+def _remote_strip(where: str, r0: int, r1: int, scenes: dict) -> dict:
+    """One strip of the final pass on a worker; the pass's models and arrays read once a worker from ``where``."""
+    from .crossval import unspill
+
+    if _WORKER_PASS.get("where") != where:
+        _WORKER_PASS.clear()
+        _WORKER_PASS.update(where=where, shared=unspill((Path(where) / "shared.pkl").read_bytes()))
+    return _strip(_WORKER_PASS["shared"], r0, r1, scenes)
+
+
+def _forget_pass(where: str) -> None:
+    """Let a worker drop a finished pass's models and mapped arrays."""
+    if _WORKER_PASS.get("where") == where:
+        _WORKER_PASS.clear()
+
+
+def _strip(shared: dict, r0: int, r1: int, scenes: dict) -> dict:
+    """Rows ``r0:r1`` of the final pass (:func:`_strip_layers`) from its ``shared`` models and arrays."""
+    mask = shared["mask"]
+    ok = np.asarray(mask[r0:r1])
+    other_maps = {k: np.asarray(v[r0:r1]) for k, v in shared["extra_maps"].items()}
+    return _strip_layers(shared["candidates"], shared["features"], shared["fits"], scenes, shared["best"],
+                         shared["T"], shared["aoa"], ok, r0 * mask.shape[1] + np.flatnonzero(ok), other_maps,
+                         shared["n_classes"])
+
+
 def _joined(pieces: list) -> np.ndarray:
     return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
 
 
 def _strip_layers(candidates, features, fits: dict, scenes: dict, best: str, T: float, aoa, ok: np.ndarray,
                   idx: np.ndarray, other_maps: dict, n_classes: int) -> dict:
-    """One strip of :func:`_final_pass` (its valid pixels ``ok``, their flat indices ``idx``): every candidate's
-    class indices (``maps``; a network's from its scene probabilities in ``scenes``, cut to the strip), the
-    recommended one's probabilities scaled by ``T`` (``proba``, (n, K)), its ``classes``, their ``entropy``, the
-    ``di``, the ``aoa`` and the maps' ``agreement`` (``other_maps`` counted too)."""
+    """One strip of :func:`_final_pass` (its valid pixels ``ok``, their flat indices ``idx``; ``fits``: each
+    candidate's fitted model): every candidate's class indices (``maps``; a network's from its scene probabilities
+    in ``scenes``, cut to the strip), the recommended one's probabilities scaled by ``T`` as the file stores them
+    (``probabilities``, (K, rows, W) bytes) and their largest (``confidence``, one a valid pixel), its ``classes``,
+    their ``entropy``, the ``di``, the ``aoa`` and the maps' ``agreement`` (``other_maps`` counted too)."""
     from .applicability import dissimilarity
+    from .mapping import CONFIDENCE_STEPS
 
     maps = {}
     for m, c in candidates.items():
         if m in scenes:
             p = scenes[m][:, ok].T
         elif len(idx):
-            p = c.proba(fits[m][0], features[m], idx, n_classes)
+            p = c.proba(fits[m], features[m], idx, n_classes)
         else:
             p = np.zeros((0, n_classes), np.float32)
         if m == best:
@@ -815,8 +904,10 @@ def _strip_layers(candidates, features, fits: dict, scenes: dict, best: str, T: 
     ent[ok] = calibration.entropy(pb, axis=1)
     di = np.full(ok.shape, np.nan, np.float32)
     di[ok] = dissimilarity(aoa, pixel_features(features[best], idx)) if len(idx) else []
-    return dict(maps=maps, proba=pb, classes=maps[best], entropy=ent, di=di, aoa=ok & (di <= aoa.threshold),
-                agreement=agreement(maps | other_maps, maps[best], ok))
+    probs = np.full((n_classes, *ok.shape), 255, np.uint8)
+    probs[:, ok] = np.round(pb.T * CONFIDENCE_STEPS)
+    return dict(maps=maps, probabilities=probs, confidence=pb.max(1), classes=maps[best], entropy=ent, di=di,
+                aoa=ok & (di <= aoa.threshold), agreement=agreement(maps | other_maps, maps[best], ok))
 
 
 def _map_writers(out_dir: Path, area, best: str, cal: dict, aoa, agreement_maps: list[str], *,

@@ -344,6 +344,37 @@ def test_an_interrupted_map_to_trust_goes_on_where_it_stopped(small_area, tmp_pa
     assert recommend._pass_state(journal, "made from something else", {}) is None
 
 
+def test_map_to_trust_on_a_two_worker_cluster_is_that_of_one_process(small_area, tmp_path):
+    """The final pass's strips made as tasks of a two-worker Dask cluster (the models and scene-sized arrays, another
+    map counted in the agreement among them, sent as files): the same trust record and the same six files, pixel
+    for pixel, as in one process; the files sent are gone afterwards."""
+    import rasterio
+
+    from dataclasses import replace
+
+    from lithocore import fusion
+    from lithocore.candidates import CANDIDATES
+    from lithocore.recommend import map_to_trust
+
+    stack = fusion.build_stack(fusion.fuse_study_area(small_area, progress=False), small_area)[0]
+    other = np.where(small_area.mask, (np.arange(small_area.mask.size).reshape(small_area.shape) // 7919) % 3,
+                     NO_LABEL).astype(np.uint8)
+    kw = dict(k=2, cap=800, seed=0, estimates=("matched",), progress=False, aoa_pixels=400, max_test=3000,
+              extra_maps={"other": other}, candidates={m: replace(c, n_trees=30) for m, c in CANDIDATES.items()})
+    one = map_to_trust(small_area, stack, tmp_path / "one", **kw)
+    two = map_to_trust(small_area, stack, tmp_path / "two", cluster="local:2", **kw)
+    a, b = one["trust"], two["trust"]
+    for key in ("recommended_model", "expected", "estimates", "held_out_check", "held_out_check_all", "aoa_share",
+                "ground"):
+        assert a[key] == b[key], key
+    for name in ("classes", "probabilities", "dissimilarity", "aoa", "agreement", "entropy"):
+        with rasterio.open(a["files"][name]) as x, rasterio.open(b["files"][name]) as y:
+            assert np.array_equal(x.read(), y.read(), equal_nan=True), name
+    for name in ("classes", "di", "aoa", "agreement", "entropy"):
+        assert np.array_equal(one[name], two[name], equal_nan=True), name
+    assert not list((tmp_path / "two").glob(".spill-*"))
+
+
 def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area, tmp_path):
     """Every valid pixel labelled: the matched folds fall back to the labelled map itself (random folds, the
     ground's distance to a label being 0), and the warning says so."""
