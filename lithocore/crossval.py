@@ -32,7 +32,8 @@ from .tiles import (RowMap, block_map, both_map, labelled_map, row_strips, value
 from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "release", "leakage", "fold_coverage", "cross_validate",
-           "fold_file", "cached_fold", "StoredPredictions", "summarise", "verdict", "collapsed_folds", "fold_trust", "fold_task", "METRICS"]
+           "fold_file", "cached_fold", "StoredPredictions", "summarise", "verdict", "collapsed_folds", "fold_trust",
+           "fold_task", "METRICS"]
 
 #: The headline measures summarised over folds.
 METRICS = ("mean_iou", "overall_accuracy", "kappa")

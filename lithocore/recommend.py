@@ -729,8 +729,9 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
     K = len(names)
     step = figure_step((H, W))  # the figures' maps: every step-th row and column
     scenes = {m: c.scene_proba(fits[m][0], features[m]) for m, c in candidates.items() if isinstance(c, DeepCandidate)}
-    shared = dict(candidates=candidates, features=features, fits={m: fits[m][0] for m in candidates}, best=best,
-                  T=cal["T"], aoa=aoa, mask=mask, extra_maps=extra_maps or {}, n_classes=K)
+    shared = dict(candidates=candidates, features=features, best=best, T=cal["T"], aoa=aoa, mask=mask,
+                  fits={m: fits[m][0] for m in candidates if m not in scenes},  # a network's strips: its scene's
+                  extra_maps=extra_maps or {}, n_classes=K)
     others = list(dict.fromkeys([*candidates, *(extra_maps or {})]))  # the agreement: candidates' and other maps
     shown = (-(-H // step), -(-W // step))
     figs = dict(classes=np.full(shown, NO_LABEL, np.uint8), entropy=np.full(shown, np.nan, np.float32),
