@@ -9,8 +9,8 @@ Python process: ``stack`` (the fused stack, block by block), ``tiles`` (the spat
 ``training`` (notebook 04's model, ``--epochs`` epochs), ``cv`` (notebook 06's cross-validation, 2 folds: the
 deep model, the forest and the neighbourhood forest) and ``maps`` (the deep model's map and the paper's forest's,
 window by window) and ``trust`` (notebook 07's ``map_to_trust``: the two forests on 2 matched folds, the
-recommended map, its DI, AOA and layers, strip by strip). With ``--workers`` K > 0 the cross-validation's fold x model fits, the maps' windows
-and notebook 07's strips run on a LocalCluster of K one-thread workers (the stack read from the run folder); the cross-validation runs again in one
+recommended map, its DI, AOA and layers, strip by strip). With ``--workers`` K > 0 the stack's strips, the cross-validation's fold x model fits,
+the maps' windows and notebook 07's strips run on a LocalCluster of K one-thread workers (the stack read from the run folder); the cross-validation runs again in one
 process, and ``identical_to_one_process`` says whether the two give the same scores and out-of-fold maps
 (``--no-one-process-check``: not run, null). Each stage's row is kept in the run folder (``bench_stages.json``,
 each row also printed to stderr as it ends); ``--resume`` goes on from the first stage not finished.
@@ -57,7 +57,7 @@ def stage(name: str, folder: Path, manifest: Path, epochs: int, workers: int) ->
     t0 = time.perf_counter()
     out: dict = {}
     client_cm = contextlib.nullcontext(None)
-    if workers and name in ("cv", "maps", "trust"):
+    if workers and name in ("stack", "cv", "maps", "trust"):
         from distributed import Client, LocalCluster
 
         client_cm = contextlib.ExitStack()
@@ -68,7 +68,9 @@ def stage(name: str, folder: Path, manifest: Path, epochs: int, workers: int) ->
         cluster = lc.scheduler_address if ctx is not None else ""  # the notebooks' `cluster`: a scheduler address
         forest = ForestSettings(n_trees=50)
         if name == "stack":
-            run.stack()
+            from lithocore.stages import fused_stack
+
+            fused_stack(run.root, run.manifest, cluster=cluster)  # notebook 02's cluster: its strips as tasks
         elif name == "tiles":
             run.tiles("spatial")
             run.folds()

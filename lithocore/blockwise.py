@@ -186,6 +186,83 @@ class _RowReader:
         allb[:, ~mask] = np.nan
         return allb[:self.n_guide], allb[self.n_guide:], mask
 
+    def each(self, plan, fn, strips, *args):
+        """Yield ``((r0, n), fn(plan, self, r0, n, *args))`` for each strip, in order, here."""
+        for r0, n in strips:
+            yield (r0, n), fn(plan, self, r0, n, *args)
+
+
+class _ClusterReader:
+    """The strips' work of :func:`write_stack` as tasks of a Dask cluster (``client``), yielded in order
+    (:func:`lithocore.mapping.in_order`): each worker opens the fine rasters once and keeps a :class:`_RowReader`
+    of its own (its own valid-mask rows); the plan and each pass's arguments reach the workers once, as pickles
+    whose large arrays are ``.npy`` files in ``where`` (:func:`lithocore.crossval.spill`), and each strip's result
+    comes back the same way (a strip of the stack as a file, not through the cluster's messages)."""
+
+    def __init__(self, client, plan: _Plan, where: Path, memory_mb: float):
+        from dataclasses import replace
+
+        self.client, self.where, self.calls = client, where, 0
+        self._spill("plan", dict(plan=replace(plan, labels=np.zeros((0, 0), np.uint8), area=None), memory_mb=memory_mb))
+
+    def _spill(self, name: str, obj) -> str:
+        from .crossval import spill
+
+        folder = self.where / name
+        folder.mkdir()
+        (folder / "object.pkl").write_bytes(spill(obj, folder))
+        return str(folder / "object.pkl")
+
+    def each(self, plan, fn, strips, *args):
+        import shutil
+
+        from .crossval import unspill
+        from .mapping import in_order
+
+        self.calls += 1
+        sent = self._spill(f"args{self.calls}", args)
+        submit = lambda rn: self.client.submit(_remote_part, str(self.where), fn, rn[0], rn[1], sent,  # noqa: E731
+                                               pure=False)
+        for rn, (folder, packed) in in_order(self.client, submit, strips):
+            yield rn, unspill(packed)
+            shutil.rmtree(folder, ignore_errors=True)  # its arrays mapped still where used: the pages stay
+
+
+_WORKER_FUSION: dict = {}
+
+
+def _remote_part(where: str, fn, r0: int, n: int, args_path: str):
+    """``fn(plan, read, r0, n, *args)`` on a worker, the plan and the arguments read once a worker (a new ``where``:
+    a new stack; the worker's :class:`_RowReader` keeps its valid-mask rows across tasks), the rasters opened by the
+    task (GDAL's handles belong to the thread that opened them); returns the folder and the spilled pickle of the
+    result."""
+    from .crossval import spill, unspill
+
+    w = _WORKER_FUSION
+    if w.get("where") != where:
+        w.clear()
+        shared = unspill((Path(where) / "plan" / "object.pkl").read_bytes())
+        plan = shared["plan"]
+        w.update(where=where, plan=plan, memory_mb=shared["memory_mb"],
+                 read=_RowReader(plan.grid, plan.fine, [], plan.layers, plan.outline, None))
+    if w.get("args_path") != args_path:
+        w.update(args_path=args_path, args=unspill(Path(args_path).read_bytes()))
+    with contextlib.ExitStack() as opened:
+        srcs = [opened.enter_context(open_raster(f.path)) for f in w["plan"].fine]
+        opened.enter_context(gdal_cache(cache_mb(srcs, w["memory_mb"])))
+        w["read"].srcs = srcs
+        result = fn(w["plan"], w["read"], r0, n, *w["args"])
+        w["read"].srcs = []
+    folder = Path(where) / "parts" / f"{fn.__name__}_{r0}"
+    folder.mkdir(parents=True)
+    return str(folder), spill(result, folder)
+
+
+def _forget_fusion(where: str) -> None:
+    """Let a worker drop a finished fusion's plan, arguments and valid-mask rows."""
+    if _WORKER_FUSION.get("where") == where:
+        _WORKER_FUSION.clear()
+
 
 @dataclass
 class _Plan:
@@ -258,11 +335,14 @@ def _log_floor(plan: _Plan, read, transform: str) -> float:
     guide value in a systematic sample of the valid pixels."""
     if not plan.guide_names or transform == "none":
         return 0.0
-    sample = []
-    for r0, n in plan.strips():
-        g, _, m = read(r0, n)
-        sample.append(np.abs(g[:, m][:, ::97]).ravel())
+    sample = [part for _, part in read.each(plan, _floor_sample, plan.strips())]
     return 1e-4 * float(np.nanmedian(np.concatenate(sample))) or 1e-6
+
+
+def _floor_sample(plan: _Plan, read, r0: int, n: int) -> np.ndarray:
+    """Pass 0, one strip: the absolute guide values of every 97th valid pixel."""
+    g, _, m = read(r0, n)
+    return np.abs(g[:, m][:, ::97]).ravel()
 
 
 def _coarse_means(plan: _Plan, read, transform: str, floor: float, bar) -> dict:
@@ -274,20 +354,12 @@ def _coarse_means(plan: _Plan, read, transform: str, floor: float, bar) -> dict:
     counts = {f: np.zeros(grid.coarsen(f).shape) for f in factors}
     valid = 0
     finite_bands = np.zeros(n_g + len(plan.extra_names), dtype=np.int64)
-    for r0, n in plan.strips():
-        g, e, m = read(r0, n)
-        valid += int(m.sum())
-        finite_bands += np.isfinite(np.concatenate([g, e])).sum(axis=(1, 2))
-        if n_g and factors:
-            gt = _guide_transform(g, transform, floor)
-            rr, cc = np.nonzero(m)
-            for f in factors:
-                ids = ((rr + r0) // f) * grid.coarsen(f).width + cc // f
-                size = counts[f].size
-                counts[f] += np.bincount(ids, minlength=size).reshape(counts[f].shape)
-                for i in range(n_g):
-                    sums[f][i] += np.bincount(ids, weights=gt[i][m].astype(np.float64),
-                                              minlength=size).reshape(counts[f].shape)
+    for _, part in read.each(plan, _strip_sums, plan.strips(), transform, floor):
+        valid += part["valid"]
+        finite_bands += part["finite"]
+        for f, (c0, cnt, sm) in part["cells"].items():  # the coarse rows the strip touches: the same additions
+            counts[f][c0:c0 + len(cnt)] += cnt
+            sums[f][:, c0:c0 + len(cnt)] += sm
         bar.update(1)
     if not valid:
         raise StudyAreaError(plan.mpath, "the study area is empty: no pixel has valid data in every layer "
@@ -296,6 +368,25 @@ def _coarse_means(plan: _Plan, read, transform: str, floor: float, bar) -> dict:
         if not k:
             raise StudyAreaError(plan.mpath, f"band {name} has no valid data inside the reference grid")
     return {f: np.where(counts[f] > 0, sums[f] / np.maximum(counts[f], 1), np.nan) for f in factors}
+
+
+def _strip_sums(plan: _Plan, read, r0: int, n: int, transform: str, floor: float) -> dict:
+    """Pass 1, one strip: its valid pixels, each band's finite values and, for every coarse factor, the guide's
+    counts and sums over the coarse cells of the rows it touches (first coarse row, counts, sums)."""
+    grid, n_g = plan.grid, len(plan.guide_names)
+    g, e, m = read(r0, n)
+    part = dict(valid=int(m.sum()), finite=np.isfinite(np.concatenate([g, e])).sum(axis=(1, 2)), cells={})
+    if n_g:
+        gt = _guide_transform(g, transform, floor)
+        rr, cc = np.nonzero(m)
+        for f in sorted({c.factor for c in plan.layers}):
+            c0, c1, cw = r0 // f, (r0 + n - 1) // f + 1, grid.coarsen(f).width
+            ids = ((rr + r0) // f - c0) * cw + cc // f
+            cnt = np.bincount(ids, minlength=(c1 - c0) * cw).reshape(c1 - c0, cw)
+            sm = np.stack([np.bincount(ids, weights=gt[i][m].astype(np.float64), minlength=(c1 - c0) * cw)
+                           .reshape(c1 - c0, cw) for i in range(n_g)])
+            part["cells"][f] = (c0, cnt, sm)
+    return part
 
 
 def _fit_layers(plan: _Plan, means: dict, method: str) -> tuple[list, list]:
@@ -316,8 +407,8 @@ def _fit_layers(plan: _Plan, means: dict, method: str) -> tuple[list, list]:
     return fits, infos
 
 
-def _fused_strip(plan: _Plan, read, fits: list, means: dict, kw: dict, floor: float, r0: int,
-                 n: int) -> tuple[np.ndarray, np.ndarray]:
+def _fused_strip(plan: _Plan, read, r0: int, n: int, fits: list, means: dict, kw: dict,
+                 floor: float) -> tuple[np.ndarray, np.ndarray]:
     """Pass 2, one strip: every channel of rows r0 .. r0 + n (the fused layers read with a halo of rows for the
     detail's smoothing, so a strip's pixels are the whole-scene computation's), NaN outside the valid mask, and
     the strip's valid mask."""
@@ -349,7 +440,7 @@ def _fused_strip(plan: _Plan, read, fits: list, means: dict, kw: dict, floor: fl
 
 
 def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=None, *, memory_mb: float = 256.0,
-                tags=None, progress: bool = True, area=None) -> dict:
+                tags=None, progress: bool = True, area=None, cluster=None) -> dict:
     """Fuse a study area and write its stack (channels by ``settings``, a
     :class:`~lithocore.fusion.FusionSettings`) to ``path`` block by block: pass 0 the logarithms' floor (a log or
     clr guide), pass 1 the guide's means over the coarse cells, the fits on those small grids, pass 2 each strip's
@@ -361,7 +452,11 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     and one for the valid-data mask). ``tags``: a dict, or a function of the channel names that returns one.
     ``area``: the same study area already loaded on the same grid: its layers are used instead of reading and
     warping the files again (the same values; a preview on a coarser grid, ``load_study_area(..., max_pixels=...)``,
-    or an area loaded without its fine bands, is not used).
+    or an area loaded without its fine bands, is not used). ``cluster``: the strips of every pass made as tasks of
+    a Dask cluster (``"local:K"``, a scheduler address or a ``distributed.Client``,
+    :func:`lithocore.mapping.connect`; the workers read the fine rasters themselves, and their results reach this
+    process as files in a folder beside ``path``, on a file system they share), written here in order: the same
+    file.
     """
     from tqdm.auto import tqdm
 
@@ -376,23 +471,17 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        srcs = [stack.enter_context(open_raster(f.path)) for f in plan.fine]
-        stack.enter_context(gdal_cache(cache_mb(srcs, memory_mb)))
-        loaded = None
-        names = plan.guide_names + plan.extra_names
-        if plan.area is not None and names \
-                and list(plan.area.guide_names) + list(plan.area.extra_names) == names:
-            loaded = [a for a in (plan.area.guide, plan.area.extra) if a.shape[0]]
-        read = _RowReader(plan.grid, plan.fine, srcs, plan.layers, plan.outline, loaded)
+        read = _reader(stack, plan, area, memory_mb, cluster, out)
         floor = _log_floor(plan, read, kw["guide_transform"])
         bar = tqdm(total=2 * len(plan.starts), desc="fusing block by block", unit="block", disable=not progress)
         means = _coarse_means(plan, read, kw["guide_transform"], floor, bar)
         fits, infos = _fit_layers(plan, means, kw["method"])
         moments, labelled_valid = Moments(len(plan.channels)), 0
+        valid = np.zeros(plan.grid.shape, dtype=bool)
         with atomic_path(out) as tmp:
             with rasterio.open(tmp, "w", **plan.grid.profile(len(plan.channels), "float32", compress=None)) as dst:
-                for r0, n in plan.strips():  # pass 2
-                    block, m = _fused_strip(plan, read, fits, means, kw, floor, r0, n)
+                for (r0, n), (block, m) in read.each(plan, _fused_strip, plan.strips(), fits, means, kw, floor):
+                    valid[r0:r0 + n] = m  # pass 2
                     sel = m & (plan.labels[r0:r0 + n] != NO_LABEL)
                     labelled_valid += int(sel.sum())
                     for i in range(len(plan.channels)):
@@ -408,7 +497,30 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                 write_cog(tmp, tmp, resampling="average")
     return dict(path=str(out), channels=plan.channels, units=ch_units, normalisation=stats, coefficients=infos,
                 fused_names=[c.name for c in plan.layers], block_rows=plan.rows, blocks=len(plan.starts),
-                halo=plan.halo, warnings=plan.warns, seconds=time.perf_counter() - t0, valid=read.valid)
+                halo=plan.halo, warnings=plan.warns, seconds=time.perf_counter() - t0, valid=valid)
+
+
+def _reader(stack: contextlib.ExitStack, plan: _Plan, area, memory_mb: float, cluster, out: Path):
+    """What reads the strips for :func:`write_stack`, opened in ``stack``: a :class:`_RowReader` of the fine rasters
+    (or of ``area``'s layers, on the same grid) here, or with ``cluster`` a :class:`_ClusterReader`."""
+    if cluster:
+        import shutil
+        import tempfile
+
+        from .mapping import connect
+
+        where = Path(tempfile.mkdtemp(prefix=".spill-", dir=out.parent))
+        stack.callback(shutil.rmtree, where, ignore_errors=True)
+        client = stack.enter_context(connect(cluster))
+        stack.callback(client.run, _forget_fusion, str(where))
+        return _ClusterReader(client, plan, where, memory_mb)
+    srcs = [stack.enter_context(open_raster(f.path)) for f in plan.fine]
+    stack.enter_context(gdal_cache(cache_mb(srcs, memory_mb)))
+    loaded = None
+    names = plan.guide_names + plan.extra_names
+    if plan.area is not None and names and list(plan.area.guide_names) + list(plan.area.extra_names) == names:
+        loaded = [a for a in (plan.area.guide, plan.area.extra) if a.shape[0]]
+    return _RowReader(plan.grid, plan.fine, srcs, plan.layers, plan.outline, loaded)
 
 
 def _describe_bands(dst, channels: list, units: list, stats: dict, tags: dict | None) -> None:

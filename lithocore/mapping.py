@@ -47,7 +47,7 @@ from .settings import MappingSettings
 from .runfolder import atomic_path
 
 __all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "live_floats", "predict_window", "read_window", "scene_outputs",
-           "window_predictor", "map_array",
+           "window_predictor", "map_array", "connect", "in_order",
            "map_geotiff", "write_class_map", "class_map_writer", "read_class_map", "read_confidence", "class_map_colours", "write_qml", "write_cog", "CONFIDENCE_SCALE"]
 
 #: Context kept around every window's core, in pixels (a multiple of 32).
@@ -628,6 +628,28 @@ def connect(cluster):
     if text == "local" or text.startswith("local:"):
         return _local_cluster(int(text.split(":", 1)[1]) if ":" in text else 2)
     return Client(text)
+
+
+def in_order(client, submit, items, per_worker: int = 2):
+    """Yield ``(item, result)`` for each of ``items`` in their order, ``submit(item)`` (a ``client.submit``'s future)
+    run as a task of ``client``'s cluster, ``per_worker`` tasks a worker queued ahead of the one yielded: the
+    workers kept busy, and no more results held here than that (a strip of a map or of the stack each)."""
+    import collections
+
+    ahead = per_worker * max(1, len(client.scheduler_info()["workers"]))
+    queued, todo = collections.deque(), iter(items)
+    for item in todo:
+        queued.append((item, submit(item)))
+        if len(queued) >= ahead:
+            break
+    while queued:
+        item, fut = queued.popleft()
+        result = fut.result()
+        fut.release()
+        nxt = next(todo, None)
+        if nxt is not None:
+            queued.append((nxt, submit(nxt)))
+        yield item, result
 
 
 @contextlib.contextmanager

@@ -796,16 +796,12 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                               files={k: str(w.path) for k, w in files.items()})
 
 
-#: Strips each worker of a cluster has queued ahead of the one written (:func:`_strips`).
-STRIPS_AHEAD = 2
-
-
 def _strips(shared: dict, scenes: dict, starts, cluster, out_dir: Path):
     """Yield ``(r0, layers)`` for the strips starting at the rows ``starts``, in order (:func:`_strip_layers`, from
     the pass's ``shared`` models and arrays; ``scenes``: a network's scene probabilities, cut to each strip here).
-    With ``cluster`` each strip is a task of that Dask cluster, :data:`STRIPS_AHEAD` a worker submitted ahead of
-    the one yielded; ``shared`` reaches the workers as one pickle whose scene-sized arrays are ``.npy`` files, in a
-    folder of ``out_dir`` removed at the end (:func:`lithocore.crossval.spill`), opened once a worker."""
+    With ``cluster`` each strip is a task of that Dask cluster (:func:`lithocore.mapping.in_order`); ``shared``
+    reaches the workers as one pickle whose scene-sized arrays are ``.npy`` files, in a folder of ``out_dir``
+    removed at the end (:func:`lithocore.crossval.spill`), opened once a worker."""
     from .stackfile import STRIP_ROWS
 
     H = shared["mask"].shape[0]
@@ -814,33 +810,18 @@ def _strips(shared: dict, scenes: dict, starts, cluster, out_dir: Path):
         for r0 in starts:
             yield r0, _strip(shared, r0, min(H, r0 + STRIP_ROWS), cut(r0))
         return
-    import collections
     import shutil
     import tempfile
 
     from .crossval import spill
-    from .mapping import connect
+    from .mapping import connect, in_order
 
     where = Path(tempfile.mkdtemp(prefix=".spill-", dir=out_dir))
     try:
         (where / "shared.pkl").write_bytes(spill(shared, where))
         with connect(cluster) as client:
-            ahead = STRIPS_AHEAD * max(1, len(client.scheduler_info()["workers"]))
-            queued, todo = collections.deque(), iter(starts)
-            submit = lambda r0: (r0, client.submit(_remote_strip, str(where), r0, min(H, r0 + STRIP_ROWS),  # noqa: E731
-                                                   cut(r0), pure=False))
-            for r0 in todo:
-                queued.append(submit(r0))
-                if len(queued) >= ahead:
-                    break
-            while queued:
-                r0, fut = queued.popleft()
-                layers = fut.result()
-                fut.release()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    queued.append(submit(nxt))
-                yield r0, layers
+            yield from in_order(client, lambda r0: client.submit(_remote_strip, str(where), r0, min(H, r0 + STRIP_ROWS),
+                                                                 cut(r0), pure=False), starts)
             client.run(_forget_pass, str(where))
     finally:
         shutil.rmtree(where, ignore_errors=True)

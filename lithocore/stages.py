@@ -46,7 +46,7 @@ def stack_provenance(run_dir) -> dict:
 
 
 def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float = 256.0,
-                max_pixels: int | None = None):
+                max_pixels: int | None = None, cluster=None):
     """The run's fused stack: the one notebook 02 wrote when it was made from this manifest's content (and
     ``settings``, when given), said so; else fused now with ``settings`` (default: :class:`FusionSettings`'s
     defaults, notebook 02's) and written where notebook 02 writes it (block by block, ``memory_mb`` a block).
@@ -66,6 +66,9 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
         Memory for one row strip when the stack is written.
     max_pixels
         Read the stack coarser beyond this many pixels (a preview).
+    cluster
+        Where the stack's strips are fused when it is made: None or "" this process, else a Dask cluster
+        (:func:`lithocore.blockwise.write_stack`; the workers read the files, not ``area``'s layers).
 
     Returns
     -------
@@ -92,13 +95,14 @@ def fused_stack(run_dir, manifest, area=None, settings=None, *, memory_mb: float
         print(f"{rf.stack_path} was made from {why}: fusing again.")
     settings = settings or fusion.FusionSettings()
     stack, names, units, valid = _fuse_into_run(rf.root, manifest, area, settings, memory_mb=memory_mb,
-                                                max_pixels=max_pixels)
+                                                max_pixels=max_pixels, cluster=cluster)
     if area is None:  # fused from the files strip by strip; the area loaded after it, without the fine bands
         area = load_study_area(manifest, valid=valid)
     return area, stack, names, units
 
 
-def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.0, max_pixels: int | None = None):
+def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.0, max_pixels: int | None = None,
+                   cluster=None):
     """Fuse the study area with ``settings`` and write its stack where notebook 02 does, block by block from the
     manifest (:func:`lithocore.blockwise.write_stack`: memory set by ``memory_mb``, not by the scene; the same
     values as :func:`~lithocore.fusion.fuse_study_area` in memory, which notebook 02 draws),
@@ -117,7 +121,7 @@ def _fuse_into_run(run_dir, manifest, area, settings, *, memory_mb: float = 256.
                     fusion_settings=json.dumps(settings.to_dict()), stack_key=stack_key(channels))
 
     out = blockwise.write_stack(manifest, RunFolder(run_dir).stack_path, settings, memory_mb=memory_mb, progress=False,
-                                area=area, tags=tags)
+                                area=area, tags=tags, cluster=cluster or None)
     if area is not None and area.layers_loaded:  # notebook 02's in-memory default channels are the stack's
         names = list(settings.channels) or fusion.default_channels_for([c.name for c in area.coarse],
                                                                        area.extra_names, area.guide_names)

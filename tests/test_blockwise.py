@@ -95,6 +95,22 @@ def test_blockwise_imagery_only_and_block_size_follow_memory(small_manifest, tmp
     assert 32 <= small < large == grid.height
 
 
+def test_a_stack_fused_on_a_two_worker_cluster_is_that_of_one_process(small_manifest, tmp_path):
+    """Every pass's strips as tasks of a two-worker Dask cluster (each worker reading the rasters itself, a halo of
+    rows around each strip, the logarithms' floor of a clr guide): the same file, value for value, the same
+    statistics and valid-data mask as in one process from the files; the folder the strips came back through is
+    gone."""
+    settings = fusion.FusionSettings(guide_transform="clr")  # pass 0 too; smoothing 5 px: a halo of 20 rows
+    one = blockwise.write_stack(small_manifest, tmp_path / "one.tif", settings, memory_mb=2.0, progress=False)
+    two = blockwise.write_stack(small_manifest, tmp_path / "two.tif", settings, memory_mb=2.0, progress=False,
+                                cluster="local:2")
+    assert one["blocks"] >= 3 and one["halo"] == 20
+    a, b = outputs.read_stack(tmp_path / "one.tif"), outputs.read_stack(tmp_path / "two.tif")
+    assert np.array_equal(a[0], b[0], equal_nan=True) and a[1:4] == b[1:4]
+    assert np.array_equal(one["valid"], two["valid"]) and one["coefficients"] == two["coefficients"]
+    assert not list(tmp_path.glob(".spill-*"))
+
+
 def test_a_loaded_area_is_used_and_a_preview_is_not(small_manifest, tmp_path, monkeypatch):
     """Given the area already loaded on the same grid, the stack is made from its layers (no second read of the
     files) and equals the one made from the files; given a preview on a coarser grid (``max_pixels``), the stack
