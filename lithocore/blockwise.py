@@ -194,15 +194,17 @@ class _RowReader:
 
 class _ClusterReader:
     """The strips' work of :func:`write_stack` as tasks of a Dask cluster (``client``), yielded in order
-    (:func:`lithocore.mapping.in_order`): each worker opens the fine rasters once and keeps a :class:`_RowReader`
-    of its own (its own valid-mask rows); the plan and each pass's arguments reach the workers once, as pickles
-    whose large arrays are ``.npy`` files in ``where`` (:func:`lithocore.crossval.spill`), and each strip's result
-    comes back the same way (a strip of the stack as a file, not through the cluster's messages)."""
+    (:func:`lithocore.mapping.in_order`): each worker reads the fine rasters itself and keeps a
+    :class:`_RowReader` of its own (its own valid-mask rows); the plan and each pass's arguments reach the workers
+    once, as pickles whose large arrays are ``.npy`` files in ``where`` (:func:`lithocore.crossval.spill`), and each
+    strip's result comes back the same way (a strip of the stack as a file, not through the cluster's messages).
+    ``valid``, the valid-data mask, is filled by :func:`write_stack` from the strips of its last pass."""
 
     def __init__(self, client, plan: _Plan, where: Path, memory_mb: float):
         from dataclasses import replace
 
         self.client, self.where, self.calls = client, where, 0
+        self.valid = np.zeros(plan.grid.shape, dtype=bool)
         self._spill("plan", dict(plan=replace(plan, labels=np.zeros((0, 0), np.uint8), area=None), memory_mb=memory_mb))
 
     def _spill(self, name: str, obj) -> str:
@@ -256,6 +258,13 @@ def _remote_part(where: str, fn, r0: int, n: int, args_path: str):
     folder = Path(where) / "parts" / f"{fn.__name__}_{r0}"
     folder.mkdir(parents=True)
     return str(folder), spill(result, folder)
+
+
+def _forget_on(client, where: str) -> None:
+    """Ask every worker of ``client`` to drop the fusion of ``where`` (a worker gone, or a cluster failing, is not
+    a second error)."""
+    with contextlib.suppress(Exception):
+        client.run(_forget_fusion, where)
 
 
 def _forget_fusion(where: str) -> None:
@@ -477,7 +486,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
         means = _coarse_means(plan, read, kw["guide_transform"], floor, bar)
         fits, infos = _fit_layers(plan, means, kw["method"])
         moments, labelled_valid = Moments(len(plan.channels)), 0
-        valid = np.zeros(plan.grid.shape, dtype=bool)
+        valid = read.valid  # made as the strips are read here; filled from pass 2's strips on a cluster
         with atomic_path(out) as tmp:
             with rasterio.open(tmp, "w", **plan.grid.profile(len(plan.channels), "float32", compress=None)) as dst:
                 for (r0, n), (block, m) in read.each(plan, _fused_strip, plan.strips(), fits, means, kw, floor):
@@ -512,7 +521,7 @@ def _reader(stack: contextlib.ExitStack, plan: _Plan, area, memory_mb: float, cl
         where = Path(tempfile.mkdtemp(prefix=".spill-", dir=out.parent))
         stack.callback(shutil.rmtree, where, ignore_errors=True)
         client = stack.enter_context(connect(cluster))
-        stack.callback(client.run, _forget_fusion, str(where))
+        stack.callback(_forget_on, client, str(where))
         return _ClusterReader(client, plan, where, memory_mb)
     srcs = [stack.enter_context(open_raster(f.path)) for f in plan.fine]
     stack.enter_context(gdal_cache(cache_mb(srcs, memory_mb)))
