@@ -17,6 +17,10 @@ scene in memory (about 1.4 GB for the 2.66 M-pixel default area; some 50 GB for 
   pairwise update), and the file is written to a temporary name, made a cloud-optimised GeoTIFF with
   overviews, and renamed into place.
 
+With ``cluster`` every pass's strips are tasks of a Dask cluster, each worker reading the rasters itself
+(:class:`_ClusterReader`); the strips are written and their statistics merged here, in order: the same file as in
+one process from the files (a test).
+
 The result equals the in-memory path's (a test compares them, float32 rounding apart). One difference: with
 ``guide_transform`` "clr" or "log", the floor that keeps the logarithms finite (1e-4 of the median absolute
 value) comes from a systematic sample of the valid pixels rather than from all of them.
