@@ -810,6 +810,7 @@ def _strips(shared: dict, scenes: dict, starts, cluster, out_dir: Path):
         for r0 in starts:
             yield r0, _strip(shared, r0, min(H, r0 + STRIP_ROWS), cut(r0))
         return
+    import contextlib
     import shutil
     import tempfile
 
@@ -822,7 +823,8 @@ def _strips(shared: dict, scenes: dict, starts, cluster, out_dir: Path):
         with connect(cluster) as client:
             yield from in_order(client, lambda r0: client.submit(_remote_strip, str(where), r0, min(H, r0 + STRIP_ROWS),
                                                                  cut(r0), pure=False), starts)
-            client.run(_forget_pass, str(where))
+            with contextlib.suppress(Exception):  # a worker gone by now is not an error of the pass
+                client.run(_forget_pass, str(where))
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
