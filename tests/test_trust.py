@@ -278,13 +278,28 @@ def test_map_to_trust_read_strip_by_strip_is_the_map_held_whole(small_area, tmp_
     plt.close("all")
 
 
+def _same_map_to_trust(one: dict, two: dict) -> None:
+    """Two runs of ``map_to_trust`` gave the same trust record, the same six files (pixels, tags, band
+    descriptions) and the same figure maps."""
+    import rasterio
+
+    a, b = one["trust"], two["trust"]
+    for key in ("recommended_model", "expected", "estimates", "held_out_check", "held_out_check_all", "aoa_share",
+                "ground"):
+        assert a[key] == b[key], key
+    for name in ("classes", "probabilities", "dissimilarity", "aoa", "agreement", "entropy"):
+        with rasterio.open(a["files"][name]) as x, rasterio.open(b["files"][name]) as y:
+            assert np.array_equal(x.read(), y.read(), equal_nan=True), name
+            assert x.tags() == y.tags() and x.descriptions == y.descriptions, name
+    for name in ("classes", "di", "aoa", "agreement", "entropy"):
+        assert np.array_equal(one[name], two[name], equal_nan=True), name
+
+
 def test_an_interrupted_map_to_trust_goes_on_where_it_stopped(small_area, tmp_path, monkeypatch):
     """Notebook 07's final pass stopped after its first strip (a checkpoint after every strip) and called again with
     the same inputs goes on from the second strip, not the first, to the same trust record and the same six files,
     pixel for pixel, as a pass run in one go; nothing of it is left behind. A checkpoint made from other inputs
     is not used, nor one whose working files are gone."""
-    import rasterio
-
     from dataclasses import replace
 
     from lithocore import fusion, recommend, stackfile
@@ -320,16 +335,7 @@ def test_an_interrupted_map_to_trust_goes_on_where_it_stopped(small_area, tmp_pa
     monkeypatch.setattr(recommend, "_strip_layers", stopping_after(10**6))
     again = map_to_trust(small_area, stack, tmp_path / "cut", **kw)
     assert len(made) == strips - 1 > 0
-    a, b = whole["trust"], again["trust"]
-    for key in ("recommended_model", "expected", "estimates", "held_out_check", "held_out_check_all", "aoa_share",
-                "ground"):
-        assert a[key] == b[key], key
-    for name in ("classes", "probabilities", "dissimilarity", "aoa", "agreement", "entropy"):
-        with rasterio.open(a["files"][name]) as x, rasterio.open(b["files"][name]) as y:
-            assert np.array_equal(x.read(), y.read(), equal_nan=True), name
-            assert x.tags() == y.tags() and x.descriptions == y.descriptions, name
-    for name in ("classes", "di", "aoa", "agreement", "entropy"):
-        assert np.array_equal(whole[name], again[name], equal_nan=True), name
+    _same_map_to_trust(whole, again)
     assert not (tmp_path / "cut" / "partial").exists()
     journal.parent.mkdir()
     journal.write_bytes(kept)  # a checkpoint without its working files: the pass starts at the first row
@@ -348,8 +354,6 @@ def test_map_to_trust_on_a_two_worker_cluster_is_that_of_one_process(small_area,
     """The final pass's strips made as tasks of a two-worker Dask cluster (the models and scene-sized arrays, another
     map counted in the agreement among them, sent as files): the same trust record and the same six files, pixel
     for pixel, as in one process; the files sent are gone afterwards."""
-    import rasterio
-
     from dataclasses import replace
 
     from lithocore import fusion
@@ -363,15 +367,7 @@ def test_map_to_trust_on_a_two_worker_cluster_is_that_of_one_process(small_area,
               extra_maps={"other": other}, candidates={m: replace(c, n_trees=30) for m, c in CANDIDATES.items()})
     one = map_to_trust(small_area, stack, tmp_path / "one", **kw)
     two = map_to_trust(small_area, stack, tmp_path / "two", cluster="local:2", **kw)
-    a, b = one["trust"], two["trust"]
-    for key in ("recommended_model", "expected", "estimates", "held_out_check", "held_out_check_all", "aoa_share",
-                "ground"):
-        assert a[key] == b[key], key
-    for name in ("classes", "probabilities", "dissimilarity", "aoa", "agreement", "entropy"):
-        with rasterio.open(a["files"][name]) as x, rasterio.open(b["files"][name]) as y:
-            assert np.array_equal(x.read(), y.read(), equal_nan=True), name
-    for name in ("classes", "di", "aoa", "agreement", "entropy"):
-        assert np.array_equal(one[name], two[name], equal_nan=True), name
+    _same_map_to_trust(one, two)
     assert not list((tmp_path / "two").glob(".spill-*"))
 
 
