@@ -207,74 +207,47 @@ class _ClusterReader:
     def __init__(self, client, plan: _Plan, where: Path, memory_mb: float):
         from dataclasses import replace
 
+        from .crossval import spill_to
+
         self.client, self.where, self.calls = client, where, 0
         self.valid = np.zeros(plan.grid.shape, dtype=bool)
-        self._spill("plan", dict(plan=replace(plan, labels=np.zeros((0, 0), np.uint8), area=None), memory_mb=memory_mb))
-
-    def _spill(self, name: str, obj) -> str:
-        from .crossval import spill
-
-        folder = self.where / name
-        folder.mkdir()
-        (folder / "object.pkl").write_bytes(spill(obj, folder))
-        return str(folder / "object.pkl")
+        self.plan = spill_to(dict(plan=replace(plan, labels=np.zeros((0, 0), np.uint8), area=None),
+                                  memory_mb=memory_mb), where / "plan")
 
     def each(self, plan, fn, strips, *args):
         import shutil
 
-        from .crossval import unspill
+        from .crossval import spill_to, unspill
         from .mapping import in_order
 
         self.calls += 1
-        sent = self._spill(f"args{self.calls}", args)
-        submit = lambda rn: self.client.submit(_remote_part, str(self.where), fn, rn[0], rn[1], sent,  # noqa: E731
+        sent = spill_to(args, self.where / f"args{self.calls}")
+        submit = lambda rn: self.client.submit(_remote_part, self.plan, fn, rn[0], rn[1], sent,  # noqa: E731
                                                pure=False)
         for rn, (folder, packed) in in_order(self.client, submit, strips):
             yield rn, unspill(packed)
             shutil.rmtree(folder, ignore_errors=True)  # its arrays mapped still where used: the pages stay
 
 
-_WORKER_FUSION: dict = {}
+def _remote_part(plan_path: str, fn, r0: int, n: int, args_path: str):
+    """``fn(plan, read, r0, n, *args)`` on a worker, the plan, its :class:`_RowReader` (whose valid-mask rows last
+    across tasks) and the arguments read or made once a worker (:func:`lithocore.crossval.worker_local`), the rasters
+    opened by the task (GDAL's handles belong to the thread that opened them); returns the result's folder and its
+    spilled pickle."""
+    from .crossval import spill, unspilled, worker_local
 
-
-def _remote_part(where: str, fn, r0: int, n: int, args_path: str):
-    """``fn(plan, read, r0, n, *args)`` on a worker, the plan and the arguments read once a worker (a new ``where``:
-    a new stack; the worker's :class:`_RowReader` keeps its valid-mask rows across tasks), the rasters opened by the
-    task (GDAL's handles belong to the thread that opened them); returns the folder and the spilled pickle of the
-    result."""
-    from .crossval import spill, unspill
-
-    w = _WORKER_FUSION
-    if w.get("where") != where:
-        w.clear()
-        shared = unspill((Path(where) / "plan" / "object.pkl").read_bytes())
-        plan = shared["plan"]
-        w.update(where=where, plan=plan, memory_mb=shared["memory_mb"],
-                 read=_RowReader(plan.grid, plan.fine, [], plan.layers, plan.outline, None))
-    if w.get("args_path") != args_path:
-        w.update(args_path=args_path, args=unspill(Path(args_path).read_bytes()))
+    shared, args = unspilled(plan_path), unspilled(args_path)
+    plan = shared["plan"]
+    read = worker_local(plan_path + ":reader",
+                        lambda: _RowReader(plan.grid, plan.fine, [], plan.layers, plan.outline, None))
     with contextlib.ExitStack() as opened:
-        srcs = [opened.enter_context(open_raster(f.path)) for f in w["plan"].fine]
-        opened.enter_context(gdal_cache(cache_mb(srcs, w["memory_mb"])))
-        w["read"].srcs = srcs
-        result = fn(w["plan"], w["read"], r0, n, *w["args"])
-        w["read"].srcs = []
-    folder = Path(where) / "parts" / f"{fn.__name__}_{r0}"
+        read.srcs = [opened.enter_context(open_raster(f.path)) for f in plan.fine]
+        opened.enter_context(gdal_cache(cache_mb(read.srcs, shared["memory_mb"])))
+        result = fn(plan, read, r0, n, *args)
+        read.srcs = []
+    folder = Path(plan_path).parents[1] / "parts" / f"{fn.__name__}_{r0}"  # beside the plan's folder
     folder.mkdir(parents=True)
     return str(folder), spill(result, folder)
-
-
-def _forget_on(client, where: str) -> None:
-    """Ask every worker of ``client`` to drop the fusion of ``where`` (a worker gone, or a cluster failing, is not
-    a second error)."""
-    with contextlib.suppress(Exception):
-        client.run(_forget_fusion, where)
-
-
-def _forget_fusion(where: str) -> None:
-    """Let a worker drop a finished fusion's plan, arguments and valid-mask rows."""
-    if _WORKER_FUSION.get("where") == where:
-        _WORKER_FUSION.clear()
 
 
 @dataclass
@@ -520,12 +493,13 @@ def _reader(stack: contextlib.ExitStack, plan: _Plan, area, memory_mb: float, cl
         import shutil
         import tempfile
 
+        from .crossval import forget_on
         from .mapping import connect
 
         where = Path(tempfile.mkdtemp(prefix=".spill-", dir=out.parent))
         stack.callback(shutil.rmtree, where, ignore_errors=True)
         client = stack.enter_context(connect(cluster))
-        stack.callback(_forget_on, client, str(where))
+        stack.callback(forget_on, client, where)
         return _ClusterReader(client, plan, where, memory_mb)
     srcs = [stack.enter_context(open_raster(f.path)) for f in plan.fine]
     stack.enter_context(gdal_cache(cache_mb(srcs, memory_mb)))

@@ -33,7 +33,8 @@ from .words import and_list, plural
 
 __all__ = ["Folds", "make_folds", "fold_regions", "release", "leakage", "fold_coverage", "cross_validate",
            "fold_file", "cached_fold", "StoredPredictions", "summarise", "verdict", "collapsed_folds", "fold_trust",
-           "fold_task", "METRICS"]
+           "fold_task", "spill", "unspill", "spill_to", "unspilled", "worker_local", "forget_worker_local",
+           "forget_on", "METRICS"]
 
 #: The headline measures summarised over folds.
 METRICS = ("mean_iou", "overall_accuracy", "kappa")
@@ -411,6 +412,48 @@ def unspill(payload: bytes):
             return opened[path]
 
     return _Unpickler(io.BytesIO(payload)).load()
+
+
+def spill_to(obj, folder: Path) -> str:
+    """``obj`` spilled (:func:`spill`) into ``folder`` (made now): its pickle, ``object.pkl``, and its large arrays'
+    files; returns the pickle's path, for :func:`worker_local` to read where a task runs."""
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    (folder / "object.pkl").write_bytes(spill(obj, folder))
+    return str(folder / "object.pkl")
+
+
+_WORKER_LOCAL: dict = {}
+
+
+def worker_local(name: str, make: Callable[[], object]):
+    """The object kept under ``name`` (a path of the stage's spill folder) in this process, made by ``make()`` the
+    first time: what a cluster's worker reads or builds once for a stage, however many of its tasks it runs."""
+    if name not in _WORKER_LOCAL:
+        _WORKER_LOCAL[name] = make()
+    return _WORKER_LOCAL[name]
+
+
+def unspilled(path: str):
+    """The object :func:`spill_to` wrote at ``path``, read once a process (:func:`worker_local`)."""
+    return worker_local(path, lambda: unspill(Path(path).read_bytes()))
+
+
+def forget_worker_local(folder: str) -> None:
+    """Drop the objects :func:`worker_local` keeps under ``folder`` (a finished stage's)."""
+    import os
+
+    for name in [n for n in _WORKER_LOCAL if n.startswith(str(folder) + os.sep)]:
+        del _WORKER_LOCAL[name]
+
+
+def forget_on(client, folder) -> None:
+    """Ask every worker of ``client`` to drop what it keeps of the stage spilled in ``folder`` (a worker gone, or a
+    cluster failing, is not a second error)."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        client.run(forget_worker_local, str(folder))
 
 
 def release(*arrays) -> None:

@@ -810,42 +810,30 @@ def _strips(shared: dict, scenes: dict, starts, cluster, out_dir: Path):
         for r0 in starts:
             yield r0, _strip(shared, r0, min(H, r0 + STRIP_ROWS), cut(r0))
         return
-    import contextlib
     import shutil
     import tempfile
 
-    from .crossval import spill
+    from .crossval import forget_on, spill_to
     from .mapping import connect, in_order
 
     where = Path(tempfile.mkdtemp(prefix=".spill-", dir=out_dir))
     try:
-        (where / "shared.pkl").write_bytes(spill(shared, where))
+        sent = spill_to(shared, where / "shared")
         with connect(cluster) as client:
-            yield from in_order(client, lambda r0: client.submit(_remote_strip, str(where), r0, min(H, r0 + STRIP_ROWS),
-                                                                 cut(r0), pure=False), starts)
-            with contextlib.suppress(Exception):  # a worker gone by now is not an error of the pass
-                client.run(_forget_pass, str(where))
+            try:
+                yield from in_order(client, lambda r0: client.submit(_remote_strip, sent, r0, min(H, r0 + STRIP_ROWS),
+                                                                     cut(r0), pure=False), starts)
+            finally:
+                forget_on(client, where)
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
 
-_WORKER_PASS: dict = {}
+def _remote_strip(sent: str, r0: int, r1: int, scenes: dict) -> dict:
+    """One strip of the final pass on a worker; the pass's models and arrays read once a worker from ``sent``."""
+    from .crossval import unspilled
 
-
-def _remote_strip(where: str, r0: int, r1: int, scenes: dict) -> dict:
-    """One strip of the final pass on a worker; the pass's models and arrays read once a worker from ``where``."""
-    from .crossval import unspill
-
-    if _WORKER_PASS.get("where") != where:
-        _WORKER_PASS.clear()
-        _WORKER_PASS.update(where=where, shared=unspill((Path(where) / "shared.pkl").read_bytes()))
-    return _strip(_WORKER_PASS["shared"], r0, r1, scenes)
-
-
-def _forget_pass(where: str) -> None:
-    """Let a worker drop a finished pass's models and mapped arrays."""
-    if _WORKER_PASS.get("where") == where:
-        _WORKER_PASS.clear()
+    return _strip(unspilled(sent), r0, r1, scenes)
 
 
 def _strip(shared: dict, r0: int, r1: int, scenes: dict) -> dict:
