@@ -759,27 +759,12 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
         for r0, layers in tqdm(made, desc="map to trust", disable=not progress, initial=start // STRIP_ROWS,
                                total=-(-H // STRIP_ROWS)):
             r1 = min(H, r0 + STRIP_ROWS)
-            ok = mask[r0:r1]
-            maps, cls, inside = layers["maps"], layers["classes"], layers["aoa"]
-            rows = np.flatnonzero(np.arange(r0, r1) % step == 0)
-            for name in figs:
-                figs[name][(r0 + rows) // step] = layers[name][rows, ::step]
-            g = ground[r0:r1] & ok
-            sums["confidence_sum"] += float(layers["confidence"][g[ok]].astype(np.float64).sum())
-            sums["ground_pixels"] += int(g.sum())
-            sums["ground_inside"] += int((g & inside).sum())
-            if area.held_out is not None:
-                h = ok & (area.held_out[r0:r1] != NO_LABEL)
-                held["idx"].append(r0 * W + np.flatnonzero(h))
-                held["truth"].append(area.held_out[r0:r1][h])
-                held["inside"].append(inside[h])
-                for m in candidates:
-                    held[m].append(maps[m][h])
-            files["classes"].write(area.classes.to_ids(cls), r0)
+            _tally(layers, area, ground, r0, r1, step, figs, sums, held)
+            files["classes"].write(area.classes.to_ids(layers["classes"]), r0)
             files["probabilities"].write(layers["probabilities"], r0)
             files["entropy"].write(layers["entropy"], r0)
             files["dissimilarity"].write(layers["di"], r0)
-            files["aoa"].write(np.where(ok, inside, 255).astype(np.uint8), r0)
+            files["aoa"].write(np.where(mask[r0:r1], layers["aoa"], 255).astype(np.uint8), r0)
             files["agreement"].write(layers["agreement"], r0)
             if resume_key and r1 < H and time.monotonic() - last >= PASS_CHECKPOINT_SECONDS:
                 _checkpoint(journal, resume_key, r1, files, sums, figs, held)
@@ -794,6 +779,28 @@ def _final_pass(area, candidates, features, fits: dict, best: str, cal: dict, ao
                   for m in candidates} if check else {}
     return figs | sums | dict(figure_step=step, check=check, checks_all=checks_all, agreement_maps=others,
                               files={k: str(w.path) for k, w in files.items()})
+
+
+def _tally(layers: dict, area, ground: np.ndarray, r0: int, r1: int, step: int, figs: dict, sums: dict,
+           held: dict) -> None:
+    """What the trust record and the figures keep of the strip of rows ``r0:r1`` (its :func:`_strip_layers`):
+    every ``step``-th row and column into ``figs``, the confidence and the AOA over the ground into ``sums``, every
+    candidate's map at the withheld labels into ``held``."""
+    ok, inside = area.mask[r0:r1], layers["aoa"]
+    rows = np.flatnonzero(np.arange(r0, r1) % step == 0)
+    for name in figs:
+        figs[name][(r0 + rows) // step] = layers[name][rows, ::step]
+    g = ground[r0:r1] & ok
+    sums["confidence_sum"] += float(layers["confidence"][g[ok]].astype(np.float64).sum())
+    sums["ground_pixels"] += int(g.sum())
+    sums["ground_inside"] += int((g & inside).sum())
+    if area.held_out is not None:
+        h = ok & (area.held_out[r0:r1] != NO_LABEL)
+        held["idx"].append(r0 * ok.shape[1] + np.flatnonzero(h))
+        held["truth"].append(area.held_out[r0:r1][h])
+        held["inside"].append(inside[h])
+        for m, pred in layers["maps"].items():
+            held[m].append(pred[h])
 
 
 def _strips(shared: dict, scenes: dict, starts, cluster, out_dir: Path):
