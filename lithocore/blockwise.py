@@ -490,14 +490,11 @@ def _reader(stack: contextlib.ExitStack, plan: _Plan, area, memory_mb: float, cl
     """What reads the strips for :func:`write_stack`, opened in ``stack``: a :class:`_RowReader` of the fine rasters
     (or of ``area``'s layers, on the same grid) here, or with ``cluster`` a :class:`_ClusterReader`."""
     if cluster:
-        import shutil
-        import tempfile
-
         from .crossval import forget_on
         from .mapping import connect
+        from .runfolder import scratch
 
-        where = Path(tempfile.mkdtemp(prefix=".spill-", dir=out.parent))
-        stack.callback(shutil.rmtree, where, ignore_errors=True)
+        where = stack.enter_context(scratch(out.parent, "spill"))
         client = stack.enter_context(connect(cluster))
         stack.callback(forget_on, client, where)
         return _ClusterReader(client, plan, where, memory_mb)

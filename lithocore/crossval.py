@@ -339,17 +339,14 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
             yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
         return
     import contextlib
-    import shutil
     import tempfile
 
     from distributed import as_completed
 
     from .mapping import connect
+    from .runfolder import scratch
 
-    if spill_dir is not None:
-        Path(spill_dir).mkdir(parents=True, exist_ok=True)
-    where = Path(tempfile.mkdtemp(prefix=".spill-", dir=spill_dir))
-    try:
+    with scratch(spill_dir or tempfile.gettempdir(), "spill") as where:
         payload = spill(dict(models=models, folds=folds, mask=mask), where)
         trim_heap()  # the planning's freed pages back to the system before the client waits on the folds
         with connect(cluster) as client:
@@ -363,8 +360,6 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
                 del pred
                 with contextlib.suppress(OSError):  # still mapped where that forbids it: removed with the folder
                     Path(path).unlink()
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
 
 
 #: Arrays at least this large (bytes) travel to a cluster's tasks as files (:func:`spill`).

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from .area import NO_LABEL, ClassTable, Grid, gdal_cache
 from .framework import start_keras
 from .outputs import GeoTiffWriter, write_cog
 from .settings import MappingSettings
-from .runfolder import atomic_path
+from .runfolder import atomic_path, scratch
 
 __all__ = ["WindowPlan", "plan_windows", "bytes_per_pixel", "live_floats", "predict_window", "read_window", "scene_outputs",
            "window_predictor", "map_array", "connect", "in_order",
@@ -763,8 +762,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
                         bytes_per_px=bytes_per_pixel(model), memory_mb=memory_budget_mb(memory_mb))
     map_id = uuid.uuid4().hex  # this mapping's identity: results computed from the map record it
     extra = {k: str(v) for k, v in (tags or {}).items()} | dict(map_id=map_id, shifts=str(shifts), margin=str(margin))
-    with tempfile.TemporaryDirectory(prefix=".map-", dir=out_dir) as work:
-        work = Path(work)
+    with scratch(out_dir, "map") as work:
         windows = _run_windows(model, stack_path, plan, mean, std, cluster, work, shifts)
         bar = tqdm(total=plan.count, desc=f"mapping ({prefix})", unit="window", disable=not progress)
         mapped = _write_windows(paths, grid, table, windows, mask=mask, tags=extra, done=bar.update) - t0

@@ -817,23 +817,17 @@ def _strips(shared: dict, scenes: dict, starts, cluster, out_dir: Path):
         for r0 in starts:
             yield r0, _strip(shared, r0, min(H, r0 + STRIP_ROWS), cut(r0))
         return
-    import shutil
-    import tempfile
-
     from .crossval import forget_on, spill_to
     from .mapping import connect, in_order
+    from .runfolder import scratch
 
-    where = Path(tempfile.mkdtemp(prefix=".spill-", dir=out_dir))
-    try:
+    with scratch(out_dir, "spill") as where, connect(cluster) as client:
         sent = spill_to(shared, where / "shared")
-        with connect(cluster) as client:
-            try:
-                yield from in_order(client, lambda r0: client.submit(_remote_strip, sent, r0, min(H, r0 + STRIP_ROWS),
-                                                                     cut(r0), pure=False), starts)
-            finally:
-                forget_on(client, where)
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
+        try:
+            yield from in_order(client, lambda r0: client.submit(_remote_strip, sent, r0, min(H, r0 + STRIP_ROWS),
+                                                                 cut(r0), pure=False), starts)
+        finally:
+            forget_on(client, where)
 
 
 def _remote_strip(sent: str, r0: int, r1: int, scenes: dict) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["STAGES", "RunFolder", "key", "file_digest", "manifest_fingerprint", "atomic_path",
-           "write_json", "read_npz", "write_npz", "normal_mode", "run_lock", "RunFolderBusy"]
+           "write_json", "read_npz", "write_npz", "normal_mode", "run_lock", "RunFolderBusy", "scratch"]
 
 #: The stages, in order: the folder each notebook writes into.
 STAGES = ("01_load_data", "02_fuse_sources", "03_build_tiles", "04_train_model", "05_map_scene",
@@ -117,6 +117,41 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def scratch(parent: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """A working folder ``<parent>/.<kind>-<host>-<pid>-<random>`` for one pass, removed when the block ends.
+
+    Working folders of the same ``kind`` in ``parent`` that a process of this host left when it was killed (its
+    pid no longer running: an out-of-memory kill, a stopped kernel) are removed first; at province scale one holds
+    gigabytes (the scene-sized arrays a cluster's tasks map). Those of a running process, or of another host
+    sharing the folder, are left alone.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> with scratch(d, "spill") as work:
+    ...     work.parent == d, work.name.startswith(".spill-"), work.is_dir()
+    (True, True, True)
+    >>> work.exists()
+    False
+    """
+    import shutil
+    import socket
+
+    import psutil
+
+    parent, host = Path(parent), socket.gethostname()
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob(f".{kind}-*"):
+        owner, _, pid = old.name[len(kind) + 2:].rpartition("-")[0].rpartition("-")
+        if old.is_dir() and owner == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{kind}-{host}-{os.getpid()}-", dir=parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_failed(exc: OSError, path: str | os.PathLike) -> OSError:

@@ -3,6 +3,7 @@ recomputes (or refuses) instead of reusing a result made from something else."""
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from lithocore import fusion, stages
 from lithocore import training as TR
 from lithocore.data import load_study_area
 from lithocore.outputs import write_geotiff
-from lithocore.runfolder import RunFolder, atomic_path, manifest_fingerprint
+from lithocore.runfolder import RunFolder, atomic_path, manifest_fingerprint, scratch
 
 from .test_data import _copy_manifest
 
@@ -280,6 +281,37 @@ def test_one_run_at_a_time_in_a_run_folder(tmp_path):
     (tmp_path / ".lock").write_text(gone.stdout)
     with run_lock(tmp_path) as lock:
         assert lock.read_text().strip() == str(os.getpid())
+
+
+def test_a_killed_pass_leaves_no_working_folder_behind_the_next(tmp_path):
+    """A pass killed while its working folder holds spilled arrays (an out-of-memory kill) leaves that folder; the
+    next pass of its kind in the same folder removes it, and leaves a running pass's and another host's alone."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom lithocore.runfolder import scratch\n"
+            "with scratch(sys.argv[1], sys.argv[2]) as w:\n"
+            "    (w / '0.npy').write_bytes(bytes(1000))\n    print(w, flush=True)\n    time.sleep(120)\n")
+    passes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), kind], stdout=subprocess.PIPE, text=True)
+              for kind in ("spill", "spill", "map")]
+    try:
+        killed, running, other_kind = [Path(p.stdout.readline().strip()) for p in passes]
+        passes[0].kill()
+        passes[0].wait()
+        passes[2].kill()
+        passes[2].wait()
+        elsewhere = tmp_path / ".spill-another-host-1-abc"
+        elsewhere.mkdir()
+        assert killed.is_dir() and (killed / "0.npy").is_file()
+        with scratch(tmp_path, "spill") as work:
+            assert work.is_dir() and work.name.startswith(f".spill-{socket.gethostname()}-{os.getpid()}-")
+            assert not killed.exists()
+            assert running.is_dir() and elsewhere.is_dir() and other_kind.is_dir()
+        assert not work.exists()
+    finally:
+        for p in passes:
+            p.kill()
+            p.wait()
 
 
 @pytest.mark.notebook
