@@ -8,6 +8,7 @@ Prediction runs over the scene in chunks of rows, with bounded memory and a prog
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import warnings
 
@@ -37,17 +38,46 @@ def warning_filters_kept():
             getattr(warnings, "_filters_mutated", lambda: None)()  # Python's own cache of them, where it has one
 
 
+def task_threads() -> int | None:
+    """The threads a task may use where it runs on a Dask cluster's worker: the worker's threads shared among the
+    tasks it is running now (at least one); None elsewhere (a process of its own: every core).
+
+    ``n_jobs=-1`` on a worker would take every core of its machine for each task however many workers share it
+    (two one-thread workers on two cores ran four forest threads; sixteen on a 64-core node, 1,024).
+
+    >>> task_threads() is None
+    True
+    """
+    try:
+        from distributed import get_worker
+
+        state = get_worker().state
+    except (ImportError, ValueError, AttributeError):  # not on a worker
+        return None
+    return max(1, state.nthreads // max(1, state.executing_count))
+
+
 class Forest(RandomForestClassifier):
-    """scikit-learn's random forest, fitted and applied with the warning filters kept (:func:`warning_filters_kept`);
-    otherwise the same estimator, tree for tree."""
+    """scikit-learn's random forest, fitted and applied with the warning filters kept (:func:`warning_filters_kept`)
+    and, on a cluster's worker, with that worker's threads in place of ``n_jobs=-1`` (:func:`task_threads`);
+    otherwise the same estimator, tree for tree (the number of threads changes no tree and no probability)."""
 
     def fit(self, X, y, sample_weight=None):
-        with warning_filters_kept():
-            return super().fit(X, y, sample_weight=sample_weight)
+        given, here = self.n_jobs, task_threads()
+        self.n_jobs = given if here is None or given != -1 else here
+        try:
+            with warning_filters_kept():
+                return super().fit(X, y, sample_weight=sample_weight)
+        finally:
+            self.n_jobs = given
 
     def predict_proba(self, X):
+        here, forest = task_threads(), self
+        if here is not None and self.n_jobs == -1:  # a copy: a worker's tasks share the forest itself
+            forest = copy.copy(self)
+            forest.n_jobs = here
         with warning_filters_kept():
-            return super().predict_proba(X)
+            return super(Forest, forest).predict_proba(X)
 
 
 def sample_pixels(labels: np.ndarray, allowed: np.ndarray, fraction: float = 0.1, seed: int = 0,

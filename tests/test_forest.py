@@ -158,3 +158,41 @@ def test_a_forest_too_big_for_memory_is_refused_before_its_fit(monkeypatch):
         fold.check_memory(5, "the cross-validation's forest_context")
     monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", str(need))
     forest.train_forest(stack, labels, px, n_trees=50, n_jobs=1)
+
+
+def _forest_on_this_process():
+    """Fit and apply a forest of ``n_jobs=-1``; the ``n_jobs`` scikit-learn's loops were given, the forest's own
+    ``n_jobs`` after, and its probabilities."""
+    import sklearn.ensemble._forest as sk
+
+    seen, parallel = [], sk.Parallel
+
+    class Spy(parallel):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("n_jobs"))
+            super().__init__(*args, **kwargs)
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 4)), rng.integers(0, 3, 300)
+    sk.Parallel = Spy
+    try:
+        rf = forest.Forest(n_estimators=8, n_jobs=-1, random_state=0).fit(X, y)
+        proba = rf.predict_proba(X)
+    finally:
+        sk.Parallel = parallel
+    return seen, rf.n_jobs, proba
+
+
+def test_a_forest_on_a_cluster_worker_uses_that_workers_threads():
+    """On a one-thread worker a forest of ``n_jobs=-1`` fits and predicts with one thread, not every core of the
+    machine (two workers on two cores ran four forest threads); the forest keeps ``n_jobs=-1`` (a forest sent on
+    uses the cores where it lands) and is the same forest, probability for probability. Here, every core."""
+    import distributed
+
+    seen_here, jobs_here, proba_here = _forest_on_this_process()
+    assert seen_here[0] == -1 and jobs_here == -1
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        seen, jobs, proba = client.submit(_forest_on_this_process, pure=False).result()
+    assert seen == [1, 1] and jobs == -1
+    np.testing.assert_allclose(proba, proba_here, rtol=0, atol=1e-12)
