@@ -479,8 +479,7 @@ def write_stack(manifest: str | os.PathLike, path: str | os.PathLike, settings=N
                 ch_units = [plan.units.get(ch, "") for ch in plan.channels]
                 _describe_bands(dst, plan.channels, ch_units, stats, tags(plan.channels) if callable(tags) else tags)
             stack.close()
-            with gdal_cache(max(64, memory_mb)):  # the overviews need more
-                write_cog(tmp, tmp, resampling="average")
+            write_cog(tmp, tmp, resampling="average", cache_mb=max(64, memory_mb))  # the overviews need more
     return dict(path=str(out), channels=plan.channels, units=ch_units, normalisation=stats, coefficients=infos,
                 fused_names=[c.name for c in plan.layers], block_rows=plan.rows, blocks=len(plan.starts),
                 halo=plan.halo, warnings=plan.warns, seconds=time.perf_counter() - t0, valid=valid)

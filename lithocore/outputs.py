@@ -17,7 +17,7 @@ from .data import preview_factor
 from .runfolder import atomic_path
 from .sources.common import open_raster
 
-__all__ = ["GeoTiffWriter", "write_geotiff", "write_cog", "read_stack", "write_stack_file"]
+__all__ = ["GeoTiffWriter", "write_geotiff", "write_cog", "COG_CACHE_MB", "read_stack", "write_stack_file"]
 
 
 class GeoTiffWriter:
@@ -136,14 +136,20 @@ def write_geotiff(path: str | os.PathLike, array: np.ndarray, grid: Grid, *, ban
     return Path(path)
 
 
-def write_cog(src_path: str | os.PathLike, path: str | os.PathLike, *, resampling: str = "nearest") -> Path:
+#: GDAL's block cache (MB) while a COG is copied (:func:`write_cog`): GDAL's default, 5 % of the machine's memory,
+#: took the copy of an 8000-px stack of 8 float32 channels to 1,538 MB (256 MB: 595 MB, and no slower).
+COG_CACHE_MB = 256
+
+
+def write_cog(src_path: str | os.PathLike, path: str | os.PathLike, *, resampling: str = "nearest",
+              cache_mb: float = COG_CACHE_MB) -> Path:
     """Copy a GeoTIFF into a cloud-optimised GeoTIFF at ``path`` (atomically; ``path`` may be the source): 512-px
     tiles, deflate, internal overviews made with ``resampling`` ("nearest" for classes, "average" for values),
     the colour table, band descriptions, scales and tags kept. A QGIS user opening a large map needs the
-    overviews."""
+    overviews. GDAL's block cache holds ``cache_mb`` meanwhile, whatever the caller's."""
     import rasterio.shutil
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, gdal_cache(cache_mb):
         rasterio.shutil.copy(str(src_path), str(tmp), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
                              OVERVIEW_RESAMPLING=resampling.upper(), NUM_THREADS="ALL_CPUS", BIGTIFF="IF_SAFER")
     return Path(path)
