@@ -41,12 +41,13 @@ def _rss_mb() -> float:
 
 
 def fcn(name: str, memory_mb: float, margin: int, repeats: int) -> dict:
-    import keras
     import numpy as np
 
     from lithocore import mapping
+    from lithocore.framework import start_keras
     from lithocore.model import any_size, build_fcn8s, build_unet
 
+    keras = start_keras()  # as the workbook starts it: pooled host memory, oneDNN's convolutions
     area, stack = _stack()
     mean, std = np.nanmean(stack, (1, 2)), np.nanstd(stack, (1, 2))
     keras.utils.set_random_seed(0)

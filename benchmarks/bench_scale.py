@@ -52,10 +52,10 @@ def build_stack(path: Path, size: int, channels: int = 9, block: int = 1024, see
 
 
 def _model(channels: int, classes: int):
-    import keras
-
+    from lithocore.framework import start_keras
     from lithocore.model import any_size, build_fcn8s
 
+    keras = start_keras()  # as the workbook starts it
     keras.utils.set_random_seed(0)
     return any_size(build_fcn8s(channels, classes, width=0.125, fc=256, tile=128, upsampling="bilinear"))
 

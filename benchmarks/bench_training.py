@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -32,11 +33,15 @@ PEAKS = {"H100": (67.0, 494.7, 989.4), "H200": (67.0, 494.7, 989.4), "A100": (19
 
 def one(name: str, steps: int, tile: int, batch: int, precision: str, per_execution: int = 0) -> dict:
     """One model's training steps: ``train_on_batch`` (one step per Python call) or, with ``per_execution`` K,
-    ``model.fit`` with ``steps_per_execution=K`` (K steps per compiled call, as the workbook's training can)."""
-    import keras
+    ``model.fit`` with ``steps_per_execution=K`` (K steps per compiled call, as the workbook's training can).
+    Keras is started as the workbook starts it (``start_keras``: TensorFlow's pooled host memory and oneDNN's
+    convolutions unless the environment says otherwise)."""
     import numpy as np
 
+    from lithocore.framework import start_keras
     from lithocore.model import PixelCrossEntropy, build_model
+
+    keras = start_keras()
 
     if precision != "float32":
         keras.mixed_precision.set_global_policy(precision)
@@ -86,7 +91,8 @@ def _result(m, name, tile, batch, precision, steps, seconds, compile_s, loss, pe
                tiles_per_second=batch / per_step, paper_7000_iterations_minutes=7000 * per_step / 60,
                train_tflop_per_step=flops / 1e12, achieved_tflops=flops / per_step / 1e12,
                final_loss=float(np.asarray(loss).ravel()[0]),
-               peak_memory_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, **info)
+               peak_memory_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+               tf_enable_onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS"), **info)
     if info["backend"] == "jax" and info["gpu"]:
         import jax
 
