@@ -9,10 +9,11 @@ query, which reads as a failure on a CPU run. So, unless the user has set ``TF_C
 warnings and above (2), or errors are hidden too (3) only where no NVIDIA driver exists (no CUDA error can then be
 real); and TensorFlow is imported with its C++ stderr caught, and every caught line that is not an INFO or WARNING
 line is printed again. Python errors and warnings are never hidden. Before the import, TensorFlow is told to pool
-its host memory and to compute convolutions with oneDNN on any x86 CPU (each unless the user said otherwise).
+its host memory and to compute convolutions with oneDNN on an x86 CPU (each unless the user said otherwise).
 """
 
 import os
+import platform
 import sys
 
 __all__ = ["start_keras"]
@@ -41,8 +42,10 @@ def _import_tensorflow_quietly() -> None:
     # AVX-512 VNNI or newer, so on an AVX2 machine (this project's AMD EPYC) its own Eigen kernels trained the
     # quick profile's U-Net at 174-199 ms a step of five 128-px tiles, oneDNN's at 84-114 ms (the slim FCN-8s 88-96
     # against 76-84 ms; a bare pass over the default area 2.25-2.45 s against 1.66-2.05 s); deterministic with the
-    # same seed as before, the weights 1e-5 from Eigen's. A value the user set is kept.
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    # same seed as before, the weights 1e-5 from Eigen's. A value the user set is kept; other CPUs (ARM) keep
+    # TensorFlow's own choice (not measured here).
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as caught:

@@ -2,6 +2,7 @@
 unless the user chose; both set before TensorFlow loads (settings read once, at its start)."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -41,7 +42,7 @@ def _convolution_kernels(env_value):
             if line.startswith("onednn_verbose") and ",exec," in line and ",convolution," in line]
 
 
-@pytest.mark.skipif(not __import__("platform").machine().lower() in ("x86_64", "amd64"), reason="oneDNN's x86 kernels")
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="start_keras turns oneDNN on only on x86")
 def test_convolutions_run_on_onednn_unless_the_user_chose():
     # TensorFlow itself turns oneDNN on only on CPUs with AVX-512 VNNI or newer; start_keras does on every x86 CPU
     # (an AVX2 machine trained the quick profile's U-Net 1.7-2.4 x faster with it)
