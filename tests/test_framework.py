@@ -14,12 +14,16 @@ SCRIPT = ("import os, sys; from lithocore.framework import start_keras; start_ke
           "print(os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'), 'tensorflow' in sys.modules)")
 
 
+def _fresh_process(script, name, value, **more):
+    """``script`` run in a fresh Python with the variable ``name`` unset (``value`` None) or set by the user."""
+    env = {k: v for k, v in os.environ.items() if k != name} | more
+    if value is not None:
+        env[name] = value
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+
+
 def _started(env_value):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
-    if env_value is not None:
-        env["TF_CPU_ALLOCATOR_USE_BFC"] = env_value
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.split()
+    return _fresh_process(SCRIPT, "TF_CPU_ALLOCATOR_USE_BFC", env_value).stdout.split()
 
 
 def test_tensorflow_pools_host_memory_unless_the_user_chose():
@@ -33,11 +37,7 @@ CONV = ("from lithocore.framework import start_keras; import numpy as np; keras 
 
 def _convolution_kernels(env_value):
     """The oneDNN primitives a convolution ran (oneDNN's own log: ``ONEDNN_VERBOSE``)."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    env["ONEDNN_VERBOSE"] = "1"
-    if env_value is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = env_value
-    out = subprocess.run([sys.executable, "-c", CONV], env=env, capture_output=True, text=True, check=True)
+    out = _fresh_process(CONV, "TF_ENABLE_ONEDNN_OPTS", env_value, ONEDNN_VERBOSE="1")
     return [line for line in (out.stdout + out.stderr).splitlines()
             if line.startswith("onednn_verbose") and ",exec," in line and ",convolution," in line]
 
