@@ -2,6 +2,7 @@
 profile's U-Net), batch 5, 256-pixel tiles; under any Keras backend (``KERAS_BACKEND=jax`` on a GPU machine).
 
     python benchmarks/bench_training.py [--steps 5] [--models slim full] [--out runs/bench/training.json]
+    python benchmarks/bench_training.py --models unet --tile 128 --steps 20 --processes 2 --threads 1
     KERAS_BACKEND=jax python benchmarks/bench_training.py --models full --steps 7000 --precision mixed_bfloat16
 
 Each model runs in its own process (clean peak memory), on random tiles of the profile's shape (the workbook's
@@ -9,6 +10,12 @@ tile loader is not timed). Reports tiles/s, seconds per step, the time the paper
 rate (``--steps 7000`` runs them all), and, on a GPU, the share of its peak FLOP rate reached: ``--peak-tflops``,
 or the dense peak of a known GPU for the precision used (H100/H200: 67 TFLOP/s fp32 without tensor cores, 495
 with TF32 tensor cores, which XLA uses for float32 convolutions by default, 989 for bf16/fp16).
+
+``--processes P`` trains P copies of each model at once, as P cross-validation folds would run side by side, and
+``--threads T`` gives each TensorFlow process T intra-op and T inter-op threads (``TF_NUM_INTRAOP_THREADS``,
+``TF_NUM_INTEROP_THREADS``; 0: TensorFlow's default, every core for both): a row per process, and the steps a
+second of all P together (``steps_per_second_all``), whether folds side by side would train faster than one after
+another on this machine.
 """
 
 from __future__ import annotations
@@ -142,6 +149,9 @@ def main() -> int:
                     help="time model.fit with steps_per_execution=K instead of train_on_batch")
     ap.add_argument("--peak-tflops", type=float, default=0.0,
                     help="the device's peak, for the utilisation share (default: known GPUs' dense peak)")
+    ap.add_argument("--processes", type=int, default=1, help="copies of each model trained at once")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="TensorFlow's intra-op and inter-op threads in each process (0: its default)")
     ap.add_argument("--out", default="runs/bench/training.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -153,18 +163,33 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--one", name, "--steps", str(a.steps), "--tile", str(a.tile),
                "--batch", str(a.batch), "--precision", a.precision,
                "--per-execution", str(a.per_execution)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            sys.stderr.write(done.stderr)
-            raise SystemExit(f"{name}: the benchmark process failed (exit {done.returncode})")
-        res = json.loads(done.stdout.strip().splitlines()[-1])
-        res.update(peak_shares(res, a.peak_tflops))
+        env = os.environ | ({"TF_NUM_INTRAOP_THREADS": str(a.threads), "TF_NUM_INTEROP_THREADS": str(a.threads)}
+                            if a.threads > 0 else {})
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(max(1, a.processes))]
+        rows = []
+        for p in procs:
+            out, err = p.communicate()
+            if p.returncode:
+                sys.stderr.write(err)
+                raise SystemExit(f"{name}: the benchmark process failed (exit {p.returncode})")
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        together = sum(1 / r["seconds_per_step"] for r in rows)  # the timed steps overlap: all started at once
+        for res in rows:
+            res.update(processes=len(rows), threads=a.threads or None, steps_per_second_all=together)
+        for r in rows:
+            r.update(peak_shares(r, a.peak_tflops))
+        res = rows[0]
         results.append(res)
         shares = "  ".join(f"{k[len('share_of_'):]} {v:.1%}" for k, v in res.items() if k.startswith("share_of_"))
         print(f"{name:5s} {res['parameters']:>11,d} params  {res['seconds_per_step']:8.4f} s/step  "
               f"{res['tiles_per_second']:8.2f} tiles/s  7000 it: {res['paper_7000_iterations_minutes']:7.1f} min  "
               f"peak {res['peak_memory_gb']:.2f} GB  {res['achieved_tflops']:.2f} TFLOP/s  {shares}", flush=True)
-        print(json.dumps(res), flush=True)
+        if len(rows) > 1:
+            print(f"      {len(rows)} processes at once: {together:.2f} steps/s together", flush=True)
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        results.extend(rows[1:])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2))
     return 0
