@@ -324,19 +324,15 @@ def fold_task(model, i: int, folds: Folds, mask: np.ndarray, regions=None) -> tu
 
 def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np.ndarray, cluster,
                spill_dir: str | Path | None = None):
-    """Yield ``(fold, model, prediction, seconds)`` for each of ``todo``: in this process, in order, or as tasks
-    of ``cluster`` as they finish. On a cluster the models, the folds and the mask travel as a small pickle whose
+    """Yield ``(fold, model, prediction, seconds)`` for each of ``todo``: in this process (:func:`_fit_here`: each
+    network in a fresh process of its own, several at once) or as tasks of ``cluster``, as they finish. On a cluster the models, the folds and the mask travel as a small pickle whose
     scene-sized arrays are files in ``spill_dir`` (the run's cross-validation folder: a shared file system, as the
     run folder is), opened memory-mapped where a task runs (:func:`spill`): at 20000 px, sending them pickled had
     taken the client from 3.2 to 4.7 GB, and each worker and each network's own process held its own copies."""
     if not todo:
         return
     if cluster is None:
-        regions = {}
-        for i, m in todo:  # in fold order: each fold's regions (a distance transform of the scene) made once
-            if i not in regions:
-                regions = {i: fold_regions(folds, i, mask)}
-            yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
+        yield from _fit_here(todo, models, folds, mask, spill_dir)
         return
     import contextlib
     import tempfile
@@ -360,6 +356,91 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
                 del pred
                 with contextlib.suppress(OSError):  # still mapped where that forbids it: removed with the folder
                     Path(path).unlink()
+
+
+def _fit_here(todo, models, folds, mask, spill_dir):
+    """:func:`_fit_folds` in one process: a model that asks for a process of its own (``own_process``: a network)
+    trains in a fresh one (:func:`_fold_process`), :func:`side_by_side` of them at once, while this process fits the
+    others in fold order; each result is yielded as it is ready."""
+    own = [(i, m) for i, m in todo if getattr(models[m], "own_process", False)]
+    regions = {}
+    if not own:
+        for i, m in todo:  # in fold order: each fold's regions (a distance transform of the scene) made once
+            if i not in regions:
+                regions = {i: fold_regions(folds, i, mask)}
+            yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
+        return
+    import contextlib
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from .runfolder import scratch
+
+    with scratch(spill_dir or tempfile.gettempdir(), "spill") as where:
+        payload = spill(dict(models=models, folds=folds, mask=mask), where)
+        started: list = []  # the fold processes, stopped if this generator ends early (an error, an interrupt)
+        pool = ThreadPoolExecutor(side_by_side(len(own)), thread_name_prefix="lithocore-fold")
+        try:
+            futures = {pool.submit(_fold_process, payload, i, m, str(where), started): (i, m) for i, m in own}
+            for i, m in todo:
+                if getattr(models[m], "own_process", False):
+                    continue
+                if i not in regions:
+                    regions = {i: fold_regions(folds, i, mask)}
+                yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
+            regions = {}
+            for fut in as_completed(futures):
+                i, m = futures[fut]
+                path, secs = fut.result()
+                pred = np.load(path, mmap_mode="r")
+                yield i, m, pred, secs
+                del pred
+                with contextlib.suppress(OSError):
+                    Path(path).unlink()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in started:
+                if proc.poll() is None:
+                    proc.kill()
+            pool.shutdown(wait=True)
+
+
+#: Memory a network fold's own process may take (MB): TensorFlow and the network (about 1 GB on the default area),
+#: the fold's tiles; the stack is shared, memory-mapped from its spilled file.
+FOLD_PROCESS_MB = 1500
+
+#: TensorFlow's intra-op and inter-op threads in a network fold's own process, wherever it runs: the same weights
+#: on every machine, one process or a cluster (the same seed trains weights 3e-5 apart with one thread or two).
+FOLD_THREADS = 1
+
+
+def side_by_side(n: int) -> int:
+    """How many of ``n`` network folds train at once in one process's cross-validation: one a core (each trains
+    with :data:`FOLD_THREADS` thread: two at once made 1.5 x the steps of one with both of two cores), as many as
+    the free memory holds (:data:`FOLD_PROCESS_MB` each), and one where a GPU is visible (one device)."""
+    import os
+
+    if n <= 1 or _gpu_visible():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
+
+        room = int(psutil.virtual_memory().available // (FOLD_PROCESS_MB * 2**20))
+    except ImportError:  # psutil comes with distributed; without it, the cores decide
+        room = cores
+    return max(1, min(n, cores // FOLD_THREADS, room))
+
+
+def _gpu_visible() -> bool:
+    """Whether this machine shows a GPU to a fresh process (an NVIDIA or AMD device file, not hidden by
+    ``CUDA_VISIBLE_DEVICES``/``HIP_VISIBLE_DEVICES``)."""
+    import os
+
+    hidden = {"", "-1"}
+    nvidia = Path("/dev/nvidiactl").exists() and os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() not in hidden
+    amd = Path("/dev/kfd").exists() and os.environ.get("HIP_VISIBLE_DEVICES", "0").strip() not in hidden
+    return nvidia or amd
 
 
 #: Arrays at least this large (bytes) travel to a cluster's tasks as files (:func:`spill`).
@@ -482,6 +563,13 @@ def _remote_fold(payload: bytes, i: int, m: str, folder: str):
         pred, secs = fold_task(shared["models"][m], i, shared["folds"], shared["mask"])
         return _result_file(folder, i, m, pred), secs
     del shared
+    return _fold_process(payload, i, m, folder)
+
+
+def _fold_process(payload: bytes, i: int, m: str, folder: str, started: list | None = None):
+    """Fold ``i`` of model ``m`` trained in a fresh Python process (``python -m lithocore.crossval``) with
+    :data:`FOLD_THREADS` TensorFlow threads; returns (its prediction's file in ``folder``, seconds). ``started``
+    gets the process, so that whoever waits on it can stop it."""
     import os
     import pickle
     import subprocess
@@ -492,10 +580,16 @@ def _remote_fold(payload: bytes, i: int, m: str, folder: str):
         job, out = Path(tmp) / "job.pkl", Path(tmp) / "out.pkl"
         with open(job, "wb") as f:  # the small pickle: the process maps the arrays from their files
             pickle.dump((payload, i, m, folder), f, protocol=pickle.HIGHEST_PROTOCOL)
-        done = subprocess.run([sys.executable, "-m", "lithocore.crossval", str(job), str(out)], capture_output=True,
-                              text=True, env=os.environ | {"LITHOCORE_PARENT_PID": str(os.getpid())})
-        if done.returncode or not out.is_file():
-            raise RuntimeError(f"fold {i} of {m} failed in its own process:\n{done.stderr[-4000:]}")
+        threads = str(FOLD_THREADS)
+        env = os.environ | {"LITHOCORE_PARENT_PID": str(os.getpid()), "TF_NUM_INTRAOP_THREADS": threads,
+                            "TF_NUM_INTEROP_THREADS": threads}
+        proc = subprocess.Popen([sys.executable, "-m", "lithocore.crossval", str(job), str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        if started is not None:
+            started.append(proc)
+        _, err = proc.communicate()
+        if proc.returncode or not out.is_file():
+            raise RuntimeError(f"fold {i} of {m} failed in its own process:\n{err[-4000:]}")
         with open(out, "rb") as f:
             return pickle.load(f)
 

@@ -179,7 +179,7 @@ class DeepFold:
     cfg: object
     out_dir: Path
     pretrained: str = ""  # a masked autoencoder (lithocore.embedding) whose layers start the network
-    own_process = True  # on a Dask worker, trained in a fresh process (lithocore.crossval._remote_fold)
+    own_process = True  # trained in a fresh process of its own, with one thread (lithocore.crossval._fold_process)
 
     def fit(self, i, train):
         """The fold's network trained on windows wholly inside ``train``: ``(network, normalisation stats)``."""
@@ -376,8 +376,8 @@ class HybridFold:
         from dataclasses import replace
 
         test = test & self.forest.mask
-        deep = replace(self.deep, out_dir=Path(self.deep.out_dir) / "hybrid")  # on a cluster the network's own fold
-        # may train at the same time: its checkpoints go elsewhere (in one process the network is reused, _FITTED)
+        deep = replace(self.deep, out_dir=Path(self.deep.out_dir) / "hybrid")  # the network's own fold may train
+        # at the same time, in another process: its checkpoints go elsewhere
         q = self.forest.proba(self.forest.fit(i, train), test, self.deep.n_classes)
         p = match_confidence(deep.proba(deep.fit(i, train), test), float(q.max(1).mean()))
         p = self.weight * p + (1 - self.weight) * q

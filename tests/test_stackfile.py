@@ -95,7 +95,7 @@ def _small_cv(small_area, stack, tmp, cluster=None, deep=True):
         cfg = TrainingConfig(architecture="unet", width=1 / 16, tile=32, stride=16, n_samples=12, epochs=1,
                              batch_size=4, optimizer="adam", learning_rate=1e-3, seed=0)
         models["unet"] = deep_fold_model(stack, small_area, cfg, tmp / "deep")
-        # in one process the hybrid reuses the fold's U-Net; on a worker it trains it again: the same network
+        # the hybrid trains the fold's U-Net again in its own process, as the U-Net's fold does: the same network
         models["hybrid"] = HybridFold(models["unet"], models["forest_context"])
     return crossval.cross_validate(small_area.labels, small_area.mask, small_area.classes.names, folds, models,
                                    progress=False, cluster=cluster, cache_dir=tmp / "cache", cache_key="k")
@@ -112,3 +112,35 @@ def test_cross_validation_on_a_two_worker_cluster_is_that_of_one_process(small_a
     assert [f["scores"] for f in one["folds"]] == [f["scores"] for f in two["folds"]]
     labelled = small_area.mask & (small_area.labels != NO_LABEL)
     assert (one["oof"]["forest"][labelled] != NO_LABEL).all()  # every labelled pixel was predicted by a fold model
+
+
+def test_network_folds_side_by_side_train_what_they_train_one_after_another(small_area, stack_pair, tmp_path,
+                                                                          monkeypatch):
+    """In one process the network's folds train in processes of their own, several at once: the same out-of-fold
+    map and scores as one at a time (and two did run at once)."""
+    running, most = [], []
+    fold_process = crossval._fold_process
+
+    def counted(*args, **kwargs):
+        running.append(1)
+        most.append(len(running))
+        try:
+            return fold_process(*args, **kwargs)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(crossval, "_fold_process", counted)
+    folds = crossval.make_folds(small_area.labels, small_area.mask, k=2, block=96, buffer=32, seed=0)
+    cfg = TrainingConfig(architecture="unet", width=1 / 16, tile=32, stride=16, n_samples=12, epochs=1, batch_size=4,
+                         optimizer="adam", learning_rate=1e-3, seed=0)
+    runs = []
+    for at_once in (1, 2):
+        monkeypatch.setattr(crossval, "side_by_side", lambda n: min(n, at_once))
+        models = {"unet": deep_fold_model(stack_pair[0], small_area, cfg, tmp_path / str(at_once))}
+        runs.append(crossval.cross_validate(small_area.labels, small_area.mask, small_area.classes.names, folds,
+                                            models, progress=False))
+        assert max(most) == at_once  # two folds: one after the other, then both at once
+        most.clear()
+    one, two = runs
+    np.testing.assert_array_equal(one["oof"]["unet"], two["oof"]["unet"])
+    assert [f["scores"] for f in one["folds"]] == [f["scores"] for f in two["folds"]]
