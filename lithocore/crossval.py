@@ -325,10 +325,11 @@ def fold_task(model, i: int, folds: Folds, mask: np.ndarray, regions=None) -> tu
 def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np.ndarray, cluster,
                spill_dir: str | Path | None = None):
     """Yield ``(fold, model, prediction, seconds)`` for each of ``todo``: in this process (:func:`_fit_here`: each
-    network in a fresh process of its own, several at once) or as tasks of ``cluster``, as they finish. On a cluster the models, the folds and the mask travel as a small pickle whose
-    scene-sized arrays are files in ``spill_dir`` (the run's cross-validation folder: a shared file system, as the
-    run folder is), opened memory-mapped where a task runs (:func:`spill`): at 20000 px, sending them pickled had
-    taken the client from 3.2 to 4.7 GB, and each worker and each network's own process held its own copies."""
+    network in a fresh process of its own, several at once) or as tasks of ``cluster``, as they finish. On a
+    cluster the models, the folds and the mask travel as a small pickle whose scene-sized arrays are files in
+    ``spill_dir`` (the run's cross-validation folder: a shared file system, as the run folder is), opened
+    memory-mapped where a task runs (:func:`spill`): at 20000 px, sending them pickled had taken the client from
+    3.2 to 4.7 GB, and each worker and each network's own process held its own copies."""
     if not todo:
         return
     if cluster is None:
