@@ -175,10 +175,9 @@ def main() -> int:
                 raise SystemExit(f"{name}: the benchmark process failed (exit {p.returncode})")
             rows.append(json.loads(out.strip().splitlines()[-1]))
         together = sum(1 / r["seconds_per_step"] for r in rows)  # the timed steps overlap: all started at once
-        for res in rows:
-            res.update(processes=len(rows), threads=a.threads or None, steps_per_second_all=together)
         for r in rows:
-            r.update(peak_shares(r, a.peak_tflops))
+            r.update(processes=len(rows), threads=a.threads or None, steps_per_second_all=together,
+                     **peak_shares(r, a.peak_tflops))
         res = rows[0]
         results.append(res)
         shares = "  ".join(f"{k[len('share_of_'):]} {v:.1%}" for k, v in res.items() if k.startswith("share_of_"))

@@ -335,7 +335,6 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
     if cluster is None:
         yield from _fit_here(todo, models, folds, mask, spill_dir)
         return
-    import contextlib
     import tempfile
 
     from distributed import as_completed
@@ -352,11 +351,29 @@ def _fit_folds(todo: list[tuple[int, str]], models: dict, folds: Folds, mask: np
                 i, m = futures[fut]
                 path, secs = fut.result()
                 fut.release()
-                pred = np.load(path, mmap_mode="r")  # the prediction as a file: read strip by strip where scored
-                yield i, m, pred, secs
-                del pred
-                with contextlib.suppress(OSError):  # still mapped where that forbids it: removed with the folder
-                    Path(path).unlink()
+                yield from _from_file(i, m, path, secs)
+
+
+def _in_order(todo, models, folds, mask):
+    """``todo`` fitted in this process in fold order: each fold's regions (a distance transform of the scene) made
+    once."""
+    regions = {}
+    for i, m in todo:
+        if i not in regions:
+            regions = {i: fold_regions(folds, i, mask)}
+        yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
+
+
+def _from_file(i: int, m: str, path: str, secs: float):
+    """Yield fold ``i``'s prediction by ``m`` from the file a fold process wrote, memory-mapped (read strip by strip
+    where it is scored), then remove the file."""
+    import contextlib
+
+    pred = np.load(path, mmap_mode="r")
+    yield i, m, pred, secs
+    del pred
+    with contextlib.suppress(OSError):  # still mapped where that forbids it: removed with the folder
+        Path(path).unlink()
 
 
 def _fit_here(todo, models, folds, mask, spill_dir):
@@ -364,14 +381,10 @@ def _fit_here(todo, models, folds, mask, spill_dir):
     trains in a fresh one (:func:`_fold_process`), :func:`side_by_side` of them at once, while this process fits the
     others in fold order; each result is yielded as it is ready."""
     own = [(i, m) for i, m in todo if getattr(models[m], "own_process", False)]
-    regions = {}
+    here = [t for t in todo if t not in own]
     if not own:
-        for i, m in todo:  # in fold order: each fold's regions (a distance transform of the scene) made once
-            if i not in regions:
-                regions = {i: fold_regions(folds, i, mask)}
-            yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
+        yield from _in_order(here, models, folds, mask)
         return
-    import contextlib
     import tempfile
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -383,21 +396,9 @@ def _fit_here(todo, models, folds, mask, spill_dir):
         pool = ThreadPoolExecutor(side_by_side(len(own)), thread_name_prefix="lithocore-fold")
         try:
             futures = {pool.submit(_fold_process, payload, i, m, str(where), started): (i, m) for i, m in own}
-            for i, m in todo:
-                if getattr(models[m], "own_process", False):
-                    continue
-                if i not in regions:
-                    regions = {i: fold_regions(folds, i, mask)}
-                yield (i, m) + fold_task(models[m], i, folds, mask, regions[i])
-            regions = {}
+            yield from _in_order(here, models, folds, mask)
             for fut in as_completed(futures):
-                i, m = futures[fut]
-                path, secs = fut.result()
-                pred = np.load(path, mmap_mode="r")
-                yield i, m, pred, secs
-                del pred
-                with contextlib.suppress(OSError):
-                    Path(path).unlink()
+                yield from _from_file(*futures[fut], *fut.result())
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in started:
@@ -418,18 +419,16 @@ FOLD_THREADS = 1
 def side_by_side(n: int) -> int:
     """How many of ``n`` network folds train at once in one process's cross-validation: one a core (each trains
     with :data:`FOLD_THREADS` thread: two at once made 1.5 x the steps of one with both of two cores), as many as
-    the free memory holds (:data:`FOLD_PROCESS_MB` each), and one where a GPU is visible (one device)."""
+    the memory available holds (:func:`lithocore.data.memory_available`, :data:`FOLD_PROCESS_MB` each), and one
+    where a GPU is visible (one device)."""
     import os
 
     if n <= 1 or _gpu_visible():
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        import psutil
+    from .data import memory_available
 
-        room = int(psutil.virtual_memory().available // (FOLD_PROCESS_MB * 2**20))
-    except ImportError:  # psutil comes with distributed; without it, the cores decide
-        room = cores
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    room = memory_available() // (FOLD_PROCESS_MB * 2**20)
     return max(1, min(n, cores // FOLD_THREADS, room))
 
 
