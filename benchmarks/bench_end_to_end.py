@@ -88,13 +88,11 @@ def stage(name: str, folder: Path, manifest: Path, epochs: int, workers: int) ->
             run.class_map("spatial", mapping=MappingSettings(cluster=cluster))
             run.paper_forest(forest, cluster=cluster)
         elif name == "trust":  # notebook 07: the forests (50 trees, as the stages above) on 2 matched folds
-            from dataclasses import replace
-
-            from lithocore.candidates import CANDIDATES
+            from lithocore.candidates import forest_candidates
             from lithocore.recommend import map_to_trust
 
             area, stack, _, _ = run.stack()
-            cands = {m: replace(c, n_trees=forest.n_trees) for m, c in CANDIDATES.items()}
+            cands = forest_candidates(forest)
             r = map_to_trust(area, stack, folder / "07_map_to_trust", k=2, candidates=cands, cap=2000, seed=0,
                              estimates=("matched",), progress=False, cluster=cluster)
             out["trust"] = dict(recommended=r["trust"]["recommended_model"],

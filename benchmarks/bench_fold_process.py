@@ -51,9 +51,9 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_end_to_end import _run
-    from lithocore import compare
     from lithocore.crossval import spill
-    from lithocore.folds import deep_fold_model, forest_fold_model
+    from lithocore.candidates import forest_candidates
+    from lithocore.folds import deep_fold_model
     from lithocore.settings import ForestSettings
     from lithocore.stackfile import StackFile
 
@@ -64,11 +64,9 @@ def main() -> int:
     forest = ForestSettings(n_trees=50)  # as bench_end_to_end's cross-validation
     with tempfile.TemporaryDirectory(prefix=".bench-fold-", dir=run.folder.cv_dir) as tmp:
         tmp = Path(tmp)
-        if a.model == "forest":
-            model = forest_fold_model(stack, area, n_trees=forest.n_trees, max_features=forest.max_features,
-                                      fraction=forest.pixel_fraction, cap=cv["forest_cap"], seed=run.seed)
-        elif a.model == "forest_context":
-            model = forest_fold_model(stack, area, **compare._context(cv, forest, run.seed))
+        if a.model in ("forest", "forest_context"):  # as notebook 06's cross-validation makes them
+            model = forest_candidates(forest)[a.model].fold_model(stack, area, fraction=forest.pixel_fraction,
+                                                                 cap=cv["forest_cap"], seed=run.seed)
         else:
             model = deep_fold_model(stack, area, replace(cfg, epochs=cv["epochs"]), tmp / "checkpoints")
         (tmp / "spill").mkdir()

@@ -22,7 +22,9 @@ import numpy as np
 
 from lithocore import crossval
 from lithocore.embedding import EmbeddingSettings, read_embedding, scene_embedding
-from lithocore.folds import HybridFold, deep_fold_model, forest_fold_model
+from lithocore.candidates import forest_candidates
+from lithocore.folds import HybridFold, deep_fold_model
+from lithocore.settings import ForestSettings
 from lithocore.run import Run
 from lithocore.stages import stack_provenance
 
@@ -51,20 +53,20 @@ def main(argv=None) -> int:
     embed_seconds = round(time.perf_counter() - t0, 1)
     emb = np.asarray(read_embedding(npy))
     auto = str(out / "embedding" / "autoencoder.keras")
-    kw = dict(cap=cv["forest_cap"], seed=run.seed)
-    ctx = dict(max_features="sqrt", neighbourhood=(5, 15))
+    kw = dict(fraction=ForestSettings.pixel_fraction, cap=cv["forest_cap"], seed=run.seed)
+    forests = forest_candidates()  # the workbook's two forests, as notebooks 06 and 07 make them
     make = {
-        "forest": lambda: forest_fold_model(stack, area, **kw),
-        "forest_context": lambda: forest_fold_model(stack, area, **kw, **ctx),
-        "forest_context_embedding": lambda: forest_fold_model(stack, area, **kw, **ctx, extra=emb),
+        "forest": lambda: forests["forest"].fold_model(stack, area, **kw),
+        "forest_context": lambda: forests["forest_context"].fold_model(stack, area, **kw),
+        "forest_context_embedding": lambda: forests["forest_context"].fold_model(stack, area, **kw, extra=emb),
         "unet": lambda: deep_fold_model(stack, area, fcfg, out / "cv"),
         "unet_balanced": lambda: deep_fold_model(stack, area, bal, out / "cv"),
         "unet_inner": lambda: deep_fold_model(stack, area, replace(fcfg, inner_validation=0.2), out / "cv_inner"),
         "unet_pretrained": lambda: replace(deep_fold_model(stack, area, fcfg, out / "cv"), pretrained=auto),
         "hybrid": lambda: HybridFold(deep_fold_model(stack, area, fcfg, out / "cv"),
-                                     forest_fold_model(stack, area, **kw, **ctx)),
+                                     forests["forest_context"].fold_model(stack, area, **kw)),
         "hybrid_balanced": lambda: HybridFold(deep_fold_model(stack, area, bal, out / "cv"),
-                                              forest_fold_model(stack, area, **kw, **ctx)),
+                                              forests["forest_context"].fold_model(stack, area, **kw)),
     }
     models = {m: make[m]() for m in args.only}
     res = crossval.cross_validate(area.labels, area.mask, area.classes.names, folds, models, progress=False)

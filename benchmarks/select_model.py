@@ -40,8 +40,10 @@ def main() -> int:
     from scipy import ndimage
 
     from lithocore import crossval, metrics
-    from lithocore.folds import cv_folds, cv_settings, deep_fold_model, forest_fold_model
+    from lithocore.candidates import forest_candidates
+    from lithocore.folds import cv_folds, cv_settings, deep_fold_model
     from lithocore.plan import run_config
+    from lithocore.settings import ForestSettings
     from lithocore.stages import fused_stack
     from lithocore.workbook import study_area_manifest
 
@@ -54,9 +56,8 @@ def main() -> int:
     models = {r: (lambda cfg: (lambda i, tr, te, cfg=cfg: deep_fold_model(stack, area, cfg, Path(a.run_dir) / "select" / r)(i, tr, te)))(
         replace(base, epochs=a.epochs, **RECIPES[r])) for r in a.recipes}
     if a.forests:
-        models["forest"] = forest_fold_model(stack, area, cap=cv["forest_cap"], seed=base.seed)
-        models["forest_context"] = forest_fold_model(stack, area, cap=cv["forest_cap"], seed=base.seed,
-                                                     max_features="sqrt", neighbourhood=(5, 15))
+        models.update({m: c.fold_model(stack, area, fraction=ForestSettings.pixel_fraction, cap=cv["forest_cap"],
+                                       seed=base.seed) for m, c in forest_candidates().items()})
     rows = []
     for i in range(folds.k):
         test, train = crossval.fold_regions(folds, i, area.mask)

@@ -9,8 +9,13 @@ import numpy as np
 
 from .area import NO_LABEL
 from .forest import pixel_features
+from .settings import ForestSettings
 
-__all__ = ["ForestCandidate", "DeepCandidate", "CANDIDATES", "candidates_for", "proba_at"]
+__all__ = ["ForestCandidate", "DeepCandidate", "NEIGHBOURHOOD", "forest_candidates", "CANDIDATES", "candidates_for",
+           "proba_at"]
+
+#: The neighbourhood forest's windows (px): every channel's local mean and sd over 5 and 15 px.
+NEIGHBOURHOOD = (5, 15)
 
 
 @dataclass(frozen=True)
@@ -21,8 +26,8 @@ class ForestCandidate:
     name: str
     label: str
     neighbourhood: tuple[int, ...] = ()
-    max_features: int | str = 3
-    n_trees: int = 200
+    max_features: int | str = ForestSettings.max_features
+    n_trees: int = ForestSettings.n_trees
 
     #: What the predictors are made by (part of every kept fold's key: a change of it refits the folds).
     features_made = "the stack; stackfile.Neighbourhood strips"
@@ -48,6 +53,18 @@ class ForestCandidate:
     def proba(self, model, F: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
         return proba_at(model, F, idx, n_classes)
 
+    def fold_model(self, stack, area, *, fraction: float, cap: int, seed: int, extra=None):
+        """This forest as notebook 06's cross-validation model (:func:`lithocore.folds.forest_fold_model`): the
+        same trees, variables and neighbourhood on ``fraction`` of each class's training pixels (at most ``cap``)."""
+        from .folds import forest_fold_model
+
+        return forest_fold_model(stack, area, n_trees=self.n_trees, max_features=self.max_features, fraction=fraction,
+                                 cap=cap, seed=seed, neighbourhood=self.neighbourhood, extra=extra)
+
+    def describe(self) -> dict:
+        """The settings that make this forest (kept with its estimates in ``trust.json``)."""
+        return dict(n_trees=self.n_trees, max_features=self.max_features, neighbourhood=list(self.neighbourhood))
+
 
 @dataclass(frozen=True)
 class DeepCandidate:
@@ -64,6 +81,10 @@ class DeepCandidate:
 
     def features(self, stack: np.ndarray) -> np.ndarray:
         return np.asarray(stack, np.float32)
+
+    def describe(self) -> dict:
+        """The settings that make this network (kept with its estimates in ``trust.json``)."""
+        return dict(architecture=self.config.architecture, epochs=self.config.epochs, tile=self.config.tile)
 
     def fit(self, F: np.ndarray, labels: np.ndarray, pixels: np.ndarray, seed: int = 0, train=None):
         import tempfile
@@ -100,20 +121,34 @@ class DeepCandidate:
 
 
 #: The registry's pixel candidates, by key (the keys notebook 06 uses for the same models).
-CANDIDATES = {
-    "forest": ForestCandidate("forest", "random forest"),
-    "forest_context": ForestCandidate("forest_context", "neighbourhood forest", (5, 15), "sqrt"),
-}
+def forest_candidates(forest: ForestSettings | None = None) -> dict[str, ForestCandidate]:
+    """The workbook's two forests, the one home of what they are (notebook 06 cross-validates them, notebook 07
+    chooses among them): the paper's forest on the stack's channels (``forest``'s trees and variables tried at
+    each split) and the neighbourhood forest, which adds every channel's local mean and sd over
+    :data:`NEIGHBOURHOOD` and tries ``sqrt`` of its many variables. ``forest``: default :class:`ForestSettings`.
+
+    >>> {m: (c.n_trees, c.max_features) for m, c in forest_candidates(ForestSettings(n_trees=30)).items()}
+    {'forest': (30, 3), 'forest_context': (30, 'sqrt')}
+    """
+    forest = forest or ForestSettings()
+    return {"forest": ForestCandidate("forest", "random forest", (), forest.max_features, forest.n_trees),
+            "forest_context": ForestCandidate("forest_context", "neighbourhood forest", NEIGHBOURHOOD, "sqrt",
+                                              forest.n_trees)}
 
 
-def candidates_for(cfg, n_classes: int, *, deep: bool = False, epochs: int | None = None) -> dict:
-    """Notebook 07's candidates: the registry's forests, and with ``deep`` the network of ``cfg`` (trained
-    ``epochs`` per fit, as notebook 06's folds).
+#: The two forests with the default settings.
+CANDIDATES = forest_candidates()
+
+
+def candidates_for(cfg, n_classes: int, *, forest: ForestSettings | None = None, deep: bool = False,
+                   epochs: int | None = None) -> dict:
+    """Notebook 07's candidates: the two forests of ``forest`` (:func:`forest_candidates`), and with ``deep`` the
+    network of ``cfg`` (trained ``epochs`` per fit, as notebook 06's folds).
 
     >>> list(candidates_for(None, 8))
     ['forest', 'forest_context']
     """
-    out = dict(CANDIDATES)
+    out = forest_candidates(forest)
     if deep:
         from dataclasses import replace
 

@@ -205,9 +205,9 @@ def deep_parts(text: str) -> tuple[str, ...]:
 def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood_forest: bool = True,
                      cluster: str = "", parts: tuple[str, ...] = ()) -> CrossValidation:
     """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its profile's deep model, the paper's
-    forest (``forest``; default the profile's) and, with
-    ``neighbourhood_forest``, a forest given every channel's local mean and sd over 5 and 15 px, trained and
-    scored on the run's folds. Each model's fold predictions are cached under the settings' key, so adding a
+    forest (``forest``; default the profile's) and, with ``neighbourhood_forest``, the neighbourhood forest (both
+    as :func:`lithocore.candidates.forest_candidates` defines them for notebook 07 too), trained and scored on the
+    run's folds. Each model's fold predictions are cached under the settings' key, so adding a
     model reuses the others.
 
     Parameters
@@ -233,7 +233,8 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
     CrossValidation
         The folds, their coverage, per-fold and pooled scores, out-of-fold maps; tables, verdicts and the record.
     """
-    from .folds import ForestFold, cv_cache_key, deep_fold_model, forest_fold_model
+    from .candidates import forest_candidates
+    from .folds import ForestFold, cv_cache_key, deep_fold_model
 
     from .stackfile import StackFile
 
@@ -243,14 +244,14 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
     cfg, cv = run.training(), run.cv()
     folds = run.folds()
     forest = forest or profile_settings(run.profile).forest
-    n_trees, max_features, pixel_fraction = forest.n_trees, forest.max_features, forest.pixel_fraction
+    forests = forest_candidates(forest)  # the paper's and the neighbourhood forest, as notebook 07 fits them
+    sampling = dict(fraction=forest.pixel_fraction, cap=cv["forest_cap"], seed=run.seed)
+    context = forests["forest_context"]
     deep = model_name(cfg.__dict__)  # results, files and scores are named by the registry key
     models = {deep: deep_fold_model(stack, area, replace(cfg, epochs=cv["epochs"]), run.folder.cv_dir),
-              "forest": forest_fold_model(stack, area, n_trees=n_trees, max_features=max_features,
-                                          fraction=pixel_fraction, cap=cv["forest_cap"], seed=run.seed)}
-    ctx = _context(cv, forest, run.seed)
+              "forest": forests["forest"].fold_model(stack, area, **sampling)}
     if neighbourhood_forest:  # the context-aware baseline: same pixels, the stack plus local means and sds
-        models["forest_context"] = forest_fold_model(stack, area, **ctx)
+        models["forest_context"] = context.fold_model(stack, area, **sampling)
     if "pretrained" in parts and deep != "unet":  # said before the pretraining, not at the first fold
         raise ValueError(f"deep_parts 'pretrained' starts a U-Net from the autoencoder; this run's network is "
                          f"{display_name(deep)}: leave 'pretrained' out, or train a U-Net (architecture 'unet')")
@@ -262,30 +263,24 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
         if "pretrained" in parts:
             models[f"{deep}_pretrained"] = replace(models[deep], pretrained=str(npy.with_name("autoencoder.keras")))
         if "embedding_forest" in parts:
-            models["forest_context_embedding"] = forest_fold_model(stack, area, extra=read_embedding(npy), **ctx)
+            models["forest_context_embedding"] = context.fold_model(stack, area, extra=read_embedding(npy), **sampling)
         if "hybrid" in parts:
-            models["hybrid"] = HybridFold(models[deep], forest_fold_model(stack, area, **ctx))
+            models["hybrid"] = HybridFold(models[deep], context.fold_model(stack, area, **sampling))
     for m, model in models.items():  # before any fold: every forest's fit fits in memory
         if isinstance(model, ForestFold):
             model.check_memory(len(area.classes), f"the cross-validation's {m}")
-    cache_key = cv_cache_key(run.root, cv, cfg, n_trees, max_features, pixel_fraction)
+    cache_key = cv_cache_key(run.root, cv, cfg, forest)
     results = crossval.cross_validate(area.labels, area.mask, area.classes.names, folds, models,
                                       cache_dir=run.folder.cv_dir, cache_key=cache_key, cluster=cluster or None)
-    names = {deep: display_name(deep), "forest": "random forest", "forest_context": "neighbourhood forest",
+    names = {deep: display_name(deep), "forest": forests["forest"].label, "forest_context": context.label,
              f"{deep}_pretrained": f"{display_name(deep)} (pretrained)",
-             "forest_context_embedding": "neighbourhood forest + embedding",
+             "forest_context_embedding": f"{context.label} + embedding",
              "hybrid": f"{display_name(deep)} + neighbourhood forest"}
-    settings = cv | dict(tile=cfg.tile, n_samples=cfg.n_samples, n_trees=n_trees, max_features=max_features,
-                         pixel_fraction=pixel_fraction)
+    settings = cv | dict(tile=cfg.tile, n_samples=cfg.n_samples, n_trees=forest.n_trees,
+                         max_features=forest.max_features, pixel_fraction=forest.pixel_fraction)
     return CrossValidation(folds, crossval.fold_coverage(folds, area.labels, area.mask, area.classes.names),
                            list(models), {m: names[m] for m in models}, results, cache_key, settings)
 
-
-def _context(cv: dict, forest: ForestSettings, seed: int) -> dict:
-    """The neighbourhood forest's settings: the paper's forest on the stack plus local means and sds over 5 and 15
-    px, ``sqrt`` of its many variables tried at each split."""
-    return dict(n_trees=forest.n_trees, max_features="sqrt", fraction=forest.pixel_fraction, cap=cv["forest_cap"],
-                seed=seed, neighbourhood=(5, 15))
 
 
 # ------------------------------------------------------------------------------------- the paper's protocol

@@ -12,7 +12,7 @@ import numpy as np
 
 from .area import NO_LABEL
 from .runfolder import RunFolder, file_digest, key, manifest_fingerprint
-from .settings import given, profile as profile_settings
+from .settings import ForestSettings, given, profile as profile_settings
 from .stages import stack_provenance, training_tiles
 from .tiles import blocks_any
 
@@ -21,12 +21,13 @@ __all__ = ["cv_cache_key", "cached_fold_predictions", "trust_settings", "cv_sett
            "match_confidence"]
 
 
-def cv_cache_key(run_dir, cv: dict, cfg, n_trees: int = 200, max_features: int = 3, pixel_fraction: float = 0.1) -> str:
+def cv_cache_key(run_dir, cv: dict, cfg, forest: ForestSettings | None = None) -> str:
     """The key under which notebook 06 caches each model's fold predictions (``<cv_dir>/fold<i>_<model>.npz``): the
-    stack, the cross-validation and training settings and the forests' settings. Notebook 07 reads the block
-    estimate from there when it matches."""
-    return key([stack_provenance(run_dir).get("stack_key"), cv, cfg.__dict__, n_trees, max_features, pixel_fraction,
-                FOLD_MODELS_VERSION])
+    stack, the cross-validation and training settings and the forests' settings (``forest``; default
+    :class:`ForestSettings`). Notebook 07 reads the block estimate from there when it matches."""
+    forest = forest or ForestSettings()
+    return key([stack_provenance(run_dir).get("stack_key"), cv, cfg.__dict__, forest.n_trees, forest.max_features,
+                forest.pixel_fraction, FOLD_MODELS_VERSION])
 
 
 #: Changes when the fold models' results change for the same settings (2: float64 normalisation, the deep fold
@@ -298,9 +299,9 @@ class ForestFold:
     stack: object
     labels: np.ndarray
     mask: np.ndarray
-    n_trees: int = 200
-    max_features: int | str = 3
-    fraction: float = 0.1
+    n_trees: int = ForestSettings.n_trees
+    max_features: int | str = ForestSettings.max_features
+    fraction: float = ForestSettings.pixel_fraction
     cap: int = 0
     seed: int = 0
     neighbourhood: tuple[int, ...] = ()
@@ -411,13 +412,15 @@ def match_confidence(p: np.ndarray, target: float, *, steps: int = 40) -> np.nda
     return temper(10 ** hi).astype(np.float32)
 
 
-def forest_fold_model(stack, area, *, n_trees: int = 200, max_features: int | str = 3, fraction: float = 0.1,
+def forest_fold_model(stack, area, *, n_trees: int = ForestSettings.n_trees,
+                      max_features: int | str = ForestSettings.max_features,
+                      fraction: float = ForestSettings.pixel_fraction,
                       cap: int = 0, seed: int = 0, neighbourhood: tuple[int, ...] = (), extra=None) -> ForestFold:
     """A cross-validation model: the paper's forest on ``fraction`` of each class's pixels of the fold's
     training region (at most ``cap`` per class), predicting the fold's test region. With ``neighbourhood``
     window sizes, the forest also gets every channel's local mean and standard deviation over them, computed
     strip by strip as they are read (:class:`lithocore.stackfile.Neighbourhood`; give ``max_features="sqrt"``
-    then, as notebook 06 does).
+    then, as notebook 06 does; :meth:`lithocore.candidates.ForestCandidate.fold_model` makes the workbook's two).
 
     Parameters
     ----------

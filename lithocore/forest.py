@@ -125,7 +125,7 @@ def neighbourhood_channels(channels: int, sizes: tuple[int, ...]) -> int:
     return channels * (1 + 2 * len(sizes))
 
 
-def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...] = (5, 15)) -> tuple[np.ndarray, list[str]]:
+def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
     """The stack plus, for every channel, its local mean and standard deviation over ``size`` x ``size`` windows:
     a per-pixel forest given the neighbourhood (texture, nearby units) that a convolutional network sees, the
     baseline a sceptical reviewer asks a deep model to beat. Not-finite pixels count as the channel's mean.

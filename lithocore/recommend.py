@@ -548,8 +548,9 @@ def _trust_record(area, candidates, cv: dict, folds, cal: dict, app: dict, groun
         estimates={kind: v.get(best) for kind, v in ests.items()},
         ground_estimates=dict(matched_pooled=e["overall_accuracy"], matched_distance_weighted=expected["weighted"],
                               calibrated_confidence=conf_ground),
-        candidates={m: dict(label=c.label, matched=ests["matched"][m], seconds=m_oof["seconds"][m])
-                    for m, c in candidates.items()},
+        candidates={m: dict(label=c.label, settings=c.describe(), matched=ests["matched"][m],
+                            seconds=m_oof["seconds"][m]) for m, c in candidates.items()},
+        block_from_notebook_06=bool(cv["oof"]["block"].get("cached")) if "block" in cv["oof"] else None,
         questions=QUESTIONS, matched_method=folds.method,
         distances=dict(ground_median_m=float(np.median(folds.Gij)), ground_q90_m=float(np.quantile(folds.Gij, 0.9)),
                        matched_cv_median_m=float(np.median(folds.Gjstar)), W=folds.W,

@@ -286,7 +286,7 @@ class Neighbourhood:
     ndim = 3
     dtype = np.dtype("float32")
 
-    def __init__(self, base, sizes: tuple[int, ...] = (5, 15), fill: np.ndarray | None = None):
+    def __init__(self, base, sizes: tuple[int, ...], fill: np.ndarray | None = None):
         self.base, self.sizes = base, tuple(int(s) for s in sizes)
         C, H, W = base.shape
         from .forest import neighbourhood_channels

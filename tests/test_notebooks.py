@@ -41,6 +41,9 @@ def test_every_notebook_on_central_lapland(tmp_path, lapland_manifest):
     assert list(timings) == NOTEBOOKS and all(t > 0 for t in timings.values())  # every notebook ran, none skipped
     for notebook in NOTEBOOKS:
         _check_outputs(tmp_path, notebook, LAPLAND_MANIFEST, params)
+    # the parameters given to the workbook reach notebooks 06 and 07 alike (the forests' trees, the folds' epochs):
+    # notebook 07's block estimate is read from notebook 06's fold predictions, not fitted again with other forests
+    assert json.loads((tmp_path / "07_map_to_trust" / "trust.json").read_text())["block_from_notebook_06"] is True
 
 
 #: Lines of an executed notebook's stderr that mean noise or trouble: a library warning ("FutureWarning: ..."), a
@@ -151,6 +154,10 @@ def _check_outputs(run_dir: Path, notebook: str, manifest, params: dict | None =
         scored = area.mask & (area.labels != 255)
         assert set(np.unique(oof[scored])) <= set(area.classes.ids)
         assert sum(f["scores"][dk]["pixels"] for f in cv["folds"]) == int(scored.sum())
+    if notebook.startswith("07"):  # the forests notebook 07 chooses among are notebook 06's: the trees given to both
+        trust = json.loads((stage / "trust.json").read_text())
+        forests = [c["settings"] for m, c in trust["candidates"].items() if m.startswith("forest")]
+        assert len(forests) == 2 and all(f["n_trees"] == (params or PARAMS["synthetic"])["n_trees"] for f in forests)
 
 
 @pytest.mark.notebook
