@@ -51,8 +51,8 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_end_to_end import _run
-    from lithocore.crossval import spill
     from lithocore.candidates import forest_candidates
+    from lithocore.crossval import spill
     from lithocore.folds import deep_fold_model
     from lithocore.settings import ForestSettings
     from lithocore.stackfile import StackFile
