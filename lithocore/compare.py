@@ -57,7 +57,7 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
 # ------------------------------------------------------------------------------- spatial cross-validation
 @dataclass
 class CrossValidation:
-    """Notebook 06's spatial cross-validation of the profile's deep model and the forests, on the same folds and
+    """Notebook 06's spatial cross-validation of the run's deep model and the forests, on the same folds and
     pixels, scored by the same code (:func:`lithocore.crossval.cross_validate`). Its tables, verdicts and record
     are written by the methods below from the numbers, never by hand."""
 
@@ -105,7 +105,7 @@ class CrossValidation:
 
     @property
     def parts(self) -> list[str]:
-        """The deep parts added as candidates (:data:`DEEP_PARTS`), after the profile's deep model."""
+        """The deep parts added as candidates (:data:`DEEP_PARTS`), after the run's deep model."""
         return [m for m in self.models[1:] if m not in self.forests]
 
     def differences(self):
@@ -204,10 +204,10 @@ def deep_parts(text: str) -> tuple[str, ...]:
 
 def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood_forest: bool = True,
                      cluster: str = "", parts: tuple[str, ...] = ()) -> CrossValidation:
-    """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its profile's deep model, the paper's
-    forest (``forest``; default the profile's) and, with ``neighbourhood_forest``, the neighbourhood forest (both
-    as :func:`lithocore.candidates.forest_candidates` defines them for notebook 07 too), trained and scored on the
-    run's folds. Each model's fold predictions are cached under the settings' key, so adding a
+    """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its deep model (the run's training
+    settings, notebook 04's), the paper's forest (``forest``; default the profile's) and, with
+    ``neighbourhood_forest``, the neighbourhood forest (both as :func:`lithocore.candidates.forest_candidates`
+    defines them for notebook 07 too), trained and scored on the run's folds. Each model's fold predictions are cached under the settings' key, so adding a
     model reuses the others.
 
     Parameters

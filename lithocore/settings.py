@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 __all__ = ["PROFILES", "Profile", "TrainingConfig", "CrossValidationSettings", "ForestSettings", "MappingSettings",
-           "given", "given_only", "profile", "resolve"]
+           "given", "given_only", "notebook_training", "profile", "resolve"]
 
 
 def given(value) -> bool:
@@ -38,6 +38,17 @@ def given_only(**values) -> dict:
     {'epochs': 3}
     """
     return {k: v for k, v in values.items() if given(v)}
+
+
+def notebook_training(**values) -> dict:
+    """The training settings a notebook's parameters give (notebook 04's names; notebooks 06 and 07 take those that
+    make the network, so that a value given to the workbook trains, cross-validates and judges the same network):
+    -1 and "" keep the profile's; ``class_weighting`` and ``augment`` are 1 or 0 there.
+
+    >>> notebook_training(epochs=-1, architecture="fcn8s", augment=0, class_weighting=-1)
+    {'architecture': 'fcn8s', 'augment': False}
+    """
+    return {k: bool(v) if k in ("class_weighting", "augment") else v for k, v in given_only(**values).items()}
 
 
 @dataclass(frozen=True)
