@@ -59,6 +59,34 @@ def test_notebook_skeleton(path):
     assert "plain_warnings()" in code[0].source, f"{path.name}: the Imports cell asks for plain warnings"
 
 
+#: Parameters of one thing that several notebooks use (the network, the forests, the folds): each of those notebooks
+#: declares them, so that a value given to the workbook reaches every one (a notebook that lacked one would use the
+#: profile's value and train, judge or map something else than the notebook before it).
+SHARED = {("04", "06", "07"): ("architecture", "width", "fc", "upsampling", "norm", "class_weighting", "augment",
+                               "epochs", "steps_per_epoch"),
+          ("06", "07"): ("n_trees", "max_features", "pixel_fraction", "cv_epochs", "cv_forest_cap"),
+          ("01", "03", "06", "07"): ("cv_folds", "cv_block")}
+
+
+def _parameters(path: Path) -> dict:
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return {n.target.id: (ast.unparse(n.annotation), ast.literal_eval(n.value)) for n in ast.parse(cell.source).body}
+
+
+def test_notebooks_share_parameters_alike():
+    declared = {path.name[:2]: _parameters(path) for path in NOTEBOOKS}
+    for group, names in SHARED.items():
+        for name in names:
+            lacking = [nb for nb in group if name not in declared[nb]]
+            assert not lacking, f"parameter '{name}' is not declared by notebook(s) {lacking}"
+    by_name: dict[str, dict] = {}
+    for nb, params in declared.items():
+        for name, typed in params.items():
+            by_name.setdefault(name, {})[nb] = typed
+    differ = {name: by_nb for name, by_nb in by_name.items() if len(set(by_nb.values())) > 1}
+    assert not differ, f"parameters declared with other types or defaults in different notebooks: {differ}"
+
+
 def test_import_lithocore_has_no_side_effects():
     """``import lithocore`` and the framework-free modules start no deep-learning framework and leave Python's
     warning format alone; the framework starts on an explicit call."""
