@@ -207,8 +207,8 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
     """The spatial cross-validation of ``run`` (a :class:`lithocore.run.Run`): its deep model (the run's training
     settings, notebook 04's), the paper's forest (``forest``; default the profile's) and, with
     ``neighbourhood_forest``, the neighbourhood forest (both as :func:`lithocore.candidates.forest_candidates`
-    defines them for notebook 07 too), trained and scored on the run's folds. Each model's fold predictions are cached under the settings' key, so adding a
-    model reuses the others.
+    defines them for notebook 07 too), trained and scored on the run's folds. Each model's fold predictions are
+    cached under the settings' key, so adding a model reuses the others.
 
     Parameters
     ----------
@@ -311,7 +311,7 @@ class PaperProtocol:
         return [dict(model=name, scored_on=r, OA=sc[r]["overall_accuracy"], mIoU=sc[r]["mean_iou"],
                      kappa=sc[r]["kappa"], boundary_mIoU=sc[r]["boundary"]["mean_iou"],
                      salt_and_pepper=sc["noise"]["salt_and_pepper"], caution=sc[r].get("caution") or "")
-                for name, sc in ((self.names[self.deep], self.deep_scores), ("random forest", self.forest_scores))
+                for name, sc in ((self.names[self.deep], self.deep_scores), (self.names["forest"], self.forest_scores))
                 for r in self.regions]
 
     def table(self):
@@ -387,8 +387,10 @@ def paper_protocol(run, split: str = "paper", forest: ForestSettings | None = No
     regions = {k: v for k, v in deep_scores["regions"].items() if k != "train_region"}
     forest_scores = metrics.evaluate_map(forest_map, area.labels, area.mask, area.classes.names, regions=regions,
                                          boundary_width=boundary_width)
-    return PaperProtocol(deep, {deep: display_name(deep), "forest": "random forest"}, deep_map, deep_scores, forest,
-                         forest_map, read_confidence(forest["map"]["confidence"], figure_step(area.shape)),
+    from .candidates import CANDIDATES
+
+    return PaperProtocol(deep, {deep: display_name(deep), "forest": CANDIDATES["forest"].label}, deep_map, deep_scores,
+                         forest, forest_map, read_confidence(forest["map"]["confidence"], figure_step(area.shape)),
                          forest_scores, split)
 
 
