@@ -120,7 +120,6 @@ class DeepCandidate:
         return scene_outputs(model["net"], F, model["mean"], model["std"])
 
 
-#: The registry's pixel candidates, by key (the keys notebook 06 uses for the same models).
 def forest_candidates(forest: ForestSettings | None = None) -> dict[str, ForestCandidate]:
     """The workbook's two forests, the one home of what they are (notebook 06 cross-validates them, notebook 07
     chooses among them): the paper's forest on the stack's channels (``forest``'s trees and variables tried at
@@ -136,7 +135,7 @@ def forest_candidates(forest: ForestSettings | None = None) -> dict[str, ForestC
                                               forest.n_trees)}
 
 
-#: The two forests with the default settings.
+#: The two forests with the default settings, by key (the keys notebook 06 uses for the same models).
 CANDIDATES = forest_candidates()
 
 

@@ -275,12 +275,11 @@ def cross_validation(run, forest: ForestSettings | None = None, *, neighbourhood
     names = {deep: display_name(deep), "forest": forests["forest"].label, "forest_context": context.label,
              f"{deep}_pretrained": f"{display_name(deep)} (pretrained)",
              "forest_context_embedding": f"{context.label} + embedding",
-             "hybrid": f"{display_name(deep)} + neighbourhood forest"}
+             "hybrid": f"{display_name(deep)} + {context.label}"}
     settings = cv | dict(tile=cfg.tile, n_samples=cfg.n_samples, n_trees=forest.n_trees,
                          max_features=forest.max_features, pixel_fraction=forest.pixel_fraction)
     return CrossValidation(folds, crossval.fold_coverage(folds, area.labels, area.mask, area.classes.names),
                            list(models), {m: names[m] for m in models}, results, cache_key, settings)
-
 
 
 # ------------------------------------------------------------------------------------- the paper's protocol
