@@ -143,14 +143,14 @@ class Run:
         return training_tiles(self.root, self.area, self.training(), split, stratified=stratified, blocks=blocks)
 
     def model(self, split: str = "spatial", model_path: str = ""):
-        """(model, meta): ``model_path`` when given, else notebook 04's model when current, else trained now (loaded
-        once per run object)."""
+        """(model, meta): ``model_path`` when given, else notebook 04's model when current (made from this stack and
+        tiles, and with every training setting this run was given), else trained now (loaded once per run object)."""
         key = ("model", split, model_path)
         if key not in self._cache:
             from .stages import load_or_train
 
             self._cache[key] = load_or_train(self.root, self.manifest, self.profile, split, model_path or None,
-                                             area=self.area, **self._tile_settings())
+                                             area=self.area, **self._tile_settings(), **self.training_overrides)
         return self._cache[key]
 
     def class_map(self, split: str = "spatial", *, model_path: str = "", boundary_width: int = 3,

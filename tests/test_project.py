@@ -62,8 +62,8 @@ def test_notebook_skeleton(path):
 #: Parameters of one thing that several notebooks use (the network, the forests, the folds): each of those notebooks
 #: declares them, so that a value given to the workbook reaches every one (a notebook that lacked one would use the
 #: profile's value and train, judge or map something else than the notebook before it).
-SHARED = {("04", "06", "07"): ("architecture", "width", "fc", "upsampling", "norm", "class_weighting", "augment",
-                               "epochs", "steps_per_epoch"),
+SHARED = {("04", "05", "06", "07"): ("architecture", "width", "fc", "upsampling", "norm", "class_weighting",
+                                     "augment", "epochs", "steps_per_epoch"),
           ("06", "07"): ("n_trees", "max_features", "pixel_fraction", "cv_epochs", "cv_forest_cap"),
           ("01", "03", "06", "07"): ("cv_folds", "cv_block")}
 

@@ -135,6 +135,23 @@ def test_notebook_04_reuses_a_model_made_from_the_same_inputs(manifest, tmp_path
     assert "reused" not in capsys.readouterr().out and other["model_key"] != meta["model_key"]
 
 
+def test_a_later_notebook_maps_with_the_network_it_was_given(manifest, tmp_path, capsys):
+    """Notebooks 05 and 06 (``Run.model``) map with notebook 04's model when it is the network the run was given,
+    and train the one asked for when notebook 04's is another: a value given to the workbook reaches them all."""
+    from lithocore.run import Run
+
+    run_dir = tmp_path / "run"
+    area = load_study_area(manifest)
+    _, stack, channels, units = stages.fused_stack(run_dir, manifest, area=area)
+    stages.train_model(run_dir, area, stack, channels, units, lplan.run_config("quick", area, **TINY), verbose=0)
+    tiles = {k: TINY[k] for k in ("tile", "stride", "n_samples")}
+    given = dict(epochs=TINY["epochs"], steps_per_epoch=TINY["steps_per_epoch"])
+    _, same = Run.open(run_dir, str(manifest), training=given, **tiles).model()
+    assert same["config"]["architecture"] == "unet" and "training again" not in capsys.readouterr().out
+    _, other = Run.open(run_dir, str(manifest), training=given | {"architecture": "fcn8s"}, **tiles).model()
+    assert other["config"]["architecture"] == "fcn8s" and "training again" in capsys.readouterr().out
+
+
 def test_the_same_seed_trains_the_same_model(manifest, tmp_path):
     """Deterministic with a seed: two trainings of the same settings give the same weights and scores, bit for bit
     (op determinism on; what differs between machines is rounding, not the order of operations)."""
