@@ -41,7 +41,7 @@ def test_every_notebook_on_central_lapland(tmp_path, lapland_manifest):
     assert list(timings) == NOTEBOOKS and all(t > 0 for t in timings.values())  # every notebook ran, none skipped
     for notebook in NOTEBOOKS:
         _check_outputs(tmp_path, notebook, LAPLAND_MANIFEST, params)
-    # the parameters given to the workbook reach notebooks 04, 06 and 07 alike (the network, here not the profile's,
+    # the parameters given to the workbook reach notebooks 04-07 alike (the network, here not the profile's,
     # is checked in notebook 06's outputs; the forests' trees, the folds' epochs): notebook 07's block estimate is
     # read from notebook 06's fold predictions, not fitted again with other forests
     assert json.loads((tmp_path / "07_map_to_trust" / "trust.json").read_text())["block_from_notebook_06"] is True
