@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from lithocore import crossval
-from lithocore.embedding import EmbeddingSettings, read_embedding, scene_embedding
 from lithocore.candidates import forest_candidates
+from lithocore.embedding import EmbeddingSettings, read_embedding, scene_embedding
 from lithocore.folds import HybridFold, deep_fold_model
-from lithocore.settings import ForestSettings
 from lithocore.run import Run
+from lithocore.settings import ForestSettings
 from lithocore.stages import stack_provenance
 
 CANDIDATES = ["forest", "forest_context", "unet", "unet_balanced", "unet_pretrained", "forest_context_embedding",
