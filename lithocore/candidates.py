@@ -30,7 +30,7 @@ class ForestCandidate:
     n_trees: int = ForestSettings.n_trees
 
     #: What the predictors are made by (part of every kept fold's key: a change of it refits the folds).
-    features_made = "the stack; stackfile.Neighbourhood strips"
+    features_made = "the stack; stackfile.Neighbourhood, float64 window sums in a fixed order"
 
     def features(self, stack):
         """The predictors (F, H, W): the stack itself, or with ``neighbourhood`` the stack and every channel's local

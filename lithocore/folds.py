@@ -32,8 +32,9 @@ def cv_cache_key(run_dir, cv: dict, cfg, forest: ForestSettings | None = None) -
 
 #: Changes when the fold models' results change for the same settings (2: float64 normalisation, the deep fold
 #: model's map in one pass, neighbourhood features strip by strip; 3: a network's fold tiles on a finer grid and
-#: repeated up to the profile's tiles an epoch where a fold has few), so that older cached predictions are not reused.
-FOLD_MODELS_VERSION = 3
+#: repeated up to the profile's tiles an epoch where a fold has few; 4: neighbourhood features as float64 window sums
+#: in a fixed order), so that older cached predictions are not reused.
+FOLD_MODELS_VERSION = 4
 
 
 def cached_fold_predictions(run_dir, k: int, model: str, cache_key: str):

@@ -125,34 +125,97 @@ def neighbourhood_channels(channels: int, sizes: tuple[int, ...]) -> int:
     return channels * (1 + 2 * len(sizes))
 
 
-def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...], fill: np.ndarray | None = None
+                           ) -> tuple[np.ndarray, list[str]]:
     """The stack plus, for every channel, its local mean and standard deviation over ``size`` x ``size`` windows:
     a per-pixel forest given the neighbourhood (texture, nearby units) that a convolutional network sees, the
-    baseline a sceptical reviewer asks a deep model to beat. Not-finite pixels count as the channel's mean.
-    Returns (features (C * (1 + 2 * len(sizes)), H, W) float32, their names).
+    baseline a sceptical reviewer asks a deep model to beat. Windows are mirrored at the scene's edges;
+    not-finite pixels count as ``fill`` (per channel; default: the channel's mean). Returns (features
+    (C * (1 + 2 * len(sizes)), H, W) float32, their names).
+
+    A pixel's values are computed from its own windows only (:func:`window_features`), so they are the same bit for
+    bit whether the scene is computed whole, strip by strip or at scattered pixels
+    (:class:`lithocore.stackfile.Neighbourhood`).
 
     Examples
     --------
     >>> f, names = neighbourhood_features(np.ones((2, 8, 8), np.float32), sizes=(3,))
-    >>> f.shape, names[2:4]
-    ((6, 8, 8), ['mean3(0)', 'sd3(0)'])
+    >>> f.shape, names[2:4], float(f[2].min()), float(f[3].max())
+    ((6, 8, 8), ['mean3(0)', 'sd3(0)'], 1.0, 0.0)
     """
-    from scipy import ndimage
-
-    C = stack.shape[0]
-    out = np.empty((neighbourhood_channels(C, sizes), *stack.shape[1:]), np.float32)  # filled in place: no copies held
+    C, H, W = stack.shape
+    h = max(sizes) // 2
+    if fill is None:
+        fill = np.array([np.nanmean(band) if np.isfinite(band).any() else 0.0 for band in stack], np.float32)
+    out = np.empty((neighbourhood_channels(C, sizes), H, W), np.float32)  # filled in place: no copies held
     out[:C] = stack
-    names = [str(i) for i in range(C)]
-    j = C
-    for i, band in enumerate(stack):
-        filled = np.where(np.isfinite(band), band, np.nanmean(band)).astype(np.float32)
-        for size in sizes:
-            m = ndimage.uniform_filter(filled, size, mode="reflect")
-            out[j] = m
-            out[j + 1] = np.sqrt(np.maximum(ndimage.uniform_filter(filled * filled, size, mode="reflect") - m * m, 0))
-            j += 2
-            names += [f"mean{size}({i})", f"sd{size}({i})"]
+    for r0 in range(0, H, _WINDOW_ROWS):  # rows at a time: float64 sums of a bounded part
+        r1 = min(H, r0 + _WINDOW_ROWS)
+        a, b = max(0, r0 - h), min(H, r1 + h)
+        out[C:, r0:r1] = window_features(padded_rows(np.asarray(stack[:, a:b], np.float32), a, r0, r1, H, h, fill),
+                                         sizes, h)
+    names = [str(i) for i in range(C)] + [f"{k}{s}({i})" for i in range(C) for s in sizes for k in ("mean", "sd")]
     return out, names
+
+
+#: Rows :func:`neighbourhood_features` computes at a time (its float64 sums: about 40 bytes a pixel of a part).
+_WINDOW_ROWS = 256
+
+
+def padded_rows(raw: np.ndarray, a: int, r0: int, r1: int, H: int, h: int, fill: np.ndarray) -> np.ndarray:
+    """What :func:`window_features` reads for rows ``r0:r1`` of a (C, H, W) scene: ``raw``, its rows
+    ``a:a + len`` (at least ``r0 - h:r1 + h`` within the scene), not-finite values as ``fill`` (C,), with ``h`` more
+    rows and columns on every side, mirrored at the scene's edges (half-sample symmetric)."""
+    raw = raw[:, r0 - h - a if r0 - h > a else 0:r1 + h - a]
+    top, bottom = max(0, h - r0), max(0, r1 + h - H)
+    raw = np.where(np.isfinite(raw), raw, np.asarray(fill, np.float32)[:, None, None])
+    return np.pad(raw, ((0, 0), (top, bottom), (h, h)), mode="symmetric")
+
+
+def _window_sums(a: np.ndarray, s: int, axis: int, base: int) -> np.ndarray:
+    """Sums of ``s`` consecutive values of ``a`` along ``axis`` (-2 or -1) at every start, added in one fixed
+    order: ``base`` values at a time, then ``s // base`` of those sums (``base`` divides ``s``)."""
+    def part(x, k, n):
+        return x[..., k:k + n, :] if axis == -2 else x[..., k:k + n]
+
+    nb = a.shape[axis] - base + 1
+    acc = part(a, 0, nb).copy()
+    for k in range(1, base):
+        acc += part(a, k, nb)
+    if base == s:
+        return acc
+    n = a.shape[axis] - s + 1
+    out = part(acc, 0, n).copy()
+    for j in range(1, s // base):
+        out += part(acc, j * base, n)
+    return out
+
+
+def window_features(padded: np.ndarray, sizes: tuple[int, ...], h: int) -> np.ndarray:
+    """Each channel's local mean and sd over every size's window: ``padded`` (C, ..., R + 2h, W + 2h) float32
+    (:func:`padded_rows`; a stack of patches around scattered pixels: R = W = 1) gives (C * 2 * len(sizes), ...,
+    R, W) float32, per channel the mean and sd of each size in turn. Sums in float64, each of its window's values in
+    one fixed order (a smaller size of ``sizes`` dividing the window's is summed first), so a pixel's values do not
+    depend on what else ``padded`` holds.
+
+    >>> x = np.arange(25, dtype=np.float32).reshape(1, 5, 5)
+    >>> window_features(np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="symmetric"), (3,), 1)[:, 2, 2].tolist()
+    [12.0, 4.163331985473633]
+    """
+    out = []
+    for band in padded:
+        x = band.astype(np.float64)
+        sq = x * x
+        for s in sizes:
+            off = h - s // 2
+            base = max([b for b in sizes if b < s and s % b == 0], default=s)
+            sums = []
+            for q in (x, sq):
+                v = _window_sums(q[..., off:q.shape[-2] - off, :], s, -2, base)
+                sums.append(_window_sums(v[..., off:v.shape[-1] - off], s, -1, base))
+            m = sums[0] / (s * s)
+            out += [m.astype(np.float32), np.sqrt(np.maximum(sums[1] / (s * s) - m * m, 0)).astype(np.float32)]
+    return np.stack(out)
 
 
 def pixel_features(stack: np.ndarray, pixels: np.ndarray) -> np.ndarray:

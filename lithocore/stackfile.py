@@ -28,6 +28,10 @@ __all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments",
 #: Rows per strip when a stack is read, or its statistics computed, strip by strip.
 STRIP_ROWS = 64
 
+#: Scattered pixels whose windows :meth:`Neighbourhood.pixel_values` computes at a time (a 15-px window of 9 channels:
+#: 8 kB a pixel in float32, the sums' float64 copies more).
+_PIXELS_AT_ONCE = 4096
+
 #: A stack up to this size (MB of float32) is read whole; a larger one is read window by window.
 STACK_IN_MEMORY_MB = 2048
 
@@ -184,11 +188,14 @@ def strips(rows: np.ndarray | None, height: int, strip: int = STRIP_ROWS):
 
 
 def pixel_values(stack, pixels: np.ndarray) -> np.ndarray:
-    """The values (n, C) float32 of the pixels ``pixels`` (flat indices, in any order), read strip by strip.
+    """The values (n, C) float32 of the pixels ``pixels`` (flat indices, in any order), read strip by strip (by
+    the stack's own ``pixel_values`` where it has one: :class:`Neighbourhood`, :class:`Channels`).
 
     >>> pixel_values(np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.array([3, 1])).tolist()
     [[3.0, 7.0], [1.0, 5.0]]
     """
+    if hasattr(stack, "pixel_values"):
+        return stack.pixel_values(pixels)
     C, H, W = stack.shape
     pixels = np.asarray(pixels, np.int64)
     out = np.empty((len(pixels), C), np.float32)
@@ -272,15 +279,20 @@ class Channels:
         out = np.concatenate([np.asarray(p[(slice(None), *rest)], np.float32) for p in self.parts])
         return out[ch]
 
+    def pixel_values(self, pixels: np.ndarray) -> np.ndarray:
+        """The values (n, C) of the pixels ``pixels``, each part's by its own :func:`pixel_values`."""
+        return np.concatenate([pixel_values(p, pixels) for p in self.parts], axis=1)
+
 
 class Neighbourhood:
     """A stack plus, for every channel, its local mean and standard deviation over ``size`` x ``size`` windows
     (:func:`lithocore.forest.neighbourhood_features`), computed strip by strip with a halo of rows as they are
-    read: indexable and readable like the stack, never held whole. Not-finite pixels count as the channel's
-    mean over the scene (``fill``; default: computed in one pass over the stack).
+    read, or at scattered pixels from their windows alone (:meth:`pixel_values`): indexable and readable like the
+    stack, never held whole. Not-finite pixels count as the channel's mean over the scene (``fill``; default:
+    computed in one pass over the stack).
 
-    Rows are always computed in the same aligned strips, so a pixel's features do not depend on what was read
-    before (a forest trained in one process and on a cluster sees the same values).
+    A pixel's values are computed from its own windows in a fixed order, so they do not depend on how it is read
+    (a forest trained in one process, on a cluster, or on scattered pixels sees the same values).
     """
 
     ndim = 3
@@ -292,7 +304,7 @@ class Neighbourhood:
         from .forest import neighbourhood_channels
 
         self.shape = (neighbourhood_channels(C, self.sizes), H, W)
-        self.halo = max(self.sizes) // 2 + 1
+        self.halo = max(self.sizes) // 2
         self.fill = np.asarray(fill if fill is not None else region_stats(base)["mean"], np.float32)
         self._strip: tuple[int, np.ndarray] | None = None
 
@@ -303,20 +315,55 @@ class Neighbourhood:
         C = self.base.shape[0]
         return [str(i) for i in range(C)] + [f"{k}{s}({i})" for i in range(C) for s in self.sizes for k in ("mean", "sd")]
 
+    def _rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``r0:r1`` of the stack as they are (NaN kept) and what their window features are computed from
+        (:func:`lithocore.forest.padded_rows`), read once."""
+        from .forest import padded_rows
+
+        H, h = self.shape[1], self.halo
+        a, b = max(0, r0 - h), min(H, r1 + h)
+        raw = np.asarray(self.base[:, a:b], np.float32)
+        return raw[:, r0 - a:r1 - a], padded_rows(raw, a, r0, r1, H, h, self.fill)
+
     def _compute(self, r0: int) -> np.ndarray:
         if self._strip is not None and self._strip[0] == r0:
             return self._strip[1]
-        from .forest import neighbourhood_features
+        from .forest import window_features
 
-        H = self.shape[1]
-        a, b = max(0, r0 - self.halo), min(H, r0 + STRIP_ROWS + self.halo)
-        raw = np.asarray(self.base[:, a:b], np.float32)
-        n = min(STRIP_ROWS, H - r0)
-        feats = neighbourhood_features(np.where(np.isfinite(raw), raw, self.fill[:, None, None]),
-                                       self.sizes)[0][:, r0 - a:r0 - a + n]
-        feats[:raw.shape[0]] = raw[:, r0 - a:r0 - a + n]  # the channels themselves as they are (NaN kept)
+        C, H = self.base.shape[0], self.shape[1]
+        raw, padded = self._rows(r0, min(H, r0 + STRIP_ROWS))
+        feats = np.empty((self.shape[0], *raw.shape[1:]), np.float32)
+        feats[:C] = raw  # the channels themselves as they are (NaN kept)
+        feats[C:] = window_features(padded, self.sizes, self.halo)
         self._strip = (r0, feats)
         return feats
+
+    def pixel_values(self, pixels: np.ndarray) -> np.ndarray:
+        """The values (n, F) of the pixels ``pixels`` (flat indices, in any order), :func:`pixel_values`: where a
+        strip holds few of them, from the windows around them alone (a forest's scattered training pixels cost
+        their windows, not the whole scene's filters); else from the strip's features. The same values either way.
+        """
+        from .forest import window_features
+
+        C, H, W = self.base.shape
+        h = self.halo
+        pixels = np.asarray(pixels, np.int64)
+        out = np.empty((len(pixels), self.shape[0]), np.float32)
+        rows, cols = pixels // W, pixels % W
+        for r0 in strips(rows, H):
+            sel = np.flatnonzero((rows >= r0) & (rows < r0 + STRIP_ROWS))
+            if len(sel) * (2 * h + 1) ** 2 > STRIP_ROWS * W:  # dense: the strip's filters cost less
+                out[sel] = self._compute(r0)[:, rows[sel] - r0, cols[sel]].T
+                continue
+            lo, hi = int(rows[sel].min()), int(rows[sel].max()) + 1
+            raw, padded = self._rows(lo, hi)
+            windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * h + 1, 2 * h + 1), axis=(1, 2))
+            for c0 in range(0, len(sel), _PIXELS_AT_ONCE):
+                part = sel[c0:c0 + _PIXELS_AT_ONCE]
+                i, j = rows[part] - lo, cols[part]
+                out[part, :C] = raw[:, i, j].T
+                out[part, C:] = window_features(windows[:, i, j], self.sizes, h)[..., 0, 0].T
+        return out
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)

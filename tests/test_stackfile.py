@@ -71,19 +71,43 @@ def test_same_tiles_pixels_and_statistics_from_the_file(small_area, stack_pair):
 
 def test_neighbourhood_strips_match_the_whole_scene_filters(small_area, stack_pair):
     arr, sf = stack_pair
-    whole, names = forest.neighbourhood_features(arr, (5, 15))
     lazy = Neighbourhood(arr, (5, 15))
+    whole, names = forest.neighbourhood_features(arr, (5, 15), lazy.fill)
     assert lazy.shape == whole.shape and lazy.names() == names
     got = lazy[:, :, :]
+    # a pixel's values come from its own windows: the same bit for bit computed whole, strip by strip, from the file
+    np.testing.assert_array_equal(got, whole)
     ok = small_area.mask
-    # the same filters: equal to float rounding (running sums start at other rows)
-    np.testing.assert_allclose(got[:, ok], whole[:, ok], rtol=1e-4, atol=1e-4 * np.nanstd(arr))
-    # and from the file, bit for bit the same as from the array: a pixel's features do not depend on the reader
+    from scipy import ndimage  # and they are the local means and sds (scipy's filters, to rounding)
+    filled = np.where(np.isfinite(arr[2]), arr[2], lazy.fill[2])
+    np.testing.assert_allclose(got[9 + 4 * 2 + 2][ok], ndimage.uniform_filter(filled, 15, mode="reflect")[ok],
+                               rtol=1e-5, atol=1e-5 * np.nanstd(arr[2]))
     from_file = Neighbourhood(sf, (5, 15), lazy.fill)
     r0 = STRIP_ROWS - 3
     np.testing.assert_array_equal(from_file[:, r0:r0 + 10, 4:40], got[:, r0:r0 + 10, 4:40])
     pixels = np.flatnonzero(ok)[::37]
     np.testing.assert_array_equal(pixel_values(from_file, pixels), pixel_values(lazy, pixels))
+
+
+def test_neighbourhood_at_scattered_pixels_is_the_strips_values():
+    """Scattered pixels (few a strip: their windows alone) and dense ones (the strip's filters), at the scene's edges
+    and beside not-finite values, get the values of the whole scene's computation."""
+    rng = np.random.default_rng(4)
+    arr = (rng.standard_normal((3, 150, 90)) * [[[1.0]], [[50.0]], [[1e4]]] + [[[0]], [[3e3]], [[5e4]]]).astype(np.float32)
+    arr[1, 40:44, 10:30] = np.nan
+    lazy = Neighbourhood(arr, (5, 15))
+    whole = forest.neighbourhood_features(arr, (5, 15), lazy.fill)[0]
+    table = whole.reshape(whole.shape[0], -1).T
+    H, W = arr.shape[1:]
+    corners = [0, W - 1, (H - 1) * W, H * W - 1, 41 * W + 12, 5 * W + 3]
+    sparse = np.concatenate([corners, rng.choice(H * W, 20, replace=False)])
+    n = Neighbourhood(arr, (5, 15), lazy.fill)
+    np.testing.assert_array_equal(n.pixel_values(sparse), table[sparse])
+    assert n._strip is None  # computed from their windows, no strip's filters
+    dense = np.arange(64 * W, 128 * W)[::3]
+    np.testing.assert_array_equal(n.pixel_values(dense), table[dense])
+    assert n._strip is not None and n._strip[0] == 64  # from the strip's
+    assert np.isnan(lazy.pixel_values(np.array([41 * W + 12]))[0, 1])  # the channel itself as it is
 
 
 def _small_cv(small_area, stack, tmp, cluster=None, deep=True):
