@@ -146,7 +146,8 @@ def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...], fill: np.n
     C, H, W = stack.shape
     h = max(sizes) // 2
     if fill is None:
-        fill = np.array([np.nanmean(band) if np.isfinite(band).any() else 0.0 for band in stack], np.float32)
+        fill = np.array([np.mean(band, where=np.isfinite(band)) if np.isfinite(band).any() else 0.0 for band in stack],
+                        np.float32)
     out = np.empty((neighbourhood_channels(C, sizes), H, W), np.float32)  # filled in place: no copies held
     out[:C] = stack
     for r0 in range(0, H, _WINDOW_ROWS):  # rows at a time: float64 sums of a bounded part
@@ -166,7 +167,7 @@ def padded_rows(raw: np.ndarray, a: int, r0: int, r1: int, H: int, h: int, fill:
     """What :func:`window_features` reads for rows ``r0:r1`` of a (C, H, W) scene: ``raw``, its rows
     ``a:a + len`` (at least ``r0 - h:r1 + h`` within the scene), not-finite values as ``fill`` (C,), with ``h`` more
     rows and columns on every side, mirrored at the scene's edges (half-sample symmetric)."""
-    raw = raw[:, r0 - h - a if r0 - h > a else 0:r1 + h - a]
+    raw = raw[:, max(0, r0 - h - a):r1 + h - a]
     top, bottom = max(0, h - r0), max(0, r1 + h - H)
     raw = np.where(np.isfinite(raw), raw, np.asarray(fill, np.float32)[:, None, None])
     return np.pad(raw, ((0, 0), (top, bottom), (h, h)), mode="symmetric")

@@ -95,8 +95,12 @@ def test_neighbourhood_at_scattered_pixels_is_the_strips_values():
     rng = np.random.default_rng(4)
     arr = (rng.standard_normal((3, 150, 90)) * [[[1.0]], [[50.0]], [[1e4]]] + [[[0]], [[3e3]], [[5e4]]]).astype(np.float32)
     arr[1, 40:44, 10:30] = np.nan
+    arr[2, 100, 5] = np.inf
     lazy = Neighbourhood(arr, (5, 15))
     whole = forest.neighbourhood_features(arr, (5, 15), lazy.fill)[0]
+    assert np.isfinite(whole[3:]).all()  # not-finite values count as the channel's mean in every window
+    # its default fill, each channel's mean over its finite values, is the scene's mean (to float32 rounding)
+    np.testing.assert_allclose(forest.neighbourhood_features(arr, (5, 15))[0], whole, rtol=1e-6)
     table = whole.reshape(whole.shape[0], -1).T
     H, W = arr.shape[1:]
     corners = [0, W - 1, (H - 1) * W, H * W - 1, 41 * W + 12, 5 * W + 3]
