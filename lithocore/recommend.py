@@ -655,8 +655,9 @@ PASS_CHECKPOINT_SECONDS = 120.0
 def _pass_key(cache_key: str, area, candidates, features, fits: dict, best: str, cal: dict, aoa, ground,
               extra_maps: dict | None, sampling: tuple) -> str:
     """What the final pass's strips are made from: the stack (``cache_key``), the labels, mask, ground, withheld
-    labels and other maps (hashed strip by strip), the candidates and the fitted models (each forest's
-    probabilities at its first training pixels, a network's weights), the recommended one's temperature and AOA."""
+    labels and other maps (hashed strip by strip), the candidates and how their predictors are made, the fitted
+    models (each forest's probabilities at its first training pixels, a network's weights), the recommended one's
+    temperature and AOA."""
     import hashlib
 
     from .runfolder import key
@@ -669,7 +670,8 @@ def _pass_key(cache_key: str, area, candidates, features, fits: dict, best: str,
     models = [_digest(np.concatenate([w.ravel() for w in fit["net"].get_weights()])) if isinstance(c, DeepCandidate)
               else _digest(c.proba(fit, features[m], pixels[:256], len(area.classes.names)))
               for m, c in candidates.items() for fit, pixels in [fits[m]]]
-    return key([cache_key, "final pass", [repr(c) for c in candidates.values()], best, models, cal["T"], aoa.threshold,
+    made = [(repr(c), getattr(c, "features_made", "")) for c in candidates.values()]
+    return key([cache_key, "final pass", made, best, models, cal["T"], aoa.threshold,
                 aoa.dbar, _digest(aoa.train), _digest(aoa.weights), h.hexdigest(), list(extra_maps or {}), sampling])
 
 

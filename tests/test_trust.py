@@ -392,8 +392,9 @@ def test_a_fully_labelled_area_is_told_there_is_no_ground_to_predict(small_area,
     assert t["held_out_check"] is None
 
 
-def test_cross_validation_resumes_from_kept_folds(tmp_path):
-    """Fold probabilities kept under a key are reused (no fit), and refitted when the key changes."""
+def test_cross_validation_resumes_from_kept_folds(tmp_path, monkeypatch):
+    """Fold probabilities kept under a key are reused (no fit), and refitted when the key changes or the candidate's
+    predictors are made another way."""
     from dataclasses import dataclass
 
     from lithocore.candidates import ForestCandidate
@@ -421,6 +422,9 @@ def test_cross_validation_resumes_from_kept_folds(tmp_path):
     assert len(fits) == 2 and np.array_equal(first["proba"]["c"], again["proba"]["c"])
     run("b")
     assert len(fits) == 4
+    monkeypatch.setattr(Counting, "features_made", "another way")  # e.g. the neighbourhood sums redefined
+    run("b")
+    assert len(fits) == 6
 
 
 def test_a_scene_too_big_for_notebook_07_is_refused_before_any_work(small_area, monkeypatch, tmp_path):
