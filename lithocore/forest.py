@@ -155,8 +155,17 @@ def neighbourhood_features(stack: np.ndarray, sizes: tuple[int, ...], fill: np.n
         a, b = max(0, r0 - h), min(H, r1 + h)
         out[C:, r0:r1] = window_features(padded_rows(np.asarray(stack[:, a:b], np.float32), a, r0, r1, H, h, fill),
                                          sizes, h)
-    names = [str(i) for i in range(C)] + [f"{k}{s}({i})" for i in range(C) for s in sizes for k in ("mean", "sd")]
-    return out, names
+    return out, neighbourhood_names(C, sizes)
+
+
+def neighbourhood_names(channels: int, sizes: tuple[int, ...]) -> list[str]:
+    """The names of :func:`neighbourhood_features`'s predictors, in their order.
+
+    >>> neighbourhood_names(2, (5,))
+    ['0', '1', 'mean5(0)', 'sd5(0)', 'mean5(1)', 'sd5(1)']
+    """
+    return [str(i) for i in range(channels)] + [f"{k}{s}({i})" for i in range(channels) for s in sizes
+                                                 for k in ("mean", "sd")]
 
 
 #: Rows :func:`neighbourhood_features` computes at a time (its float64 sums: about 40 bytes a pixel of a part).

@@ -197,14 +197,24 @@ def pixel_values(stack, pixels: np.ndarray) -> np.ndarray:
     if hasattr(stack, "pixel_values"):
         return stack.pixel_values(pixels)
     C, H, W = stack.shape
-    pixels = np.asarray(pixels, np.int64)
     out = np.empty((len(pixels), C), np.float32)
-    rows, cols = pixels // W, pixels % W
-    for r0 in strips(rows, H):
-        sel = np.flatnonzero((rows >= r0) & (rows < r0 + STRIP_ROWS))
-        part = stack[:, r0:min(H, r0 + STRIP_ROWS)]
-        out[sel] = part[:, rows[sel] - r0, cols[sel]].T
+    for r0, sel, rows, cols in pixels_by_strip(pixels, H, W):
+        out[sel] = stack[:, r0:min(H, r0 + STRIP_ROWS)][:, rows - r0, cols].T
     return out
+
+
+def pixels_by_strip(pixels: np.ndarray, height: int, width: int):
+    """For each :data:`STRIP_ROWS` strip holding any of ``pixels`` (flat indices): its first row, the positions in
+    ``pixels`` of those it holds, and their rows and columns.
+
+    >>> [(r0, sel.tolist()) for r0, sel, _, _ in pixels_by_strip(np.array([200 * 3, 1, 65 * 3]), 300, 3)]
+    [(0, [1]), (64, [2]), (192, [0])]
+    """
+    pixels = np.asarray(pixels, np.int64)
+    rows, cols = pixels // width, pixels % width
+    for r0 in strips(rows, height):
+        sel = np.flatnonzero((rows >= r0) & (rows < r0 + STRIP_ROWS))
+        yield r0, sel, rows[sel], cols[sel]
 
 
 class Moments:
@@ -312,8 +322,9 @@ class Neighbourhood:
         return self.__dict__ | {"_strip": None}
 
     def names(self) -> list[str]:
-        C = self.base.shape[0]
-        return [str(i) for i in range(C)] + [f"{k}{s}({i})" for i in range(C) for s in self.sizes for k in ("mean", "sd")]
+        from .forest import neighbourhood_names
+
+        return neighbourhood_names(self.base.shape[0], self.sizes)
 
     def _rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``r0:r1`` of the stack as they are (NaN kept) and what their window features are computed from
@@ -347,20 +358,17 @@ class Neighbourhood:
 
         C, H, W = self.base.shape
         h = self.halo
-        pixels = np.asarray(pixels, np.int64)
         out = np.empty((len(pixels), self.shape[0]), np.float32)
-        rows, cols = pixels // W, pixels % W
-        for r0 in strips(rows, H):
-            sel = np.flatnonzero((rows >= r0) & (rows < r0 + STRIP_ROWS))
+        for r0, sel, rows, cols in pixels_by_strip(pixels, H, W):
             if len(sel) * (2 * h + 1) ** 2 > STRIP_ROWS * W:  # dense: the strip's filters cost less
-                out[sel] = self._compute(r0)[:, rows[sel] - r0, cols[sel]].T
+                out[sel] = self._compute(r0)[:, rows - r0, cols].T
                 continue
-            lo, hi = int(rows[sel].min()), int(rows[sel].max()) + 1
+            lo, hi = int(rows.min()), int(rows.max()) + 1
             raw, padded = self._rows(lo, hi)
             windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * h + 1, 2 * h + 1), axis=(1, 2))
             for c0 in range(0, len(sel), _PIXELS_AT_ONCE):
+                i, j = rows[c0:c0 + _PIXELS_AT_ONCE] - lo, cols[c0:c0 + _PIXELS_AT_ONCE]
                 part = sel[c0:c0 + _PIXELS_AT_ONCE]
-                i, j = rows[part] - lo, cols[part]
                 out[part, :C] = raw[:, i, j].T
                 out[part, C:] = window_features(windows[:, i, j], self.sizes, h)[..., 0, 0].T
         return out
