@@ -23,10 +23,11 @@ import numpy as np
 
 from . import calibration
 from .area import NO_LABEL, gdal_cache
-from .candidates import CANDIDATES, DeepCandidate, ForestCandidate, proba_at
+from .candidates import CANDIDATES, DeepCandidate, ForestCandidate
 from .crossval import fold_file
-from .forest import check_training_memory, neighbourhood_channels, pixel_features, training_pixels
+from .forest import check_training_memory, neighbourhood_channels, pixel_features, sample_pixels, training_pixels
 from .knndm import random_folds
+from .stackfile import at_pixels
 from .tiles import RowMap, both_map, draw_pixels, labelled_map, value_counts
 
 __all__ = ["QUESTIONS", "fold_sets", "cross_validate_proba", "estimate", "choose", "fit_final", "aoa_for",
@@ -68,8 +69,6 @@ def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, re
     pooled out-of-fold sample."""
     from tqdm.auto import tqdm
 
-    from .forest import sample_pixels
-
     rng = np.random.default_rng(seed)
     idx_all, fold_all, missing = [], [], []
     proba = {m: [] for m in candidates}
@@ -87,23 +86,24 @@ def cross_validate_proba(features: dict[str, np.ndarray], labels: np.ndarray, re
         if lack:
             missing.append(dict(fold=i, classes=lack))
         pixels = sample_pixels(labels, train, fraction, seed + i, max_per_class=cap or None)
+        keys = {m: _fold_key(cache_dir, i, m, [cache_key, repr(c), getattr(c, "features_made", ""), fraction, cap, seed,
+                                                n_classes, _digest(t), _digest(pixels)]) for m, c in candidates.items()}
+        kept = {m: _cached(*keys[m]) for m in candidates}
+        t0 = time.perf_counter()  # the fold's pixels read once for every forest still to fit (at_pixels)
+        F = at_pixels({m: features[m] for m, c in candidates.items() if kept[m] is None and reads_pixels(c)},
+                      np.concatenate([pixels, t]))
+        for m in F:
+            secs[m] += (time.perf_counter() - t0) / len(F)
         for m, cand in candidates.items():
             t0 = time.perf_counter()
-            path, fkey = None, ""
-            if cache_dir is not None:
-                from .runfolder import key as _key
-
-                path = fold_file(cache_dir, i, m)
-                fkey = _key([cache_key, repr(cand), getattr(cand, "features_made", ""), fraction, cap, seed, n_classes,
-                             _digest(t), _digest(pixels)])
-            p = _cached(path, fkey)
+            p = kept[m]
             if p is None:
-                model = cand.fit(features[m], labels, pixels, seed, train=train)
-                p = cand.proba(model, features[m], t, n_classes)
-                if path is not None:
+                model = cand.fit(F.get(m, features[m]), labels, pixels, seed, train=train)
+                p = cand.proba(model, F.get(m, features[m]), t, n_classes)
+                if keys[m][0] is not None:
                     from .runfolder import write_npz
 
-                    write_npz(path, proba=p, key=fkey)
+                    write_npz(keys[m][0], proba=p, key=keys[m][1])
             proba[m].append(p)
             secs[m] += time.perf_counter() - t0
             bar.update()
@@ -120,6 +120,21 @@ def _digest(a: np.ndarray) -> str:
     import hashlib
 
     return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def _fold_key(cache_dir, i: int, m: str, parts: list) -> tuple:
+    """Where fold ``i``'s probabilities of candidate ``m`` are kept and under which key (None, "": not kept)."""
+    if cache_dir is None:
+        return None, ""
+    from .runfolder import key
+
+    return fold_file(cache_dir, i, m), key(parts)
+
+
+def reads_pixels(cand) -> bool:
+    """Whether a candidate fits and predicts from its predictors at scattered pixels (a forest: read once for every
+    such candidate, :func:`lithocore.stackfile.at_pixels`), not from windows of the scene (a network)."""
+    return isinstance(cand, ForestCandidate)
 
 
 def _cached(path, fkey: str) -> np.ndarray | None:
@@ -264,12 +279,11 @@ def choose(matched: dict[str, dict], rank_by: str = "overall_accuracy",
 
 
 def fit_final(cand: ForestCandidate, F: np.ndarray, labels: np.ndarray, mask: np.ndarray, *, fraction: float = 0.1,
-              cap: int = 0, seed: int = 0):
-    """The candidate trained on every usable label (``fraction`` of each class, at most ``cap``). Returns
-    (model, training pixels)."""
-    from .forest import sample_pixels
-
-    pixels = sample_pixels(labels, mask, fraction, seed, max_per_class=cap or None)
+              cap: int = 0, seed: int = 0, pixels: np.ndarray | None = None):
+    """The candidate trained on every usable label: ``pixels``, by default ``fraction`` of each class, at most ``cap``
+    (:func:`lithocore.forest.sample_pixels`). Returns (model, training pixels)."""
+    if pixels is None:
+        pixels = sample_pixels(labels, mask, fraction, seed, max_per_class=cap or None)
     return cand.fit(F, labels, pixels, seed, train=labelled_map(labels, mask)), pixels
 
 
@@ -454,19 +468,18 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     weighted_oa = _distance_weighted_accuracy(folds, area.grid.res, m_oof["idx"], cal["right"])
 
     t1 = time.perf_counter()
-    fits = {m: fit_final(c, features[m], labels, mask, fraction=fraction, cap=cap, seed=seed)
-            for m, c in candidates.items()}  # step 3: every candidate retrained on every usable label
+    fits, read = _final_fits(candidates, features, labels, mask, m_oof["idx"], fraction=fraction, cap=cap, seed=seed)
     fit_seconds = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    app = _applicability(*fits[best], features[best], folds, m_oof, cal["right"], n=aoa_pixels, seed=seed)
+    app = _applicability(*fits[best], read[best], folds, m_oof, cal["right"], n=aoa_pixels, seed=seed)
     aoa_seconds = time.perf_counter() - t2
     if app["acc_out"] is None:
         warnings_.append("every out-of-fold pixel lies inside the area of applicability: accuracy outside it is "
                          "not measured")
 
     t3 = time.perf_counter()
-    resume = None if cache_key is None else _pass_key(cache_key, area, candidates, features, fits, best, cal,
+    resume = None if cache_key is None else _pass_key(cache_key, area, candidates, read, fits, best, cal,
                                                       app["aoa"], ground, extra_maps, (fraction, cap, seed))
     final = _final_pass(area, candidates, features, fits, best, cal, app["aoa"], ground, out_dir, extra_maps,
                         trained, progress=progress, resume_key=resume, cluster=cluster or None)
@@ -485,6 +498,16 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
         warnings=warnings_, rank_by=rank_by)
     return dict(trust=trust, folds=folds, cv_distances=cv["distances"], oof=oof, oof_di=app["oof_di"],
                 **{k: final[k] for k in ("classes", "entropy", "di", "aoa", "agreement", "figure_step")})
+
+
+def _final_fits(candidates, features, labels, mask, oof_idx: np.ndarray, *, fraction: float, cap: int, seed: int):
+    """Step 3: every candidate retrained on every usable label (:func:`fit_final`, the same pixels for each), the
+    forests' predictors at those pixels and at the out-of-fold ones (where the AOA is checked) read in one pass for
+    all of them. Returns ``({name: (model, pixels)}, {name: predictors, those read kept})``."""
+    pixels = sample_pixels(labels, mask, fraction, seed, max_per_class=cap or None)
+    read = features | at_pixels({m: features[m] for m, c in candidates.items() if reads_pixels(c)},
+                                np.concatenate([pixels, oof_idx]))
+    return {m: fit_final(c, read[m], labels, mask, seed=seed, pixels=pixels) for m, c in candidates.items()}, read
 
 
 def _distance_weighted_accuracy(folds, res: float, idx: np.ndarray, right: np.ndarray) -> float:

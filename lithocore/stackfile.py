@@ -6,6 +6,8 @@ stack is never held whole:
 
 * ``stack[:, r0:r1, c0:c1]``: a window (a training tile, a mapping window, a strip of rows);
 * :func:`pixel_values`: the values at scattered pixels (a forest's training pixels), read strip by strip;
+* :func:`at_pixels`: several stacks' values at the same scattered pixels in one pass over the file (each strip's
+  rows read once for all of them), kept as :class:`AtPixels` for the fits and predictions that read them;
 * :func:`region_stats`: per-channel mean and sd over a region (a model's normalisation), merged strip by strip;
 * :class:`Neighbourhood`: a stack plus every channel's local mean and sd, computed strip by strip with a halo.
 
@@ -22,8 +24,8 @@ import numpy as np
 
 from .area import block_row_mb, gdal_cache
 
-__all__ = ["StackFile", "open_stack", "pixel_values", "region_stats", "Moments", "Neighbourhood", "Channels",
-           "STRIP_ROWS", "STACK_IN_MEMORY_MB", "strips", "held_whole", "hold_if_fits"]
+__all__ = ["StackFile", "open_stack", "pixel_values", "at_pixels", "AtPixels", "region_stats", "Moments",
+           "Neighbourhood", "Channels", "STRIP_ROWS", "STACK_IN_MEMORY_MB", "strips", "held_whole", "hold_if_fits"]
 
 #: Rows per strip when a stack is read, or its statistics computed, strip by strip.
 STRIP_ROWS = 64
@@ -73,9 +75,10 @@ class StackFile:
             # (16.0 s a row of strips; 2.3 s with the row held)
             self.cache_mb = max(GDAL_CACHE_MB, min(1024.0, 1.25 * block_row_mb([src])))
         self._src = None
+        self._held: tuple[int, int, np.ndarray] | None = None  # rows a:b of every channel, read once (:func:`at_pixels`)
 
     def __getstate__(self):
-        return {"path": self.path, "shape": self.shape, "cache_mb": self.cache_mb, "_src": None}
+        return {"path": self.path, "shape": self.shape, "cache_mb": self.cache_mb, "_src": None, "_held": None}
 
     def __repr__(self) -> str:
         return f"StackFile({self.path!r}, shape={self.shape})"
@@ -93,13 +96,15 @@ class StackFile:
 
     def read(self, rows: tuple[int, int], cols: tuple[int, int], channels: list[int] | None = None) -> np.ndarray:
         """Channels (all by default) of rows ``r0:r1`` and columns ``c0:c1`` (clipped to the scene), float32."""
-        import rasterio
         from rasterio.windows import Window
 
         (r0, r1), (c0, c1) = rows, cols
         idx = [c + 1 for c in (range(self.shape[0]) if channels is None else channels)]
         if r1 <= r0 or c1 <= c0 or not idx:
             return np.zeros((len(idx), max(r1 - r0, 0), max(c1 - c0, 0)), np.float32)
+        if self._held is not None and self._held[0] <= r0 and r1 <= self._held[1] and 0 <= c0 and c1 <= self.shape[2]:
+            a, _, rows = self._held
+            return rows[[i - 1 for i in idx], r0 - a:r1 - a, c0:c1]  # a copy (fancy indexing), as a read is
         with gdal_cache(self.cache_mb):
             return self._dataset().read(idx, window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32, copy=False)
 
@@ -395,3 +400,85 @@ class Neighbourhood:
         return out[ch][..., cols] if not isinstance(ch, (int, np.integer)) else out[ch][:, cols]
 
 
+
+
+class AtPixels:
+    """A stack's values at chosen pixels, read once (:func:`at_pixels`): :func:`pixel_values` of those pixels comes
+    from memory, of any other pixel from the stack; windows are read from the stack.
+
+    >>> s = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    >>> a = AtPixels(s, np.array([5, 1]), pixel_values(s, np.array([5, 1])))
+    >>> pixel_values(a, np.array([1, 5, 11])).tolist(), a[:, 0, 0].tolist()
+    ([[1.0, 13.0], [5.0, 17.0], [11.0, 23.0]], [0.0, 12.0])
+    """
+
+    ndim = 3
+    dtype = np.dtype("float32")
+
+    def __init__(self, stack, pixels: np.ndarray, values: np.ndarray):
+        order = np.argsort(pixels, kind="stable")
+        self.stack, self.shape = stack, tuple(stack.shape)
+        self.pixels, self.values = np.asarray(pixels, np.int64)[order], np.asarray(values, np.float32)[order]
+
+    def pixel_values(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels, np.int64)
+        pos = np.minimum(np.searchsorted(self.pixels, pixels), max(len(self.pixels) - 1, 0))
+        held = (self.pixels[pos] == pixels) if len(self.pixels) else np.zeros(len(pixels), bool)
+        out = np.empty((len(pixels), self.shape[0]), np.float32)
+        out[held] = self.values[pos[held]]
+        if not held.all():
+            out[~held] = pixel_values(self.stack, pixels[~held])
+        return out
+
+    def __getitem__(self, key):
+        return self.stack[key]
+
+
+def _files(stack) -> list[StackFile]:
+    """The :class:`StackFile` objects a stack reads (itself, or those under a Neighbourhood, Channels, AtPixels)."""
+    if isinstance(stack, StackFile):
+        return [stack]
+    under = [stack.base] if isinstance(stack, Neighbourhood) else list(stack.parts) if isinstance(stack, Channels) \
+        else [stack.stack] if isinstance(stack, AtPixels) else []
+    return [f for s in under for f in _files(s)]
+
+
+def _halo(stack) -> int:
+    """Rows above and below its own that a stack reads to make a pixel's values."""
+    if isinstance(stack, Neighbourhood):
+        return stack.halo + _halo(stack.base)
+    if isinstance(stack, Channels):
+        return max(_halo(p) for p in stack.parts)
+    return _halo(stack.stack) if isinstance(stack, AtPixels) else 0
+
+
+def at_pixels(stacks: dict, pixels: np.ndarray) -> dict:
+    """Each of ``stacks``' values at ``pixels`` (flat indices; one grid), made in one pass over the scene for all of
+    them: each :data:`STRIP_ROWS` strip holding any of the pixels has its rows (with the largest halo) read once
+    from every file under the stacks (:class:`StackFile`), and every stack's values made from those rows
+    (:func:`pixel_values`: the same values as each read alone). ``{name: AtPixels}``.
+
+    A fold's training and test pixels for every forest candidate are read so: one decompression of a province's file
+    where each candidate's fit and prediction had read all of it in turn.
+    """
+    pixels = np.unique(np.asarray(pixels, np.int64))
+    shapes = {tuple(s.shape[1:]) for s in stacks.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"stacks of different grids cannot be read at the same pixels: {sorted(shapes)}")
+    if not stacks:
+        return {}
+    (H, W), h = shapes.pop(), max(_halo(s) for s in stacks.values())
+    files = list({id(f): f for s in stacks.values() for f in _files(s)}.values())
+    values = {m: np.empty((len(pixels), s.shape[0]), np.float32) for m, s in stacks.items()}
+    try:
+        for r0, sel, _, _ in pixels_by_strip(pixels, H, W):
+            a, b = max(0, r0 - h), min(H, r0 + STRIP_ROWS + h)
+            for f in files:
+                f._held = None
+                f._held = (a, b, f.read((a, b), (0, W)))
+            for m, s in stacks.items():
+                values[m][sel] = pixel_values(s, pixels[sel])
+    finally:
+        for f in files:
+            f._held = None
+    return {m: AtPixels(s, pixels, values[m]) for m, s in stacks.items()}

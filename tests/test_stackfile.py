@@ -12,7 +12,8 @@ from lithocore import crossval, forest, fusion, outputs
 from lithocore.area import NO_LABEL
 from lithocore.folds import deep_fold_model, forest_fold_model
 from lithocore.settings import TrainingConfig
-from lithocore.stackfile import STRIP_ROWS, Neighbourhood, StackFile, open_stack, pixel_values, region_stats
+from lithocore.stackfile import (STRIP_ROWS, Channels, Neighbourhood, StackFile, at_pixels, open_stack, pixel_values,
+                                 region_stats)
 from lithocore.tiles import make_tiles, window_pixels
 
 
@@ -115,6 +116,38 @@ def test_neighbourhood_at_scattered_pixels_is_the_strips_values():
     np.testing.assert_array_equal(n.pixel_values(dense), table[dense])
     assert n._strip is not None and n._strip[0] == 64  # from the strip's
     assert np.isnan(lazy.pixel_values(np.array([41 * W + 12]))[0, 1])  # the channel itself as it is
+
+
+def test_several_stacks_at_the_same_pixels_read_the_file_once(small_area, stack_pair, monkeypatch):
+    """at_pixels: the stack, its neighbourhood and both side by side at the same scattered pixels, each strip's rows
+    decompressed once for all of them, the values those of each stack read alone (and of the in-memory stack)."""
+    arr, path = stack_pair
+    sf = StackFile(path.path)
+    fill = Neighbourhood(arr, (5, 15)).fill
+    stacks = {"stack": sf, "context": Neighbourhood(sf, (5, 15), fill), "both": Channels(sf, Neighbourhood(sf, (3,), fill))}
+    pixels = np.random.default_rng(1).permutation(np.flatnonzero(small_area.mask))[:3000]
+    alone = {m: pixel_values(s, pixels) for m, s in stacks.items()}
+    reads = []
+    opened = StackFile._dataset
+
+    def counted(self):  # every read that reaches the file
+        ds = opened(self)
+        return type("Counted", (), {"read": lambda _, *a, **k: reads.append(k["window"]) or ds.read(*a, **k)})()
+
+    monkeypatch.setattr(StackFile, "_dataset", counted)
+    got = at_pixels(stacks, np.concatenate([pixels, pixels[:50]]))  # repeated pixels are read once
+    H = arr.shape[1]
+    assert len(reads) == len({p // arr.shape[2] // STRIP_ROWS for p in pixels}) <= -(-H // STRIP_ROWS)
+    assert sf._held is None  # the rows are let go
+    for m, s in stacks.items():
+        np.testing.assert_array_equal(pixel_values(got[m], pixels), alone[m])
+    np.testing.assert_array_equal(pixel_values(got["stack"], pixels), pixel_values(arr, pixels))
+    np.testing.assert_array_equal(pixel_values(at_pixels({"s": arr}, pixels)["s"], pixels), alone["stack"])
+    reads.clear()
+    other = np.setdiff1d(np.flatnonzero(small_area.mask), pixels)[:5]  # pixels not read at first: from the stack
+    np.testing.assert_array_equal(pixel_values(got["context"], other), pixel_values(Neighbourhood(arr, (5, 15), fill),
+                                                                                   other))
+    assert reads
 
 
 def _small_cv(small_area, stack, tmp, cluster=None, deep=True):

@@ -427,6 +427,47 @@ def test_cross_validation_resumes_from_kept_folds(tmp_path, monkeypatch):
     assert len(fits) == 6
 
 
+def test_cross_validation_reads_a_folds_pixels_once_for_every_forest(tmp_path, monkeypatch):
+    """Both forests of a fold fitted and scored from one pass over the stack's file (each strip holding any of the
+    fold's pixels read once), with the probabilities of each forest cross-validated alone on the stack in memory."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from lithocore.area import Grid
+    from lithocore.candidates import forest_candidates
+    from lithocore.outputs import write_stack_file
+    from lithocore.recommend import cross_validate_proba, fold_sets
+    from lithocore.settings import ForestSettings
+    from lithocore.stackfile import StackFile
+
+    rng = np.random.default_rng(0)
+    lab = (np.arange(40)[None, :] // 10 % 2).repeat(130, 0).astype(np.uint8)
+    F = np.stack([lab + 0.5 * rng.standard_normal(lab.shape), rng.standard_normal(lab.shape)]).astype(np.float32)
+    sf = StackFile(write_stack_file(tmp_path / "s.tif", F, ["a", "b"], ["", ""],
+                                    Grid(CRS.from_epsg(32646), from_origin(0, 3000, 15, 15), 40, 130)))
+    fold = (np.arange(130)[:, None] // 65).repeat(40, 1).astype(np.int8)  # fold 0: rows 0-64, fold 1: rows 65-129
+    ok = np.ones(lab.shape, bool)
+    cands = forest_candidates(ForestSettings(n_trees=5))
+    monkeypatch.setenv("LITHOCORE_STACK_IN_MEMORY_MB", "0")  # the neighbourhood read strip by strip, not held
+    on_file = {m: c.features(sf) for m, c in cands.items()}
+    reads = []
+    opened = StackFile._dataset
+
+    def counted(self):  # every read that reaches the file
+        ds = opened(self)
+        return type("Counted", (), {"read": lambda _, *a, **k: reads.append(k["window"]) or ds.read(*a, **k)})()
+
+    monkeypatch.setattr(StackFile, "_dataset", counted)
+    run = lambda feats, cs: cross_validate_proba(feats, lab, fold_sets("matched", fold, 2, ok, lab), 2, 2,  # noqa: E731
+                                                 candidates=cs, progress=False, max_test=500, cap=200)
+    shared = run(on_file, cands)
+    assert len(reads) == 2 * 3  # each fold's pixels lie in all three 64-row strips: read once for both forests
+    monkeypatch.delenv("LITHOCORE_STACK_IN_MEMORY_MB")
+    for m, c in cands.items():
+        alone = run({m: c.features(F)}, {m: c})
+        assert np.array_equal(alone["idx"], shared["idx"]) and np.array_equal(alone["proba"][m], shared["proba"][m])
+
+
 def test_a_scene_too_big_for_notebook_07_is_refused_before_any_work(small_area, monkeypatch, tmp_path):
     from lithocore.recommend import map_to_trust
 
