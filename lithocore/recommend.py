@@ -447,7 +447,7 @@ def map_to_trust(area, stack: np.ndarray, out_dir, *, block_folds=None, k: int =
     candidates = candidates or CANDIDATES
     names = area.classes.names
     labels, mask = area.labels, area.mask
-    _check_before_work(stack.shape, labels, mask, candidates, len(names), fraction, cap)
+    _check_before_work(stack.shape, labels, mask, candidates, len(names), fraction, cap, k, max_test)
     warnings_ = []
     t0 = time.perf_counter()
     rng_range = knndm.autocorrelation_range(labels, mask)
@@ -519,15 +519,30 @@ def _distance_weighted_accuracy(folds, res: float, idx: np.ndarray, right: np.nd
     return float(np.average(right, weights=w)) if w.sum() > 0 else float("nan")
 
 
-def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction: float, cap: int) -> None:
-    """Stop before any work when the scene's arrays (:func:`check_memory`) or a forest's final fit on every
-    training pixel (:func:`lithocore.forest.check_training_memory`) would not fit in the memory."""
+def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction: float, cap: int, k: int,
+                       max_test: int) -> None:
+    """Stop before any work when the scene's arrays (:func:`check_memory`), a forest's final fit on every training
+    pixel (:func:`lithocore.forest.check_training_memory`), or the largest fit beside every forest's predictors read
+    at once (:func:`lithocore.stackfile.at_pixels`: the training pixels and every fold's test sample) would not fit
+    in the memory."""
+    from .data import memory_available
+    from .forest import training_memory
+
     check_memory(shape, candidates, n_classes)
     n_train = training_pixels(labels, mask, fraction, cap or None)  # counted once for every candidate
-    for c in candidates.values():
-        if isinstance(c, ForestCandidate):
-            check_training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes,
-                                  c.n_trees, what=f"notebook 07's {c.label}")
+    forests = [c for c in candidates.values() if reads_pixels(c)]
+    for c in forests:
+        check_training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes, c.n_trees,
+                              what=f"notebook 07's {c.label}")
+    n = n_train + k * max_test
+    tables = 4 * n * sum(neighbourhood_channels(shape[0], c.neighbourhood) for c in forests)
+    need = tables + max((training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes,
+                                         c.n_trees) for c in forests), default=0)
+    if need > memory_available():
+        raise MemoryError(f"notebook 07's forests: their predictors at {n:,} training and test pixels, read once for all "
+                          f"of them ({tables / 2**30:.1f} GiB), and the largest fit need about {need / 2**30:.1f} GiB, "
+                          f"but {memory_available() / 2**30:.1f} GiB is available: cap the training pixels of each class "
+                          f"(cv_forest_cap, e.g. 10000), lower pixel_fraction or max_test_pixels")
 
 
 def _ground_to_predict(area, warnings_: list):

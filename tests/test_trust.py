@@ -476,6 +476,11 @@ def test_a_scene_too_big_for_notebook_07_is_refused_before_any_work(small_area, 
     with pytest.raises(MemoryError, match="192 x 192 px stack of 9 channels needs about"):
         map_to_trust(small_area, stack, tmp_path, progress=False)
     assert not any(tmp_path.iterdir())  # nothing written
+    monkeypatch.delenv("LITHOCORE_MEMORY_LIMIT")  # each forest's fit fits; all the forests' predictors, at a
+    # billion test pixels a fold, do not
+    with pytest.raises(MemoryError, match="forests: their predictors at 4,000,0.* read once for all of them"):
+        map_to_trust(small_area, stack, tmp_path, progress=False, max_test=10**9)
+    assert not any(tmp_path.iterdir())
 
 
 def test_distances_on_a_coarser_grid_for_a_large_scene(monkeypatch):
