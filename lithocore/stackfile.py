@@ -34,6 +34,10 @@ STRIP_ROWS = 64
 #: 8 kB a pixel in float32, the sums' float64 copies more).
 _PIXELS_AT_ONCE = 4096
 
+#: MB of whole rows a :class:`StackFile` keeps from its last read of whole rows (a strip and its halo: 50 MB at
+#: 20000 px, 8 channels); a larger band is read as it is.
+BAND_MB = 256
+
 #: A stack up to this size (MB of float32) is read whole; a larger one is read window by window.
 STACK_IN_MEMORY_MB = 2048
 
@@ -75,10 +79,10 @@ class StackFile:
             # (16.0 s a row of strips; 2.3 s with the row held)
             self.cache_mb = max(GDAL_CACHE_MB, min(1024.0, 1.25 * block_row_mb([src])))
         self._src = None
-        self._held: tuple[int, int, np.ndarray] | None = None  # rows a:b of every channel, read once (:func:`at_pixels`)
+        self._band: tuple[int, int, np.ndarray] | None = None  # the last band of whole rows read (:meth:`rows`)
 
     def __getstate__(self):
-        return {"path": self.path, "shape": self.shape, "cache_mb": self.cache_mb, "_src": None, "_held": None}
+        return {"path": self.path, "shape": self.shape, "cache_mb": self.cache_mb, "_src": None, "_band": None}
 
     def __repr__(self) -> str:
         return f"StackFile({self.path!r}, shape={self.shape})"
@@ -95,18 +99,47 @@ class StackFile:
         return self._src
 
     def read(self, rows: tuple[int, int], cols: tuple[int, int], channels: list[int] | None = None) -> np.ndarray:
-        """Channels (all by default) of rows ``r0:r1`` and columns ``c0:c1`` (clipped to the scene), float32."""
-        from rasterio.windows import Window
-
+        """Channels (all by default) of rows ``r0:r1`` and columns ``c0:c1`` (clipped to the scene), float32: a
+        new array (whole rows by way of the last band, :meth:`rows`)."""
         (r0, r1), (c0, c1) = rows, cols
         idx = [c + 1 for c in (range(self.shape[0]) if channels is None else channels)]
         if r1 <= r0 or c1 <= c0 or not idx:
             return np.zeros((len(idx), max(r1 - r0, 0), max(c1 - c0, 0)), np.float32)
-        if self._held is not None and self._held[0] <= r0 and r1 <= self._held[1] and 0 <= c0 and c1 <= self.shape[2]:
-            a, _, rows = self._held
-            return rows[[i - 1 for i in idx], r0 - a:r1 - a, c0:c1]  # a copy (fancy indexing), as a read is
+        band = self._band
+        if band is not None and band[0] <= r0 and r1 <= band[1] and 0 <= c0 and c1 <= self.shape[2]:
+            return band[2][[i - 1 for i in idx], r0 - band[0]:r1 - band[0], c0:c1]  # a copy (fancy indexing)
+        if c0 == 0 and c1 == self.shape[2] and self._band_fits(r1 - r0):
+            return self.rows(r0, r1)[[i - 1 for i in idx]]
+        return self._file(r0, r1, c0, c1, idx)
+
+    def _file(self, r0: int, r1: int, c0: int, c1: int, idx: list[int]) -> np.ndarray:
+        from rasterio.windows import Window
+
         with gdal_cache(self.cache_mb):
             return self._dataset().read(idx, window=Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32, copy=False)
+
+    def _band_fits(self, rows: int) -> bool:
+        return 4 * self.shape[0] * rows * self.shape[2] <= BAND_MB * 2**20
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Every channel of whole rows ``r0:r1`` (read-only), kept as the last band: a read inside it comes from
+        memory, and a band that overlaps its end reads only the rows past it. Strips read with a halo (a
+        :class:`Neighbourhood`'s, :func:`at_pixels`) so decompress each file block once: read whole, a band
+        that spans two rows of blocks had each decompressed again (at 20000 px, 512-px blocks: 26.4 s against 9.9 s
+        for 64 strips with 7-row halos)."""
+        band = self._band
+        if band is not None and band[0] <= r0 and r1 <= band[1]:
+            out = band[2][:, r0 - band[0]:r1 - band[0]]
+        else:
+            W, every = self.shape[2], list(range(1, self.shape[0] + 1))
+            if band is not None and band[0] <= r0 < band[1] < r1:  # the rows it holds, and the next ones from the file
+                out = np.concatenate([band[2][:, r0 - band[0]:], self._file(band[1], r1, 0, W, every)], axis=1)
+            else:
+                out = self._file(r0, r1, 0, W, every)
+            out.flags.writeable = False
+            if self._band_fits(r1 - r0):
+                self._band = (r0, r1, out)
+        return out
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -470,15 +503,10 @@ def at_pixels(stacks: dict, pixels: np.ndarray) -> dict:
     (H, W), h = shapes.pop(), max(_halo(s) for s in stacks.values())
     files = list({id(f): f for s in stacks.values() for f in _files(s)}.values())
     values = {m: np.empty((len(pixels), s.shape[0]), np.float32) for m, s in stacks.items()}
-    try:
-        for r0, sel, _, _ in pixels_by_strip(pixels, H, W):
-            a, b = max(0, r0 - h), min(H, r0 + STRIP_ROWS + h)
-            for f in files:
-                f._held = None
-                f._held = (a, b, f.read((a, b), (0, W)))
-            for m, s in stacks.items():
-                values[m][sel] = pixel_values(s, pixels[sel])
-    finally:
+    for r0, sel, _, _ in pixels_by_strip(pixels, H, W):
+        a, b = max(0, r0 - h), min(H, r0 + STRIP_ROWS + h)
         for f in files:
-            f._held = None
+            f.rows(a, b)  # read once; every stack's reads of these rows come from it
+        for m, s in stacks.items():
+            values[m][sel] = pixel_values(s, pixels[sel])
     return {m: AtPixels(s, pixels, values[m]) for m, s in stacks.items()}

@@ -40,6 +40,25 @@ def test_windows_strips_and_channels_read_as_the_array(stack_pair):
     assert pickle.loads(pickle.dumps(sf)).path == sf.path  # a task gets its path, not its pixels
 
 
+def test_strips_with_a_halo_read_each_row_from_the_file_once(stack_pair, monkeypatch):
+    """Strips read with a halo of rows (a neighbourhood's) take the rows they share with the last one from memory:
+    every row decompressed once, the values the file's, each read the caller's own array."""
+    arr, path = stack_pair
+    sf = StackFile(path.path)
+    rows_read = []
+    from_file = StackFile._file
+    monkeypatch.setattr(StackFile, "_file", lambda self, r0, r1, *a: rows_read.append(r1 - r0) or from_file(self, r0, r1,
+                                                                                                          *a))
+    H = arr.shape[1]
+    for r0 in range(0, H, STRIP_ROWS):
+        a, b = max(0, r0 - 7), min(H, r0 + STRIP_ROWS + 7)
+        got = sf[:, a:b]
+        np.testing.assert_array_equal(got, arr[:, a:b])
+        got[:] = 0  # the caller's own copy: the kept rows are not changed
+        np.testing.assert_array_equal(sf[1, a + 2:b - 1, 3:50], arr[1, a + 2:b - 1, 3:50])
+    assert sum(rows_read) == H
+
+
 def test_open_stack_holds_it_whole_only_under_the_budget(stack_pair, monkeypatch):
     arr, sf = stack_pair
     assert isinstance(open_stack(sf.path), np.ndarray)
@@ -137,8 +156,8 @@ def test_several_stacks_at_the_same_pixels_read_the_file_once(small_area, stack_
     monkeypatch.setattr(StackFile, "_dataset", counted)
     got = at_pixels(stacks, np.concatenate([pixels, pixels[:50]]))  # repeated pixels are read once
     H = arr.shape[1]
-    assert len(reads) == len({p // arr.shape[2] // STRIP_ROWS for p in pixels}) <= -(-H // STRIP_ROWS)
-    assert sf._held is None  # the rows are let go
+    assert len({p // arr.shape[2] // STRIP_ROWS for p in pixels}) == -(-H // STRIP_ROWS)  # pixels in every strip
+    assert sum(w.height for w in reads) == H  # and each row read once for every stack
     for m, s in stacks.items():
         np.testing.assert_array_equal(pixel_values(got[m], pixels), alone[m])
     np.testing.assert_array_equal(pixel_values(got["stack"], pixels), pixel_values(arr, pixels))
