@@ -43,3 +43,19 @@ def lapland_manifest() -> Path:
         pytest.skip(f"Central Lapland data not found at {LAPLAND_DATA} (it sits beside the project in "
                     "../shared/data/central-lapland; CI has it, a fresh clone may not)")
     return LAPLAND_MANIFEST
+
+
+@pytest.fixture
+def file_rows(monkeypatch) -> list[int]:
+    """The rows each read of a :class:`~lithocore.stackfile.StackFile` takes from its file (decompressed), in
+    order, recorded while the test runs (``clear()`` it before the reads to count)."""
+    from lithocore.stackfile import StackFile
+
+    rows, from_file = [], StackFile._file
+
+    def recorded(self, r0, r1, *rest):
+        rows.append(r1 - r0)
+        return from_file(self, r0, r1, *rest)
+
+    monkeypatch.setattr(StackFile, "_file", recorded)
+    return rows

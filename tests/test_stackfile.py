@@ -40,15 +40,11 @@ def test_windows_strips_and_channels_read_as_the_array(stack_pair):
     assert pickle.loads(pickle.dumps(sf)).path == sf.path  # a task gets its path, not its pixels
 
 
-def test_strips_with_a_halo_read_each_row_from_the_file_once(stack_pair, monkeypatch):
+def test_strips_with_a_halo_read_each_row_from_the_file_once(stack_pair, file_rows):
     """Strips read with a halo of rows (a neighbourhood's) take the rows they share with the last one from memory:
     every row decompressed once, the values the file's, each read the caller's own array."""
     arr, path = stack_pair
     sf = StackFile(path.path)
-    rows_read = []
-    from_file = StackFile._file
-    monkeypatch.setattr(StackFile, "_file", lambda self, r0, r1, *a: rows_read.append(r1 - r0) or from_file(self, r0, r1,
-                                                                                                          *a))
     H = arr.shape[1]
     for r0 in range(0, H, STRIP_ROWS):
         a, b = max(0, r0 - 7), min(H, r0 + STRIP_ROWS + 7)
@@ -56,7 +52,7 @@ def test_strips_with_a_halo_read_each_row_from_the_file_once(stack_pair, monkeyp
         np.testing.assert_array_equal(got, arr[:, a:b])
         got[:] = 0  # the caller's own copy: the kept rows are not changed
         np.testing.assert_array_equal(sf[1, a + 2:b - 1, 3:50], arr[1, a + 2:b - 1, 3:50])
-    assert sum(rows_read) == H
+    assert sum(file_rows) == H
 
 
 def test_open_stack_holds_it_whole_only_under_the_budget(stack_pair, monkeypatch):
@@ -137,7 +133,7 @@ def test_neighbourhood_at_scattered_pixels_is_the_strips_values():
     assert np.isnan(lazy.pixel_values(np.array([41 * W + 12]))[0, 1])  # the channel itself as it is
 
 
-def test_several_stacks_at_the_same_pixels_read_the_file_once(small_area, stack_pair, monkeypatch):
+def test_several_stacks_at_the_same_pixels_read_the_file_once(small_area, stack_pair, file_rows):
     """at_pixels: the stack, its neighbourhood and both side by side at the same scattered pixels, each strip's rows
     decompressed once for all of them, the values those of each stack read alone (and of the in-memory stack)."""
     arr, path = stack_pair
@@ -146,27 +142,20 @@ def test_several_stacks_at_the_same_pixels_read_the_file_once(small_area, stack_
     stacks = {"stack": sf, "context": Neighbourhood(sf, (5, 15), fill), "both": Channels(sf, Neighbourhood(sf, (3,), fill))}
     pixels = np.random.default_rng(1).permutation(np.flatnonzero(small_area.mask))[:3000]
     alone = {m: pixel_values(s, pixels) for m, s in stacks.items()}
-    reads = []
-    opened = StackFile._dataset
-
-    def counted(self):  # every read that reaches the file
-        ds = opened(self)
-        return type("Counted", (), {"read": lambda _, *a, **k: reads.append(k["window"]) or ds.read(*a, **k)})()
-
-    monkeypatch.setattr(StackFile, "_dataset", counted)
+    file_rows.clear()
     got = at_pixels(stacks, np.concatenate([pixels, pixels[:50]]))  # repeated pixels are read once
     H = arr.shape[1]
     assert len({p // arr.shape[2] // STRIP_ROWS for p in pixels}) == -(-H // STRIP_ROWS)  # pixels in every strip
-    assert sum(w.height for w in reads) == H  # and each row read once for every stack
+    assert sum(file_rows) == H  # and each row read once for every stack
     for m, s in stacks.items():
         np.testing.assert_array_equal(pixel_values(got[m], pixels), alone[m])
     np.testing.assert_array_equal(pixel_values(got["stack"], pixels), pixel_values(arr, pixels))
     np.testing.assert_array_equal(pixel_values(at_pixels({"s": arr}, pixels)["s"], pixels), alone["stack"])
-    reads.clear()
+    file_rows.clear()
     other = np.setdiff1d(np.flatnonzero(small_area.mask), pixels)[:5]  # pixels not read at first: from the stack
     np.testing.assert_array_equal(pixel_values(got["context"], other), pixel_values(Neighbourhood(arr, (5, 15), fill),
                                                                                    other))
-    assert reads
+    assert file_rows
 
 
 def _small_cv(small_area, stack, tmp, cluster=None, deep=True):

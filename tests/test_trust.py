@@ -427,7 +427,7 @@ def test_cross_validation_resumes_from_kept_folds(tmp_path, monkeypatch):
     assert len(fits) == 6
 
 
-def test_cross_validation_reads_a_folds_pixels_once_for_every_forest(tmp_path, monkeypatch):
+def test_cross_validation_reads_a_folds_pixels_once_for_every_forest(tmp_path, monkeypatch, file_rows):
     """Both forests of a fold fitted and scored from one pass over the stack's file (each strip holding any of the
     fold's pixels read once), with the probabilities of each forest cross-validated alone on the stack in memory."""
     from rasterio.crs import CRS
@@ -450,18 +450,11 @@ def test_cross_validation_reads_a_folds_pixels_once_for_every_forest(tmp_path, m
     cands = forest_candidates(ForestSettings(n_trees=5))
     monkeypatch.setenv("LITHOCORE_STACK_IN_MEMORY_MB", "0")  # the neighbourhood read strip by strip, not held
     on_file = {m: c.features(sf) for m, c in cands.items()}
-    reads = []
-    opened = StackFile._dataset
-
-    def counted(self):  # every read that reaches the file
-        ds = opened(self)
-        return type("Counted", (), {"read": lambda _, *a, **k: reads.append(k["window"]) or ds.read(*a, **k)})()
-
-    monkeypatch.setattr(StackFile, "_dataset", counted)
+    file_rows.clear()
     run = lambda feats, cs: cross_validate_proba(feats, lab, fold_sets("matched", fold, 2, ok, lab), 2, 2,  # noqa: E731
                                                  candidates=cs, progress=False, max_test=500, cap=200)
     shared = run(on_file, cands)
-    assert sum(w.height for w in reads) == 2 * 130  # each fold's pixels lie in every strip: each row read once a
+    assert sum(file_rows) == 2 * 130  # each fold's pixels lie in every strip: each row read once a
     # fold for both forests
     monkeypatch.delenv("LITHOCORE_STACK_IN_MEMORY_MB")
     for m, c in cands.items():
