@@ -539,9 +539,10 @@ def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction
     need = tables + max((training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes,
                                          c.n_trees) for c in forests), default=0)
     if need > memory_available():
-        raise MemoryError(f"notebook 07's forests: their predictors at {n:,} training and test pixels, read once for all "
-                          f"of them ({tables / 2**30:.1f} GiB), and the largest fit need about {need / 2**30:.1f} GiB, "
-                          f"but {memory_available() / 2**30:.1f} GiB is available: cap the training pixels of each class "
+        raise MemoryError(f"notebook 07's forests: their predictors at {n:,} training and test pixels, read once for "
+                          f"all of them ({tables / 2**30:.1f} GiB), and the largest fit need about "
+                          f"{need / 2**30:.1f} GiB, but {memory_available() / 2**30:.1f} GiB is available: cap the "
+                          f"training pixels of each class "
                           f"(cv_forest_cap, e.g. 10000), lower pixel_fraction or max_test_pixels")
 
 

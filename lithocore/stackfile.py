@@ -433,8 +433,6 @@ class Neighbourhood:
         return out[ch][..., cols] if not isinstance(ch, (int, np.integer)) else out[ch][:, cols]
 
 
-
-
 class AtPixels:
     """A stack's values at chosen pixels, read once (:func:`at_pixels`): :func:`pixel_values` of those pixels comes
     from memory, of any other pixel from the stack; windows are read from the stack.
@@ -454,6 +452,7 @@ class AtPixels:
         self.pixels, self.values = np.asarray(pixels, np.int64)[order], np.asarray(values, np.float32)[order]
 
     def pixel_values(self, pixels: np.ndarray) -> np.ndarray:
+        """The values (n, C) of ``pixels``: those read once from memory, any other from the stack."""
         pixels = np.asarray(pixels, np.int64)
         pos = np.minimum(np.searchsorted(self.pixels, pixels), max(len(self.pixels) - 1, 0))
         held = (self.pixels[pos] == pixels) if len(self.pixels) else np.zeros(len(pixels), bool)

@@ -139,7 +139,8 @@ def test_several_stacks_at_the_same_pixels_read_the_file_once(small_area, stack_
     arr, path = stack_pair
     sf = StackFile(path.path)
     fill = Neighbourhood(arr, (5, 15)).fill
-    stacks = {"stack": sf, "context": Neighbourhood(sf, (5, 15), fill), "both": Channels(sf, Neighbourhood(sf, (3,), fill))}
+    stacks = {"stack": sf, "context": Neighbourhood(sf, (5, 15), fill),
+              "both": Channels(sf, Neighbourhood(sf, (3,), fill))}
     pixels = np.random.default_rng(1).permutation(np.flatnonzero(small_area.mask))[:3000]
     alone = {m: pixel_values(s, pixels) for m, s in stacks.items()}
     file_rows.clear()
