@@ -32,7 +32,7 @@ def main() -> int:
 
     os.environ["LITHOCORE_STACK_IN_MEMORY_MB"] = "0"  # a province: read window by window, never held
     from lithocore.candidates import forest_candidates
-    from lithocore.stackfile import StackFile, at_pixels, pixel_values, region_stats
+    from lithocore.stackfile import Neighbourhood, StackFile, at_pixels, pixel_values, region_stats
 
     sf = StackFile(a.stack)
     C, H, W = sf.shape
@@ -41,8 +41,6 @@ def main() -> int:
     t0 = time.perf_counter()
     fill = np.asarray(region_stats(sf)["mean"], np.float32)  # the neighbourhood's fill: one pass, made once a stage
     t_fill = time.perf_counter() - t0
-    from lithocore.stackfile import Neighbourhood
-
     stacks = {m: Neighbourhood(sf, c.neighbourhood, fill) if c.neighbourhood else sf
               for m, c in forest_candidates().items()}
 

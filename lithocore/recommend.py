@@ -523,8 +523,8 @@ def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction
                        max_test: int) -> None:
     """Stop before any work when the scene's arrays (:func:`check_memory`), a forest's final fit on every training
     pixel (:func:`lithocore.forest.check_training_memory`), or the largest fit beside every forest's predictors read
-    at once (:func:`lithocore.stackfile.at_pixels`: the training pixels and every fold's test sample) would not fit
-    in the memory."""
+    at once (:func:`lithocore.stackfile.at_pixels`: the training pixels and every fold's test sample, at most the
+    labelled pixels) would not fit in the memory."""
     from .data import memory_available
     from .forest import training_memory
 
@@ -534,7 +534,7 @@ def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction
     for c in forests:
         check_training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes, c.n_trees,
                               what=f"notebook 07's {c.label}")
-    n = n_train + k * max_test
+    n = n_train + min(k * max_test, int(value_counts(labels, labelled_map(labels, mask), 256).sum()))  # test samples
     tables = 4 * n * sum(neighbourhood_channels(shape[0], c.neighbourhood) for c in forests)
     need = tables + max((training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes,
                                          c.n_trees) for c in forests), default=0)

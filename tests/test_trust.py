@@ -470,10 +470,17 @@ def test_a_scene_too_big_for_notebook_07_is_refused_before_any_work(small_area, 
     with pytest.raises(MemoryError, match="192 x 192 px stack of 9 channels needs about"):
         map_to_trust(small_area, stack, tmp_path, progress=False)
     assert not any(tmp_path.iterdir())  # nothing written
-    monkeypatch.delenv("LITHOCORE_MEMORY_LIMIT")  # each forest's fit fits; all the forests' predictors, at a
-    # billion test pixels a fold, do not
-    with pytest.raises(MemoryError, match="forests: their predictors at 4,000,0.* read once for all of them"):
-        map_to_trust(small_area, stack, tmp_path, progress=False, max_test=10**9)
+    from lithocore.candidates import CANDIDATES
+    from lithocore.forest import neighbourhood_channels, training_memory, training_pixels
+    from lithocore.recommend import memory_needed
+
+    K = len(small_area.classes)  # room for the scene's arrays and each forest's fit, not for the forests' predictors
+    n = training_pixels(small_area.labels, small_area.mask, 0.1, 5000)  # read at once beside the largest fit
+    fits = [training_memory(n, neighbourhood_channels(9, c.neighbourhood), K, c.n_trees) for c in CANDIDATES.values()]
+    each = max([memory_needed(stack.shape, CANDIDATES, K), *fits])
+    monkeypatch.setenv("LITHOCORE_MEMORY_LIMIT", str(each + 1024))
+    with pytest.raises(MemoryError, match="forests: their predictors at [0-9,]+ training and test pixels, read once"):
+        map_to_trust(small_area, stack, tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
 
 
