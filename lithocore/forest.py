@@ -254,7 +254,8 @@ def _drawn(size: int, fraction: float, max_per_class: int | None) -> int:
     return min(n, max_per_class) if max_per_class else n
 
 
-def training_pixels(labels: np.ndarray, allowed, fraction: float = 0.1, max_per_class: int | None = None) -> int:
+def training_pixels(labels: np.ndarray, allowed, fraction: float = 0.1, max_per_class: int | None = None, *,
+                    counts: np.ndarray | None = None) -> int:
     """How many pixels :func:`sample_pixels` draws (counted strip by strip, none drawn): a forest's training table
     sized before any work.
 
@@ -264,7 +265,8 @@ def training_pixels(labels: np.ndarray, allowed, fraction: float = 0.1, max_per_
     """
     from .tiles import labelled_map, value_counts
 
-    counts = value_counts(labels, labelled_map(labels, allowed), 256)  # ``allowed`` an array or a RowMap
+    if counts is None:  # each class's labelled pixels where allowed, unless the caller has counted them
+        counts = value_counts(labels, labelled_map(labels, allowed), 256)  # ``allowed`` an array or a RowMap
     return int(sum(_drawn(int(c), fraction, max_per_class) for c in counts if c))
 
 

@@ -529,12 +529,13 @@ def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction
     from .forest import training_memory
 
     check_memory(shape, candidates, n_classes)
-    n_train = training_pixels(labels, mask, fraction, cap or None)  # counted once for every candidate
+    counts = value_counts(labels, labelled_map(labels, mask), 256)  # each class's labelled pixels, counted once
+    n_train = training_pixels(labels, mask, fraction, cap or None, counts=counts)  # for every candidate
     forests = [c for c in candidates.values() if reads_pixels(c)]
     for c in forests:
         check_training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes, c.n_trees,
                               what=f"notebook 07's {c.label}")
-    n = n_train + min(k * max_test, int(value_counts(labels, labelled_map(labels, mask), 256).sum()))  # test samples
+    n = n_train + min(k * max_test, int(counts.sum()))  # the test samples: at most the labelled pixels
     tables = 4 * n * sum(neighbourhood_channels(shape[0], c.neighbourhood) for c in forests)
     need = tables + max((training_memory(n_train, neighbourhood_channels(shape[0], c.neighbourhood), n_classes,
                                          c.n_trees) for c in forests), default=0)
