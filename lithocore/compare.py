@@ -27,16 +27,22 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
     from . import mapping, metrics
 
     grids = {"upsampling grid (4 px)": 4, "network grid (32 px)": 32, "old window step (64 px)": 64}
-    if mapping_result and mapping_result.get("windows", 1) > 1:
-        grids["window borders"] = tuple(mapping_result["core"])
+    if mapping_result and mapping_result.get("windows", 1) > 1:  # the borders between the map's cores
+        grids["window borders"] = mapping_result.get("borders") or tuple(mapping_result["core"])  # older: equal cores
+    step = min((mapping_result or {}).get("core") or [64])  # the borders' lines are shifted by parts of a core
+
+    def ratio(m, p, offset=0):  # on a grid of period p, or on the window borders' rows and columns
+        if isinstance(p, dict):
+            return metrics.stripe_ratio(m, area.mask, lines=p, offset=offset)
+        return metrics.stripe_ratio(m, area.mask, period=p, offset=offset)
+
     maps = {"this map": classes, "geological map": area.labels}
     forest_path = RunFolder(run_dir).forest_map_path
     if forest_path.is_file():
         with contextlib.suppress(ValueError):  # made with another class table: not comparable
             maps["random forest (per pixel)"] = mapping.read_class_map(forest_path, area.classes)[0]
     maps.update(others or {})
-    ratios = {name: {g: metrics.stripe_ratio(m, area.mask, period=p) for g, p in grids.items()}
-              for name, m in maps.items()}
+    ratios = {name: {g: ratio(m, p) for g, p in grids.items()} for name, m in maps.items()}
     # the noise of the measure: the same ratio on the same map's lines shifted off the grid (largest of 7 shifts),
     # and this map's ratio over each other map's on the same shifted lines (a few lines, as a scene's window
     # borders are, may hold more contacts than most: the geology's own ratio there says so)
@@ -44,9 +50,8 @@ def stripe_report(run_dir, area, classes: np.ndarray, mapping_result: dict | Non
     for name, m in maps.items():
         off[name] = {}
         for g, p in grids.items():
-            q = p if np.isscalar(p) else min(p)
-            shifted[name, g] = [metrics.stripe_ratio(m, area.mask, period=p, offset=o) for o in
-                                sorted({max(1, q * k // 8) for k in range(1, 8)}) if o % q]
+            q = step if isinstance(p, dict) else p if np.isscalar(p) else min(p)
+            shifted[name, g] = [ratio(m, p, o) for o in sorted({max(1, q * k // 8) for k in range(1, 8)}) if o % q]
             vals = [v for v in shifted[name, g] if v is not None]
             off[name][g] = max(vals) if vals else None
     relative = {name: {g: max([a / b for a, b in zip(shifted["this map", g], shifted[name, g]) if a and b],

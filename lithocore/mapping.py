@@ -1,10 +1,11 @@
 """Mapping a whole scene with a trained FCN: large windows on the network's grid, bounded memory, cloud-optimised
 GeoTIFFs, on one process or on a Dask cluster.
 
-A fully convolutional network takes any input whose sides are multiples of 32. The scene is cut into *cores*
-(equal rectangles, sides multiples of 32, as large as the memory budget allows: the whole default scene is one)
-and each core is predicted from a *window*: the core plus a ``margin`` of context on every side where the scene
-goes on. Only the core of each window is kept, so
+A fully convolutional network takes any input whose sides are multiples of 32. The scene is cut into *windows*
+of one size (sides multiples of 32, as large as the memory budget allows: the whole default scene fits in one at
+1 GB) spread evenly over it, and each window gives the map of its *core*: the window less a ``margin`` of context
+on every side where the scene goes on (a window at the scene's edge needs none there, so its core is larger).
+Only the core of each window is kept, so
 
 - there is no window edge inside the map: every kept pixel has ``margin`` pixels of context or more, or the
   scene's edge (the window-step stripes of 128-px windows blended at 50 % overlap came from the windows'
@@ -28,6 +29,7 @@ beside it) and the confidence (the largest class probability, as Byte: value / 2
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -81,49 +83,101 @@ def _ceil32(n: float) -> int:
     return max(32, int(math.ceil(n / 32)) * 32)
 
 
+def _blocks(n_px: int, margin: int, edge: int) -> tuple[int, int]:
+    """An axis of ``n_px`` pixels in 32-px blocks: (its extent with ``edge`` pixels beyond both ends, the margin)."""
+    return math.ceil(n_px / 32) + 2 * (edge // 32), margin // 32
+
+
+def _window_blocks(extent: int, margin: int, n: int) -> int:
+    """The least window (in 32-px blocks) with which ``n`` windows cover ``extent`` blocks, neighbours overlapping
+    by two margins (every core border inside the scene ``margin`` from both windows' edges): ``n`` windows of ``B``
+    cover ``n B - 2 (n - 1) margin``."""
+    return extent if n <= 1 else 2 * margin + math.ceil((extent - 2 * margin) / n)
+
+
+def _windows_needed(extent: int, margin: int, window: int) -> int:
+    """How few windows of ``window`` blocks cover ``extent`` blocks with two margins' overlap (0: none do)."""
+    if window >= extent:
+        return 1
+    return math.ceil((extent - 2 * margin) / (window - 2 * margin)) if window > 2 * margin else 0
+
+
 @dataclass(frozen=True)
 class WindowPlan:
-    """How a scene of ``shape`` is cut: cores of ``core`` (rows, cols) pixels, each predicted from a window with
-    ``margin`` pixels of context on every side where the scene goes on, and ``edge`` pixels reflected beyond the
-    scene's edges (0, or 32 for shifted passes).
+    """How a scene of ``shape`` is cut into windows of ``window`` (rows, cols) pixels, with ``margin`` pixels of
+    context kept around each window's *core* (the part of the map it gives) where the scene goes on, and ``edge``
+    pixels reflected beyond the scene's edges (0, or 32 for shifted passes).
+
+    All windows have one size (the network is traced once) and start on the network's 32-px grid; along each axis
+    they are spread evenly over the scene (from ``-edge`` to its extent on the grid plus ``edge``), and each border
+    between two cores lies halfway through the two windows' overlap, at least ``margin`` from both windows' edges.
+    A window at the scene's edge needs no margin on that side, so its core is larger: ``n`` windows cover
+    ``n window - 2 (n - 1) margin`` (equal cores, each with two margins, cover ``2 margin`` less each).
 
     Examples
     --------
     >>> p = plan_windows((1611, 1650), max_core=2048)
     >>> p.core, p.window, len(p.origins()), round(p.cost(), 2)
-    ((1632, 1664), (1632, 1664), 1, 1.0)
-    >>> p = plan_windows((1611, 1650), max_core=1024, edge=32)
-    >>> p.core, p.window, p.start(0, 832), round(p.cost(), 2)
-    ((832, 832), (960, 960), (-32, 736), 1.36)
+    ((1611, 1650), (1632, 1664), 1, 1.0)
+    >>> p = plan_windows((1611, 1650), max_core=1024, edge=32)  # 32 px reflected beyond the scene's edges
+    >>> p.window, p.origins(), round(p.cost(), 2)
+    ((928, 928), [(0, 0), (0, 832), (800, 0), (800, 832)], 1.27)
+    >>> p.start(800, 832), p.core_at(800, 832)  # 64 px of context above and left of the core, 32 beyond the scene
+    ((736, 768), (811, 818))
     """
 
     shape: tuple[int, int]
-    core: tuple[int, int]
+    window: tuple[int, int]
     margin: int
     edge: int = 0
 
-    def _extent(self, axis: int) -> int:
-        """The cores' extent along ``axis`` (the scene rounded up to whole cores)."""
-        return math.ceil(self.shape[axis] / self.core[axis]) * self.core[axis]
+    def __post_init__(self):
+        for i in (0, 1):
+            extent, m = _blocks(self.shape[i], self.margin, self.edge)
+            if self.window[i] % 32 or not 0 < self.window[i] <= 32 * extent or not _windows_needed(
+                    extent, m, self.window[i] // 32):
+                raise ValueError(f"a window of {self.window[i]} px along axis {i} does not tile {self.shape[i]} px "
+                                 f"with a {self.margin}-px margin on the 32-px grid")
+
+    def _axis(self, i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Along axis ``i``: the windows' first pixels and the cores' bounds (one more), in scene pixels."""
+        return _layout(self.shape[i], self.window[i], self.margin, self.edge)
 
     @property
-    def window(self) -> tuple[int, int]:
-        return tuple(min(self.core[i] + 2 * self.margin, self._extent(i) + 2 * self.edge) for i in (0, 1))
+    def core(self) -> tuple[int, int]:
+        """The largest core (rows, cols), within the scene."""
+        return tuple(int(np.diff(self._axis(i)[1]).max()) for i in (0, 1))
 
     def start(self, r0: int, c0: int) -> tuple[int, int]:
-        """Top-left scene pixel of the window of the core at ``(r0, c0)`` (negative: reflected beyond the edge):
-        ``margin`` before the core, moved inside the scene's extent (plus ``edge``) where it would leave it."""
-        return tuple(int(min(max(o - self.margin, -self.edge), self._extent(i) + self.edge - self.window[i]))
-                     for i, o in enumerate((r0, c0)))
+        """Top-left scene pixel of the window of the core at ``(r0, c0)`` (negative: reflected beyond the edge)."""
+        return tuple(self._axis(i)[0][self._axis(i)[1].index(o)] for i, o in enumerate((r0, c0)))
+
+    def core_at(self, r0: int, c0: int) -> tuple[int, int]:
+        """(rows, cols) of the core at ``(r0, c0)``, within the scene."""
+        out = []
+        for i, o in enumerate((r0, c0)):
+            bounds = self._axis(i)[1]
+            k = bounds.index(o)
+            out.append(bounds[k + 1] - o)
+        return tuple(out)
+
+    def core_slices(self, r0: int, c0: int) -> tuple[slice, slice]:
+        """The scene's rows and columns of the core at ``(r0, c0)``."""
+        h, w = self.core_at(r0, c0)
+        return slice(r0, r0 + h), slice(c0, c0 + w)
+
+    def borders(self) -> dict[str, list[int]]:
+        """The rows and columns where two cores meet (where a seam would show): ``{"rows": [...], "cols": [...]}``."""
+        return {k: list(self._axis(i)[1][1:-1]) for i, k in enumerate(("rows", "cols"))}
 
     def origins(self) -> list[tuple[int, int]]:
         """Top-left scene pixel of every core, row by row."""
-        return [(r, c) for r in range(0, self.shape[0], self.core[0]) for c in range(0, self.shape[1], self.core[1])]
+        return [(r, c) for r in self._axis(0)[1][:-1] for c in self._axis(1)[1][:-1]]
 
     @property
     def count(self) -> int:
         """How many windows (``len(origins())``, without listing them)."""
-        return math.ceil(self.shape[0] / self.core[0]) * math.ceil(self.shape[1] / self.core[1])
+        return len(self._axis(0)[0]) * len(self._axis(1)[0])
 
     def cost(self, shifts: int = 1) -> float:
         """Pixels the network computes, relative to one forward pass over the scene padded to the 32-px grid;
@@ -133,39 +187,61 @@ class WindowPlan:
         return self.count * shifts * (self.window[0] - trim) * (self.window[1] - trim) / bare
 
 
+@functools.lru_cache(maxsize=64)
+def _layout(n_px: int, window: int, margin: int, edge: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """:meth:`WindowPlan._axis` for an axis of ``n_px`` pixels: windows spread evenly from ``-edge`` to the extent,
+    each core border halfway through two windows' overlap (in 32-px blocks: the overlap is at least two margins)."""
+    extent, m = _blocks(n_px, margin, edge)
+    b, e = window // 32, edge // 32
+    n = _windows_needed(extent, m, b)
+    if n == 1:
+        return (-edge,), (0, n_px)
+    starts = [k * (extent - b) // (n - 1) for k in range(n)]
+    borders = [(starts[k - 1] + b + starts[k]) // 2 for k in range(1, n)]  # halfway through the overlap
+    return tuple(32 * (s - e) for s in starts), (0,) + tuple(32 * (c - e) for c in borders) + (n_px,)
+
+
 def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin: int = DEFAULT_MARGIN,
                  edge: int = 0, bytes_per_px: float = 400.0, memory_mb: float = 1024.0) -> WindowPlan:
-    """Equal cores on the 32-pixel grid. With ``max_core``: square cores as large as it, as few as possible. Without
-    (the workbook's default): the cores, square or not, whose windows of ``bytes_per_px`` bytes a pixel fit in
-    ``memory_mb`` and compute the fewest pixels (:meth:`WindowPlan.cost`), fewest windows on a tie. An axis cut in
-    one piece needs no margin: a scene that fits whole is one window, one that fits in strips is strips.
-    ``edge``: pixels reflected beyond the scene's edges (32 for shifted passes).
+    """Windows on the 32-pixel grid (:class:`WindowPlan`). With ``max_core``: windows of at most ``max_core`` plus
+    two margins a side, as few as possible. Without (the workbook's default): the windows, square or not, of
+    ``bytes_per_px`` bytes a pixel that fit in ``memory_mb`` and compute the fewest pixels
+    (:meth:`WindowPlan.cost`), fewest windows on a tie. An axis in one window needs no margin: a scene that fits
+    whole is one window, one that fits in strips is strips. ``edge``: pixels reflected beyond the scene's edges
+    (32 for shifted passes; at most the margin).
 
     >>> p = plan_windows((1611, 1650), bytes_per_px=384, memory_mb=512)  # the default area's U-Net: three strips
-    >>> p.core, p.window, p.count, round(p.cost(), 2)
-    ((544, 1664), (672, 1664), 3, 1.24)
+    >>> p.window, p.count, p.origins(), round(p.cost(), 2)
+    ((1632, 640), 3, [(0, 0), (0, 576), (0, 1088)], 1.15)
     >>> plan_windows((1611, 1650), bytes_per_px=384, memory_mb=1024).window  # one window, no margin
     (1632, 1664)
     """
     for name, v in (("margin", margin), ("edge", edge)):
         if v % 32 or v < 0:
             raise ValueError(f"the {name} must be a non-negative multiple of 32 (the network's grid), got {v}")
-    shape = tuple(int(s) for s in shape)
+    if edge > margin:
+        raise ValueError(f"windows with {edge} px reflected beyond the scene's edges need a margin of at least "
+                         f"{edge} px, got {margin}")
+    shape = (int(shape[0]), int(shape[1]))
+    (er, m), (ec, _) = [_blocks(n, margin, edge) for n in shape]
     if max_core is not None:
         if max_core % 32 or max_core < 32:
             raise ValueError(f"the core size must be a positive multiple of 32, got {max_core}")
-        core = [min(max_core, _ceil32(n / math.ceil(n / max_core))) for n in shape]
-        return WindowPlan(shape, (core[0], core[1]), int(margin), int(edge))
-    fits = memory_mb * 2 ** 20 / max(bytes_per_px, 1.0)  # window pixels the memory holds
-    cores = [sorted({_ceil32(n / p) for p in range(1, math.ceil(n / 32) + 1)}, reverse=True) for n in shape]
-    best = WindowPlan(shape, (32, 32), int(margin), int(edge))  # the smallest, when no window fits the memory
-    for cr in cores[0]:
-        for cc in cores[1]:  # the largest column core whose window fits beside this row core
-            plan = WindowPlan(shape, (cr, cc), int(margin), int(edge))
-            if plan.window[0] * plan.window[1] <= fits:
-                if (plan.cost(), plan.count) < (best.cost(), best.count):
-                    best = plan
-                break
+        k = max_core // 32
+        window = [_window_blocks(e, m, 1 if e <= k + 2 * m else math.ceil((e - 2 * m) / k)) for e in (er, ec)]
+        return WindowPlan(shape, (32 * window[0], 32 * window[1]), int(margin), int(edge))
+    fits = memory_mb * 2 ** 20 / max(bytes_per_px, 1.0) / 32 ** 2  # window blocks (32 x 32 px) the memory holds
+    best = None
+    for nr in range(1, max(1, er - 2 * m) + 1):  # each count of row windows, and the fewest columns beside it
+        br = _window_blocks(er, m, nr)
+        nc = _windows_needed(ec, m, int(fits // br))
+        if nc:
+            plan = WindowPlan(shape, (32 * br, 32 * _window_blocks(ec, m, nc)), int(margin), int(edge))
+            if best is None or (plan.cost(), plan.count) < (best.cost(), best.count):
+                best = plan
+    if best is None:  # no window fits the memory: the smallest, cores of one block
+        best = WindowPlan(shape, tuple(32 * _window_blocks(e, m, max(1, e - 2 * m)) for e in (er, ec)),
+                          int(margin), int(edge))
     return best
 
 
@@ -243,7 +319,7 @@ def read_window(read: Callable[[int, int, int, int], np.ndarray], plan: WindowPl
     being ``raw[:, i:i + h, j:j + w]``. The scene's edges are reflected (edge pixels not repeated); a pixel is
     valid where every channel is finite, the others are given ``fill`` (the mean, 0 once normalised)."""
     H, W = plan.shape
-    (ch, cw), (wh, ww) = plan.core, plan.window
+    (ch, cw), (wh, ww) = plan.core_at(r0, c0), plan.window
     sr, sc = plan.start(r0, c0)
     a, b, c, d = max(0, sr), min(H, sr + wh), max(0, sc), min(W, sc + ww)
     raw = np.asarray(read(a, b, c, d), np.float32)
@@ -255,7 +331,7 @@ def read_window(read: Callable[[int, int, int, int], np.ndarray], plan: WindowPl
         bad = ~ok
         raw = raw.copy() if raw.base is not None else raw  # a view of the caller's stack
         raw[:, bad] = np.asarray(fill, np.float32).reshape(-1, 1)
-    return raw, ok, (r0 - sr, c0 - sc, min(ch, H - r0), min(cw, W - c0))
+    return raw, ok, (r0 - sr, c0 - sc, ch, cw)
 
 
 def scene_outputs(net, stack, mean, std, *, region: np.ndarray | None = None, margin: int = DEFAULT_MARGIN,
@@ -271,10 +347,9 @@ def scene_outputs(net, stack, mean, std, *, region: np.ndarray | None = None, ma
     mean, std = np.asarray(mean, np.float32).ravel(), np.asarray(std, np.float32).ravel()
     plan = plan_windows((H, W), margin=margin, bytes_per_px=bytes_per_pixel(net),
                         memory_mb=memory_budget_mb(memory_mb))
-    ch, cw = plan.core
     out = None
     for r0, c0 in plan.origins():
-        if region is not None and not region[r0:r0 + ch, c0:c0 + cw].any():
+        if region is not None and not region[plan.core_slices(r0, c0)].any():
             continue
         raw, _, (i, j, h, w) = read_window(lambda a, b, c, d: stack[:, a:b, c:d], plan, r0, c0, mean)
         x = ((np.moveaxis(raw, 0, -1) - mean) / std).astype(np.float32)
@@ -462,8 +537,7 @@ def map_array(model, stack: np.ndarray, mask: np.ndarray, mean, std, *, max_core
     classes = np.full((H, W), NO_LABEL, np.uint8)
     conf = np.full((H, W), np.nan, np.float32) if confidence else None
     predict = window_predictor(model, mean, std, plan=plan, shifts=shifts)
-    ch, cw = plan.core
-    origins = [(r0, c0) for r0, c0 in plan.origins() if mask[r0:r0 + ch, c0:c0 + cw].any()]  # nothing to map: skipped
+    origins = [o for o in plan.origins() if mask[plan.core_slices(*o)].any()]  # nothing to map: skipped
     for r0, c0 in tqdm(origins, desc="mapping", unit="window", disable=not progress):
         cls, p, ok = predict_window(predict, lambda a, b, c, d: stack[:, a:b, c:d], plan, r0, c0)
         h, w = cls.shape
@@ -744,8 +818,9 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     Returns
     -------
     dict
-        ``classes`` and ``confidence`` (paths), ``map_id``, the window plan (``windows``, ``window``, ``core``,
-        ``margin``, ``shifts``, ``cost_vs_one_pass``) and timings (``seconds``, ``pixels_per_second``).
+        ``classes`` and ``confidence`` (paths), ``map_id``, the window plan (``windows``, ``window``, ``core`` (the
+        largest), ``borders`` (:meth:`WindowPlan.borders`), ``margin``, ``shifts``, ``cost_vs_one_pass``) and
+        timings (``seconds``, ``pixels_per_second``).
     """
     from tqdm.auto import tqdm
 
@@ -771,7 +846,7 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]),
                 style=str(paths["classes"].with_suffix(".qml")), seconds=seconds, mapping_seconds=mapped,
                 pixels_per_second=H * W / seconds, windows=plan.count, window=list(plan.window),
-                core=list(plan.core), margin=plan.margin, shifts=shifts, cost_vs_one_pass=plan.cost(shifts),
+                core=list(plan.core), borders=plan.borders(), margin=plan.margin, shifts=shifts, cost_vs_one_pass=plan.cost(shifts),
                 cluster=None if cluster is None else str(cluster), map_id=map_id, tags=extra)
 
 

@@ -182,11 +182,12 @@ def fragments(classes: np.ndarray, mask: np.ndarray, n_classes: int, min_pixels:
 
 
 def stripe_ratio(classes: np.ndarray, valid: np.ndarray | None = None, *, period: int | tuple[int, int] = 64,
-                 offset: int = 0) -> float | None:
+                 offset: int = 0, lines: dict | None = None) -> float | None:
     """How much more often the class changes across the lines of a regular grid than elsewhere.
 
-    The lines are the columns (and rows) ``c`` with ``c % period == offset`` (``period`` may be (rows, cols)): a change "on a line" is a pair of
-    neighbours ``(c - 1, c)`` that differ. The ratio is the share of such pairs that differ on the lines over the
+    The lines are the columns (and rows) ``c`` with ``c % period == offset`` (``period`` may be (rows, cols)), or,
+    given ``lines`` (``{"rows": [...], "cols": [...]}``: a map's window borders), those rows and columns moved by
+    ``offset``: a change "on a line" is a pair of neighbours ``(c - 1, c)`` that differ. The ratio is the share of such pairs that differ on the lines over the
     share elsewhere, columns and rows together; 1 means the grid leaves no trace. A map made in windows that
     step by ``period`` shows its seams as a ratio above that of a map made without windows (a per-pixel
     forest's) on the same scene, which gives the floor the geology itself sets. None when there are no lines
@@ -202,12 +203,18 @@ def stripe_ratio(classes: np.ndarray, valid: np.ndarray | None = None, *, period
     on = [0, 0]
     off = [0, 0]
     p_rows, p_cols = (period, period) if np.isscalar(period) else tuple(period)
-    line_cols = (np.arange(1, W) % p_cols) == (offset % p_cols)
+
+    def on_lines(idx: np.ndarray, axis: str, p: int) -> np.ndarray:
+        if lines is None:
+            return (idx % p) == (offset % p)
+        return np.isin(idx, np.asarray(lines[axis], int) + offset)
+
+    line_cols = on_lines(np.arange(1, W), "cols", p_cols)
     for a, b in row_strips(H, W, 8, 1):  # strip by strip, each with the row above it (the pairs across its top)
         lo = max(0, a - 1)
         cl = np.asarray(classes[lo:b])
         ok = (cl != NO_LABEL) if valid is None else np.asarray(valid[lo:b], bool) & (cl != NO_LABEL)
-        line_rows = (np.arange(lo + 1, b) % p_rows) == (offset % p_rows)
+        line_rows = on_lines(np.arange(lo + 1, b), "rows", p_rows)
         for diff, both, line in ((cl[a - lo:, 1:] != cl[a - lo:, :-1], ok[a - lo:, 1:] & ok[a - lo:, :-1],
                                   (slice(None), line_cols)),  # neighbours along the rows: lines are columns
                                  (cl[1:] != cl[:-1], ok[1:] & ok[:-1], line_rows)):  # along the columns: rows

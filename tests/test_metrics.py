@@ -126,17 +126,17 @@ def test_seams_are_told_from_contact_rich_window_borders(tmp_path):
     H, W = 240, 300
     field = ndimage.gaussian_filter(rng.standard_normal((H, W)), 6)
     geology = np.digitize(field, np.quantile(field, [0.25, 0.5, 0.75])).astype(np.uint8)  # patches, contacts all ways
-    for r in (80, 160):  # faults along the window borders: the geology changes more often across those lines
+    borders = (96, 176)  # three windows' cores, the outer ones larger (no margin at the scene's edge): not a grid
+    for r in borders:  # faults along the window borders: the geology changes more often across those lines
         geology[r:, 40:70] = (geology[r:, 40:70] + 1) % 4
     area = SimpleNamespace(labels=geology, mask=np.ones((H, W), bool))
-    windows = {"windows": 3, "core": [80, 320]}
+    windows = {"windows": 3, "core": [96, 300], "borders": {"rows": list(borders), "cols": []}}
     following = geology.copy()
     following[rng.random((H, W)) < 0.01] = 1  # the map: the geology with some speckle, no seam
     report = stripe_report(tmp_path, area, following, windows)
     assert report["off_grid_relative_max"]["geological map"][g] is not None
     assert "look for seams" not in _stripe_sentence(report)
     seamed = following.copy()
-    for r in (80, 160):  # a seam along each window border
-        seamed[r, ::4] = (seamed[r, ::4] + 2) % 4
+    seamed[borders[1], ::4] = (seamed[borders[1], ::4] + 2) % 4  # a seam along the border off any grid of cores
     report = stripe_report(tmp_path, area, seamed, windows)
     assert "look for seams" in _stripe_sentence(report) and "(above the geological map's" in _stripe_sentence(report)
