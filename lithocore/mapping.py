@@ -154,12 +154,7 @@ class WindowPlan:
 
     def core_at(self, r0: int, c0: int) -> tuple[int, int]:
         """(rows, cols) of the core at ``(r0, c0)``, within the scene."""
-        out = []
-        for i, o in enumerate((r0, c0)):
-            bounds = self._axis(i)[1]
-            k = bounds.index(o)
-            out.append(bounds[k + 1] - o)
-        return tuple(out)
+        return tuple(b[b.index(o) + 1] - o for b, o in ((self._axis(0)[1], r0), (self._axis(1)[1], c0)))
 
     def core_slices(self, r0: int, c0: int) -> tuple[slice, slice]:
         """The scene's rows and columns of the core at ``(r0, c0)``."""
