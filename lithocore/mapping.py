@@ -841,7 +841,8 @@ def map_geotiff(model, stack_path, out_dir, table: ClassTable, mean, std, *, mas
     return dict(classes=str(paths["classes"]), confidence=str(paths["confidence"]),
                 style=str(paths["classes"].with_suffix(".qml")), seconds=seconds, mapping_seconds=mapped,
                 pixels_per_second=H * W / seconds, windows=plan.count, window=list(plan.window),
-                core=list(plan.core), borders=plan.borders(), margin=plan.margin, shifts=shifts, cost_vs_one_pass=plan.cost(shifts),
+                core=list(plan.core), borders=plan.borders(), margin=plan.margin, shifts=shifts,
+                cost_vs_one_pass=plan.cost(shifts),
                 cluster=None if cluster is None else str(cluster), map_id=map_id, tags=extra)
 
 

@@ -183,15 +183,15 @@ def fragments(classes: np.ndarray, mask: np.ndarray, n_classes: int, min_pixels:
 
 def stripe_ratio(classes: np.ndarray, valid: np.ndarray | None = None, *, period: int | tuple[int, int] = 64,
                  offset: int = 0, lines: dict | None = None) -> float | None:
-    """How much more often the class changes across the lines of a regular grid than elsewhere.
+    """How much more often the class changes across the lines of a regular grid (or given lines) than elsewhere.
 
     The lines are the columns (and rows) ``c`` with ``c % period == offset`` (``period`` may be (rows, cols)), or,
     given ``lines`` (``{"rows": [...], "cols": [...]}``: a map's window borders), those rows and columns moved by
-    ``offset``: a change "on a line" is a pair of neighbours ``(c - 1, c)`` that differ. The ratio is the share of such pairs that differ on the lines over the
-    share elsewhere, columns and rows together; 1 means the grid leaves no trace. A map made in windows that
-    step by ``period`` shows its seams as a ratio above that of a map made without windows (a per-pixel
-    forest's) on the same scene, which gives the floor the geology itself sets. None when there are no lines
-    or no changes elsewhere.
+    ``offset``: a change "on a line" is a pair of neighbours ``(c - 1, c)`` that differ. The ratio is the share of
+    such pairs that differ on the lines over the share elsewhere, columns and rows together; 1 means the grid
+    leaves no trace. A map made in windows that step by ``period`` shows its seams as a ratio above that of a map
+    made without windows (a per-pixel forest's) on the same scene, which gives the floor the geology itself sets.
+    None when there are no lines or no changes elsewhere.
 
     Examples
     --------

@@ -51,7 +51,8 @@ def test_plan_keeps_windows_on_the_network_grid_and_covers_the_scene():
                 assert sc + ww - c0 - w >= (64 if c0 + w < shape[1] else edge)
             assert (covered == 1).all()  # every pixel predicted once
     # a window at the scene's edge needs no margin there: three 640-px strips cover the default area's 1664 px
-    # (3 x 640 - 4 x 64), where three equal cores, each with two margins, took 672-px strips (1.15 x the pixels, not 1.24)
+    # (3 x 640 - 4 x 64), where three equal cores, each with two margins, took 672-px strips (1.15 x the pixels,
+    # not 1.24)
     plan = mapping.plan_windows((1611, 1650), bytes_per_px=384, memory_mb=512, margin=64)
     assert plan.count == 3 and plan.window == (1632, 640) and plan.cost() < 1.16
     # a memory budget sets the window: 1 GB at 400 bytes a pixel is one window of at most ~1600 px a side
