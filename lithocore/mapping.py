@@ -196,21 +196,14 @@ def _layout(n_px: int, window: int, margin: int, edge: int) -> tuple[tuple[int, 
     return tuple(32 * (s - e) for s in starts), (0,) + tuple(32 * (c - e) for c in borders) + (n_px,)
 
 
-def _rank(plan: WindowPlan) -> tuple:
-    """How :func:`plan_windows` orders plans: the fewest pixels, then the fewest windows, then the widest (a window's
-    rows read whole blocks of a file tiled by rows of blocks; a tall, narrow window decompresses whole blocks to
-    use a few of their columns)."""
-    return plan.cost(), plan.count, -plan.window[1]
-
-
 def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin: int = DEFAULT_MARGIN,
                  edge: int = 0, bytes_per_px: float = 400.0, memory_mb: float = 1024.0) -> WindowPlan:
     """Windows on the 32-pixel grid (:class:`WindowPlan`). With ``max_core``: windows of at most ``max_core`` plus
     two margins a side, as few as possible. Without (the workbook's default): the windows, square or not, of
     ``bytes_per_px`` bytes a pixel that fit in ``memory_mb`` and compute the fewest pixels
-    (:meth:`WindowPlan.cost`), fewest windows on a tie, then the widest (:func:`_rank`). An axis in one window needs
-    no margin: a scene that fits whole is one window, one that fits in strips is strips. ``edge``: pixels reflected
-    beyond the scene's edges (32 for shifted passes; at most the margin).
+    (:meth:`WindowPlan.cost`), fewest windows on a tie. An axis in one window needs no margin: a scene that fits
+    whole is one window, one that fits in strips is strips. ``edge``: pixels reflected beyond the scene's edges
+    (32 for shifted passes; at most the margin).
 
     >>> p = plan_windows((1611, 1650), bytes_per_px=384, memory_mb=512)  # the default area's U-Net: three strips
     >>> p.window, p.count, p.origins(), round(p.cost(), 2)
@@ -239,7 +232,7 @@ def plan_windows(shape: tuple[int, int], *, max_core: int | None = None, margin:
         nc = _windows_needed(ec, m, int(fits // br))
         if nc:
             plan = WindowPlan(shape, (32 * br, 32 * _window_blocks(ec, m, nc)), int(margin), int(edge))
-            if best is None or _rank(plan) < _rank(best):
+            if best is None or (plan.cost(), plan.count) < (best.cost(), best.count):
                 best = plan
     if best is None:  # no window fits the memory: the smallest, cores of one block
         best = WindowPlan(shape, tuple(32 * _window_blocks(e, m, max(1, e - 2 * m)) for e in (er, ec)),
