@@ -753,7 +753,7 @@ def _worker_model(model_path: str):
 #: process the windows are read through one :class:`~lithocore.stackfile.StackFile`, whose cache holds a row of
 #: the file's blocks: at 20000 px a forest's 32-row strips read each block once (a block row: 1.3-1.8 s against
 #: 17.6-18.4 s opening the file for each strip), a network's windows their shared blocks once (4.8 s a row of
-#: 1376 x 992 windows against 8.9 s), for some 330 MB more memory.
+#: 1376 x 992 windows against 8.9 s), for 200-330 MB more memory.
 GDAL_CACHE_MB = 64
 
 
