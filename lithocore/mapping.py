@@ -748,8 +748,9 @@ def _worker_model(model_path: str):
     return _WORKER_MODELS[model_path]
 
 
-#: MB of GDAL's block cache while a cluster task reads its window (each opens the file: a small cache loses little
-#: there, and GDAL's default, 5 % of the memory, would grow with the scene: ``benchmarks/README.md``). In one
+#: MB of GDAL's block cache while the maps are written, a confidence map is read, or a cluster task reads its window
+#: (each task opens the file: a small cache loses little there, and GDAL's default, 5 % of the memory, would grow
+#: with the scene: ``benchmarks/README.md``). In one
 #: process the windows are read through one :class:`~lithocore.stackfile.StackFile`, whose cache holds a row of
 #: the file's blocks: at 20000 px a forest's 32-row strips read each block once (a block row: 1.3-1.8 s against
 #: 17.6-18.4 s opening the file for each strip), a network's windows their shared blocks once (4.8 s a row of

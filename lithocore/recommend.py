@@ -543,8 +543,8 @@ def _check_before_work(shape, labels, mask, candidates, n_classes: int, fraction
         raise MemoryError(f"notebook 07's forests: their predictors at {n:,} training and test pixels, read once for "
                           f"all of them ({tables / 2**30:.1f} GiB), and the largest fit need about "
                           f"{need / 2**30:.1f} GiB, but {memory_available() / 2**30:.1f} GiB is available: cap the "
-                          f"training pixels of each class "
-                          f"(cv_forest_cap, e.g. 10000), lower pixel_fraction or max_test_pixels")
+                          f"training pixels of each class (cv_forest_cap, e.g. 10000), lower pixel_fraction or "
+                          f"max_test_pixels")
 
 
 def _ground_to_predict(area, warnings_: list):
