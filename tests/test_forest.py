@@ -196,3 +196,17 @@ def test_a_forest_on_a_cluster_worker_uses_that_workers_threads():
         seen, jobs, proba = client.submit(_forest_on_this_process, pure=False).result()
     assert seen == [1, 1] and jobs == -1
     np.testing.assert_allclose(proba, proba_here, rtol=0, atol=1e-12)
+
+
+def test_window_features_in_blocks_are_the_whole_computation(monkeypatch):
+    """The neighbourhood predictors computed in cache-sized blocks (rows and columns, blocks cut at the scene's
+    edges) are the values of one block over the whole part, bit for bit, for both window sizes."""
+    rng = np.random.default_rng(7)
+    h, sizes = 7, (5, 15)
+    padded = (rng.standard_normal((2, 45 + 2 * h, 70 + 2 * h)) * 30 + 500).astype(np.float32)
+    monkeypatch.setattr(forest, "_FEATURE_BLOCK", (10 ** 6, 10 ** 6))
+    whole = forest.window_features(padded, sizes, h)
+    monkeypatch.setattr(forest, "_FEATURE_BLOCK", (8, 16))  # 6 x 5 blocks, the last of each axis short
+    blocked = forest.window_features(padded, sizes, h)
+    assert blocked.shape == whole.shape == (8, 45, 70)
+    np.testing.assert_array_equal(blocked, whole)
