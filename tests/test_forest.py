@@ -1,6 +1,7 @@
 """The random-forest baseline and the map measures used to compare it with the FCN."""
 
 import numpy as np
+import pytest
 
 from lithocore import forest, metrics
 from lithocore.area import NO_LABEL
@@ -161,8 +162,8 @@ def test_a_forest_too_big_for_memory_is_refused_before_its_fit(monkeypatch):
 
 
 def _forest_on_this_process():
-    """Fit and apply a forest of ``n_jobs=-1``; the ``n_jobs`` scikit-learn's loops were given, the forest's own
-    ``n_jobs`` after, and its probabilities."""
+    """Fit and apply a forest of ``n_jobs=-1``; the ``n_jobs`` scikit-learn's fit was given, the forest's own
+    ``n_jobs`` after, its probabilities and the threads it predicts with."""
     import sklearn.ensemble._forest as sk
 
     seen, parallel = [], sk.Parallel
@@ -180,7 +181,7 @@ def _forest_on_this_process():
         proba = rf.predict_proba(X)
     finally:
         sk.Parallel = parallel
-    return seen, rf.n_jobs, proba
+    return seen, rf.n_jobs, proba, rf.threads()
 
 
 def test_a_forest_on_a_cluster_worker_uses_that_workers_threads():
@@ -188,13 +189,14 @@ def test_a_forest_on_a_cluster_worker_uses_that_workers_threads():
     machine (two workers on two cores ran four forest threads); the forest keeps ``n_jobs=-1`` (a forest sent on
     uses the cores where it lands) and is the same forest, probability for probability. Here, every core."""
     import distributed
+    import joblib
 
-    seen_here, jobs_here, proba_here = _forest_on_this_process()
-    assert seen_here[0] == -1 and jobs_here == -1
+    seen_here, jobs_here, proba_here, threads_here = _forest_on_this_process()
+    assert seen_here == [-1] and jobs_here == -1 and threads_here == joblib.cpu_count()
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
             distributed.Client(lc) as client:
-        seen, jobs, proba = client.submit(_forest_on_this_process, pure=False).result()
-    assert seen == [1, 1] and jobs == -1
+        seen, jobs, proba, threads = client.submit(_forest_on_this_process, pure=False).result()
+    assert seen == [1] and jobs == -1 and threads == 1
     np.testing.assert_allclose(proba, proba_here, rtol=0, atol=1e-12)
 
 
@@ -210,3 +212,25 @@ def test_window_features_in_blocks_are_the_whole_computation(monkeypatch):
     blocked = forest.window_features(padded, sizes, h)
     assert blocked.shape == whole.shape == (8, 45, 70)
     np.testing.assert_array_equal(blocked, whole)
+
+
+def test_forest_probabilities_are_scikit_learns_in_parts_on_threads(monkeypatch):
+    """The forest's class probabilities, summed over the trees for parts of the pixels on one or two threads, are
+    scikit-learn's own (one thread: the trees' in their order) bit for bit, and so are its classes."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((3000, 6)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int) + 2 * (X[:, 2] > 0.8)
+    kw = dict(n_estimators=12, max_features=2, random_state=5)
+    ref = RandomForestClassifier(n_jobs=1, **kw).fit(X, y)
+    Xp = rng.standard_normal((10001, 6)).astype(np.float32)
+    want = ref.predict_proba(Xp)
+    monkeypatch.setattr(forest, "PREDICT_CHUNK", 4096)  # three parts on one thread, two on two (5001 pixels each)
+    for n_jobs in (1, 2):
+        rf = forest.Forest(n_jobs=n_jobs, **kw).fit(X, y)
+        got = rf.predict_proba(Xp)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(rf.predict(Xp), ref.predict(Xp))
+    with pytest.raises(ValueError, match="features"):
+        rf.predict_proba(Xp[:, :5])
