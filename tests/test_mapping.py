@@ -420,6 +420,31 @@ def test_keras_head_matches_argmax_with_ties_and_leaves_the_stack_alone():
     assert (classes[~ok] == NO_LABEL).all() and np.isnan(conf[~ok]).all()
 
 
+def test_a_softmax_networks_class_and_probability_come_from_its_scores():
+    """A network that ends in a softmax (the registry's) is mapped from its scores: the class is the softmax's
+    argmax (the first on a tie) and the confidence its largest probability; the same head on a model whose softmax
+    is the Identity of its scores (no softmax: probabilities given) is the plain path."""
+    keras = pytest.importorskip("keras")
+    from lithocore.framework import start_keras
+    from lithocore.model import build_fcn8s, build_unet
+
+    start_keras()
+    assert mapping._before_softmax(keras, build_unet(3, 4, width=1 / 16, tile=64)) is not None
+    assert mapping._before_softmax(keras, build_fcn8s(3, 4, width=1 / 16, fc=16, tile=64)) is not None
+    inp = keras.Input((None, None, 5))
+    scores = keras.layers.Identity()(inp)
+    net = keras.Model(inp, keras.layers.Softmax(name="softmax")(scores))
+    assert mapping._before_softmax(keras, keras.Model(inp, scores)) is None
+    rng = np.random.default_rng(2)
+    z = (rng.standard_normal((5, 64, 96)) * 3).astype(np.float32)
+    z[:, 3, 4] = [1.0, 2.5, 2.5, -1.0, 0.0]  # a tie: the first
+    classes, conf = mapping.map_array(net, z, np.ones((64, 96), bool), [0] * 5, [1] * 5, shifts=1, progress=False)
+    e = np.exp(z.astype(np.float64) - z.max(0))
+    p = e / e.sum(0)
+    assert np.array_equal(classes, np.argmax(z, axis=0)) and classes[3, 4] == 1
+    np.testing.assert_allclose(conf, p.max(0), rtol=1e-6)
+
+
 def test_one_pass_by_default_unless_the_upsampling_leaves_an_imprint():
     from lithocore.model import build_fcn8s, build_unet
 
