@@ -461,7 +461,10 @@ def _before_softmax(keras, model):
     last = model.layers[-1]
     if type(last).__name__ != "Softmax" or len(model.outputs) != 1 or np.ravel(last.axis).tolist() not in ([-1], [3]):
         return None
-    return keras.Model(model.inputs, last.input)
+    try:
+        return keras.Model(model.inputs, last.input) if model.outputs[0] is last.output else None
+    except (AttributeError, ValueError):  # a softmax layer called more than once: its input is not one tensor
+        return None
 
 
 def _largest_probability(ops, z):
