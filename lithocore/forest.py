@@ -57,7 +57,7 @@ def task_threads() -> int | None:
 
 
 #: Pixels whose class probabilities one thread sums over the trees at a time (:meth:`Forest.predict_proba`): the
-#: float64 sums of a part stay in cache (0.5 MB at 8 classes).
+#: float64 sums of a part (4 MB at 8 classes) stay in the processor's cache; 16,384 and 4,096 were slower.
 PREDICT_CHUNK = 65536
 
 

@@ -226,7 +226,7 @@ def test_forest_probabilities_are_scikit_learns_in_parts_on_threads(monkeypatch)
     ref = RandomForestClassifier(n_jobs=1, **kw).fit(X, y)
     Xp = rng.standard_normal((10001, 6)).astype(np.float32)
     want = ref.predict_proba(Xp)
-    monkeypatch.setattr(forest, "PREDICT_CHUNK", 4096)  # three parts on one thread, two on two (5001 pixels each)
+    monkeypatch.setattr(forest, "PREDICT_CHUNK", 4096)  # three parts (the last short), on one thread and on two
     for n_jobs in (1, 2):
         rf = forest.Forest(n_jobs=n_jobs, **kw).fit(X, y)
         got = rf.predict_proba(Xp)

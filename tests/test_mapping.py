@@ -422,8 +422,8 @@ def test_keras_head_matches_argmax_with_ties_and_leaves_the_stack_alone():
 
 def test_a_softmax_networks_class_and_probability_come_from_its_scores():
     """A network that ends in a softmax (the registry's) is mapped from its scores: the class is the softmax's
-    argmax (the first on a tie) and the confidence its largest probability; the same head on a model whose softmax
-    is the Identity of its scores (no softmax: probabilities given) is the plain path."""
+    argmax (the first on a tie) and the confidence its largest probability; a network that does not end in a
+    softmax is mapped from its outputs as they are."""
     keras = pytest.importorskip("keras")
     from lithocore.framework import start_keras
     from lithocore.model import build_fcn8s, build_unet
